@@ -1,0 +1,262 @@
+"""Content-addressed artifact cache: verified by sha256, written atomically, capped in size, LRU-evicted.
+
+Layout under the cache directory:
+    artifacts/<sha256>      complete, verified artifacts (mtime = last use, so LRU order survives restarts)
+    incoming/<sha256>.part  bytes of an upload in progress or interrupted (resumable; counted in the cap)
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .proto import agent_pb2 as pb
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Interrupted uploads older than this are dropped: nobody is coming back for them.
+PARTIAL_MAX_AGE_S = 3600.0
+TFLITE_MAGIC = b"TFL3"
+
+
+class CacheError(Exception):
+    """An upload or lookup that must be refused; `code` is the gRPC status name to answer with."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Upload:
+    """One upload in progress: appends to the partial file and hashes as it goes."""
+    sha256: str
+    size_bytes: int
+    format: int
+    part: Path
+    hasher: "hashlib._Hash"
+    received: int
+    handle: object
+    ended: bool = False
+
+
+def check_sha256(sha256: str) -> str:
+    if not SHA256_RE.match(sha256 or ""):
+        raise CacheError("INVALID_ARGUMENT", f"sha256 must be 64 lowercase hex digits, got {sha256!r:.80}")
+    return sha256
+
+
+def sniff_format(head: bytes) -> int:
+    """The artifact format from its first bytes: TFLite has a magic tag, a torch spec is a JSON object."""
+    if head[4:8] == TFLITE_MAGIC:
+        return pb.ARTIFACT_FORMAT_TFLITE
+    if head.lstrip()[:1] == b"{":
+        return pb.ARTIFACT_FORMAT_TORCH_SPEC
+    return pb.ARTIFACT_FORMAT_ONNX
+
+
+class ArtifactCache:
+    def __init__(self, root: Path, max_bytes: int, max_artifact_bytes: int):
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.max_artifact_bytes = max_artifact_bytes
+        self.done_dir = self.root / "artifacts"
+        self.part_dir = self.root / "incoming"
+        self.done_dir.mkdir(parents=True, exist_ok=True)
+        self.part_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._uploading: set[str] = set()
+        self._pins: dict[str, int] = {}
+        for stray in self.done_dir.glob(".*.tmp"):  # a crash between write and rename
+            stray.unlink(missing_ok=True)
+
+    # ----- queries -------------------------------------------------------------------------------
+    def path(self, sha256: str) -> Path:
+        return self.done_dir / check_sha256(sha256)
+
+    def has(self, sha256: str) -> pb.HasArtifactResponse:
+        path = self.path(sha256)
+        if path.exists():
+            return pb.HasArtifactResponse(present=True, size_bytes=path.stat().st_size)
+        part = self.part_dir / f"{sha256}.part"
+        return pb.HasArtifactResponse(resume_offset_bytes=part.stat().st_size if part.exists() else 0)
+
+    def used_bytes(self) -> int:
+        return sum(size for _, size, _ in self._stats())
+
+    # ----- upload --------------------------------------------------------------------------------
+    def begin(self, header: pb.ArtifactHeader) -> Upload | None:
+        """Starts (or resumes) an upload; None when the artifact is already cached."""
+        sha = check_sha256(header.sha256)
+        if header.size_bytes == 0:
+            raise CacheError("INVALID_ARGUMENT", "size_bytes must be positive: an empty artifact is not a model")
+        if header.size_bytes > self.max_artifact_bytes:
+            raise CacheError("INVALID_ARGUMENT", f"artifact of {header.size_bytes} bytes exceeds this agent's "
+                                                 f"limit of {self.max_artifact_bytes} bytes")
+        if header.size_bytes > self.max_bytes:
+            raise CacheError("RESOURCE_EXHAUSTED", f"artifact of {header.size_bytes} bytes cannot fit in a cache "
+                                                   f"capped at {self.max_bytes} bytes")
+        with self._lock:
+            if self.path(sha).exists():
+                self._touch(self.path(sha))
+                return None
+            if sha in self._uploading:
+                raise CacheError("ABORTED", f"another upload of {sha} is in progress; retry when it ends")
+            self._uploading.add(sha)
+        try:
+            return self._open_part(sha, header)
+        except BaseException:
+            with self._lock:
+                self._uploading.discard(sha)
+            raise
+
+    def _open_part(self, sha: str, header: pb.ArtifactHeader) -> Upload:
+        part = self.part_dir / f"{sha}.part"
+        have = part.stat().st_size if part.exists() else 0
+        if header.offset_bytes not in (0, have):
+            raise CacheError("FAILED_PRECONDITION", f"resume offset {header.offset_bytes} does not match the "
+                                                    f"{have} bytes received so far; ask HasArtifact again")
+        hasher = hashlib.sha256()
+        if header.offset_bytes:
+            with part.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    hasher.update(block)
+        self._make_room(header.size_bytes - header.offset_bytes, keep=sha)
+        handle = part.open("ab" if header.offset_bytes else "wb")
+        return Upload(sha, header.size_bytes, header.format, part, hasher, header.offset_bytes, handle)
+
+    def write(self, upload: Upload, data: bytes) -> None:
+        if upload.received + len(data) > upload.size_bytes:
+            self.abort(upload, keep_partial=False)
+            raise CacheError("INVALID_ARGUMENT", f"upload sent more than the declared {upload.size_bytes} bytes")
+        try:
+            upload.handle.write(data)
+        except OSError as exc:
+            self.abort(upload, keep_partial=False)
+            if exc.errno == errno.ENOSPC:
+                raise CacheError("RESOURCE_EXHAUSTED", "the agent's cache disk is full") from exc
+            raise CacheError("INTERNAL", f"cannot write the artifact: {exc}") from exc
+        upload.hasher.update(data)
+        upload.received += len(data)
+
+    def commit(self, upload: Upload) -> None:
+        """Verifies the upload and moves it into the cache atomically, or removes it."""
+        try:
+            if upload.received != upload.size_bytes:
+                raise CacheError("INVALID_ARGUMENT", f"upload ended after {upload.received} of "
+                                                     f"{upload.size_bytes} declared bytes")
+            digest = upload.hasher.hexdigest()
+            if digest != upload.sha256:
+                raise CacheError("INVALID_ARGUMENT", f"sha256 mismatch: declared {upload.sha256}, received {digest}")
+            upload.handle.flush()
+            os.fsync(upload.handle.fileno())
+            upload.handle.close()
+            with upload.part.open("rb") as f:
+                self._check_format(upload, f.read(64 * 1024))
+            os.replace(upload.part, self.path(upload.sha256))
+            _fsync_dir(self.done_dir)
+        except OSError as exc:
+            self.abort(upload, keep_partial=False)
+            code = "RESOURCE_EXHAUSTED" if exc.errno == errno.ENOSPC else "INTERNAL"
+            raise CacheError(code, f"cannot store the artifact: {exc}") from exc
+        except CacheError:
+            self.abort(upload, keep_partial=False)
+            raise
+        self._finish(upload)
+
+    def abort(self, upload: Upload, keep_partial: bool) -> None:
+        """Ends an upload that will not complete; an interrupted one keeps its bytes for a resume."""
+        if upload.ended:
+            return
+        upload.handle.close()
+        if not keep_partial or upload.received == 0:
+            upload.part.unlink(missing_ok=True)
+        self._finish(upload)
+
+    def _finish(self, upload: Upload) -> None:
+        upload.ended = True
+        with self._lock:
+            self._uploading.discard(upload.sha256)
+
+    @staticmethod
+    def _check_format(upload: Upload, head: bytes) -> None:
+        found = sniff_format(head)
+        if upload.format not in (pb.ARTIFACT_FORMAT_UNSPECIFIED, found):
+            raise CacheError("INVALID_ARGUMENT", f"declared format {pb.ArtifactFormat.Name(upload.format)} but the "
+                                                 f"content looks like {pb.ArtifactFormat.Name(found)}")
+        if found == pb.ARTIFACT_FORMAT_TORCH_SPEC:
+            try:
+                spec = json.loads(upload.part.read_text())
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise CacheError("INVALID_ARGUMENT", f"a torch spec must be JSON: {exc}") from exc
+            if not isinstance(spec, dict) or not {"space", "config"} <= spec.keys():
+                raise CacheError("INVALID_ARGUMENT", 'a torch spec is a JSON object with "space" and "config"')
+
+    # ----- use and eviction ----------------------------------------------------------------------
+    @contextmanager
+    def pinned(self, sha256: str) -> Iterator[Path]:
+        """The artifact's path, protected from eviction while in use."""
+        path = self.path(sha256)
+        with self._lock:
+            if not path.exists():
+                raise CacheError("NOT_FOUND", f"artifact {sha256} is not in this agent's cache; upload it first")
+            self._pins[sha256] = self._pins.get(sha256, 0) + 1
+            self._touch(path)
+        try:
+            yield path
+        finally:
+            with self._lock:
+                self._pins[sha256] -= 1
+                if not self._pins[sha256]:
+                    del self._pins[sha256]
+
+    def _make_room(self, incoming: int, keep: str) -> None:
+        """Evicts stale partial uploads, then least recently used artifacts, until `incoming` bytes fit."""
+        with self._lock:
+            now = time.time()
+            files = sorted(self._stats(), key=lambda f: f[2])  # oldest use first
+            used = sum(size for _, size, _ in files)
+            for path, size, mtime in files:
+                sha = path.name[:64]
+                stale_part = path.parent == self.part_dir and now - mtime > PARTIAL_MAX_AGE_S
+                if not stale_part and used + incoming <= self.max_bytes:
+                    continue
+                if sha == keep or sha in self._pins or sha in self._uploading:
+                    continue
+                path.unlink(missing_ok=True)
+                used -= size
+            if used + incoming > self.max_bytes:
+                raise CacheError("RESOURCE_EXHAUSTED", f"no room for {incoming} bytes: the cache is capped at "
+                                                       f"{self.max_bytes} bytes and the rest is in use")
+
+    def _stats(self) -> list[tuple[Path, int, float]]:
+        """(path, size, last use) of every cached file; files that vanish meanwhile are skipped."""
+        found = []
+        for directory in (self.done_dir, self.part_dir):
+            for path in directory.iterdir():
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                if not path.name.startswith("."):
+                    found.append((path, st.st_size, st.st_mtime))
+        return found
+
+    @staticmethod
+    def _touch(path: Path) -> None:
+        os.utime(path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

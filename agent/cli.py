@@ -1,0 +1,126 @@
+"""`fleetnas-agent`: the device-side command."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from .server import MIB, AgentConfig, build_server
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _readable(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetnas-agent", description="FleetNAS on-device profiling agent")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve the profiling API")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=_port, default=50051, help="port (default 50051; 0 picks a free one)")
+    s.add_argument("--label", default="", help="a name for this device, shown in the host's tables")
+    s.add_argument("--cache-dir", type=Path, default=AgentConfig.cache_dir, help="artifact cache directory")
+    s.add_argument("--cache-max-mb", type=_positive(int), default=AgentConfig.cache_max_bytes // MIB,
+                   help="artifact cache size cap in MiB (least recently used evicted first)")
+    s.add_argument("--max-artifact-mb", type=_positive(int), default=AgentConfig.max_artifact_bytes // MIB,
+                   help="largest artifact accepted, in MiB")
+    s.add_argument("--max-message-mb", type=_positive(int), default=AgentConfig.max_message_bytes // MIB,
+                   help="largest single gRPC message, in MiB")
+    s.add_argument("--max-queue", type=_positive(int), default=AgentConfig.max_queued,
+                   help="measurements allowed to wait for the device; more get RESOURCE_EXHAUSTED")
+    s.add_argument("--token-file", type=_readable, help="require this bearer token (file holds the token)")
+    s.add_argument("--tls-cert", type=_readable, help="server certificate (PEM) to serve TLS")
+    s.add_argument("--tls-key", type=_readable, help="server private key (PEM)")
+    s.add_argument("--tls-client-ca", type=_readable, help="require client certificates signed by this CA (mutual TLS)")
+    s.add_argument("--insecure", action="store_true",
+                   help="allow plaintext without a token on a non-loopback address")
+    s.add_argument("--port-file", type=Path, help="write the listening port here once serving (for scripts)")
+    s.add_argument("--test-slowdown", type=float, default=0.0, help=argparse.SUPPRESS)
+    s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    d = sub.add_parser("describe", help="print this device's description as JSON and exit")
+    d.add_argument("--cache-dir", type=Path, default=AgentConfig.cache_dir)
+    return p
+
+
+def config_from(args: argparse.Namespace) -> AgentConfig:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("fleetnas-agent: --tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise SystemExit("fleetnas-agent: --tls-client-ca needs --tls-cert and --tls-key")
+    token = args.token_file.read_text().strip() if args.token_file else None
+    if args.token_file and not token:
+        raise SystemExit(f"fleetnas-agent: token file {args.token_file} is empty")
+    if not 0 <= args.test_slowdown < 10:
+        raise SystemExit(f"fleetnas-agent: --test-slowdown must be in [0, 10), got {args.test_slowdown}")
+    return AgentConfig(
+        host=args.host, port=args.port, label=args.label, cache_dir=args.cache_dir,
+        cache_max_bytes=args.cache_max_mb * MIB, max_artifact_bytes=args.max_artifact_mb * MIB,
+        max_message_bytes=args.max_message_mb * MIB, max_queued=args.max_queue, token=token,
+        tls_cert=args.tls_cert.read_bytes() if args.tls_cert else None,
+        tls_key=args.tls_key.read_bytes() if args.tls_key else None,
+        tls_client_ca=args.tls_client_ca.read_bytes() if args.tls_client_ca else None,
+        insecure=args.insecure, test_slowdown=args.test_slowdown)
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from(args)
+    try:
+        server, port = build_server(config)
+    except (ValueError, OSError) as exc:
+        print(f"fleetnas-agent: {exc}", file=sys.stderr)
+        return 2
+    # Scripts and tests wait for this line instead of polling the port.
+    print(f"fleetnas-agent: serving on {config.host}:{port}", flush=True)
+    if args.port_file:
+        tmp = args.port_file.with_suffix(".tmp")
+        tmp.write_text(f"{port}\n")
+        tmp.replace(args.port_file)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=5).wait()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "describe":
+        from . import device
+        from .runtimes import describe_runtimes
+        description = device.describe("", None, describe_runtimes(), args.cache_dir)
+        print(json.dumps(json_format.MessageToDict(description), indent=2))
+        return 0
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

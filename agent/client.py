@@ -1,0 +1,150 @@
+"""The host's handle on one agent: a thin, typed client over the wire contract."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .cache import sniff_format
+from .proto import agent_pb2 as pb
+from .proto import agent_pb2_grpc as pb_grpc
+
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach an agent that requires a token, TLS, or both (all optional)."""
+    token: str | None = None
+    tls_ca: bytes | None = None       # trust this CA (PEM) for the agent's certificate
+    tls_cert: bytes | None = None     # client certificate for mutual TLS
+    tls_key: bytes | None = None
+    server_name: str | None = None    # expected name in the agent's certificate, if not its address
+
+    @classmethod
+    def from_files(cls, token_file=None, tls_ca=None, tls_cert=None, tls_key=None, server_name=None) -> "Credentials":
+        read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+        token = Path(token_file).read_text().strip() if token_file else None
+        return cls(token, read(tls_ca), read(tls_cert), read(tls_key), server_name)
+
+    @property
+    def secure(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class AgentClient:
+    def __init__(self, address: str, credentials: Credentials = Credentials(), timeout_s: float = 30.0,
+                 max_message_bytes: int = 8 * 1024 * 1024):
+        self.address = address
+        self.timeout_s = timeout_s
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        if credentials.server_name:
+            options.append(("grpc.ssl_target_name_override", credentials.server_name))
+        if credentials.secure:
+            tls = grpc.ssl_channel_credentials(credentials.tls_ca, credentials.tls_key, credentials.tls_cert)
+            self.channel = grpc.secure_channel(address, tls, options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
+        self._metadata = (("authorization", f"Bearer {credentials.token}"),) if credentials.token else ()
+        self.stub = pb_grpc.ProfilerAgentStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "AgentClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----- simple calls --------------------------------------------------------------------------
+    def describe(self) -> pb.DeviceDescription:
+        return self.stub.Describe(pb.DescribeRequest(), timeout=self.timeout_s, metadata=self._metadata)
+
+    def environment(self) -> pb.EnvironmentSnapshot:
+        return self.stub.Environment(pb.EnvironmentRequest(), timeout=self.timeout_s, metadata=self._metadata)
+
+    def has_artifact(self, sha256: str) -> pb.HasArtifactResponse:
+        return self.stub.HasArtifact(pb.HasArtifactRequest(sha256=sha256), timeout=self.timeout_s,
+                                     metadata=self._metadata)
+
+    def health(self, service: str = "") -> str:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    # ----- artifacts -----------------------------------------------------------------------------
+    def put_artifact(self, data: bytes, artifact_format: int = pb.ARTIFACT_FORMAT_UNSPECIFIED,
+                     name: str = "") -> str:
+        """Sends the artifact unless the agent has it, resuming an interrupted upload; returns its sha256."""
+        sha = sha256_of(data)
+        state = self.has_artifact(sha)
+        if state.present:
+            return sha
+        offset = state.resume_offset_bytes if state.resume_offset_bytes <= len(data) else 0
+        header = pb.ArtifactHeader(sha256=sha, size_bytes=len(data), name=name, offset_bytes=offset,
+                                   format=artifact_format or sniff_format(data[:64]))
+
+        def chunks():
+            yield pb.ArtifactChunk(header=header)
+            for start in range(offset, len(data), CHUNK_BYTES):
+                yield pb.ArtifactChunk(data=data[start:start + CHUNK_BYTES])
+
+        timeout = self.timeout_s + len(data) / (1024 * 1024)  # allow about 1 MiB/s on a slow link
+        self.stub.PutArtifact(chunks(), timeout=timeout, metadata=self._metadata)
+        return sha
+
+    def put_file(self, path: str | Path) -> str:
+        return self.put_artifact(Path(path).read_bytes(), name=Path(path).name)
+
+    # ----- measurement ---------------------------------------------------------------------------
+    def profile(self, sha256: str, runtime: str = "", threads: int = 1, stopping: pb.StoppingRule | None = None,
+                inputs: list[pb.TensorSpec] = (), seed: int = 0, timeout_s: float = 0.0,
+                on_progress: Callable[[pb.ProfileProgress], None] | None = None,
+                wait_s: float | None = None) -> pb.ProfileResult:
+        """Measures a cached artifact; `wait_s` bounds the whole call (queueing included)."""
+        request = pb.ProfileRequest(artifact_sha256=sha256, runtime=runtime, threads=threads, inputs=inputs,
+                                    stopping=stopping or pb.StoppingRule(), seed=seed, timeout_s=timeout_s)
+        events = self.stub.Profile(request, timeout=wait_s, metadata=self._metadata)
+        try:
+            for event in events:
+                if event.HasField("result"):
+                    return event.result
+                if on_progress is not None:
+                    on_progress(event.progress)
+        finally:
+            events.cancel()
+        raise grpc.RpcError("the agent ended the profile stream without a result")
+
+
+def result_to_dict(result: pb.ProfileResult) -> dict:
+    """The JSON shape the CLI prints and the store keeps: latency_ms, memory, env, runtime, device."""
+    as_dict = lambda m: json_format.MessageToDict(m, preserving_proto_field_name=True,  # noqa: E731
+                                                  always_print_fields_with_no_presence=True)
+    latency = as_dict(result.latency)
+    latency_ms = {key.removesuffix("_ms"): value for key, value in latency.items()}
+    return {
+        "artifact_sha256": result.artifact_sha256,
+        "latency_ms": latency_ms,
+        "memory": {key: int(value) if key.endswith("_bytes") else value
+                   for key, value in as_dict(result.memory).items()},
+        "env": {"before": as_dict(result.env_before), "after": as_dict(result.env_after),
+                "throttled": result.throttled},
+        "runtime": {"name": result.runtime.name, "version": result.runtime.version},
+        "device": {"id": result.device.device_id, "label": result.device.label},
+        "threads": result.threads,
+        "inputs": [as_dict(t) for t in result.inputs],
+        "load_ms": result.load_ms,
+        "started_unix_s": result.started_unix_s,
+        "finished_unix_s": result.finished_unix_s,
+    }

@@ -1,0 +1,142 @@
+"""Where latency is measured: warm-up, adaptive repetition, statistics.
+
+The method follows TFLite's benchmark_model and MLPerf's single-stream scenario:
+  1. warm up until both a minimum number of runs and a minimum time are reached;
+  2. repeat timed runs until the 95 % confidence interval of the median is narrower than a target
+     (relative half-width, default 1 %) — or a run or time cap is hit — but never fewer than the minimum
+     runs and time;
+  3. report n, mean, median, p90, p99, std, min, max, the median's confidence interval, and whether the
+     target was met.
+The median's interval is distribution-free (order statistics of a binomial(n, 1/2)), because latency
+samples are skewed and occasionally stall: a normal-theory interval of the mean would be misleading.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class StoppingRule:
+    warmup_min_runs: int = 5
+    warmup_min_s: float = 0.5
+    min_runs: int = 10
+    max_runs: int = 100_000
+    min_s: float = 1.0
+    max_s: float = 30.0
+    target_rel_ci: float = 0.01
+
+    @classmethod
+    def from_message(cls, values: dict) -> "StoppingRule":
+        """Zero or missing fields take the defaults (proto3 cannot tell 'unset' from 0)."""
+        given = {f.name: values[f.name] for f in fields(cls) if values.get(f.name)}
+        rule = cls(**given)
+        rule.validate()
+        return rule
+
+    def validate(self) -> None:
+        if self.max_runs < self.min_runs:
+            raise ValueError(f"max_runs ({self.max_runs}) is below min_runs ({self.min_runs})")
+        if self.max_s < self.min_s:
+            raise ValueError(f"max_s ({self.max_s}) is below min_s ({self.min_s})")
+        if not 0 < self.target_rel_ci < 1:
+            raise ValueError(f"target_rel_ci must be in (0, 1), got {self.target_rel_ci}")
+        if self.max_runs > 1_000_000 or self.max_s > 3600:
+            raise ValueError("max_runs is capped at 1,000,000 and max_s at 3600 s")
+
+
+def median_ci(sorted_ms: np.ndarray) -> tuple[float, float]:
+    """95 % confidence interval of the median from order statistics (normal approximation to the binomial)."""
+    n = len(sorted_ms)
+    half = Z95 * math.sqrt(n) / 2
+    low = max(int(math.floor(n / 2 - half)), 0)
+    high = min(int(math.ceil(n / 2 + half)), n - 1)
+    return float(sorted_ms[low]), float(sorted_ms[high])
+
+
+def rel_half_width(samples_ms: np.ndarray) -> float:
+    ordered = np.sort(samples_ms)
+    low, high = median_ci(ordered)
+    median = float(np.median(ordered))
+    return (high - low) / 2 / median if median > 0 else math.inf
+
+
+def latency_stats(samples_ms: np.ndarray, rule: StoppingRule) -> dict:
+    ordered = np.sort(np.asarray(samples_ms, dtype=np.float64))
+    low, high = median_ci(ordered)
+    median = float(np.median(ordered))
+    rel = (high - low) / 2 / median if median > 0 else math.inf
+    return {
+        "n": int(len(ordered)),
+        "mean_ms": float(ordered.mean()),
+        "median_ms": median,
+        "p90_ms": float(np.percentile(ordered, 90)),
+        "p99_ms": float(np.percentile(ordered, 99)),
+        "std_ms": float(ordered.std(ddof=1)) if len(ordered) > 1 else 0.0,
+        "min_ms": float(ordered[0]),
+        "max_ms": float(ordered[-1]),
+        "median_ci_low_ms": low,
+        "median_ci_high_ms": high,
+        "rel_ci_half_width": rel if math.isfinite(rel) else 1e9,
+        "target_rel_ci": rule.target_rel_ci,
+        "target_met": bool(rel <= rule.target_rel_ci),
+    }
+
+
+def measure(run_once: Callable[[], None], rule: StoppingRule,
+            on_progress: Callable[[str, int, float, float], None] = lambda *a: None,
+            slowdown: float = 0.0) -> dict:
+    """Times `run_once` by the stopping rule. `slowdown` (a test aid) stretches every timed run by that fraction."""
+    clock = time.perf_counter
+
+    def timed() -> float:
+        start = clock()
+        run_once()
+        elapsed = clock() - start
+        if slowdown:
+            until = start + elapsed * (1 + slowdown)
+            while clock() < until:  # busy-wait: sleep() is far too coarse below a millisecond
+                pass
+            elapsed = clock() - start
+        return elapsed * 1000.0
+
+    warm_start = clock()
+    warm_runs = 0
+    while warm_runs < rule.warmup_min_runs or clock() - warm_start < rule.warmup_min_s:
+        timed()
+        warm_runs += 1
+        if clock() - warm_start > rule.max_s:  # a very slow model: do not spend forever warming up
+            break
+    warmup_s = clock() - warm_start
+    on_progress("warmup", warm_runs, warmup_s, math.inf)
+
+    samples: list[float] = []
+    start = clock()
+    next_check = rule.min_runs
+    last_report = start
+    rel = math.inf
+    while True:
+        samples.append(timed())
+        n = len(samples)
+        elapsed = clock() - start
+        if n >= next_check and elapsed >= rule.min_s:
+            rel = rel_half_width(np.asarray(samples))
+            # Check again after a few percent more runs: sorting every run would cost O(n^2 log n).
+            next_check = n + max(1, n // 20)
+            if rel <= rule.target_rel_ci:
+                break
+        if n >= rule.max_runs or elapsed >= rule.max_s:
+            break
+        if clock() - last_report >= 0.5:
+            on_progress("measuring", n, elapsed, rel)
+            last_report = clock()
+    measure_s = clock() - start
+    stats = latency_stats(np.asarray(samples), rule)
+    stats.update(warmup_runs=warm_runs, warmup_s=warmup_s, measure_s=measure_s)
+    return stats

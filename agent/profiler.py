@@ -1,0 +1,162 @@
+"""The agent's side of a measurement: the device-wide queue, and the child process that measures.
+
+One measurement runs at a time on a device (anything else running would disturb it); later requests wait
+in FIFO order, up to a bound. Each measurement runs in a fresh child interpreter
+(`python -m fleetnas_agent.worker`), which is killed with its whole process group on a deadline or when
+the client goes away.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from typing import Callable, Iterator
+
+CHILD_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class ProfileError(Exception):
+    """A measurement that failed; `code` is the gRPC status name to answer with."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class DeviceQueue:
+    """A FIFO lock with a bounded number of waiters."""
+
+    def __init__(self, max_waiting: int):
+        self.max_waiting = max_waiting
+        self._cond = threading.Condition()
+        self._waiting: deque[object] = deque()
+        self._busy = False
+
+    def wait_turn(self, cancelled: Callable[[], bool]) -> Iterator[int]:
+        """Yields the number of requests ahead whenever it changes; returns holding the device.
+
+        Raises ProfileError(RESOURCE_EXHAUSTED) when the queue is full, CANCELLED when the caller leaves.
+        Callers must call release() after the generator finishes normally.
+        """
+        ticket = object()
+        with self._cond:
+            if self._busy and len(self._waiting) >= self.max_waiting:
+                raise ProfileError("RESOURCE_EXHAUSTED", f"the device is busy and {len(self._waiting)} "
+                                                         f"measurements already wait (limit {self.max_waiting})")
+            self._waiting.append(ticket)
+        reported = None
+        try:
+            while True:
+                with self._cond:
+                    if not self._busy and self._waiting[0] is ticket:
+                        self._waiting.popleft()
+                        self._busy = True
+                        return
+                    ahead = self._waiting.index(ticket) + (1 if self._busy else 0)
+                    if ahead == reported:
+                        # Woken by release(), leave(), or the periodic check for a client that left.
+                        self._cond.wait(timeout=1.0)
+                        if cancelled():
+                            raise ProfileError("CANCELLED", "the client left while queued")
+                        continue
+                reported = ahead
+                yield ahead
+        except BaseException:
+            with self._cond:
+                if ticket in self._waiting:
+                    self._waiting.remove(ticket)
+                self._cond.notify_all()
+            raise
+
+    def release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Lets waiters re-check whether their client is still there."""
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+
+def run_child(request: dict, threads: int, timeout_s: float, cancelled: Callable[[], bool]) -> Iterator[dict]:
+    """Runs one measurement in a child process; yields its progress dicts, then returns its result dict."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{var: str(threads) for var in CHILD_THREAD_VARS})
+    with tempfile.TemporaryFile() as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "fleetnas_agent.worker"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=stderr, env=env, start_new_session=True)
+        lines: queue.Queue[bytes | None] = queue.Queue()
+        reader = threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True)
+        reader.start()
+        try:
+            child.stdin.write(json.dumps(request).encode())
+            child.stdin.close()
+        except BrokenPipeError:
+            pass
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    line = lines.get(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    line = b""
+                if line is None:  # the child closed its output: it has finished or died
+                    break
+                if line:
+                    message = json.loads(line)
+                    if "progress" in message:
+                        yield message["progress"]
+                    elif "error" in message:
+                        raise ProfileError(message["error"]["code"], message["error"]["message"])
+                    else:
+                        return message["result"]
+                if cancelled():
+                    raise ProfileError("CANCELLED", "the client went away during the measurement")
+                if time.monotonic() >= deadline:
+                    raise ProfileError("DEADLINE_EXCEEDED", f"the measurement did not finish within {timeout_s:.0f} s "
+                                                            "(a hanging model?); its process was killed")
+            returncode = child.wait(timeout=30)
+            stderr.seek(0)
+            raise ProfileError(*_death(returncode, stderr.read()[-2000:].decode(errors="replace")))
+        finally:
+            _kill(child)
+            reader.join(timeout=5)
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    for line in iter(stream.readline, b""):
+        lines.put(line)
+    lines.put(None)
+
+
+def _kill(child: subprocess.Popen) -> None:
+    """Kills the child and anything it started, and reaps it, so no process outlives its measurement."""
+    if child.poll() is None:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    child.wait()
+
+
+def _death(returncode: int, stderr_tail: str) -> tuple[str, str]:
+    """The status for a child that ended without a result."""
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        if -returncode == signal.SIGKILL:
+            return "RESOURCE_EXHAUSTED", f"the measuring process was killed ({name}), most likely out of memory"
+        return "INVALID_ARGUMENT", f"the model crashed its runtime ({name})"
+    last = stderr_tail.strip().splitlines()[-1:] or ["no output"]
+    return "INTERNAL", f"the measuring process exited with code {returncode}: {last[0]}"

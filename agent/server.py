@@ -1,0 +1,270 @@
+"""The gRPC service `fleetnas.agent.v1.ProfilerAgent`, with standard health checking and reflection."""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psutil
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import device
+from .cache import ArtifactCache, CacheError, sniff_format
+from .profiler import DeviceQueue, ProfileError, run_child
+from .proto import agent_pb2 as pb
+from .proto import agent_pb2_grpc as pb_grpc
+from .runtimes import RUNTIMES, describe_runtimes, resolve
+
+log = logging.getLogger("fleetnas_agent")
+SERVICE = pb.DESCRIPTOR.services_by_name["ProfilerAgent"].full_name
+# Health checks stay open to unauthenticated callers (that is the standard's purpose: probes and load
+# balancers); everything else, reflection included, needs the token.
+OPEN_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
+MIB = 1024 * 1024
+
+
+@dataclass
+class AgentConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    label: str = ""
+    cache_dir: Path = Path.home() / ".cache" / "fleetnas-agent"
+    cache_max_bytes: int = 2048 * MIB
+    max_artifact_bytes: int = 512 * MIB
+    max_message_bytes: int = 8 * MIB
+    max_queued: int = 8
+    token: str | None = None
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    tls_client_ca: bytes | None = None
+    insecure: bool = False
+    # Test aid: stretch every timed run by this fraction (simulates a device that got slower).
+    test_slowdown: float = 0.0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
+    def __init__(self, config: AgentConfig):
+        self.config = config
+        self.cache = ArtifactCache(config.cache_dir, config.cache_max_bytes, config.max_artifact_bytes)
+        self.queue = DeviceQueue(config.max_queued)
+        self.device_id = device.device_id(config.cache_dir)
+        device.environment()  # primes psutil's CPU-percent counter so the first real snapshot means something
+
+    def _limits(self) -> pb.Limits:
+        return pb.Limits(max_artifact_bytes=self.config.max_artifact_bytes, cache_max_bytes=self.config.cache_max_bytes,
+                         cache_used_bytes=self.cache.used_bytes(), max_queued_profiles=self.config.max_queued,
+                         max_message_bytes=self.config.max_message_bytes)
+
+    def Describe(self, request, context):
+        return device.describe(self.config.label, self._limits(), describe_runtimes(), self.config.cache_dir)
+
+    def Environment(self, request, context):
+        return device.environment()
+
+    def HasArtifact(self, request, context):
+        try:
+            return self.cache.has(request.sha256)
+        except CacheError as exc:
+            _abort(context, exc.code, str(exc))
+
+    def PutArtifact(self, request_iterator, context):
+        upload = None
+        try:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("payload") != "header":
+                raise CacheError("INVALID_ARGUMENT", "the first message of an upload must be its header")
+            header = first.header
+            upload = self.cache.begin(header)
+            for chunk in request_iterator:
+                if chunk.WhichOneof("payload") != "data":
+                    raise CacheError("INVALID_ARGUMENT", "only data chunks may follow the header")
+                if upload is not None:
+                    self.cache.write(upload, chunk.data)
+            if upload is None:
+                return pb.PutArtifactResponse(sha256=header.sha256, size_bytes=header.size_bytes, already_present=True)
+            self.cache.commit(upload)
+            log.info("stored artifact %s (%d bytes)", header.sha256[:12], header.size_bytes)
+            return pb.PutArtifactResponse(sha256=header.sha256, size_bytes=header.size_bytes)
+        except CacheError as exc:
+            if upload is not None:
+                self.cache.abort(upload, keep_partial=False)
+            _abort(context, exc.code, str(exc))
+        except BaseException:  # the client went away mid-upload: keep what arrived, so that it can resume
+            if upload is not None:
+                self.cache.abort(upload, keep_partial=True)
+            raise
+
+    def Profile(self, request, context):
+        context.add_callback(self.queue.wake)
+        cancelled = lambda: not context.is_active()  # noqa: E731
+        try:
+            with self.cache.pinned(request.artifact_sha256) as path:
+                entry, child_request = self._child_request(request, path)
+                for ahead in self.queue.wait_turn(cancelled):
+                    yield _progress(pb.ProfileProgress.PHASE_QUEUED, queue_position=ahead)
+                started = time.time()
+                try:
+                    result = yield from self._measure(request, entry, child_request, cancelled)
+                finally:
+                    self.queue.release()
+                result.started_unix_s = started
+                result.finished_unix_s = time.time()
+                yield pb.ProfileEvent(result=result)
+        except (CacheError, ProfileError) as exc:
+            log.warning("profile %s refused: %s: %s", request.artifact_sha256[:12], exc.code, exc)
+            _abort(context, exc.code, str(exc))
+
+    def _child_request(self, request: pb.ProfileRequest, path: Path):
+        with path.open("rb") as f:
+            fmt = sniff_format(f.read(64))
+        try:
+            entry = resolve(request.runtime, fmt)
+        except ValueError as exc:
+            raise ProfileError("INVALID_ARGUMENT", str(exc)) from exc
+        if entry.installed() is None:
+            providers = " or ".join(dist for _, dist in entry.packages)
+            raise ProfileError("FAILED_PRECONDITION", f"runtime {entry.name!r} is not installed on this device "
+                                                      f"(install {providers})")
+        threads = request.threads or 1
+        if threads > 256:
+            raise ProfileError("INVALID_ARGUMENT", f"threads must be at most 256, got {threads}")
+        stopping = {f.name: v for f, v in request.stopping.ListFields()}
+        child_request = {
+            "artifact": str(path), "runtime": entry.name, "threads": threads, "seed": request.seed,
+            "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in request.inputs],
+            "stopping": stopping, "slowdown": self.config.test_slowdown, "model_bytes": path.stat().st_size,
+            # An input larger than half of free memory would only get the child killed by the OOM killer.
+            "max_input_bytes": psutil.virtual_memory().available // 2,
+        }
+        return entry, child_request
+
+    def _measure(self, request, entry, child_request, cancelled):
+        max_s = request.stopping.max_s or 30.0
+        timeout_s = request.timeout_s or max_s * 2 + 120
+        before = device.environment()
+        out = yield from _relay(run_child(child_request, child_request["threads"], timeout_s, cancelled))
+        after = device.environment()
+        info = entry.info()
+        info.version = out["runtime_version"] or info.version
+        return pb.ProfileResult(
+            artifact_sha256=request.artifact_sha256, runtime=info,
+            device=pb.DeviceRef(device_id=self.device_id, label=self.config.label),
+            threads=child_request["threads"],
+            inputs=[pb.TensorSpec(**spec) for spec in out["inputs"]],
+            latency=pb.LatencyStats(**out["latency"]), memory=pb.MemoryStats(**out["memory"]),
+            env_before=before, env_after=after, throttled=before.throttled or after.throttled,
+            load_ms=out["load_ms"])
+
+
+CHILD_PHASES = {"loading": pb.ProfileProgress.PHASE_LOADING, "warmup": pb.ProfileProgress.PHASE_WARMUP,
+                "measuring": pb.ProfileProgress.PHASE_MEASURING}
+
+
+def _relay(child_events):
+    """Turns the child's progress dicts into ProfileEvents; returns the child's result."""
+    while True:
+        try:
+            event = next(child_events)
+        except StopIteration as done:
+            return done.value
+        yield _progress(CHILD_PHASES.get(event.pop("phase"), 0), **event)
+
+
+def _progress(phase, **fields) -> pb.ProfileEvent:
+    return pb.ProfileEvent(progress=pb.ProfileProgress(phase=phase, **fields))
+
+
+def _abort(context, code: str, message: str):
+    context.abort(getattr(grpc.StatusCode, code), message)
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    """Requires `authorization: Bearer <token>` on every call except standard health checks."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream_in = grpc.stream_unary_rpc_method_handler(deny)
+        self._deny_stream_out = grpc.unary_stream_rpc_method_handler(deny)
+        self._deny_stream_both = grpc.stream_stream_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, details):
+        if details.method in OPEN_METHODS:
+            return continuation(details)
+        given = dict(details.invocation_metadata).get("authorization", "")
+        if hmac.compare_digest(given.encode(), self._expected):
+            return continuation(details)
+        log.warning("refused %s: missing or wrong bearer token", details.method)
+        handler = continuation(details)
+        if handler is None:
+            return self._deny_unary
+        if handler.request_streaming and handler.response_streaming:
+            return self._deny_stream_both
+        if handler.request_streaming:
+            return self._deny_stream_in
+        if handler.response_streaming:
+            return self._deny_stream_out
+        return self._deny_unary
+
+
+def check_security(config: AgentConfig) -> None:
+    """Refuses to expose an unauthenticated plaintext agent beyond loopback unless told to."""
+    if is_loopback(config.host) or config.insecure:
+        return
+    if config.tls_cert is None and config.token is None:
+        raise ValueError(f"refusing to serve plaintext without a token on {config.host}: give --token-file, "
+                         "--tls-cert/--tls-key, or --insecure to accept the risk")
+
+
+def build_server(config: AgentConfig) -> tuple[grpc.Server, int]:
+    """A started server and the port it listens on (useful with port 0)."""
+    check_security(config)
+    workers = config.max_queued + 16
+    options = [("grpc.max_receive_message_length", config.max_message_bytes),
+               ("grpc.max_send_message_length", config.max_message_bytes)]
+    interceptors = [TokenAuth(config.token)] if config.token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent"),
+                         interceptors=interceptors, options=options, maximum_concurrent_rpcs=workers)
+    pb_grpc.add_ProfilerAgentServicer_to_server(ProfilerAgent(config), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
+    if config.tls_cert is not None:
+        credentials = grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)],
+                                                  root_certificates=config.tls_client_ca,
+                                                  require_client_auth=config.tls_client_ca is not None)
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    log.info("agent %s listening on %s:%d (%s%s); runtimes: %s", config.label or "(no label)", config.host, port,
+             "TLS" if config.tls_cert else "plaintext", ", token" if config.token else "",
+             ", ".join(r.name for r in describe_runtimes() if r.available) or "none")
+    return server, port
+
+
+__all__ = ["AgentConfig", "build_server", "ProfilerAgent", "RUNTIMES"]

@@ -1,0 +1,119 @@
+"""The measuring child process: `python -m fleetnas_agent.worker`, one measurement, then exit.
+
+Runs in its own process so that a model that crashes or hangs cannot take the agent down, and so that
+the peak memory it reports is this process's alone. Reads one JSON request on stdin; writes JSON lines
+on a private copy of stdout ({"progress": ...}, then {"result": ...} or {"error": {"code", "message"}}):
+fd 1 itself is pointed at stderr, because runtimes print to it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from . import inputs
+from .measure import StoppingRule, measure
+
+STATUS = Path("/proc/self/status")
+
+
+def main() -> int:
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+
+    def send(kind: str, payload: dict) -> None:
+        out.write(json.dumps({kind: payload}) + "\n")
+
+    try:
+        request = json.loads(sys.stdin.read())
+        send("result", run(request, lambda **p: send("progress", p)))
+    except Failure as failure:
+        send("error", {"code": failure.code, "message": str(failure)})
+    except MemoryError:
+        send("error", {"code": "RESOURCE_EXHAUSTED", "message": "the device ran out of memory"})
+    out.flush()
+    return 0
+
+
+class Failure(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def run(request: dict, progress) -> dict:
+    from .runtimes import load_adapter
+
+    progress(phase="loading", runs_done=0, elapsed_s=0.0, rel_ci_half_width=0.0)
+    try:
+        rule = StoppingRule.from_message(request.get("stopping", {}))
+    except (TypeError, ValueError) as exc:
+        raise Failure("INVALID_ARGUMENT", f"bad stopping rule: {exc}") from exc
+    adapter = load_adapter(request["runtime"])
+    baseline = _reset_peak()
+
+    load_start = time.perf_counter()
+    try:
+        model = adapter.load(request["artifact"], request["threads"])
+        specs = inputs.resolve(model.input_specs(), request.get("inputs", []))
+        inputs.check_size(specs, request["max_input_bytes"])
+        model.set_inputs(inputs.generate(specs, request.get("seed", 0)))
+    except MemoryError:
+        raise
+    except Exception as exc:  # any failure to load is the artifact's fault, reported to the client
+        raise Failure("INVALID_ARGUMENT", f"cannot load the model with {request['runtime']}: "
+                                          f"{type(exc).__name__}: {exc}") from exc
+    load_ms = (time.perf_counter() - load_start) * 1000
+
+    def on_progress(phase: str, runs: int, elapsed: float, rel: float) -> None:
+        progress(phase=phase, runs_done=runs, elapsed_s=elapsed, rel_ci_half_width=min(rel, 1e9))
+
+    try:
+        latency = measure(model.run, rule, on_progress, slowdown=request.get("slowdown", 0.0))
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise Failure("INVALID_ARGUMENT", f"the model failed while running: {type(exc).__name__}: {exc}") from exc
+
+    memory = _memory(baseline, request.get("model_bytes", 0))
+    memory.update(model.memory_figures())
+    return {"latency": latency, "memory": memory, "inputs": specs, "load_ms": load_ms,
+            "runtime_version": adapter.version()}
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> int | None:
+    """Resident bytes now, after the runtime import; the peak counter restarts from here where Linux allows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS
+    except OSError:
+        pass
+    rss = _status_kib("VmRSS")
+    return rss * 1024 if rss is not None else None
+
+
+def _memory(baseline: int | None, model_bytes: int) -> dict:
+    peak = _status_kib("VmHWM")
+    if baseline is None or peak is None:
+        return {"measured": False, "model_bytes": model_bytes, "method": "none",
+                "note": f"per-process peak memory (VmHWM) is not readable on {platform.system()}; not measured"}
+    peak_bytes = peak * 1024
+    return {"measured": True, "peak_bytes": max(peak_bytes - baseline, 0), "baseline_rss_bytes": baseline,
+            "peak_rss_bytes": peak_bytes, "model_bytes": model_bytes, "method": "VmHWM-minus-baseline",
+            "note": "child's peak resident set minus its resident set after the runtime import"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""`fleetnas`: the host command. Each sub-command lives in its own module with `register(subparsers)`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .common import CliError
+
+# Modules under fleetnas.cli that add sub-commands, in the order `fleetnas --help` lists them.
+COMMAND_MODULES = ["profile", "devices"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetnas", description="Hardware-aware NAS measured on real devices")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except CliError as exc:
+        print(f"fleetnas: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fleetnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""What a super-network offers, and how one is found by id.
+
+A super-network is registered under the entry point group `fleetnas.supernets` (FleetNAS's built-ins
+are registered the same way, in pyproject.toml), so that both the host and a torch-equipped agent can
+find it by id. The object an entry point names must be importable with numpy and torch alone: an agent
+loads it to build a sub-network from a spec, and must not pull in host-only packages.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+from .space import Config, SearchSpace
+
+ENTRY_POINT_GROUP = "fleetnas.supernets"
+
+
+class SuperNetwork:
+    """Base class. Subclasses set `space` and, unless table-only, implement `build` and `input_specs`."""
+
+    space: SearchSpace
+    #: True for spaces that exist only as recorded tables (NAS-Bench-201, FBNet): nothing to build.
+    table_only: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.space.id
+
+    def build(self, config: Config, weights: Any = None):
+        """A standalone torch.nn.Module for `config` (random weights, or sliced from a checkpoint)."""
+        raise NotImplementedError(f"{self.id} is a table-only space: its sub-networks cannot be built")
+
+    def input_specs(self, config: Config, batch: int = 1) -> list[dict]:
+        """The module's inputs: [{"name", "shape", "dtype"}]."""
+        raise NotImplementedError(f"{self.id} is a table-only space: it has no inputs")
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def list_supernets() -> list[str]:
+    return sorted(_entry_points())
+
+
+def get_supernet(space_id: str) -> SuperNetwork:
+    points = _entry_points()
+    if space_id not in points:
+        raise KeyError(f"unknown space {space_id!r}; known: {', '.join(sorted(points)) or 'none'}")
+    return points[space_id].load()
