@@ -129,7 +129,8 @@ class ArtifactCache:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     hasher.update(block)
         self._make_room(header.size_bytes - header.offset_bytes, keep=sha)
-        handle = part.open("ab" if header.offset_bytes else "wb")
+        # Unbuffered: what has arrived is on disk, so HasArtifact reports the true resume offset.
+        handle = part.open("ab" if header.offset_bytes else "wb", buffering=0)
         return Upload(sha, header.size_bytes, header.format, part, hasher, header.offset_bytes, handle)
 
     def write(self, upload: Upload, data: bytes) -> None:
@@ -155,7 +156,6 @@ class ArtifactCache:
             digest = upload.hasher.hexdigest()
             if digest != upload.sha256:
                 raise CacheError("INVALID_ARGUMENT", f"sha256 mismatch: declared {upload.sha256}, received {digest}")
-            upload.handle.flush()
             os.fsync(upload.handle.fileno())
             upload.handle.close()
             with upload.part.open("rb") as f:

@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
                    help="largest artifact accepted, in MiB")
     s.add_argument("--max-message-mb", type=_positive(int), default=AgentConfig.max_message_bytes // MIB,
                    help="largest single gRPC message, in MiB")
+    s.add_argument("--max-input-mb", type=_positive(int), default=AgentConfig.max_input_bytes // MIB,
+                   help="largest total size of a model's generated inputs, in MiB")
     s.add_argument("--max-queue", type=_positive(int), default=AgentConfig.max_queued,
                    help="measurements allowed to wait for the device; more get RESOURCE_EXHAUSTED")
     s.add_argument("--token-file", type=_readable, help="require this bearer token (file holds the token)")
@@ -83,6 +85,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         host=args.host, port=args.port, label=args.label, cache_dir=args.cache_dir,
         cache_max_bytes=args.cache_max_mb * MIB, max_artifact_bytes=args.max_artifact_mb * MIB,
         max_message_bytes=args.max_message_mb * MIB, max_queued=args.max_queue, token=token,
+        max_input_bytes=args.max_input_mb * MIB,
         tls_cert=args.tls_cert.read_bytes() if args.tls_cert else None,
         tls_key=args.tls_key.read_bytes() if args.tls_key else None,
         tls_client_ca=args.tls_client_ca.read_bytes() if args.tls_client_ca else None,

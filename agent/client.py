@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -85,8 +86,22 @@ class AgentClient:
 
     # ----- artifacts -----------------------------------------------------------------------------
     def put_artifact(self, data: bytes, artifact_format: int = pb.ARTIFACT_FORMAT_UNSPECIFIED,
-                     name: str = "") -> str:
-        """Sends the artifact unless the agent has it, resuming an interrupted upload; returns its sha256."""
+                     name: str = "", attempts: int = 5) -> str:
+        """Sends the artifact unless the agent has it, resuming an interrupted upload; returns its sha256.
+
+        ABORTED (another upload of the same artifact is still in flight, e.g. one this host just
+        abandoned) is retried with a growing pause: the agent releases it within moments.
+        """
+        for attempt in range(attempts):
+            try:
+                return self._put_once(data, artifact_format, name)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.ABORTED or attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _put_once(self, data: bytes, artifact_format: int, name: str) -> str:
         sha = sha256_of(data)
         state = self.has_artifact(sha)
         if state.present:
@@ -143,7 +158,7 @@ def result_to_dict(result: pb.ProfileResult) -> dict:
         "runtime": {"name": result.runtime.name, "version": result.runtime.version},
         "device": {"id": result.device.device_id, "label": result.device.label},
         "threads": result.threads,
-        "inputs": [as_dict(t) for t in result.inputs],
+        "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in result.inputs],
         "load_ms": result.load_ms,
         "started_unix_s": result.started_unix_s,
         "finished_unix_s": result.finished_unix_s,

@@ -36,6 +36,11 @@ class StoppingRule:
     def from_message(cls, values: dict) -> "StoppingRule":
         """Zero or missing fields take the defaults (proto3 cannot tell 'unset' from 0)."""
         given = {f.name: values[f.name] for f in fields(cls) if values.get(f.name)}
+        # A cap given alone pulls the default minimum down with it (max_s=0.3 means "be quick").
+        if "max_s" in given and "min_s" not in given:
+            given["min_s"] = min(cls.min_s, given["max_s"])
+        if "max_runs" in given and "min_runs" not in given:
+            given["min_runs"] = min(cls.min_runs, given["max_runs"])
         rule = cls(**given)
         rule.validate()
         return rule

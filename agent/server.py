@@ -39,6 +39,7 @@ class AgentConfig:
     max_artifact_bytes: int = 512 * MIB
     max_message_bytes: int = 8 * MIB
     max_queued: int = 8
+    max_input_bytes: int = 256 * MIB  # generated model inputs; also never more than a quarter of free memory
     token: str | None = None
     tls_cert: bytes | None = None
     tls_key: bytes | None = None
@@ -148,8 +149,8 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
             "artifact": str(path), "runtime": entry.name, "threads": threads, "seed": request.seed,
             "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in request.inputs],
             "stopping": stopping, "slowdown": self.config.test_slowdown, "model_bytes": path.stat().st_size,
-            # An input larger than half of free memory would only get the child killed by the OOM killer.
-            "max_input_bytes": psutil.virtual_memory().available // 2,
+            # Inputs near free memory would only get the child killed by the OOM killer.
+            "max_input_bytes": min(self.config.max_input_bytes, psutil.virtual_memory().available // 4),
         }
         return entry, child_request
 

@@ -1,0 +1,66 @@
+"""The two commands as a user types them: `fleetnas-agent serve` and `fleetnas profile` / `devices describe`."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import models
+from agents import AgentProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--max-seconds", "0.3"]
+
+
+def fleetnas(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fleetnas.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_profile_and_describe_through_a_real_agent_process(tmp_path):
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(models.onnx_mlp(width=64, layers=2))
+    with AgentProcess(tmp_path / "cache", args=["--label", "cli-box"]) as agent:
+        out = fleetnas("profile", "--agent", agent.address, "--model", str(model), "--json", *FAST)
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout)
+        assert set(result["latency_ms"]) >= {"n", "mean", "median", "p90", "p99", "std", "min", "max", "target_met"}
+        assert result["memory"]["peak_bytes"] > 0 and result["device"]["label"] == "cli-box"
+        assert result["runtime"]["name"] == "onnxruntime" and set(result["env"]) >= {"before", "after"}
+        text = fleetnas("profile", "--agent", agent.address, "--model", str(model), *FAST)
+        assert text.returncode == 0 and "median" in text.stdout and "cli-box" in text.stdout
+        described = fleetnas("devices", "describe", agent.address, "--json")
+        assert json.loads(described.stdout)["label"] == "cli-box"
+
+
+def test_profile_failures_exit_non_zero_with_the_status(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"definitely not a model" * 10)
+    with AgentProcess(tmp_path / "cache") as agent:
+        out = fleetnas("profile", "--agent", agent.address, "--model", str(garbage), *FAST)
+    assert out.returncode != 0 and "INVALID_ARGUMENT" in out.stderr and "cannot load" in out.stderr
+    missing = fleetnas("profile", "--agent", "127.0.0.1:1", "--model", str(tmp_path / "nope.onnx"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    unreachable = fleetnas("profile", "--agent", "127.0.0.1:1", "--model", str(garbage))
+    assert unreachable.returncode == 1 and "UNAVAILABLE" in unreachable.stderr
+
+
+def test_agent_refuses_an_open_plaintext_port_unless_told(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fleetnas_agent.cli", "serve", "--host", "0.0.0.0", "--port", "0",
+                          "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "refusing to serve plaintext" in out.stderr
+    bad_port = subprocess.run([sys.executable, "-m", "fleetnas_agent.cli", "serve", "--port", "http"],
+                              capture_output=True, text=True, timeout=60)
+    assert bad_port.returncode == 2 and "'http' is not a port number" in bad_port.stderr
+
+
+def test_generated_code_matches_the_proto():
+    out = subprocess.run([sys.executable, str(ROOT / "protos" / "generate.py"), "--check"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_the_agent_imports_no_runtime_and_no_host_code_until_asked():
+    probe = ("import sys, fleetnas_agent.server, fleetnas_agent.cli; "
+             "heavy = ('torch', 'onnxruntime', 'ai_edge_litert', 'tflite_runtime', 'fleetnas', 'pymoo', 'sklearn'); "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

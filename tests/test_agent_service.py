@@ -1,0 +1,229 @@
+"""The agent over a real socket: describe, upload, profile on each runtime, health, and bad input."""
+import hashlib
+import threading
+import time
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import models
+import plugins
+from agents import running_agent
+from fleetnas_agent.client import AgentClient, result_to_dict
+from fleetnas_agent.proto import agent_pb2 as pb
+
+FAST = pb.StoppingRule(warmup_min_runs=2, warmup_min_s=0.01, min_runs=5, min_s=0.05, max_s=0.5)
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details()
+
+
+def test_describe_reports_device_runtimes_and_limits(agent):
+    address, config = agent
+    with AgentClient(address) as client:
+        d = client.describe()
+    assert d.device_id.startswith("dev-") and d.label == "test-agent"
+    assert d.cpu_cores_logical >= 1 and d.ram_bytes > 0 and d.os
+    runtimes = {r.name: r for r in d.runtimes}
+    assert runtimes["litert"].available and runtimes["litert"].version
+    assert runtimes["onnxruntime"].available and runtimes["onnxruntime"].version
+    assert d.limits.max_artifact_bytes == config.max_artifact_bytes
+    assert d.limits.max_queued_profiles == config.max_queued
+
+
+@pytest.mark.parametrize("make, runtime", [(models.tflite_mlp, "litert"), (models.onnx_mlp, "onnxruntime")])
+def test_profile_measures_a_real_model(agent, make, runtime):
+    address, _ = agent
+    phases = []
+    with AgentClient(address) as client:
+        sha = client.put_artifact(make(width=128, layers=2))
+        result = client.profile(sha, stopping=FAST, on_progress=lambda p: phases.append(p.phase))
+    s = result_to_dict(result)
+    lat = s["latency_ms"]
+    assert lat["n"] >= 5 and 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert lat["std"] >= 0 and "target_met" in lat
+    assert s["memory"]["measured"] and s["memory"]["peak_bytes"] > 0
+    assert s["memory"]["peak_rss_bytes"] >= s["memory"]["baseline_rss_bytes"] + s["memory"]["peak_bytes"] - 4096
+    assert s["runtime"]["name"] == runtime and s["runtime"]["version"]
+    assert s["env"]["before"]["unix_s"] <= s["env"]["after"]["unix_s"]
+    assert s["device"]["label"] == "test-agent" and s["inputs"][0]["shape"] == [1, 128]
+    assert pb.ProfileProgress.PHASE_LOADING in phases
+    assert s["started_unix_s"] <= s["finished_unix_s"]
+
+
+def test_open_dimensions_take_the_requested_shape(agent):
+    address, _ = agent
+    with AgentClient(address) as client:
+        sha = client.put_artifact(models.onnx_mlp(width=32, layers=1, batch="N"))
+        result = client.profile(sha, stopping=FAST, inputs=[pb.TensorSpec(name="input", shape=[4, 32])])
+    assert list(result.inputs[0].shape) == [4, 32]
+
+
+def test_upload_is_deduplicated_and_resumable(agent):
+    address, _ = agent
+    data = models.onnx_mlp(width=256, layers=4)  # about 1 MiB: several chunks
+    sha = hashlib.sha256(data).hexdigest()
+    with AgentClient(address) as client:
+        # An upload that sends a header and 100 kB, then stalls until the test cancels it.
+        stall = threading.Event()
+
+        def interrupted():
+            yield pb.ArtifactChunk(header=pb.ArtifactHeader(sha256=sha, size_bytes=len(data)))
+            yield pb.ArtifactChunk(data=data[:100_000])
+            stall.wait(30)
+
+        call = client.stub.PutArtifact.future(interrupted(), timeout=30)
+        assert wait_for(lambda: client.has_artifact(sha).resume_offset_bytes == 100_000)
+        call.cancel()
+        stall.set()
+        state = client.has_artifact(sha)
+        assert not state.present and state.resume_offset_bytes == 100_000
+        assert client.put_artifact(data) == sha  # resumes from the offset
+        assert client.has_artifact(sha).present
+        header_only = iter([pb.ArtifactChunk(header=pb.ArtifactHeader(sha256=sha, size_bytes=len(data)))])
+        assert client.stub.PutArtifact(header_only, timeout=10).already_present
+
+
+def wait_for(condition, timeout_s: float = 30.0) -> bool:
+    """Waits for an observable condition (not a fixed time), checking every few milliseconds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        threading.Event().wait(0.01)
+    return False
+
+
+def _upload(client, header, *chunks):
+    messages = [pb.ArtifactChunk(header=header)] + [pb.ArtifactChunk(data=c) for c in chunks]
+    return client.stub.PutArtifact(iter(messages), timeout=10)
+
+
+def test_bad_uploads_are_refused_and_leave_nothing_behind(tmp_path):
+    cache_dir = tmp_path / "cache"
+    with running_agent(cache_dir, max_artifact_bytes=1 << 20) as (address, _), AgentClient(address) as client:
+        data = models.onnx_mlp(width=16, layers=1)
+        sha = hashlib.sha256(data).hexdigest()
+        wrong = pb.ArtifactHeader(sha256="ab" * 32, size_bytes=len(data))
+        assert code_of(lambda: _upload(client, wrong, data))[0] == grpc.StatusCode.INVALID_ARGUMENT
+        truncated = pb.ArtifactHeader(sha256=sha, size_bytes=len(data))
+        code, details = code_of(lambda: _upload(client, truncated, data[:10]))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "ended after 10" in details
+        too_big = pb.ArtifactHeader(sha256=sha, size_bytes=2 << 20)
+        code, details = code_of(lambda: _upload(client, too_big, data))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "exceeds" in details
+        overflow = pb.ArtifactHeader(sha256=sha, size_bytes=5)
+        assert code_of(lambda: _upload(client, overflow, data))[0] == grpc.StatusCode.INVALID_ARGUMENT
+        bad_sha = pb.ArtifactHeader(sha256="not-a-digest", size_bytes=5)
+        assert code_of(lambda: _upload(client, bad_sha, b"12345"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+        headless = iter([pb.ArtifactChunk(data=b"123")])
+        assert code_of(lambda: client.stub.PutArtifact(headless, timeout=10))[0] == grpc.StatusCode.INVALID_ARGUMENT
+        assert code_of(lambda: client.stub.PutArtifact(iter([]), timeout=10))[0] == grpc.StatusCode.INVALID_ARGUMENT
+        tflite_as_onnx = pb.ArtifactHeader(sha256=hashlib.sha256(models.tflite_mlp(8, 1)).hexdigest(),
+                                           size_bytes=len(models.tflite_mlp(8, 1)), format=pb.ARTIFACT_FORMAT_ONNX)
+        assert code_of(lambda: _upload(client, tflite_as_onnx, models.tflite_mlp(8, 1)))[0] == \
+            grpc.StatusCode.INVALID_ARGUMENT
+        assert client.describe().limits.cache_used_bytes == 0
+    assert not any((cache_dir / "incoming").iterdir()) and not any((cache_dir / "artifacts").iterdir())
+
+
+def test_bad_profile_requests_get_clear_statuses(agent):
+    address, _ = agent
+    with AgentClient(address) as client:
+        garbage = client.put_artifact(b"\x00garbage, not a model" * 10)
+        code, details = code_of(lambda: client.profile(garbage, stopping=FAST))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "cannot load" in details
+        tflite = client.put_artifact(models.tflite_mlp(16, 1))
+        code, details = code_of(lambda: client.profile(tflite, runtime="tensorrt", stopping=FAST))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown runtime 'tensorrt'" in details
+        code, details = code_of(lambda: client.profile(tflite, runtime="onnxruntime", stopping=FAST))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "cannot run" in details
+        assert code_of(lambda: client.profile("f" * 64, stopping=FAST))[0] == grpc.StatusCode.NOT_FOUND
+        huge = client.put_artifact(models.onnx_huge_input())
+        code, details = code_of(lambda: client.profile(huge, stopping=FAST))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "bytes of inputs" in details
+        code, details = code_of(lambda: client.profile(tflite, stopping=pb.StoppingRule(min_runs=10, max_runs=2)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_runs" in details
+        assert client.health() == "SERVING"
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def test_a_crashing_or_hanging_model_does_not_take_the_agent_down(tmp_path, monkeypatch, agent):
+    monkeypatch.setenv("PYTHONPATH", str(plugins.install_plugin(tmp_path / "plugin")))
+    address, _ = agent
+    before = _children()
+    with AgentClient(address) as client:
+        crash = client.put_artifact(plugins.spec("test-crash"))
+        code, details = code_of(lambda: client.profile(crash, runtime="torch", stopping=FAST))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "SIGSEGV" in details
+        hang = client.put_artifact(plugins.spec("test-hang"))
+        code, details = code_of(lambda: client.profile(hang, stopping=FAST, timeout_s=3))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "killed" in details
+        tiny = client.put_artifact(plugins.spec("test-tiny"))
+        assert client.profile(tiny, stopping=FAST).latency.n >= 5  # still serving, torch spec runtime works
+    assert _children() == before  # no measuring process outlived its request
+
+
+def test_queue_is_bounded_and_fifo(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(plugins.install_plugin(tmp_path / "plugin")))
+    with running_agent(tmp_path / "cache", max_queued=1) as (address, _), AgentClient(address) as client:
+        hang = client.put_artifact(plugins.spec("test-hang"))
+        tiny = client.put_artifact(models.onnx_mlp(16, 1))
+        running, queued = threading.Event(), threading.Event()
+        outcome = {}
+
+        def first():
+            try:
+                client.profile(hang, timeout_s=4, on_progress=lambda p: running.set())
+            except grpc.RpcError as exc:
+                outcome["first"] = exc.code()
+
+        def second():
+            def seen(p):
+                if p.phase == pb.ProfileProgress.PHASE_QUEUED:
+                    outcome["position"] = p.queue_position
+                    queued.set()
+            outcome["second"] = client.profile(tiny, stopping=FAST, on_progress=seen)
+
+        threads = [threading.Thread(target=first)]
+        threads[0].start()
+        assert running.wait(30)
+        threads.append(threading.Thread(target=second))
+        threads[1].start()
+        assert queued.wait(30)
+        code, details = code_of(lambda: client.profile(tiny, stopping=FAST))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit 1" in details
+        for t in threads:
+            t.join(60)
+        assert outcome["first"] == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert outcome["position"] == 1 and outcome["second"].latency.n >= 5
+        assert outcome["second"].started_unix_s >= 0
+
+
+def test_health_and_reflection_follow_their_standards(agent):
+    address, _ = agent
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service="fleetnas.agent.v1.ProfilerAgent"), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        names = {s.name for r in replies for s in r.list_services_response.service}
+        assert {"fleetnas.agent.v1.ProfilerAgent", "grpc.health.v1.Health"} <= names
+
+
+def test_environment_reports_device_state(agent):
+    address, _ = agent
+    with AgentClient(address) as client:
+        env = client.environment()
+    assert env.unix_s > 0 and env.memory_available_bytes > 0
+    assert env.throttled == bool(env.throttle_reason)
