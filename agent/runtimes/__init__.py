@@ -12,16 +12,17 @@ import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol
 
 from ..proto import agent_pb2 as pb
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Model(Protocol):
     def input_specs(self) -> list[dict]: ...          # [{"name", "shape" (-1 = open), "dtype"}]
-    def set_inputs(self, arrays: dict[str, np.ndarray]) -> None: ...
+    def set_inputs(self, arrays: "dict[str, np.ndarray]") -> None: ...
     def run(self) -> None: ...
     def memory_figures(self) -> dict: ...             # e.g. {"runtime_arena_bytes": n}; {} when unknown
 

@@ -1,0 +1,19 @@
+#!/data/data/com.termux/files/usr/bin/sh
+# Installs the FleetNAS agent in Termux and writes ~/start-agent.sh.
+set -eu
+pkg update -y
+pkg install -y python python-numpy python-grpcio python-psutil termux-api
+HERE=$(cd "$(dirname "$0")/../.." && pwd)
+pip install --no-build-isolation "$HERE[onnx]"
+mkdir -p ~/.config/fleetnas
+[ -f ~/.config/fleetnas/token ] || python -c 'import secrets; print(secrets.token_urlsafe(32))' > ~/.config/fleetnas/token
+chmod 600 ~/.config/fleetnas/token
+cat > ~/start-agent.sh <<'SCRIPT'
+#!/data/data/com.termux/files/usr/bin/sh
+termux-wake-lock
+ADDR=$(ip -4 addr show wlan0 | sed -n 's/.*inet \([0-9.]*\).*/\1/p')
+exec fleetnas-agent serve --host "${ADDR:-127.0.0.1}" --port 50051 --label "$(getprop ro.product.model | tr ' ' '-')" \
+    --token-file ~/.config/fleetnas/token --cache-max-mb 512
+SCRIPT
+chmod +x ~/start-agent.sh
+echo "done: start the agent with ~/start-agent.sh; the token is in ~/.config/fleetnas/token"
