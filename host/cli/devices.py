@@ -1,21 +1,213 @@
-"""`fleetnas devices`: the agents a host knows about."""
+"""`fleetnas devices`: the farm's inventory (add, list, remove, check) and one agent's description."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import grpc
 
-from .common import add_credential_options, agent_error, credentials_from, print_json
+from .common import CliError, add_credential_options, agent_error, credentials_from, positive_int, print_json
+
+RUNTIME_CHOICES = ("litert", "onnxruntime", "torch")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("devices", help="inspect agents")
+    p = sub.add_parser("devices", help="the farm's agents: add, list, remove, check, describe",
+                       description="Edit and check the farm inventory (a TOML file), or describe one agent.")
     dsub = p.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
+
+    a = dsub.add_parser("add", help="add an agent to the inventory")
+    a.add_argument("name", help="a name for this agent, e.g. rpi4-a")
+    a.add_argument("--address", required=True, metavar="HOST:PORT")
+    a.add_argument("--kind", required=True, help="device kind: agents of one kind are interchangeable "
+                                                 "(e.g. rpi4-litert-1t)")
+    a.add_argument("--runtime", choices=RUNTIME_CHOICES, default="",
+                   help="runtime to measure with (default: from each artifact's format)")
+    a.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (default 1)")
+    a.add_argument("--replace", action="store_true", help="replace an agent of the same name")
+    add_credential_options(a)
+    _inventory_option(a)
+    a.set_defaults(handler=add)
+
+    ls = dsub.add_parser("list", help="list the inventory's agents")
+    _inventory_option(ls)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=list_agents)
+
+    r = dsub.add_parser("remove", help="remove an agent from the inventory")
+    r.add_argument("name")
+    _inventory_option(r)
+    r.set_defaults(handler=remove)
+
+    c = dsub.add_parser("check", help="health, runtimes, temperature, throttling and a reference latency of "
+                                      "every agent")
+    _inventory_option(c)
+    _db_option(c, "also record each device's description in this database")
+    c.add_argument("--no-reference", action="store_true", help="skip measuring the reference model")
+    c.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per-call timeout (default 10)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(handler=check)
+
     d = dsub.add_parser("describe", help="describe one agent's device")
     d.add_argument("address", metavar="HOST:PORT")
     d.add_argument("--json", action="store_true")
     add_credential_options(d)
     d.set_defaults(handler=describe)
+
+
+def _inventory_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inventory", type=Path, default=Path("fleetnas.toml"), metavar="FILE",
+                   help="farm inventory (default: fleetnas.toml in the working directory)")
+
+
+def _db_option(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--db", metavar="FILE", help=text)
+
+
+def load_inventory(path: Path):
+    from fleetnas.farm import Inventory, InventoryError
+
+    try:
+        return Inventory.load(path)
+    except InventoryError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _stored_path(path: Path | None, inventory_dir: Path) -> str | None:
+    """Credential paths as the inventory keeps them: relative to its folder when inside it, else absolute."""
+    if path is None:
+        return None
+    full = path.resolve()
+    try:
+        return str(full.relative_to(inventory_dir.resolve()))
+    except ValueError:
+        return str(full)
+
+
+def add(args: argparse.Namespace) -> int:
+    from fleetnas.farm import AgentEntry, InventoryError
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliError("--tls-cert and --tls-key go together", 2)
+    inventory = load_inventory(args.inventory)
+    base = inventory.base_dir
+    try:
+        entry = AgentEntry(args.name, args.address, args.kind, args.runtime, args.threads,
+                           _stored_path(args.token_file, base), _stored_path(args.tls_ca, base),
+                           _stored_path(args.tls_cert, base), _stored_path(args.tls_key, base), args.tls_server_name)
+        inventory.add(entry, replace=args.replace)
+    except InventoryError as exc:
+        raise CliError(str(exc)) from None
+    inventory.save()
+    print(f"added {entry.name} ({entry.kind} at {entry.address}) to {inventory.path}")
+    return 0
+
+
+def remove(args: argparse.Namespace) -> int:
+    from fleetnas.farm import InventoryError
+
+    inventory = load_inventory(args.inventory)
+    if not args.inventory.exists():
+        raise CliError(f"no inventory at {args.inventory}")
+    try:
+        entry = inventory.remove(args.name)
+    except InventoryError as exc:
+        raise CliError(str(exc)) from None
+    inventory.save()
+    print(f"removed {entry.name} from {inventory.path}")
+    return 0
+
+
+def _credential_summary(entry) -> str:
+    parts = []
+    if entry.token_file:
+        parts.append("token")
+    if entry.tls_cert:
+        parts.append("mTLS")
+    elif entry.tls_ca:
+        parts.append("TLS")
+    return "+".join(parts) or "none"
+
+
+def list_agents(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.inventory)
+    rows = [{"name": e.name, "address": e.address, "kind": e.kind, "runtime": e.runtime or "auto",
+             "threads": e.threads, "credentials": _credential_summary(e)} for e in inventory.agents]
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print(f"no agents in {inventory.path}; add one with "
+              "`fleetnas devices add NAME --address HOST:PORT --kind KIND`")
+        return 0
+    from rich.table import Table
+
+    table = Table(title=str(inventory.path))
+    for column in ("name", "kind", "address", "runtime", "threads", "credentials"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in ("name", "kind", "address", "runtime", "threads", "credentials")))
+    console().print(table)
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    from fleetnas.farm.check import check_inventory
+    from fleetnas.store import StoreError, open_store
+
+    inventory = load_inventory(args.inventory)
+    if not len(inventory):
+        raise CliError(f"no agents in {inventory.path}; add one with `fleetnas devices add`")
+    try:
+        store = open_store(args.db) if args.db else None
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        results = check_inventory(inventory, timeout_s=args.timeout, reference=not args.no_reference, store=store)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        if store is not None:
+            store.close()
+    if args.json:
+        print_json([r.to_dict() for r in results])
+    else:
+        _print_checks(results)
+    return 0 if all(r.healthy for r in results) else 1
+
+
+def console():
+    """A rich console; as wide as a table needs when the output is a file or a pipe."""
+    from rich.console import Console
+
+    plain = Console()
+    return plain if plain.is_terminal else Console(width=200)
+
+
+def _print_checks(results) -> None:
+    from rich.table import Table
+
+    table = Table()
+    for column in ("name", "kind", "address", "health", "runtimes", "temp °C", "throttled", "load",
+                   "reference ms"):
+        table.add_column(column, justify="right" if column in ("temp °C", "load", "reference ms") else "left",
+                         no_wrap=column in ("name", "kind", "address", "health"))
+    problems = []
+    for r in results:
+        health = "[green]SERVING[/]" if r.healthy else f"[red]{r.status}[/]"
+        temperature = f"{r.cpu_temp_max_c:.0f}" if r.cpu_temp_max_c else "n/a"
+        throttled = "" if r.throttled is None else (f"[red]yes: {r.throttle_reason}[/]" if r.throttled else "no")
+        load = "" if r.load_1m is None else f"{r.load_1m:.2f}"
+        reference = f"{r.reference_latency_ms:.3f}" if r.reference_latency_ms is not None else "n/a"
+        table.add_row(r.name, r.kind, r.address, health, ", ".join(r.runtimes), temperature, throttled, load, reference)
+        if r.detail:
+            problems.append(f"{r.name}: {r.status}: {r.detail}")
+        if r.reference_note:
+            problems.append(f"{r.name}: reference model: {r.reference_note}")
+    out = console()
+    out.print(table)
+    for line in problems:
+        out.print(line, markup=False, highlight=False)
 
 
 def describe(args: argparse.Namespace) -> int:

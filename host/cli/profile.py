@@ -1,38 +1,94 @@
-"""`fleetnas profile`: measure one model file on one agent."""
+"""`fleetnas profile`: measure one model on one agent, or many models / sub-networks on a device farm."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 
 import grpc
 
 from .common import CliError, add_credential_options, agent_error, credentials_from, existing_file, positive_int
 from .common import print_json
 
+# Command-line flag -> StoppingRule field (0 or absent: the agent's default).
+STOPPING_FLAGS = {"warmup_runs": "warmup_min_runs", "warmup_seconds": "warmup_min_s", "min_runs": "min_runs",
+                  "max_runs": "max_runs", "min_seconds": "min_s", "max_seconds": "max_s",
+                  "target_rel_ci": "target_rel_ci"}
+
 
 def register(sub) -> None:
-    p = sub.add_parser("profile", help="measure a model file on an agent",
-                       description="Upload a model to an agent (if it lacks it), measure it, print the figures.")
-    p.add_argument("--agent", required=True, metavar="HOST:PORT", help="the agent's address")
-    p.add_argument("--model", required=True, type=existing_file, metavar="FILE", help=".tflite or .onnx model")
-    p.add_argument("--runtime", default="", help="litert, onnxruntime or torch (default: from the model's format)")
-    p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (default 1)")
-    p.add_argument("--target-rel-ci", type=float, default=0.0,
+    p = sub.add_parser(
+        "profile", help="measure models on an agent or on a device farm",
+        description="One agent: upload a model (if the agent lacks it), measure it, print the figures.\n"
+                    "A farm (--device-kind): measure many models, or N sampled sub-networks of a space, on every "
+                    "healthy agent of that kind; results go to the database, and what it already holds is not "
+                    "measured again.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--agent", metavar="HOST:PORT", help="one agent's address")
+    where.add_argument("--device-kind", metavar="KIND", help="measure on every agent of this kind in the inventory")
+    p.add_argument("--model", nargs="+", type=existing_file, metavar="FILE",
+                   help=".tflite or .onnx model (farm mode: one or more)")
+    p.add_argument("--space", metavar="NAME", help="farm mode: a super-network's space to sample sub-networks from")
+    p.add_argument("--sample", type=positive_int, metavar="N", help="farm mode: how many sub-networks to sample")
+    p.add_argument("--seed", type=int, default=0, help="farm mode: sampling seed (default 0)")
+    p.add_argument("--runtime", default="", help="litert, onnxruntime or torch (default: from the model's format; "
+                                                 "farm mode: from the inventory)")
+    p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (default 1; farm mode: from "
+                                                                   "the inventory)")
+    g = p.add_argument_group("stopping rule (0 or unset: the agent's default)")
+    g.add_argument("--target-rel-ci", type=float, default=0.0,
                    help="stop when the median's 95%% CI half-width is below this fraction (default 0.01)")
-    p.add_argument("--max-seconds", type=float, default=0.0, help="time cap of the timed phase (default 30)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    g.add_argument("--max-seconds", type=float, default=0.0, help="time cap of the timed phase (default 30)")
+    g.add_argument("--min-seconds", type=float, default=0.0, help="measure at least this long (default 1)")
+    g.add_argument("--min-runs", type=int, default=0, help="at least this many timed runs (default 10)")
+    g.add_argument("--max-runs", type=int, default=0, help="at most this many timed runs (default 100000)")
+    g.add_argument("--warmup-runs", type=int, default=0, help="warm-up runs at least (default 5)")
+    g.add_argument("--warmup-seconds", type=float, default=0.0, help="warm-up time at least (default 0.5)")
+    f = p.add_argument_group("farm mode")
+    f.add_argument("--inventory", type=Path, default=Path("fleetnas.toml"), metavar="FILE",
+                   help="farm inventory (default: fleetnas.toml in the working directory)")
+    f.add_argument("--db", metavar="FILE", help="measurement database (default: fleetnas.db, or $FLEETNAS_DB)")
+    f.add_argument("--remeasure", action="store_true", help="measure again even what the database already holds")
+    f.add_argument("--deadline", type=float, metavar="SECONDS", help="per-job deadline (default: from the "
+                                                                     "stopping rule)")
+    f.add_argument("--max-attempts", type=positive_int, default=3, help="agents one job may be tried on (default 3)")
+    f.add_argument("--reprobe", type=float, default=30.0, metavar="SECONDS",
+                   help="how long an agent that failed waits before it is checked again (default 30)")
+    f.add_argument("--give-up", type=float, default=300.0, metavar="SECONDS",
+                   help="fail the waiting jobs once no agent of the kind has answered for this long (default 300)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
     add_credential_options(p)
     p.set_defaults(handler=run)
 
 
+def _stopping(args: argparse.Namespace) -> dict:
+    return {field: getattr(args, flag) for flag, field in STOPPING_FLAGS.items() if getattr(args, flag)}
+
+
 def run(args: argparse.Namespace) -> int:
+    for flag, field in STOPPING_FLAGS.items():
+        if getattr(args, flag) < 0:
+            raise CliError(f"--{flag.replace('_', '-')} must not be negative, got {getattr(args, flag)}", 2)
+    if args.device_kind:
+        return run_farm(args)
+    if args.space or args.sample:
+        raise CliError("--space and --sample need --device-kind (a farm), not --agent", 2)
+    if not args.model or len(args.model) != 1:
+        raise CliError("--agent measures exactly one --model FILE", 2)
+    return run_single(args, args.model[0])
+
+
+# ----- one agent ------------------------------------------------------------------------------------
+def run_single(args: argparse.Namespace, model: Path) -> int:
     from fleetnas_agent.client import AgentClient, result_to_dict
     from fleetnas_agent.proto import agent_pb2 as pb
 
-    stopping = pb.StoppingRule(target_rel_ci=args.target_rel_ci, max_s=args.max_seconds)
+    stopping = pb.StoppingRule(**_stopping(args))
     with AgentClient(args.agent, credentials_from(args)) as client:
         try:
-            sha = client.put_file(args.model)
+            sha = client.put_file(model)
             result = client.profile(sha, runtime=args.runtime, threads=args.threads, stopping=stopping,
                                     on_progress=None if args.json else _show_progress)
         except grpc.RpcError as exc:
@@ -45,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(format_summary(args.model.name, summary))
+        print(format_summary(model.name, summary))
     return 0
 
 
@@ -83,3 +139,85 @@ def format_summary(name: str, s: dict) -> str:
                  + ("  THROTTLED: " + (after["throttle_reason"] or before["throttle_reason"]) if s["env"]["throttled"]
                     else ""))
     return "\n".join(lines)
+
+
+# ----- a farm ---------------------------------------------------------------------------------------
+def run_farm(args: argparse.Namespace) -> int:
+    from fleetnas.farm import ArtifactSource, Farm, FarmError, Inventory, InventoryError, JobError
+    from fleetnas.store import StoreError, open_store
+
+    if bool(args.space) != bool(args.sample):
+        raise CliError("--space and --sample go together", 2)
+    if bool(args.space) == bool(args.model):
+        raise CliError("farm mode measures either --model FILE... or --space NAME --sample N", 2)
+    if args.runtime or args.threads != 1:
+        raise CliError("in farm mode the runtime and threads come from the inventory (one kind, one way of "
+                       "measuring): drop --runtime/--threads", 2)
+    if args.token_file or args.tls_ca or args.tls_cert:
+        raise CliError("in farm mode credentials come from the inventory: drop --token-file/--tls-*", 2)
+    logging.basicConfig(level=logging.WARNING, format="fleetnas: %(message)s")
+    try:
+        inventory = Inventory.load(args.inventory)
+        inventory.of_kind(args.device_kind)
+        configs, keys, space = _configs(args) if args.space else (None, None, None)
+        store = open_store(args.db)
+    except (InventoryError, StoreError, JobError) as exc:
+        raise CliError(str(exc)) from None
+    farm = Farm(inventory, store, deadline_s=args.deadline, max_attempts=args.max_attempts, reprobe_s=args.reprobe,
+                give_up_s=args.give_up, progress=sys.stderr.isatty())
+    try:
+        with farm:
+            if configs is not None:
+                results = farm.measure(configs, args.device_kind, space=space, stopping=_stopping(args),
+                                       remeasure=args.remeasure)
+                names = keys
+            else:
+                artifacts = [ArtifactSource.from_file(path) for path in args.model]
+                results = farm.measure_artifacts(artifacts, args.device_kind, stopping=_stopping(args),
+                                                 remeasure=args.remeasure)
+                names = [str(path) for path in args.model]
+    except (FarmError, StoreError, JobError, InventoryError) as exc:
+        raise CliError(str(exc)) from None
+    rows = []
+    for name, config, result in zip(names, configs or [None] * len(names), results):
+        row = {"key": name, **({"config": config} if config is not None else {}), **result.to_dict()}
+        rows.append(row)
+    if args.json:
+        print_json(rows)
+    else:
+        _print_farm_results(rows, args.device_kind)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _configs(args: argparse.Namespace):
+    from fleetnas.supernets import get_supernet
+
+    try:
+        supernet = get_supernet(args.space)
+    except KeyError as exc:
+        raise CliError(exc.args[0]) from None
+    configs = supernet.space.sample(args.sample, rng=args.seed)
+    return configs, [supernet.space.key(c) for c in configs], supernet.space.id
+
+
+def _print_farm_results(rows: list[dict], kind: str) -> None:
+    from rich.table import Table
+
+    from .devices import console
+
+    table = Table(title=f"{len(rows)} job(s) on {kind}")
+    for column in ("key", "agent", "median ms", "p90 ms", "peak MiB", "note"):
+        table.add_column(column, justify="right" if column.endswith(("ms", "MiB")) else "left",
+                         overflow="fold")
+    for r in rows:
+        lat, mem = r["latency_ms"], r["memory"]
+        peak = f"{mem['peak_bytes'] / 2**20:.1f}" if mem.get("measured") else ""
+        note = ("[red]" + (r["error"] or "failed") + "[/]" if not r["ok"]
+                else "stored before" if r["from_store"] else "throttled" if r["throttled"] else "")
+        table.add_row(r["key"], r["device"]["agent"] or "", f"{lat['median']:.3f}" if lat else "",
+                      f"{lat['p90']:.3f}" if lat else "", peak, note)
+    console().print(table)
+    measured = sum(r["ok"] and not r["from_store"] for r in rows)
+    stored = sum(r["from_store"] for r in rows)
+    failed = sum(not r["ok"] for r in rows)
+    print(f"{measured} measured, {stored} already stored, {failed} failed")

@@ -1,0 +1,467 @@
+"""The farm's scheduler: many measurement jobs over every healthy agent of each device kind.
+
+One worker thread per agent takes jobs from its kind's shared queue, one at a time: upload the artifact
+if the agent lacks it, measure with a deadline, store the result (committed), only then count the job
+done. A job whose agent dies or times out goes back to the queue for a peer of the same kind; an agent
+that fails repeatedly (or stops answering health checks) is set aside and re-probed later, and used again
+once it answers. Jobs whose result the store already holds (same artifact, device kind, runtime and
+settings) are not measured again unless asked to re-measure.
+
+Exactly one row per job: a job is in one agent's hands at a time (it is re-queued only after that
+attempt has ended), and the store's unique index on the dedup key is the backstop against two host
+processes measuring the same job.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
+
+import grpc
+
+from fleetnas.store import NewMeasurement, Store, StoreError
+
+from .inventory import AgentEntry, Inventory, InventoryError
+from .jobs import FORMAT_RUNTIME, RUNTIME_FORMAT, ArtifactSource, Job, JobError, JobResult, Settings
+
+log = logging.getLogger("fleetnas.farm")
+
+# How an RPC failure is handled: the agent's fault (retry on a peer, count against the agent), a passing
+# condition (retry, no blame), or the job's own fault (final: recorded as a failed measurement).
+AGENT_FAULTS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+TRANSIENT = {"RESOURCE_EXHAUSTED", "ABORTED", "NOT_FOUND"}
+
+
+class FarmError(RuntimeError):
+    """The farm cannot run the batch at all (e.g. no agent of a kind); the message says why."""
+
+
+class AgentState:
+    """What the scheduler knows about one agent; changed only under the batch's lock or by its own worker."""
+
+    def __init__(self, entry: AgentEntry, base_dir):
+        self.entry = entry
+        self.base_dir = base_dir
+        self.healthy = False
+        self.probe_due = True
+        self.next_probe_at = 0.0
+        self.consecutive_failures = 0
+        self.client = None
+        self.device_id: str | None = None
+        self.device_label = ""
+        self.last_error = ""
+        self.jobs_done = 0
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def kind(self) -> str:
+        return self.entry.kind
+
+    def may_serve(self) -> bool:
+        return self.healthy or self.probe_due
+
+    def close_client(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+@dataclasses.dataclass(eq=False)
+class _Task:
+    job: Job
+    attempts: int = 0
+    failed_on: set = dataclasses.field(default_factory=set)
+    errors: list = dataclasses.field(default_factory=list)
+    result: JobResult | None = None
+    stranded_since: float | None = None
+
+    def may_run_on(self, agent: "AgentState") -> bool:
+        return self.job.agent in (None, agent.name)
+
+
+class _Batch:
+    def __init__(self, tasks: list[_Task], remeasure: bool):
+        self.cond = threading.Condition()
+        self.remeasure = remeasure
+        self.pending: dict[str, list[_Task]] = {}
+        self.running: dict[str, int] = {}
+        for task in tasks:
+            self.pending.setdefault(task.job.device_kind, []).append(task)
+            self.running.setdefault(task.job.device_kind, 0)
+        self.remaining = len(tasks)
+        self.total = len(tasks)
+        self.fatal: BaseException | None = None
+        self.closed = self.remaining == 0
+
+    def kind_done(self, kind: str) -> bool:
+        return not self.pending.get(kind) and not self.running.get(kind)
+
+
+class Farm:
+    """Measures jobs on the agents of an inventory and records every result in a store.
+
+    deadline_s: per-job bound on one measurement (default: from the stopping rule, see Settings.deadline_s).
+    max_attempts: agents a job may be tried on before it is reported failed.
+    unhealthy_after: consecutive failures that set an agent aside (at once if it stops answering health checks).
+    reprobe_s: how long an agent set aside waits before the next health check.
+    give_up_s: how long a kind may have no usable agent before its waiting jobs are reported failed.
+    """
+
+    def __init__(self, inventory: Inventory, store: Store, *, deadline_s: float | None = None, max_attempts: int = 3,
+                 unhealthy_after: int = 2, reprobe_s: float = 30.0, give_up_s: float = 300.0,
+                 rpc_timeout_s: float = 10.0, progress: bool = False):
+        if max_attempts < 1 or unhealthy_after < 1:
+            raise ValueError("max_attempts and unhealthy_after must be at least 1")
+        self.inventory, self.store = inventory, store
+        self.deadline_s, self.max_attempts, self.unhealthy_after = deadline_s, max_attempts, unhealthy_after
+        self.reprobe_s, self.give_up_s, self.rpc_timeout_s = reprobe_s, give_up_s, rpc_timeout_s
+        self.progress = progress
+        self.agents = {e.name: AgentState(e, inventory.base_dir) for e in inventory.agents}
+        self._run_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, inventory: str | Inventory = "fleetnas.toml", db=None, **options) -> "Farm":
+        """A farm over an inventory file and a store location (path, or None for the default)."""
+        from fleetnas.store import open_store
+
+        inv = inventory if isinstance(inventory, Inventory) else Inventory.load(inventory)
+        return cls(inv, open_store(db), **options)
+
+    def close(self) -> None:
+        for agent in self.agents.values():
+            agent.close_client()
+        self.store.close()
+
+    def __enter__(self) -> "Farm":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----- building jobs --------------------------------------------------------------------------
+    def agents_of(self, device_kind: str) -> list[AgentEntry]:
+        try:
+            return self.inventory.of_kind(device_kind)
+        except InventoryError as exc:
+            raise FarmError(str(exc)) from None
+
+    def settings_for(self, device_kind: str, fmt: str, stopping=None, seed: int = 0) -> Settings:
+        """The settings a kind measures an artifact of format `fmt` with (runtime and threads from the inventory)."""
+        entry = self.agents_of(device_kind)[0]
+        runtime = entry.runtime or FORMAT_RUNTIME[fmt]
+        if RUNTIME_FORMAT[runtime] != fmt:
+            raise JobError(f"device kind {device_kind!r} runs {runtime}, which cannot run a {fmt} artifact")
+        return Settings(runtime, entry.threads, stopping or {}, seed)
+
+    def export_format(self, device_kind: str) -> str:
+        """The artifact format a kind's runtime needs (ONNX when the inventory leaves the runtime open)."""
+        runtime = self.agents_of(device_kind)[0].runtime
+        return RUNTIME_FORMAT[runtime] if runtime else "onnx"
+
+    def jobs_for(self, artifacts: Iterable[ArtifactSource], device_kind: str, stopping=None, seed: int = 0,
+                 agent: str | None = None) -> list[Job]:
+        return [Job(a, device_kind, self.settings_for(device_kind, a.format, stopping, seed), agent)
+                for a in artifacts]
+
+    # ----- the three ways in ----------------------------------------------------------------------
+    def measure(self, configs: Sequence[dict], device_kind: str, *, space: str, stopping=None, seed: int = 0,
+                remeasure: bool = False, batch: int = 1, export_cache_dir=None) -> list[JobResult]:
+        """Measures sub-networks of `space` on `device_kind`: exports each (cached), then run()."""
+        from fleetnas.export import ExportError, export_artifact
+
+        fmt = self.export_format(device_kind)
+        artifacts = []
+        for config in configs:
+            try:
+                exported = export_artifact(space, config, fmt=fmt, batch=batch, cache_dir=export_cache_dir)
+            except (ExportError, ValueError, KeyError) as exc:  # KeyError: unknown space; ValueError: bad config
+                raise JobError(f"cannot export {space} config {config}: {exc.args[0] if exc.args else exc}") from exc
+            artifacts.append(ArtifactSource.from_export(exported))
+        return self.run(self.jobs_for(artifacts, device_kind, stopping, seed), remeasure=remeasure)
+
+    def measure_artifacts(self, artifacts: Sequence[ArtifactSource], device_kind: str, *, stopping=None,
+                          seed: int = 0, remeasure: bool = False, agent: str | None = None) -> list[JobResult]:
+        """Measures any artifacts on `device_kind` (or on the one named `agent` of it: see Job.agent)."""
+        return self.run(self.jobs_for(artifacts, device_kind, stopping, seed, agent), remeasure=remeasure)
+
+    def run(self, jobs: Sequence[Job], remeasure: bool = False) -> list[JobResult]:
+        """Runs the jobs; returns one result per job, in order. Raises StoreError if results cannot be stored."""
+        jobs = list(jobs)
+        for kind in {job.device_kind for job in jobs}:
+            self.agents_of(kind)
+        for job in jobs:
+            pinned = self.agents.get(job.agent) if job.agent is not None else None
+            if job.agent is not None and (pinned is None or pinned.kind != job.device_kind):
+                raise FarmError(f"a job is pinned to agent {job.agent!r}, which is not an agent of kind "
+                                f"{job.device_kind!r} in {self.inventory.path}")
+        with self._run_lock:
+            tasks: dict[tuple, _Task] = {}  # one task per distinct measurement (and pinned agent)
+            for job in jobs:
+                tasks.setdefault((*job.key, job.agent), _Task(job))
+            for artifact in {job.artifact.sha256: job.artifact for job in jobs}.values():
+                self.store.put_artifact(artifact.sha256, artifact.format, artifact.size_bytes, artifact.supernet,
+                                        artifact.config)
+            free = [t for t in tasks.values() if t.job.agent is None]
+            stored = {} if remeasure else self.store.find_measurements(t.job.key for t in free)
+            for task in free:
+                if task.job.key in stored:
+                    task.result = JobResult(task.job, stored[task.job.key], from_store=True)
+            batch = _Batch([t for t in tasks.values() if t.result is None], remeasure)
+            if not batch.closed:
+                self._run_batch(batch, from_store=len(tasks) - batch.total)
+        return [dataclasses.replace(tasks[(*job.key, job.agent)].result, job=job) for job in jobs]
+
+    # ----- the batch ------------------------------------------------------------------------------
+    def _run_batch(self, batch: _Batch, from_store: int) -> None:
+        agents = [a for a in self.agents.values() if a.kind in batch.pending]
+        for agent in agents:
+            if agent.healthy or time.monotonic() >= agent.next_probe_at:
+                agent.probe_due = True  # confirm before use, and record the device's latest description
+        workers = [threading.Thread(target=self._work, args=(agent, batch), name=f"farm-{agent.name}", daemon=True)
+                   for agent in agents]
+        for worker in workers:
+            worker.start()
+        try:
+            with _progress(batch.total, from_store, self.progress) as show:
+                with batch.cond:
+                    while not batch.closed:
+                        batch.cond.wait(timeout=1.0)
+                        self._give_up_on_stranded_kinds(batch)
+                        show(batch.total - batch.remaining)
+        finally:  # interrupted: workers finish (and store) the job in hand, then take no more
+            with batch.cond:
+                batch.closed = True
+                batch.cond.notify_all()
+        if batch.fatal is not None:
+            raise batch.fatal
+        for worker in workers:
+            worker.join()
+
+    def _work(self, agent: AgentState, batch: _Batch) -> None:
+        try:
+            while (task := self._next_task(agent, batch)) is not None:
+                self._execute(agent, task, batch)
+        except BaseException as exc:  # a bug or a store failure: stop the batch rather than lose track of jobs
+            if isinstance(exc, StoreError):
+                log.error("farm worker %s stopped: %s", agent.name, exc)
+            else:
+                log.exception("farm worker %s stopped", agent.name)
+            with batch.cond:
+                batch.fatal = batch.fatal or exc
+                batch.closed = True
+                batch.cond.notify_all()
+
+    def _next_task(self, agent: AgentState, batch: _Batch) -> _Task | None:
+        with batch.cond:
+            while True:
+                if batch.closed or batch.kind_done(agent.kind):
+                    return None
+                now = time.monotonic()
+                if agent.probe_due or (not agent.healthy and now >= agent.next_probe_at):
+                    batch.cond.release()
+                    try:
+                        self._probe(agent)
+                    finally:
+                        batch.cond.acquire()
+                    batch.cond.notify_all()
+                    continue
+                if not agent.healthy:
+                    batch.cond.wait(timeout=max(0.01, agent.next_probe_at - now))
+                    continue
+                task = self._pick(agent, batch.pending[agent.kind])
+                if task is not None:
+                    batch.running[agent.kind] += 1
+                    return task
+                batch.cond.wait(timeout=5.0)
+
+    def _pick(self, agent: AgentState, pending: list[_Task]) -> _Task | None:
+        """The first job for this agent not yet failed on it; else one that no healthy peer could take instead."""
+        for i, task in enumerate(pending):
+            if task.may_run_on(agent) and (agent.name not in task.failed_on or task.job.agent == agent.name):
+                return pending.pop(i)
+        peers = [a for a in self.agents.values() if a.kind == agent.kind and a is not agent and a.may_serve()]
+        for i, task in enumerate(pending):
+            if task.may_run_on(agent) and all(peer.name in task.failed_on for peer in peers):
+                return pending.pop(i)
+        return None
+
+    def _probe(self, agent: AgentState) -> None:
+        """Health check and Describe on a fresh channel; records the device. Sets agent.healthy."""
+        from fleetnas_agent.client import AgentClient
+        from google.protobuf import json_format
+
+        agent.close_client()
+        agent.probe_due = False
+        try:
+            client = AgentClient(agent.entry.address, agent.entry.credentials(agent.base_dir), self.rpc_timeout_s)
+        except (InventoryError, OSError, ValueError) as exc:
+            return self._set_aside(agent, str(exc))
+        try:
+            status = client.health()
+            if status != "SERVING":
+                raise _NotServing(f"health check says {status}")
+            description = client.describe()
+        except (grpc.RpcError, _NotServing) as exc:
+            client.close()
+            return self._set_aside(agent, _rpc_text(exc))
+        agent.device_id = description.device_id
+        agent.device_label = description.label or agent.name
+        self.store.upsert_device(description.device_id, agent.device_label, agent.kind,
+                                 json_format.MessageToDict(description, preserving_proto_field_name=True))
+        if not agent.healthy and agent.last_error:
+            log.warning("agent %s (%s) is back", agent.name, agent.entry.address)
+        agent.client, agent.healthy, agent.consecutive_failures, agent.last_error = client, True, 0, ""
+
+    def _set_aside(self, agent: AgentState, reason: str) -> None:
+        if agent.healthy or not agent.last_error:
+            log.warning("agent %s (%s) set aside for %.0f s: %s", agent.name, agent.entry.address, self.reprobe_s,
+                        reason)
+        agent.healthy, agent.last_error = False, reason
+        agent.next_probe_at = time.monotonic() + self.reprobe_s
+        agent.close_client()
+
+    def _execute(self, agent: AgentState, task: _Task, batch: _Batch) -> None:
+        job, started = task.job, time.monotonic()
+        try:
+            fresh = batch.remeasure or job.agent is not None
+            record = None if fresh else self.store.find_measurement(*job.key)
+            if record is not None:  # another host process measured it meanwhile
+                return self._finish(agent, task, batch, JobResult(job, record, from_store=True))
+            result = self._measure_on(agent, job)
+            record, _ = self.store.record_measurement(self._measurement(agent, job, result), supersede=fresh)
+            agent.jobs_done += 1
+            agent.consecutive_failures = 0
+            self._finish(agent, task, batch, JobResult(job, record, attempts=task.attempts + 1,
+                                                       elapsed_s=time.monotonic() - started))
+        except grpc.RpcError as exc:
+            self._failed_attempt(agent, task, batch, exc)
+        except (JobError, OSError) as exc:
+            self._finish(agent, task, batch, self._failed_job(agent, task, str(exc)))
+
+    def _measure_on(self, agent: AgentState, job: Job):
+        from fleetnas_agent.proto import agent_pb2 as pb
+
+        formats = {"onnx": pb.ARTIFACT_FORMAT_ONNX, "tflite": pb.ARTIFACT_FORMAT_TFLITE,
+                   "spec": pb.ARTIFACT_FORMAT_TORCH_SPEC}
+        deadline_s = self.deadline_s or job.settings.deadline_s()
+        sha = agent.client.put_artifact(job.artifact.read(), formats[job.artifact.format])
+        return agent.client.profile(sha, runtime=job.settings.runtime, threads=job.settings.threads,
+                                    stopping=job.settings.stopping_rule(), seed=job.settings.seed,
+                                    timeout_s=deadline_s, wait_s=deadline_s + 5.0)
+
+    def _measurement(self, agent: AgentState, job: Job, result) -> NewMeasurement:
+        from fleetnas_agent.client import result_to_dict
+
+        d = result_to_dict(result)
+        detail = {"runtime_version": d["runtime"]["version"], "inputs": d["inputs"], "load_ms": d["load_ms"],
+                  "threads": d["threads"], "started_unix_s": d["started_unix_s"],
+                  "finished_unix_s": d["finished_unix_s"], "device_label": d["device"]["label"],
+                  "address": agent.entry.address}
+        return NewMeasurement(device_id=d["device"]["id"] or agent.device_id, device_kind=job.device_kind,
+                              artifact=job.artifact.sha256, runtime=job.settings.runtime,
+                              settings=job.settings.to_dict(), ok=True, stats=d["latency_ms"], memory=d["memory"],
+                              env=d["env"], detail=detail, agent=agent.name, device_label=agent.device_label)
+
+    def _failed_attempt(self, agent: AgentState, task: _Task, batch: _Batch, exc: grpc.RpcError) -> None:
+        code = exc.code().name if exc.code() else "UNKNOWN"
+        text = f"{agent.name}: {_rpc_text(exc)}"
+        if code not in AGENT_FAULTS | TRANSIENT:
+            return self._finish(agent, task, batch, self._failed_job(agent, task, text))
+        task.errors.append(text)
+        if code in AGENT_FAULTS:
+            task.failed_on.add(agent.name)
+            agent.consecutive_failures += 1
+            if agent.consecutive_failures >= self.unhealthy_after or not self._answers(agent):
+                self._set_aside(agent, text)
+        log.info("job %s: attempt on %s failed (%s); retrying", task.job.artifact.sha256[:12], agent.name, code)
+        if task.attempts + 1 >= self.max_attempts:
+            error = f"gave up after {task.attempts + 1} attempt(s): " + "; ".join(task.errors)
+            return self._finish(agent, task, batch, JobResult(task.job, None, error=error,
+                                                              attempts=task.attempts + 1))
+        with batch.cond:
+            task.attempts += 1
+            batch.running[agent.kind] -= 1
+            batch.pending[agent.kind].insert(0, task)
+            batch.cond.notify_all()
+
+    def _answers(self, agent: AgentState) -> bool:
+        try:
+            return agent.client is not None and agent.client.health() == "SERVING"
+        except grpc.RpcError:
+            return False
+
+    def _failed_job(self, agent: AgentState, task: _Task, error: str) -> JobResult:
+        """The job itself cannot be measured (bad model, runtime missing): kept as a failed measurement."""
+        job = task.job
+        record = None
+        if agent.device_id is not None:
+            record, _ = self.store.record_measurement(NewMeasurement(
+                device_id=agent.device_id, device_kind=job.device_kind, artifact=job.artifact.sha256,
+                runtime=job.settings.runtime, settings=job.settings.to_dict(), ok=False, error=error,
+                agent=agent.name, device_label=agent.device_label))
+        return JobResult(job, record, error=error, attempts=task.attempts + 1)
+
+    def _finish(self, agent: AgentState, task: _Task, batch: _Batch, result: JobResult) -> None:
+        with batch.cond:
+            task.result = result
+            batch.running[agent.kind] -= 1
+            batch.remaining -= 1
+            batch.closed = batch.closed or batch.remaining == 0
+            batch.cond.notify_all()
+
+    def _give_up_on_stranded_kinds(self, batch: _Batch) -> None:
+        """Fails waiting jobs that have had no usable agent for give_up_s (called under the batch's lock)."""
+        now, before = time.monotonic(), batch.remaining
+        for kind, pending in batch.pending.items():
+            eligible = [a for a in self.agents.values() if a.kind == kind]
+            for task in list(pending):
+                agents = [a for a in eligible if task.may_run_on(a)]
+                if any(a.may_serve() for a in agents):
+                    task.stranded_since = None
+                    continue
+                task.stranded_since = task.stranded_since or now
+                if now - task.stranded_since < self.give_up_s:
+                    continue
+                reasons = "; ".join(f"{a.name}: {a.last_error}" for a in agents)
+                which = f"agent {task.job.agent!r}" if task.job.agent else f"no agent of kind {kind!r}"
+                task.result = JobResult(task.job, None, attempts=task.attempts,
+                                        error=f"{which} was usable for {self.give_up_s:g} s ({reasons})")
+                pending.remove(task)
+                batch.remaining -= 1
+        if batch.remaining != before:
+            batch.closed = batch.remaining == 0
+            batch.cond.notify_all()
+
+
+class _NotServing(Exception):
+    pass
+
+
+def _rpc_text(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        code = exc.code().name if exc.code() else "UNKNOWN"
+        return f"{code}: {exc.details() if hasattr(exc, 'details') else exc}"
+    return str(exc)
+
+
+@contextmanager
+def _progress(total: int, from_store: int, enabled: bool) -> Iterator:
+    """A progress bar on stderr for long batches (rich); a no-op when disabled."""
+    if not enabled:
+        yield lambda done: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    note = f" ({from_store} already stored)" if from_store else ""
+    with Progress(TextColumn(f"measuring{note}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("measuring", total=total)
+        yield lambda done: bar.update(task, completed=done)

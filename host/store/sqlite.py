@@ -1,0 +1,380 @@
+"""`SqliteStore`: the default store, one SQLite file in WAL mode.
+
+One connection per store object, guarded by a lock, so worker threads can share it. Writes take the
+database's write lock up front (BEGIN IMMEDIATE) and wait up to `busy_timeout_s` for another process to
+release it; past that they raise StoreLocked and nothing is half-written. synchronous=FULL makes a
+commit durable across a power cut, not only a crash: a measurement costs seconds, an fsync milliseconds.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from .base import (MEMBER_SOURCES, RUN_STATES, ArtifactRecord, DeviceRecord, EvaluationRecord, MeasurementKey,
+                   MeasurementRecord, MetricValue, NewMeasurement, RunEvent, RunMember, RunRecord, Store, StoreError,
+                   StoreLocked, canonical_json, parse_metric)
+from .migrations import MIGRATIONS, Migration
+
+MEASUREMENT_COLUMNS = ("id, device_id, device_kind, agent, artifact, runtime, settings, settings_hash, stats, memory, "
+                       "env, detail, ok, error, stale, created_at")
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0,
+                 migrations: Sequence[Migration] = MIGRATIONS):
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self._lock = threading.RLock()
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
+                                         check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        try:
+            self._pragmas()
+            self._migrate(migrations)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # ----- plumbing -------------------------------------------------------------------------------
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return StoreLocked(f"database {self.path} is locked by another process; gave up after "
+                               f"{self.busy_timeout_s:g} s (busy timeout). Nothing was written.")
+        if "not a database" in text or "malformed" in text:
+            return StoreError(f"{self.path} is not a usable FleetNAS database: {text}")
+        return StoreError(f"database {self.path}: {text}")
+
+    def _pragmas(self) -> None:
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+        if mode.lower() != "wal":
+            raise StoreError(f"database {self.path} cannot use write-ahead logging (journal mode {mode})")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction holding the write lock; committed when the block ends, rolled back on error."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise StoreError(f"database {self.path}: {exc}") from None
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc) from None
+                raise
+
+    def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
+
+    def _migrate(self, migrations: Sequence[Migration]) -> None:
+        """Applies the migrations this database lacks; an up-to-date database is opened without a write lock."""
+        latest = max((m.version for m in migrations), default=0)
+        newer = StoreError(f"database {self.path} has a schema version newer than this FleetNAS knows ({latest}): "
+                           "upgrade FleetNAS")
+        current = self.schema_version
+        if current > latest:
+            raise StoreError(f"database {self.path} has schema version {current}, newer than this FleetNAS knows "
+                             f"({latest}): upgrade FleetNAS")
+        if current == latest:
+            return
+        with self._write() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                      "description TEXT NOT NULL, applied_at REAL NOT NULL)")
+        for migration in sorted(migrations, key=lambda m: m.version):
+            with self._write() as c:  # re-read under the lock: another process may be migrating too
+                current = c.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+                if current > latest:
+                    raise newer
+                if migration.version <= current:
+                    continue
+                for statement in migration.statements:
+                    c.execute(statement)
+                c.execute("INSERT INTO schema_version VALUES (?, ?, ?)",
+                          (migration.version, migration.description, time.time()))
+
+    @property
+    def schema_version(self) -> int:
+        if not self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"):
+            return 0
+        return self._read("SELECT coalesce(max(version), 0) FROM schema_version")[0][0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # ----- devices --------------------------------------------------------------------------------
+    def upsert_device(self, device_id: str, label: str, kind: str, description: dict,
+                      seen_at: float | None = None) -> DeviceRecord:
+        now = time.time() if seen_at is None else seen_at
+        with self._write() as c:
+            c.execute("""INSERT INTO devices (id, label, kind, description, first_seen, last_seen)
+                         VALUES (?, ?, ?, ?, ?, ?)
+                         ON CONFLICT (id) DO UPDATE SET label = excluded.label, kind = excluded.kind,
+                             description = excluded.description, last_seen = max(last_seen, excluded.last_seen)""",
+                      (device_id, label, kind, canonical_json(description), now, now))
+        return self.device(device_id)
+
+    def device(self, device_id: str) -> DeviceRecord | None:
+        rows = self._read("SELECT * FROM devices WHERE id = ?", (device_id,))
+        return _device(rows[0]) if rows else None
+
+    def latest_device(self, kind: str) -> DeviceRecord | None:
+        rows = self._read("SELECT * FROM devices WHERE kind = ? ORDER BY last_seen DESC LIMIT 1", (kind,))
+        return _device(rows[0]) if rows else None
+
+    def devices(self, kind: str | None = None) -> list[DeviceRecord]:
+        if kind is None:
+            return [_device(r) for r in self._read("SELECT * FROM devices ORDER BY kind, id")]
+        return [_device(r) for r in self._read("SELECT * FROM devices WHERE kind = ? ORDER BY id", (kind,))]
+
+    # ----- artifacts ------------------------------------------------------------------------------
+    def put_artifact(self, sha256: str, format: str, size: int, supernet: str | None = None,
+                     config: dict | None = None) -> ArtifactRecord:
+        with self._write() as c:
+            c.execute("INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+                      (sha256, format, supernet, None if config is None else canonical_json(config), size,
+                       time.time()))
+        return self.artifact(sha256)
+
+    def artifact(self, sha256: str) -> ArtifactRecord | None:
+        rows = self._read("SELECT * FROM artifacts WHERE sha256 = ?", (sha256,))
+        if not rows:
+            return None
+        sha, fmt, supernet, config, size, created = rows[0]
+        return ArtifactRecord(sha, fmt, supernet, None if config is None else json.loads(config), size, created)
+
+    # ----- measurements ---------------------------------------------------------------------------
+    def record_measurement(self, m: NewMeasurement, supersede: bool = False) -> tuple[MeasurementRecord, bool]:
+        now = time.time()
+        key = (m.artifact, m.device_kind, m.runtime, m.settings_hash)
+        with self._write() as c:
+            if c.execute("SELECT 1 FROM artifacts WHERE sha256 = ?", (m.artifact,)).fetchone() is None:
+                raise StoreError(f"artifact {m.artifact[:12]}… is not recorded: put_artifact() before measuring it")
+            c.execute("""INSERT INTO devices (id, label, kind, description, first_seen, last_seen)
+                         VALUES (?, ?, ?, '{}', ?, ?)
+                         ON CONFLICT (id) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)""",
+                      (m.device_id, m.device_label, m.device_kind, now, now))
+            if m.ok:
+                current = c.execute(f"SELECT {MEASUREMENT_COLUMNS} FROM measurements WHERE artifact = ? AND "
+                                    "device_kind = ? AND runtime = ? AND settings_hash = ? AND ok = 1 AND stale = 0",
+                                    key).fetchone()
+                if current is not None and not supersede:
+                    return _measurement(current), False
+                if current is not None:
+                    c.execute("UPDATE measurements SET stale = 1 WHERE id = ?", (current[0],))
+            cursor = c.execute(
+                """INSERT INTO measurements (device_id, device_kind, agent, artifact, runtime, settings, settings_hash,
+                       stats, memory, env, detail, ok, error, stale, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)""",
+                (m.device_id, m.device_kind, m.agent, m.artifact, m.runtime, canonical_json(m.settings),
+                 m.settings_hash, canonical_json(m.stats), canonical_json(m.memory), canonical_json(m.env),
+                 canonical_json(m.detail), int(m.ok), m.error, now))
+            row = c.execute(f"SELECT {MEASUREMENT_COLUMNS} FROM measurements WHERE id = ?",
+                            (cursor.lastrowid,)).fetchone()
+        return _measurement(row), True
+
+    def find_measurements(self, keys: Iterable[MeasurementKey]) -> dict[MeasurementKey, MeasurementRecord]:
+        found = {}
+        with self._lock:
+            for key in dict.fromkeys(keys):
+                rows = self._read(f"SELECT {MEASUREMENT_COLUMNS} FROM measurements WHERE artifact = ? AND "
+                                  "device_kind = ? AND runtime = ? AND settings_hash = ? AND ok = 1 AND stale = 0",
+                                  key)
+                if rows:
+                    found[key] = _measurement(rows[0])
+        return found
+
+    def measurements(self, *, space: str | None = None, device_kind: str | None = None, runtime: str | None = None,
+                     device_id: str | None = None, ok: bool | None = True, include_stale: bool = False,
+                     settings_hash: str | None = None) -> list[MeasurementRecord]:
+        where, params = _filters(device_kind=device_kind, runtime=runtime, device_id=device_id,
+                                 settings_hash=settings_hash, ok=None if ok is None else int(ok),
+                                 stale=None if include_stale else 0)
+        join = ""
+        if space is not None:
+            join = "JOIN artifacts a ON a.sha256 = m.artifact"
+            where.append("a.supernet = ?")
+            params.append(space)
+        columns = ", ".join(f"m.{c.strip()}" for c in MEASUREMENT_COLUMNS.split(","))
+        sql = f"SELECT {columns} FROM measurements m {join} {_where(where)} ORDER BY m.id"
+        return [_measurement(r) for r in self._read(sql, params)]
+
+    def count_measurements(self, ok: bool | None = True, include_stale: bool = False) -> int:
+        where, params = _filters(ok=None if ok is None else int(ok), stale=None if include_stale else 0)
+        return self._read(f"SELECT count(*) FROM measurements m {_where(where)}", params)[0][0]
+
+    def metric_values(self, space: str, device_kind: str, runtime: str, metric: str = "latency_ms", *,
+                      include_stale: bool = False, settings_hash: str | None = None) -> list[MetricValue]:
+        column, name = parse_metric(metric)  # both come from fixed lists: safe to put into the SQL text
+        where, params = _filters(device_kind=device_kind, runtime=runtime, settings_hash=settings_hash, ok=1,
+                                 stale=None if include_stale else 0)
+        where.append("a.supernet = ?")
+        params.append(space)
+        rows = self._read(f"""SELECT a.config, json_extract(m.{column}, '$.{name}'), m.id, m.device_id, m.artifact,
+                                     m.created_at
+                              FROM measurements m JOIN artifacts a ON a.sha256 = m.artifact
+                              {_where(where)} ORDER BY m.id""", params)
+        return [MetricValue(json.loads(config) if config else {}, float(value), mid, device, artifact, created)
+                for config, value, mid, device, artifact, created in rows if value is not None]
+
+    def mark_stale(self, device_kind: str, *, device_id: str | None = None, before: float | None = None,
+                   runtime: str | None = None) -> int:
+        where, params = _filters(device_kind=device_kind, device_id=device_id, runtime=runtime, stale=0)
+        if before is not None:
+            where.append("m.created_at < ?")
+            params.append(before)
+        with self._write() as c:
+            return c.execute(f"UPDATE measurements AS m SET stale = 1 {_where(where)}", params).rowcount
+
+    # ----- evaluations ----------------------------------------------------------------------------
+    def add_evaluation(self, supernet: str, config: dict, metric: str, value: float) -> EvaluationRecord:
+        now = time.time()
+        with self._write() as c:
+            cursor = c.execute("INSERT INTO evaluations (supernet, config, metric, value, created_at) "
+                               "VALUES (?, ?, ?, ?, ?)", (supernet, canonical_json(config), metric, float(value), now))
+        return EvaluationRecord(cursor.lastrowid, supernet, json.loads(canonical_json(config)), metric, float(value),
+                                now)
+
+    def evaluations(self, supernet: str, metric: str | None = None,
+                    config: dict | None = None) -> list[EvaluationRecord]:
+        where, params = ["supernet = ?"], [supernet]
+        if metric is not None:
+            where.append("metric = ?")
+            params.append(metric)
+        if config is not None:
+            where.append("config = ?")
+            params.append(canonical_json(config))
+        rows = self._read(f"SELECT * FROM evaluations {_where(where)} ORDER BY id", params)
+        return [EvaluationRecord(i, s, json.loads(c), m, v, t) for i, s, c, m, v, t in rows]
+
+    # ----- runs -----------------------------------------------------------------------------------
+    def create_run(self, tactic: str, settings: dict, name: str | None = None) -> RunRecord:
+        now = time.time()
+        with self._write() as c:
+            if name is not None and c.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone():
+                raise StoreError(f"a run named {name!r} already exists in {self.path}")
+            cursor = c.execute("INSERT INTO runs (name, tactic, settings, state, created_at, updated_at) "
+                               "VALUES (?, ?, ?, 'running', ?, ?)", (name, tactic, canonical_json(settings), now, now))
+        return self.run(cursor.lastrowid)
+
+    def run(self, run_id: int) -> RunRecord | None:
+        rows = self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return _run(rows[0]) if rows else None
+
+    def run_by_name(self, name: str) -> RunRecord | None:
+        rows = self._read("SELECT * FROM runs WHERE name = ?", (name,))
+        return _run(rows[0]) if rows else None
+
+    def runs(self, state: str | None = None) -> list[RunRecord]:
+        if state is None:
+            return [_run(r) for r in self._read("SELECT * FROM runs ORDER BY id")]
+        return [_run(r) for r in self._read("SELECT * FROM runs WHERE state = ? ORDER BY id", (state,))]
+
+    def set_run_state(self, run_id: int, state: str) -> RunRecord:
+        if state not in RUN_STATES:
+            raise StoreError(f"run state must be one of {', '.join(RUN_STATES)}, got {state!r}")
+        with self._write() as c:
+            if c.execute("UPDATE runs SET state = ?, updated_at = ? WHERE id = ?",
+                         (state, time.time(), run_id)).rowcount == 0:
+                raise StoreError(f"no run with id {run_id} in {self.path}")
+        return self.run(run_id)
+
+    def add_run_members(self, run_id: int, members: Sequence[tuple[dict, dict, str]]) -> list[RunMember]:
+        for _, _, source in members:
+            if source not in MEMBER_SOURCES:
+                raise StoreError(f"a run member's source must be one of {', '.join(MEMBER_SOURCES)}, got {source!r}")
+        now = time.time()
+        ids = []
+        with self._write() as c:
+            if c.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise StoreError(f"no run with id {run_id} in {self.path}")
+            for config, objectives, source in members:
+                ids.append(c.execute("INSERT INTO run_members (run_id, config, objectives, source, created_at) "
+                                     "VALUES (?, ?, ?, ?, ?)",
+                                     (run_id, canonical_json(config), canonical_json(objectives), source,
+                                      now)).lastrowid)
+        return [RunMember(i, run_id, json.loads(canonical_json(cfg)), json.loads(canonical_json(obj)), src, now)
+                for i, (cfg, obj, src) in zip(ids, members)]
+
+    def run_members(self, run_id: int, source: str | None = None) -> list[RunMember]:
+        where, params = ["run_id = ?"], [run_id]
+        if source is not None:
+            where.append("source = ?")
+            params.append(source)
+        rows = self._read(f"SELECT * FROM run_members {_where(where)} ORDER BY id", params)
+        return [RunMember(i, r, json.loads(c), json.loads(o), s, t) for i, r, c, o, s, t in rows]
+
+    def add_run_event(self, run_id: int, kind: str, payload: dict) -> RunEvent:
+        now = time.time()
+        with self._write() as c:
+            if c.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise StoreError(f"no run with id {run_id} in {self.path}")
+            cursor = c.execute("INSERT INTO run_events (run_id, kind, payload, created_at) VALUES (?, ?, ?, ?)",
+                               (run_id, kind, canonical_json(payload), now))
+        return RunEvent(cursor.lastrowid, run_id, kind, json.loads(canonical_json(payload)), now)
+
+    def run_events(self, run_id: int, kind: str | None = None) -> list[RunEvent]:
+        where, params = ["run_id = ?"], [run_id]
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        rows = self._read(f"SELECT * FROM run_events {_where(where)} ORDER BY id", params)
+        return [RunEvent(i, r, k, json.loads(p), t) for i, r, k, p, t in rows]
+
+
+# ----- row helpers --------------------------------------------------------------------------------
+def _filters(**equal) -> tuple[list[str], list]:
+    where, params = [], []
+    for column, value in equal.items():
+        if value is not None:
+            where.append(f"m.{column} = ?")
+            params.append(value)
+    return where, params
+
+
+def _where(conditions: list[str]) -> str:
+    return "WHERE " + " AND ".join(conditions) if conditions else ""
+
+
+def _device(row) -> DeviceRecord:
+    device_id, label, kind, description, first_seen, last_seen = row
+    return DeviceRecord(device_id, label, kind, json.loads(description), first_seen, last_seen)
+
+
+def _measurement(row) -> MeasurementRecord:
+    (mid, device_id, kind, agent, artifact, runtime, settings, shash, stats, memory, env, detail, ok, error, stale,
+     created) = row
+    return MeasurementRecord(mid, device_id, kind, agent, artifact, runtime, json.loads(settings), shash,
+                             json.loads(stats), json.loads(memory), json.loads(env), json.loads(detail), bool(ok),
+                             error, bool(stale), created)
+
+
+def _run(row) -> RunRecord:
+    run_id, name, tactic, settings, state, created, updated = row
+    return RunRecord(run_id, name, tactic, json.loads(settings), state, created, updated)

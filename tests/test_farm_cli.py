@@ -1,0 +1,118 @@
+"""`fleetnas profile` in farm mode (--device-kind), against real in-process agents."""
+import json
+import re
+
+import pytest
+
+from agents import running_agent
+from models import onnx_mlp
+from fleetnas.cli import main
+
+FLAGS = ["--warmup-runs", "1", "--warmup-seconds", "0.001", "--min-runs", "3", "--min-seconds", "0.001",
+         "--max-seconds", "0.05"]
+
+
+@pytest.fixture
+def farm(tmp_path):
+    """An inventory with two live agents of kind cpu-ort-1t, and its database path."""
+    inv, db = tmp_path / "farm.toml", tmp_path / "fleet.db"
+    with running_agent(tmp_path / "c0", label="pc-a") as (a, _), running_agent(tmp_path / "c1", label="pc-b") as (b, _):
+        for name, address in (("pc-a", a), ("pc-b", b)):
+            assert main(["devices", "add", name, "--address", address, "--kind", "cpu-ort-1t",
+                         "--inventory", str(inv)]) == 0
+        yield inv, db
+
+
+def models(tmp_path, n):
+    paths = []
+    for seed in range(n):
+        path = tmp_path / f"m{seed}.onnx"
+        path.write_bytes(onnx_mlp(width=16, layers=1, seed=seed))
+        paths.append(str(path))
+    return paths
+
+
+def test_model_files_on_a_farm_then_again_from_the_database(tmp_path, farm, capsys):
+    inv, db = farm
+    files = models(tmp_path, 3)
+    base = ["profile", "--device-kind", "cpu-ort-1t", "--model", *files, "--inventory", str(inv), "--db", str(db),
+            *FLAGS]
+    capsys.readouterr()
+    assert main([*base, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["key"] for r in rows] == files
+    for r in rows:
+        assert r["ok"] and not r["from_store"] and r["device"]["agent"] in ("pc-a", "pc-b")
+        assert r["device"]["kind"] == "cpu-ort-1t" and r["device"]["id"]
+        assert {"median", "p90", "p99", "mean", "std", "n", "target_met"} <= set(r["latency_ms"])
+        assert "peak_bytes" in r["memory"] and r["runtime"]["name"] == "onnxruntime"
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "0 measured, 3 already stored, 0 failed" in out and "stored before" in out
+    assert main([*base, "--remeasure"]) == 0
+    assert "3 measured, 0 already stored" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device-kind", "cpu-ort-1t"], "either --model FILE... or --space NAME --sample N"),
+    (["--device-kind", "cpu-ort-1t", "--space", "demo"], "--space and --sample go together"),
+    (["--device-kind", "cpu-ort-1t", "--model", "{m}", "--runtime", "litert"], "drop --runtime/--threads"),
+    (["--device-kind", "gpu-trt", "--model", "{m}"], "no agent of kind 'gpu-trt' .* kinds: cpu-ort-1t"),
+    (["--device-kind", "cpu-ort-1t", "--space", "no-such-space", "--sample", "2"], "unknown space 'no-such-space'"),
+    (["--agent", "127.0.0.1:1", "--model", "{m}", "{m}"], "--agent measures exactly one --model FILE"),
+    (["--agent", "127.0.0.1:1", "--space", "demo", "--sample", "2"], "need --device-kind"),
+    (["--agent", "127.0.0.1:1", "--model", "{m}", "--min-runs", "-3"], "--min-runs must not be negative"),
+])
+def test_bad_farm_requests_get_clear_errors(tmp_path, farm, capsys, args, message):
+    inv, db = farm
+    [model] = models(tmp_path, 1)
+    args = [a.replace("{m}", model) for a in args]
+    capsys.readouterr()
+    code = main(["profile", *args, "--inventory", str(inv), "--db", str(db)])
+    assert code != 0
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_database_that_is_not_one_is_refused(tmp_path, farm, capsys):
+    inv, _ = farm
+    bad = tmp_path / "not.db"
+    bad.write_text("hello\n" * 200)
+    [model] = models(tmp_path, 1)
+    assert main(["profile", "--device-kind", "cpu-ort-1t", "--model", model, "--inventory", str(inv),
+                 "--db", str(bad)]) == 1
+    assert "not a usable FleetNAS database" in capsys.readouterr().err
+
+
+def test_sampled_sub_networks_of_a_space_are_exported_and_measured(tmp_path, farm, capsys, monkeypatch):
+    pytest.importorskip("fleetnas.export")
+    inv, db = farm
+    monkeypatch.setenv("FLEETNAS_CACHE_DIR", str(tmp_path / "cache"))
+    capsys.readouterr()
+    assert main(["profile", "--device-kind", "cpu-ort-1t", "--space", "demo", "--sample", "2", "--seed", "1",
+                 "--inventory", str(inv), "--db", str(db), "--json", *FLAGS]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    from fleetnas.supernets import get_supernet
+    space = get_supernet("demo").space
+    assert [r["key"] for r in rows] == [space.key(c) for c in space.sample(2, rng=1)]
+    assert all(r["ok"] and r["latency_ms"]["median"] > 0 and r["config"] for r in rows)
+    from fleetnas.store import open_store
+    with open_store(db) as store:
+        values = store.metric_values("demo", "cpu-ort-1t", "onnxruntime", "latency_ms")
+    assert sorted(space.key(v.config) for v in values) == sorted({r["key"] for r in rows})
+
+
+def test_the_one_shot_api_measures_a_sub_network_as_a_torch_spec(tmp_path, monkeypatch):
+    pytest.importorskip("fleetnas.export")
+    from fleetnas.farm import AgentEntry, Inventory, measure
+    from fleetnas.supernets import get_supernet
+
+    monkeypatch.setenv("FLEETNAS_CACHE_DIR", str(tmp_path / "cache"))
+    with running_agent(tmp_path / "torch-cache") as (address, _):
+        Inventory(tmp_path / "farm.toml", [AgentEntry("pc", address, "cpu-torch-1t", runtime="torch")]).save()
+        [config] = get_supernet("demo").space.sample(1, rng=0)
+        stopping = {"warmup_min_runs": 1, "warmup_min_s": 0.001, "min_runs": 3, "min_s": 0.001, "max_s": 0.05}
+        [result] = measure([config], "cpu-torch-1t", space="demo", inventory=tmp_path / "farm.toml",
+                           db=tmp_path / "fleet.db", stopping=stopping)
+    assert result.ok, result.error
+    assert result.job.artifact.format == "spec" and result.measurement.runtime == "torch"
+    assert result.value("latency_ms") > 0

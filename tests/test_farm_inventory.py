@@ -1,0 +1,136 @@
+"""The farm inventory (TOML) and the `fleetnas devices` commands that edit and check it."""
+import json
+
+import pytest
+
+from fleetnas.cli import main
+from fleetnas.farm import AgentEntry, Inventory, InventoryError
+from agents import running_agent
+
+
+def test_entries_round_trip_through_the_file(tmp_path):
+    path = tmp_path / "farm.toml"
+    inv = Inventory(path)
+    inv.add(AgentEntry("pi-a", "10.0.0.5:50051", "rpi4-litert-1t", runtime="litert", token_file="tokens/pi-a"))
+    inv.add(AgentEntry("pi-b", "pi-b.local:50051", "rpi4-litert-1t", runtime="litert"))
+    inv.add(AgentEntry("jetson", "[::1]:50051", "orin-ort-4t", runtime="onnxruntime", threads=4, tls_ca="/etc/ca.pem"))
+    inv.save()
+    again = Inventory.load(path)
+    assert again.agents == inv.agents
+    assert [e.name for e in again.of_kind("rpi4-litert-1t")] == ["pi-a", "pi-b"]
+    assert "token_file" not in path.read_text().split("[agents.pi-b]")[1]  # defaults are not written
+    again.remove("pi-b")
+    again.save()
+    assert [e.name for e in Inventory.load(path).agents] == ["pi-a", "jetson"]
+
+
+def test_the_example_inventory_in_devices_is_valid():
+    from pathlib import Path
+    example = Inventory.load(Path(__file__).parents[1] / "devices" / "fleetnas.example.toml")
+    assert {e.kind for e in example.agents} == {"rpi4-litert-1t", "pixel7-litert-4t", "orin-ort-4t"}
+    assert example.get("pixel7").threads == 4 and example.get("pi4-a").token_file == "tokens/pi4-a"
+
+
+def test_a_missing_file_is_an_empty_inventory_and_unknown_kinds_are_named(tmp_path):
+    inv = Inventory.load(tmp_path / "none.toml")
+    assert len(inv) == 0
+    with pytest.raises(InventoryError, match="no agent of kind 'rpi4' .* kinds: none"):
+        inv.of_kind("rpi4")
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"name": "bad name"}, "agent name 'bad name'"),
+    ({"address": "10.0.0.5"}, "address '10.0.0.5' is not HOST:PORT"),
+    ({"address": "host:99999"}, "is not HOST:PORT"),
+    ({"kind": ""}, "kind ''"),
+    ({"runtime": "tensorflow"}, "runtime 'tensorflow' is not one of"),
+    ({"threads": 0}, "threads must be an integer from 1 to 256, got 0"),
+    ({"tls_cert": "c.pem"}, "tls_cert and tls_key go together"),
+])
+def test_bad_entries_are_refused_with_the_bad_value(fields, message):
+    base = {"name": "pi", "address": "h:1", "kind": "k"}
+    with pytest.raises(InventoryError, match=message):
+        AgentEntry(**{**base, **fields})
+
+
+def test_agents_of_one_kind_must_be_measured_the_same_way(tmp_path):
+    inv = Inventory(tmp_path / "f.toml", [AgentEntry("a", "h:1", "rpi4", runtime="litert")])
+    with pytest.raises(InventoryError, match="must be measured the same way"):
+        inv.add(AgentEntry("b", "h:2", "rpi4", runtime="onnxruntime"))
+    with pytest.raises(InventoryError, match="already has address h:1"):
+        inv.add(AgentEntry("c", "h:1", "other"))
+    with pytest.raises(InventoryError, match="'a' is already in"):
+        inv.add(AgentEntry("a", "h:3", "rpi4", runtime="litert"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[agents.pi\naddress = 1", "is not valid TOML"),
+    ("[agents.pi]\naddress = 'h:1'\nkind = 'k'\ncolour = 'red'\n", "unknown field.*colour"),
+    ("[agents.pi]\naddress = 'h:1'\n", "'pi' lacks kind"),
+    ("[machines.pi]\n", "unknown top-level key"),
+    ("[agents.pi]\naddress = 'h:1'\nkind = 'k'\nthreads = 'four'\n", "threads must be an integer"),
+])
+def test_bad_files_are_refused_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(InventoryError, match=message):
+        Inventory.load(path)
+
+
+def test_credentials_are_read_relative_to_the_inventory(tmp_path):
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "tokens" / "pi").write_text("s3cret\n")
+    entry = AgentEntry("pi", "h:1", "k", token_file="tokens/pi")
+    assert entry.credentials(tmp_path).token == "s3cret"
+    with pytest.raises(InventoryError, match="token_file .*missing.* does not exist"):
+        AgentEntry("pi", "h:1", "k", token_file="missing").credentials(tmp_path)
+
+
+def test_devices_add_list_remove_through_the_cli(tmp_path, capsys):
+    inv = tmp_path / "farm.toml"
+    token = tmp_path / "pi.token"
+    token.write_text("t0ken\n")
+    assert main(["devices", "add", "pi-a", "--address", "127.0.0.1:50051", "--kind", "rpi4-litert-1t",
+                 "--runtime", "litert", "--token-file", str(token), "--inventory", str(inv)]) == 0
+    assert main(["devices", "add", "pi-b", "--address", "127.0.0.1:50052", "--kind", "rpi4-litert-1t",
+                 "--runtime", "litert", "--inventory", str(inv)]) == 0
+    assert Inventory.load(inv).get("pi-a").token_file == "pi.token"  # stored relative to the inventory
+    capsys.readouterr()
+    assert main(["devices", "list", "--inventory", str(inv), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["credentials"]) for r in rows] == [("pi-a", "token"), ("pi-b", "none")]
+    assert main(["devices", "add", "pi-c", "--address", "127.0.0.1:50053", "--kind", "rpi4-litert-1t",
+                 "--runtime", "onnxruntime", "--inventory", str(inv)]) == 1
+    assert "must be measured the same way" in capsys.readouterr().err
+    assert main(["devices", "remove", "pi-b", "--inventory", str(inv)]) == 0
+    assert main(["devices", "remove", "pi-b", "--inventory", str(inv)]) == 1
+    assert "no agent named 'pi-b'" in capsys.readouterr().err
+    assert main(["devices", "list", "--inventory", str(inv)]) == 0
+    assert "pi-a" in capsys.readouterr().out
+
+
+def test_devices_check_reports_health_environment_and_reference_latency(tmp_path, capsys):
+    inv = tmp_path / "farm.toml"
+    db = tmp_path / "fleet.db"
+    with running_agent(tmp_path / "cache") as (address, _):
+        main(["devices", "add", "local", "--address", address, "--kind", "cpu-ort-1t", "--inventory", str(inv)])
+        # a port nobody listens on: the agent that vanished
+        main(["devices", "add", "gone", "--address", "127.0.0.1:9", "--kind", "cpu-ort-1t", "--inventory", str(inv)])
+        capsys.readouterr()
+        code = main(["devices", "check", "--inventory", str(inv), "--db", str(db), "--json", "--timeout", "3"])
+        checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+        assert code == 1  # one agent is not fit to measure
+        local, gone = checks["local"], checks["gone"]
+        assert local["healthy"] and local["status"] == "SERVING"
+        assert any(r.startswith("onnxruntime ") for r in local["runtimes"])
+        assert local["throttled"] is False and local["reference_runtime"] == "onnxruntime"
+        assert 0 < local["reference_latency_ms"] < 1000
+        assert not gone["healthy"] and gone["status"].startswith("UNAVAILABLE")
+        from fleetnas.store import open_store
+        with open_store(db) as store:
+            assert store.latest_device("cpu-ort-1t").id == local["device_id"]
+        main(["devices", "remove", "gone", "--inventory", str(inv)])
+        capsys.readouterr()
+        assert main(["devices", "check", "--inventory", str(inv), "--no-reference"]) == 0
+        table = capsys.readouterr().out
+        assert "local" in table and "SERVING" in table

@@ -1,0 +1,169 @@
+"""The scheduler against real in-process agents: spreading, dedup, retries, failures, health, credentials."""
+import math
+from contextlib import ExitStack
+
+import pytest
+
+from agents import running_agent
+from models import onnx_huge_input, onnx_mlp
+from fleetnas.farm import AgentEntry, ArtifactSource, Farm, FarmError, Inventory, Job, JobError, Settings
+from fleetnas.store import SqliteStore
+
+KIND = "cpu-ort-1t"
+# Tiny: each job still spawns the agent's measuring child, but measures for ~50 ms at most.
+FAST = {"warmup_min_runs": 1, "warmup_min_s": 0.001, "min_runs": 3, "min_s": 0.001, "max_s": 0.05}
+DEAD = "127.0.0.1:9"  # nothing listens there
+
+
+def tiny(n, start=0):
+    return [ArtifactSource.from_bytes(onnx_mlp(width=16, layers=1, seed=seed)) for seed in range(start, start + n)]
+
+
+@pytest.fixture
+def farm_of(tmp_path):
+    """farm_of(n_live, dead=0, **options): a Farm over n live in-process agents (and dead addresses)."""
+    stack = ExitStack()
+
+    def make(n_live, dead=0, entries=(), **options):
+        inv = Inventory(tmp_path / "farm.toml")
+        for i in range(n_live):
+            address, _ = stack.enter_context(running_agent(tmp_path / f"cache{i}", label=f"live{i}"))
+            inv.add(AgentEntry(f"live{i}", address, KIND))
+        for i in range(dead):
+            inv.add(AgentEntry(f"dead{i}", f"127.0.0.1:{9 + i}", KIND))
+        for entry in entries:
+            inv.add(entry)
+        farm = Farm(inv, SqliteStore(tmp_path / "fleet.db"), **options)
+        stack.callback(farm.close)
+        return farm
+
+    with stack:
+        yield make
+
+
+def test_jobs_spread_over_agents_and_are_stored_before_they_are_returned(farm_of):
+    farm = farm_of(2)
+    artifacts = tiny(4)
+    results = farm.measure_artifacts(artifacts, KIND, stopping=FAST)
+    assert [r.job.artifact.sha256 for r in results] == [a.sha256 for a in artifacts]  # in order
+    assert all(r.ok and not r.from_store and r.attempts == 1 for r in results)
+    assert {r.measurement.agent for r in results} == {"live0", "live1"}
+    stored = {m.artifact: m for m in farm.store.measurements(device_kind=KIND)}
+    assert set(stored) == {a.sha256 for a in artifacts}
+    for r in results:
+        m = stored[r.job.artifact.sha256]
+        assert m.id == r.measurement.id and m.runtime == "onnxruntime" and m.device_kind == KIND
+        assert m.settings == {"runtime": "onnxruntime", "threads": 1, "stopping": FAST, "seed": 0}
+        assert m.stats["median"] > 0 and m.stats["n"] >= 3 and m.memory["measured"] in (True, False)
+        assert r.value("latency_ms") == m.stats["median"] and r.value("latency_ms.p90") == m.stats["p90"]
+    assert farm.store.latest_device(KIND) is not None
+
+
+def test_what_is_stored_is_not_measured_again_unless_asked(farm_of):
+    farm = farm_of(1)
+    artifacts = tiny(2)
+    first = farm.measure_artifacts(artifacts, KIND, stopping=FAST)
+    again = farm.measure_artifacts(artifacts + artifacts[:1], KIND, stopping=FAST)
+    assert all(r.from_store for r in again)
+    assert [r.measurement.id for r in again] == [r.measurement.id for r in first] + [first[0].measurement.id]
+    other_settings = farm.measure_artifacts(artifacts[:1], KIND, stopping={**FAST, "min_runs": 4})
+    assert not other_settings[0].from_store  # settings are part of the dedup key
+    remeasured = farm.measure_artifacts(artifacts[1:], KIND, stopping=FAST, remeasure=True)
+    assert not remeasured[0].from_store and remeasured[0].measurement.id != first[1].measurement.id
+    current = farm.store.measurements(device_kind=KIND)
+    assert len(current) == 3  # 2 first + 1 other settings; the re-measured one replaced its row
+    assert len(farm.store.measurements(device_kind=KIND, include_stale=True)) == 4
+
+
+def test_duplicate_jobs_in_one_batch_are_measured_once(farm_of):
+    farm = farm_of(2)
+    [artifact] = tiny(1)
+    results = farm.measure_artifacts([artifact] * 4, KIND, stopping=FAST)
+    assert len({r.measurement.id for r in results}) == 1
+    assert len(farm.store.measurements()) == 1
+
+
+def test_a_dead_agent_is_set_aside_and_its_peers_do_the_work(farm_of):
+    farm = farm_of(1, dead=1, reprobe_s=60)
+    results = farm.measure_artifacts(tiny(2), KIND, stopping=FAST)
+    assert all(r.ok for r in results)
+    assert {r.measurement.agent for r in results} == {"live0"}
+    assert not farm.agents["dead0"].healthy and "UNAVAILABLE" in farm.agents["dead0"].last_error
+
+
+def test_a_kind_without_a_usable_agent_fails_its_jobs_after_the_give_up_time(farm_of):
+    farm = farm_of(0, dead=1, reprobe_s=0.1, give_up_s=0.5)
+    results = farm.measure_artifacts(tiny(2), KIND, stopping=FAST)
+    assert all(not r.ok and r.measurement is None for r in results)
+    assert "no agent of kind 'cpu-ort-1t' was usable for 0.5 s" in results[0].error and "dead0" in results[0].error
+    assert farm.store.measurements(ok=None) == []
+
+
+def test_a_job_the_device_cannot_run_fails_once_and_is_kept_as_a_failure(farm_of):
+    farm = farm_of(2)
+    bad = ArtifactSource.from_bytes(onnx_huge_input())  # a 4 GB input: the agent refuses it
+    good = tiny(1)
+    results = farm.measure_artifacts([bad, *good], KIND, stopping=FAST)
+    assert not results[0].ok and results[0].attempts == 1 and math.isnan(results[0].value("latency_ms"))
+    assert "INVALID_ARGUMENT" in results[0].error or "RESOURCE_EXHAUSTED" in results[0].error
+    assert all(r.ok for r in results[1:])
+    [failure] = farm.store.measurements(ok=False)
+    assert failure.artifact == bad.sha256 and failure.error == results[0].error
+    # a failure is history, not a result: the next batch tries again
+    assert not farm.measure_artifacts([bad], KIND, stopping=FAST)[0].from_store
+
+
+def test_jobs_pinned_to_one_agent_are_always_measured_there(farm_of):
+    farm = farm_of(2)
+    artifacts = tiny(2)
+    on_live1 = farm.measure_artifacts(artifacts, KIND, stopping=FAST, agent="live1")
+    assert {r.measurement.agent for r in on_live1} == {"live1"}
+    on_live0 = farm.measure_artifacts(artifacts, KIND, stopping=FAST, agent="live0")
+    assert {r.measurement.agent for r in on_live0} == {"live0"} and not any(r.from_store for r in on_live0)
+    current = farm.store.measurements(device_kind=KIND)
+    assert {m.agent for m in current} == {"live0"}  # the latest per key is current, the older kept as history
+    history = farm.store.measurements(device_kind=KIND, include_stale=True)
+    assert sorted(m.agent for m in history if m.stale) == ["live1", "live1"]
+    unpinned = farm.measure_artifacts(artifacts, KIND, stopping=FAST)
+    assert all(r.from_store and r.measurement.agent == "live0" for r in unpinned)
+    with pytest.raises(FarmError, match="pinned to agent 'live7'"):
+        farm.measure_artifacts(artifacts, KIND, agent="live7")
+
+
+def test_credentials_come_from_the_inventory(tmp_path, farm_of):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    with running_agent(tmp_path / "secure-cache", token="s3cret") as (address, _):
+        farm = farm_of(0, reprobe_s=60, entries=[
+            AgentEntry("secure", address, "secure-kind", token_file=str(token)),
+            # the same agent under another name, without the token
+            AgentEntry("no-token", address.replace("127.0.0.1", "localhost"), "secure-kind")])
+        results = farm.measure_artifacts(tiny(2), "secure-kind", stopping=FAST)
+        assert all(r.ok and r.measurement.agent == "secure" for r in results)
+        assert "UNAUTHENTICATED" in farm.agents["no-token"].last_error
+
+
+def test_bad_batches_are_refused_before_anything_runs(farm_of):
+    farm = farm_of(1)
+    with pytest.raises(FarmError, match="no agent of kind 'rpi4'"):
+        farm.measure_artifacts(tiny(1), "rpi4")
+    with pytest.raises(JobError, match="unknown stopping rule field 'max_time'"):
+        farm.measure_artifacts(tiny(1), KIND, stopping={"max_time": 1})
+    with pytest.raises(JobError, match="runtime must be one of"):
+        Settings("tensorflow")
+    with pytest.raises(JobError, match="cannot read model"):
+        ArtifactSource.from_file("/nonexistent/model.onnx")
+    litert_farm_entry = AgentEntry("pi", "127.0.0.1:2", "rpi4-litert", runtime="litert")
+    farm.inventory.add(litert_farm_entry)
+    with pytest.raises(JobError, match="runs litert, which cannot run a onnx artifact"):
+        farm.jobs_for(tiny(1), "rpi4-litert")
+    assert farm.export_format("rpi4-litert") == "tflite" and farm.export_format(KIND) == "onnx"
+
+
+def test_explicit_jobs_with_their_own_settings(farm_of):
+    farm = farm_of(1)
+    [artifact] = tiny(1)
+    jobs = [Job(artifact, KIND, Settings("onnxruntime", 1, FAST, seed=s)) for s in (0, 1)]
+    results = farm.run(jobs)
+    assert [r.measurement.settings["seed"] for r in results] == [0, 1]
+    assert results[0].measurement.id != results[1].measurement.id

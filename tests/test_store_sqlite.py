@@ -1,0 +1,232 @@
+"""The SQLite store: schema and migrations, dedup, queries, runs, and behaviour under locks and concurrency."""
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from fleetnas.store import (MIGRATIONS, Migration, NewMeasurement, SqliteStore, StoreError, StoreLocked, open_store,
+                            settings_hash)
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+SETTINGS = {"runtime": "onnxruntime", "threads": 1, "stopping": {}, "seed": 0}
+
+
+@pytest.fixture
+def store(tmp_path):
+    with SqliteStore(tmp_path / "fleet.db") as s:
+        s.put_artifact(SHA_A, "onnx", 100, "demo", {"depth": 2, "width": 16})
+        s.put_artifact(SHA_B, "onnx", 120, "demo", {"depth": 3, "width": 16})
+        yield s
+
+
+def measurement(artifact=SHA_A, kind="cpu-ort-1t", median=1.0, settings=SETTINGS, ok=True, device="dev-1", **kw):
+    return NewMeasurement(device_id=device, device_kind=kind, artifact=artifact, runtime=settings["runtime"],
+                          settings=settings, ok=ok, stats={"median": median, "p90": median * 1.2, "n": 10},
+                          memory={"peak_bytes": 1000, "measured": True}, agent="a1", **kw)
+
+
+def test_a_new_database_gets_every_table_in_wal_mode(tmp_path):
+    with SqliteStore(tmp_path / "new.db") as s:
+        assert s.schema_version == MIGRATIONS[-1].version
+    conn = sqlite3.connect(tmp_path / "new.db")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"devices", "artifacts", "measurements", "evaluations", "runs", "run_members", "run_events",
+            "schema_version"} <= tables
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_migrations_apply_in_order_once_and_a_newer_database_is_refused(tmp_path):
+    path = tmp_path / "m.db"
+    SqliteStore(path).close()
+    extra = Migration(MIGRATIONS[-1].version + 1, "a later column",
+                      ("ALTER TABLE runs ADD COLUMN note TEXT NOT NULL DEFAULT ''",))
+    with SqliteStore(path, migrations=(*MIGRATIONS, extra)) as s:
+        assert s.schema_version == extra.version
+    with SqliteStore(path, migrations=(*MIGRATIONS, extra)) as s:  # reopening applies nothing twice
+        assert s.schema_version == extra.version
+    columns = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(runs)")]
+    assert columns.count("note") == 1
+    with pytest.raises(StoreError, match=r"schema version 2, newer than this FleetNAS knows \(1\)"):
+        SqliteStore(path)
+
+
+def test_a_file_that_is_not_a_database_gets_a_clear_error(tmp_path):
+    bad = tmp_path / "notes.db"
+    bad.write_text("these are not the tables you are looking for\n" * 100)
+    with pytest.raises(StoreError, match="not a usable FleetNAS database"):
+        SqliteStore(bad)
+    with pytest.raises(StoreError, match="unsupported store"):
+        open_store("postgres://somewhere/db")
+    with open_store(f"sqlite:///{tmp_path / 'url.db'}") as s:
+        assert s.schema_version >= 1
+
+
+def test_one_current_row_per_dedup_key(store):
+    first, inserted = store.record_measurement(measurement(median=1.0))
+    again, inserted_again = store.record_measurement(measurement(median=2.0))
+    assert inserted and not inserted_again and again.id == first.id and again.stats["median"] == 1.0
+    other_settings = {**SETTINGS, "stopping": {"max_s": 0.05}}
+    _, inserted_other = store.record_measurement(measurement(settings=other_settings))
+    _, inserted_kind = store.record_measurement(measurement(kind="rpi4-ort-1t"))
+    assert inserted_other and inserted_kind
+    assert store.find_measurement(SHA_A, "cpu-ort-1t", "onnxruntime", settings_hash(SETTINGS)).id == first.id
+    assert store.find_measurement(SHA_B, "cpu-ort-1t", "onnxruntime", settings_hash(SETTINGS)) is None
+
+
+def test_superseding_keeps_history_and_failures_are_always_kept(store):
+    old, _ = store.record_measurement(measurement(median=1.0))
+    new, inserted = store.record_measurement(measurement(median=1.5), supersede=True)
+    assert inserted and new.id != old.id
+    current = store.measurements(device_kind="cpu-ort-1t")
+    assert [m.id for m in current] == [new.id]
+    history = store.measurements(device_kind="cpu-ort-1t", include_stale=True)
+    assert {m.id: m.stale for m in history} == {old.id: True, new.id: False}
+    for _ in range(2):
+        store.record_measurement(measurement(artifact=SHA_B, ok=False, error="the model crashed its runtime"))
+    failed = store.measurements(ok=False)
+    assert len(failed) == 2 and failed[0].error == "the model crashed its runtime"
+
+
+def test_the_unique_index_is_a_backstop_even_for_raw_sql(store, tmp_path):
+    store.record_measurement(measurement())
+    conn = sqlite3.connect(store.path)
+    row = conn.execute("SELECT device_id, device_kind, agent, artifact, runtime, settings, settings_hash, stats, "
+                       "memory, env, detail, ok, error, stale, created_at FROM measurements").fetchone()
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        conn.execute("INSERT INTO measurements (device_id, device_kind, agent, artifact, runtime, settings, "
+                     "settings_hash, stats, memory, env, detail, ok, error, stale, created_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+
+def test_a_measurement_of_an_unknown_artifact_is_refused(store):
+    with pytest.raises(StoreError, match="is not recorded"):
+        store.record_measurement(measurement(artifact="c" * 64))
+
+
+def test_metric_values_of_a_space_kind_runtime_and_metric(store):
+    store.record_measurement(measurement(SHA_A, median=1.0))
+    store.record_measurement(measurement(SHA_B, median=3.0))
+    store.record_measurement(measurement(SHA_B, kind="rpi4-ort-1t", median=9.0))
+    values = store.metric_values("demo", "cpu-ort-1t", "onnxruntime", "latency_ms")
+    assert [(v.config["depth"], v.value) for v in values] == [(2, 1.0), (3, 3.0)]
+    p90 = store.metric_values("demo", "cpu-ort-1t", "onnxruntime", "latency_ms.p90")
+    assert [v.value for v in p90] == pytest.approx([1.2, 3.6])
+    assert [v.value for v in store.metric_values("demo", "cpu-ort-1t", "onnxruntime", "peak_bytes")] == [1000, 1000]
+    assert store.metric_values("demo", "cpu-ort-1t", "litert") == []
+    assert store.metric_values("other", "cpu-ort-1t", "onnxruntime") == []
+    with pytest.raises(StoreError, match="unknown metric 'latency'"):
+        store.metric_values("demo", "cpu-ort-1t", "onnxruntime", "latency")
+    assert store.mark_stale("cpu-ort-1t") == 2  # e.g. calibration saw the device drift
+    assert store.metric_values("demo", "cpu-ort-1t", "onnxruntime") == []
+    assert len(store.metric_values("demo", "cpu-ort-1t", "onnxruntime", include_stale=True)) == 2
+    assert [v.value for v in store.metric_values("demo", "rpi4-ort-1t", "onnxruntime")] == [9.0]
+
+
+def test_latest_device_description_per_kind(store):
+    store.upsert_device("dev-1", "pi-a", "rpi4", {"cpu_model": "Cortex-A72", "agent_version": "0.1"}, seen_at=100.0)
+    store.upsert_device("dev-2", "pi-b", "rpi4", {"cpu_model": "Cortex-A72"}, seen_at=200.0)
+    store.upsert_device("dev-1", "pi-a", "rpi4", {"cpu_model": "Cortex-A72", "agent_version": "0.2"}, seen_at=300.0)
+    latest = store.latest_device("rpi4")
+    assert latest.id == "dev-1" and latest.description["agent_version"] == "0.2"
+    assert latest.first_seen == 100.0 and latest.last_seen == 300.0
+    assert store.latest_device("jetson") is None
+    assert [d.id for d in store.devices("rpi4")] == ["dev-1", "dev-2"]
+
+
+def test_runs_members_and_events(store):
+    run = store.create_run("linas", {"space": "demo", "budget": 20}, name="first")
+    assert run.state == "running" and store.run_by_name("first").id == run.id
+    with pytest.raises(StoreError, match="already exists"):
+        store.create_run("linas", {}, name="first")
+    store.add_run_members(run.id, [({"depth": 2}, {"latency_ms": 1.0, "top1": 0.7}, "measured"),
+                                   ({"depth": 3}, {"latency_ms": 2.0, "top1": 0.75}, "predicted")])
+    assert [m.config for m in store.run_members(run.id, source="measured")] == [{"depth": 2}]
+    assert len(store.run_members(run.id)) == 2
+    with pytest.raises(StoreError, match="source must be one of measured, predicted"):
+        store.add_run_members(run.id, [({}, {}, "guessed")])
+    store.add_run_event(run.id, "hypervolume", {"n_real": 1, "value": 0.2})
+    store.add_run_event(run.id, "hypervolume", {"n_real": 2, "value": 0.3})
+    assert [e.payload["value"] for e in store.run_events(run.id, "hypervolume")] == [0.2, 0.3]
+    assert store.set_run_state(run.id, "finished").state == "finished"
+    assert [r.id for r in store.runs(state="finished")] == [run.id]
+    with pytest.raises(StoreError, match="run state must be one of"):
+        store.set_run_state(run.id, "paused")
+    with pytest.raises(StoreError, match="no run with id 999"):
+        store.add_run_event(999, "hypervolume", {})
+
+
+def test_evaluations_by_space_metric_and_config(store):
+    store.add_evaluation("demo", {"width": 16, "depth": 2}, "top1", 0.71)
+    store.add_evaluation("demo", {"depth": 2, "width": 16}, "top1", 0.72)  # same config, other key order
+    store.add_evaluation("demo", {"depth": 3, "width": 16}, "top1", 0.75)
+    same = store.evaluations("demo", "top1", config={"depth": 2, "width": 16})
+    assert [e.value for e in same] == [0.71, 0.72]
+    assert len(store.evaluations("demo")) == 3 and store.evaluations("demo", "top5") == []
+
+
+def test_a_locked_database_fails_clearly_after_the_busy_timeout_and_loses_nothing(tmp_path):
+    path = tmp_path / "locked.db"
+    with SqliteStore(path) as first:
+        first.put_artifact(SHA_A, "onnx", 1)
+        first.record_measurement(measurement())
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    with SqliteStore(path, busy_timeout_s=0.2) as s:
+        with pytest.raises(StoreLocked, match=r"locked by another process; gave up after 0.2 s"):
+            s.record_measurement(measurement(artifact=SHA_A, kind="other-kind"))
+        assert len(s.measurements()) == 1  # reads still work under WAL
+        other.execute("COMMIT")
+        _, inserted = s.record_measurement(measurement(artifact=SHA_A, kind="other-kind"))
+        assert inserted and len(s.measurements()) == 2
+
+
+def test_threads_share_one_store(store):
+    shas = [f"{i:064x}" for i in range(40)]
+    for sha in shas:
+        store.put_artifact(sha, "onnx", 1)
+
+    def write(part):
+        for sha in part:
+            store.record_measurement(measurement(artifact=sha))
+
+    threads = [threading.Thread(target=write, args=(shas[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.measurements()) == 40
+
+
+WRITER = """
+import sys
+from fleetnas.store import SqliteStore, NewMeasurement
+s = SqliteStore(sys.argv[1])
+inserted = 0
+for i in range(30):
+    sha = f"{i:064x}"
+    s.put_artifact(sha, "onnx", 1)
+    m = NewMeasurement("dev", "k", sha, "onnxruntime", {"seed": 0}, True, stats={"median": float(i)})
+    inserted += s.record_measurement(m)[1]
+print(inserted)
+"""
+
+
+def test_two_processes_recording_the_same_jobs_leave_one_row_each(tmp_path):
+    path = tmp_path / "shared.db"
+    SqliteStore(path).close()
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    inserted = [int(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(inserted) == 30  # between them, each job was recorded exactly once
+    with SqliteStore(path) as s:
+        assert len(s.measurements()) == 30
+
+
+def test_created_at_is_wall_clock_seconds(store):
+    before = time.time()
+    record, _ = store.record_measurement(measurement())
+    assert before <= record.created_at <= time.time()
