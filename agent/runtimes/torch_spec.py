@@ -2,7 +2,9 @@
 
 A spec is JSON: {"space": "<super-network id>", "config": {...}, "inputs": [{"name", "shape", "dtype"}]}.
 The super-network's builder is found through the `fleetnas.supernets` entry point group, so that any
-installed super-network package (FleetNAS's built-ins or a user's own) can be built by id.
+installed super-network package (FleetNAS's built-ins or a user's own) can be built by id. Its `build`
+validates the config (JSON lists are accepted where a choice is a tuple) and raises on a bad one, which the
+worker reports to the client as INVALID_ARGUMENT. The host writes specs with `fleetnas export --format spec`.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class TorchModel:
         with open(path) as f:
             spec = json.load(f)
         supernet = find_supernet(spec["space"])
+        torch.manual_seed(0)  # random weights, as the host's exports use: latency does not depend on their values
         self.module = supernet.build(spec["config"]).eval()
         self._specs = [{"name": i["name"], "shape": list(i["shape"]), "dtype": i.get("dtype", "float32")}
                        for i in spec.get("inputs", [])]

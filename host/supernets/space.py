@@ -92,12 +92,12 @@ class SearchSpace:
             raise InvalidConfig(f"{self.id} config lacks {', '.join(missing[:5])}{'…' if len(missing) > 5 else ''}")
         if extra:
             raise InvalidConfig(f"{self.id} has no variable {extra[0]!r}")
-        for v in self.variables:
-            v.index(_plain(config[v.name]))
-        problem = self.rule(config) if self.rule else None
+        # The stored choice, not the value given: 4 and 4.0 are one choice and must give one key.
+        valid = {v.name: v.choices[v.index(_plain(config[v.name]))] for v in self.variables}
+        problem = self.rule(valid) if self.rule else None
         if problem:
             raise InvalidConfig(f"invalid {self.id} config: {problem}")
-        return {n: _plain(config[n]) for n in self.names}
+        return valid
 
     def is_valid(self, config: Config) -> bool:
         try:

@@ -1,0 +1,73 @@
+"""`fleetnas export`: one sub-network as an ONNX, TFLite or torch-spec file."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .common import CliError, positive_int
+from .space import load_supernet
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="export a sub-network as ONNX, TFLite or a torch spec",
+                       description="Build a config's sub-network (fixed-seed random weights) and write it in the "
+                                   "given format; exports are cached by content, so repeating one is free.")
+    p.add_argument("--space", required=True, metavar="NAME", help="space id (see `fleetnas space list`)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", metavar="JSON", help="the config as a JSON object, or @FILE holding one")
+    which.add_argument("--sample", action="store_true", help="export a config sampled with --seed")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    p.add_argument("--format", required=True, choices=["onnx", "tflite", "spec"], dest="fmt")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size of the model's inputs (default 1)")
+    p.add_argument("--out", required=True, type=Path, metavar="PATH", help="file to write")
+    p.add_argument("--cache-dir", type=Path, help="artifact cache (default $FLEETNAS_CACHE_DIR/artifacts)")
+    p.set_defaults(handler=run)
+
+
+def parse_config(text: str) -> dict:
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise CliError(f"cannot read --config file {text[1:]!r}: {exc.strerror}") from None
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"--config is not JSON ({exc}): {text!r:.200}") from None
+    if not isinstance(config, dict):
+        raise CliError(f"--config must be a JSON object, got {type(config).__name__}")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from fleetnas.export import ExportError, export_artifact
+    from fleetnas.supernets import InvalidConfig
+
+    supernet = load_supernet(args.space)
+    config = supernet.space.sample(1, args.seed)[0] if args.sample else parse_config(args.config)
+    try:
+        artifact = export_artifact(args.space, config, args.fmt, args.batch, args.cache_dir)
+    except InvalidConfig as exc:
+        raise CliError(f"bad config for {args.space}: {exc}") from None
+    except ExportError as exc:
+        raise CliError(str(exc)) from None
+    out = args.out
+    if out.is_dir():
+        raise CliError(f"--out {str(out)!r} is a directory; give a file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(artifact.path, tmp)
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    made = "from the cache" if artifact.meta.get("from_cache") else f"exported in {artifact.meta['export_s']:.2f} s"
+    print(f"wrote {out} ({artifact.format}, {artifact.size_bytes / 2**20:.2f} MiB, sha256 {artifact.sha256[:16]}…, "
+          f"{made}; cached at {artifact.path})")
+    print(json.dumps(supernet.space.validate(config), separators=(",", ":")))
+    return 0
