@@ -1,0 +1,150 @@
+"""Predictor accuracy on every latency column of the recorded tables in ../shared/data, and refit time.
+
+    .venv/bin/python benchmarks/bench_predictors.py [--sizes 100,200,500] [--seeds 3] [--only fbnet,nb201]
+                                                   [--ceiling 2000] [--data ../shared/data] [--out DIR]
+
+The figures of the last full run are in benchmarks/results/predictors.txt.
+
+Runs `fleetnas bench predictor` once per table (JSON per table under --out), then prints one summary table
+(table x column x train size: medians over seeds of within ±10 %, within ±5 %, MAPE, Kendall tau, models
+chosen), the noise floors readable from the data itself, and the refit time on 500 rows.
+`--ceiling N` adds one run with N training rows: what the same method reaches with plenty of data, which
+separates "needs more data" from "the table's own noise".
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import tempfile
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+HAT_FEATURES = ("encoder_embed_dim,encoder_layer_num,encoder_ffn_embed_dim_avg,encoder_self_attention_heads_avg,"
+                "decoder_embed_dim,decoder_layer_num,decoder_ffn_embed_dim_avg,decoder_self_attention_heads_avg,"
+                "decoder_ende_attention_heads_avg,decoder_arbitrary_ende_attn_avg")
+HAT_TARGETS = ["--target", "latency_mean_encoder", "--target", "latency_mean_decoder",
+               "--target-sum", "latency_mean_encoder+latency_mean_decoder"]
+TABLES = {
+    "fbnet": ("fbnet_latency.csv", ["--space", "fbnet", "--key", "op_idx_list", "--target", "lat_ms_pixel3",
+                                    "--target", "lat_ms_gold_6226", "--target", "lat_ms_titanxp_1"]),
+    "nb201": ("nb201_accuracy_latency.csv", ["--space", "nb201", "--key", "cellstr", "--target", "lat_ms_pixel3",
+                                             "--target", "lat_ms_gold_6226", "--target", "lat_ms_titanxp_1",
+                                             "--target", "lat_ms_titan_rtx_32"]),
+    "ofa_mbv3": ("ofa_mbv3_latency.csv", ["--space", "ofa_mbv3", "--key", "ks,e,d,r", "--target", "lat_ms_2080ti_1",
+                                          "--target", "lat_ms_titan_xp_1", "--target", "lat_ms_titan_rtx_32"]),
+    "hat_cpu_xeon": ("wmt14ende_cpu_xeon_all.csv", ["--features", HAT_FEATURES, *HAT_TARGETS]),
+    "hat_gpu_titanxp": ("wmt14ende_gpu_titanxp_all.csv", ["--features", HAT_FEATURES, *HAT_TARGETS]),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    # Per-run JSON (every test row's truth and prediction) is tens of MB: outside the repository by default.
+    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fleetnas-bench-predictors")
+    ap.add_argument("--sizes", default="100,200,500")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--ceiling", type=int, default=0, help="also one seed with this many training rows")
+    ap.add_argument("--only", default="", help="comma-separated subset of " + ", ".join(TABLES))
+    ap.add_argument("--summary-only", action="store_true", help="summarise the JSON files already in --out")
+    args = ap.parse_args()
+    names = [n for n in (args.only.split(",") if args.only else TABLES)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.summary_only:
+        for name in names:
+            run_table(name, args)
+    summarise(names, args.out)
+    noise_floors(args.data)
+    if not args.summary_only:
+        fit_time(args.data)
+    return 0
+
+
+def run_table(name: str, args) -> None:
+    file, options = TABLES[name]
+    sizes = [s for s in args.sizes.split(",") if s]
+    for label, sizes_, seeds in [("", sizes, args.seeds)] + ([("_ceiling", [str(args.ceiling)], 1)] if args.ceiling else []):
+        cmd = [sys.executable, "-m", "fleetnas.cli", "bench", "predictor", "--table", str(args.data / file), *options,
+               *[a for s in sizes_ for a in ("--train-size", s)], "--seeds", str(seeds),
+               "--json", str(args.out / f"{name}{label}.json")]
+        print(f"$ fleetnas {' '.join(cmd[3:])}", flush=True)
+        subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def summarise(names: list[str], out: Path) -> None:
+    from fleetnas.cli.bench import summarise as medians
+
+    print("\ntable            column                                      train  ±10 %   ±5 %   MAPE %  Kendall τ  fit s  models")
+    for name in names:
+        for label in ("", "_ceiling"):
+            path = out / f"{name}{label}.json"
+            if not path.exists():
+                continue
+            for row in medians(json.loads(path.read_text())["runs"]):
+                print(f"{name:16s} {row['target']:42s} {row['train_size']:6d} {row['within_10']:6.1%} {row['within_5']:6.1%} "
+                      f"{row['mape']:7.2f}  {row['kendall_tau']:8.3f}  {row['fit_seconds']:5.2f}  {row['models']}")
+
+
+def noise_floors(data: Path) -> None:
+    """What the tables' own measurements allow, read from the data alone."""
+    print("\nNoise floors read from the data")
+    for file in ("wmt14ende_cpu_xeon_all.csv", "wmt14ende_gpu_titanxp_all.csv"):
+        rows = list(csv.DictReader((data / file).open()))
+        for part in ("encoder", "decoder"):
+            mean = np.array([float(r[f"latency_mean_{part}"]) for r in rows])
+            std = np.array([float(r[f"latency_std_{part}"]) for r in rows])
+            cv = std / mean
+            # If one more measurement of the same config were drawn from the recorded spread, how often
+            # would it land within ±10 % / ±5 % of the recorded mean?  (normal model of the spread)
+            from scipy.stats import norm
+            within10 = np.mean(2 * norm.cdf(0.10 / cv) - 1)
+            within5 = np.mean(2 * norm.cdf(0.05 / cv) - 1)
+            print(f"  {file} {part}: per-run std / mean median {np.median(cv):.2%}, p90 {np.percentile(cv, 90):.2%}; "
+                  f"a single run lands within ±10 % of the mean {within10:.1%}, ±5 % {within5:.1%}")
+    rows = list(csv.DictReader((data / "nb201_accuracy_latency.csv").open()))
+    from fleetnas.supernets import get_supernet
+    from fleetnas.supernets.nb201 import live_edges
+    space = get_supernet("nb201").space
+    constant = [r for r in rows if not live_edges(space.from_key(r["cellstr"]))]
+    for column in ("lat_ms_pixel3", "lat_ms_gold_6226", "lat_ms_titanxp_1", "lat_ms_titan_rtx_32"):
+        v = np.array([float(r[column]) for r in constant])
+        print(f"  nb201 {column}: {len(constant)} cells whose output cannot depend on the input (no non-none path "
+              f"to node 3) measure {np.percentile(v, 10):.3g} / {np.median(v):.3g} / {np.percentile(v, 90):.3g} ms "
+              f"(p10 / median / p90); min {v.min():.3g}, max {v.max():.3g}")
+
+
+def fit_time(data: Path) -> None:
+    """Wall and CPU seconds of one fit_predictor (model selection included) on 500 rows, median of 3."""
+    from fleetnas.predictors import fit_predictor
+    from fleetnas.predictors.features import config_features
+    from fleetnas.supernets import get_supernet
+
+    print("\nRefit time on 500 rows (5-fold CV selection over ridge, SVR, LightGBM, MLP, raw and log y)")
+    rows = list(csv.DictReader((data / "fbnet_latency.csv").open()))[:500]
+    fbnet = get_supernet("fbnet")
+    X, _ = config_features(fbnet, [fbnet.space.from_key(r["op_idx_list"]) for r in rows])
+    cases = {"fbnet pixel3": (X, np.array([float(r["lat_ms_pixel3"]) for r in rows])),
+             "fbnet gold_6226": (X, np.array([float(r["lat_ms_gold_6226"]) for r in rows]))}
+    hat = list(csv.DictReader((data / "wmt14ende_gpu_titanxp_all.csv").open()))[:500]
+    cases["hat gpu decoder"] = (np.array([[float(r[c]) for c in HAT_FEATURES.split(",")] for r in hat]),
+                                np.array([float(r["latency_mean_decoder"]) for r in hat]))
+    for label, (X, y) in cases.items():
+        wall, cpu, chosen = [], [], None
+        for seed in range(3):
+            t, c = time.perf_counter(), time.process_time()
+            p = fit_predictor(X, y, seed=seed)
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+            chosen = p.model_name
+        print(f"  {label} ({X.shape[1]} features): median {np.median(wall):.2f} s wall, {np.median(cpu):.2f} s CPU; "
+              f"chose {chosen}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

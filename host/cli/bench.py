@@ -1,0 +1,173 @@
+"""`fleetnas bench`: figures from recorded tables. Each sub-command is a `_add_<name>(sub)` function below."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import CliError, existing_file, positive_int
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark predictors (and search) on recorded tables",
+                       description="Replay recorded measurement tables to score FleetNAS's predictors.")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    _add_predictor(bench_sub)
+
+
+# ----- fleetnas bench predictor ----------------------------------------------------------------------
+def _add_predictor(bench_sub) -> None:
+    p = bench_sub.add_parser(
+        "predictor", help="fit predictors on random train splits of a table and score them on the other rows",
+        description="For each target, train size and seed: fit a predictor (cross-validated model choice) on "
+                    "N random rows, predict every remaining row, and score the predictions.")
+    p.add_argument("--table", required=True, type=existing_file, metavar="CSV", help="the recorded table")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--space", metavar="NAME", help="the rows are configs of this space (needs --key)")
+    what.add_argument("--features", metavar="C1,C2,...", help="numeric feature columns of the table")
+    p.add_argument("--key", metavar="COLUMN[,COLUMN...]",
+                   help="with --space: the key column, or the columns the space reads a row from (e.g. ks,e,d,r)")
+    p.add_argument("--target", action="append", default=[], metavar="COLUMN", help="column to predict (repeatable)")
+    p.add_argument("--target-sum", action="append", default=[], metavar="C1+C2",
+                   help="predict the sum of these columns (repeatable)")
+    p.add_argument("--train-size", action="append", type=positive_int, required=True, metavar="N",
+                   help="training rows (repeatable)")
+    p.add_argument("--seeds", type=positive_int, default=3, metavar="K", help="random splits per size (default 3)")
+    p.add_argument("--models", default="auto", help="comma-separated model families, or auto (default)")
+    p.add_argument("--log-target", choices=("auto", "yes", "no"), default="auto",
+                   help="fit log(y): auto lets cross-validation decide (default)")
+    p.add_argument("--cv", type=positive_int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write every run's keys, truths and predictions here")
+    p.set_defaults(handler=run_predictor)
+
+
+def run_predictor(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..predictors import FAMILIES, fit_predictor, regression_metrics
+
+    if args.space and not args.key:
+        raise CliError("--space needs --key (the column(s) that name each row's config)", 2)
+    if args.key and not args.space:
+        raise CliError("--key goes with --space", 2)
+    targets = args.target + args.target_sum
+    if not targets:
+        raise CliError("give at least one --target or --target-sum", 2)
+    models = "auto" if args.models == "auto" else [m.strip() for m in args.models.split(",")]
+    unknown = [m for m in ([] if models == "auto" else models) if m not in FAMILIES]
+    if unknown:
+        raise CliError(f"unknown model {unknown[0]!r}; choose from {', '.join(FAMILIES)} or auto", 2)
+    if args.cv < 2:
+        raise CliError(f"--cv needs at least 2 folds, got {args.cv}", 2)
+    table, X, keys, spec = _table_features(args)
+    log_target = {"auto": None, "yes": True, "no": False}[args.log_target]
+    too_big = [n for n in args.train_size if n > len(keys) - 1]
+    if too_big:
+        raise CliError(f"--train-size {too_big[0]} leaves no test rows: {args.table} has {len(keys)} rows")
+
+    runs = []
+    for target in targets:
+        try:
+            y = table.column(target)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        for size in args.train_size:
+            for seed in range(args.seeds):
+                order = np.random.default_rng(seed).permutation(len(y))
+                train, test = order[:size], order[size:]
+                try:
+                    predictor = fit_predictor(X[train], y[train], models=models, log_target=log_target, cv=args.cv,
+                                              seed=seed, feature_spec={**spec, "target": target})
+                except ValueError as exc:
+                    raise CliError(f"{target}, {size} rows, seed {seed}: {exc}") from None
+                predicted = predictor.predict(X[test])
+                runs.append({"target": target, "train_size": size, "seed": seed, "model": predictor.model_name,
+                             "log_target": predictor.log_target, "fit_seconds": predictor.cv_metrics["fit_seconds"],
+                             "fit_cpu_seconds": predictor.cv_metrics["fit_cpu_seconds"],
+                             "keys": [keys[i] for i in test], "y_true": y[test].tolist(), "y_pred": predicted.tolist(),
+                             "metrics": regression_metrics(y[test], predicted)})
+                _progress(runs[-1])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"table": str(args.table), "features": spec, "runs": runs}))
+    _print_summary(runs, args.table.name)
+    return 0
+
+
+def _table_features(args):
+    """(table, feature matrix, row keys, feature spec) for --space/--key or --features."""
+    from ..predictors import table_features
+    from ..tables import read_table, table_configs
+
+    try:
+        table = read_table(args.table)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.features:
+        columns = [c.strip() for c in args.features.split(",") if c.strip()]
+        try:
+            X = table_features(table.rows, columns)
+        except ValueError as exc:
+            raise CliError(f"{args.table.name}: {exc}") from None
+        return table, X, list(range(len(table.rows))), {"kind": "table", "columns": columns}
+    from ..predictors.features import config_features
+    from ..supernets import InvalidConfig, get_supernet
+
+    try:
+        supernet = get_supernet(args.space)
+    except (KeyError, ImportError) as exc:
+        raise CliError(f"--space {args.space}: {exc}") from None
+    try:
+        configs = table_configs(table, supernet, args.key)
+    except (InvalidConfig, ValueError) as exc:
+        raise CliError(f"{args.table.name}: {exc}") from None
+    X, names = config_features(supernet, configs)
+    keys = [supernet.space.key(c) for c in configs]
+    return table, X, keys, {"kind": "space", "space": args.space, "key": args.key, "columns": names}
+
+
+def _progress(run: dict) -> None:
+    import sys
+
+    m = run["metrics"]
+    print(f"{run['target']}  n={run['train_size']}  seed {run['seed']}: {run['model']}"
+          f"{' (log)' if run['log_target'] else ''}  within ±10 % {m['within_10']:.1%}  "
+          f"MAPE {m['mape']:.2f} %  fit {run['fit_seconds']:.2f} s ({run['fit_cpu_seconds']:.2f} s CPU)", file=sys.stderr, flush=True)
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Median over seeds of each metric, per (target, train size), with the models chosen."""
+    import numpy as np
+    from collections import Counter
+
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["target"], run["train_size"]), []).append(run)
+    rows = []
+    for (target, size), group in groups.items():
+        row = {"target": target, "train_size": size, "seeds": len(group)}
+        for name in ("within_10", "within_5", "mape", "kendall_tau", "rmse"):
+            row[name] = float(np.median([r["metrics"][name] for r in group]))
+        row["fit_seconds"] = float(np.median([r["fit_seconds"] for r in group]))
+        row["fit_cpu_seconds"] = float(np.median([r["fit_cpu_seconds"] for r in group]))
+        chosen = Counter(r["model"] + ("/log" if r["log_target"] else "") for r in group)
+        row["models"] = ", ".join(f"{m}×{k}" if k > 1 else m for m, k in chosen.most_common())
+        rows.append(row)
+    return rows
+
+
+def _print_summary(runs: list[dict], title: str) -> None:
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{title}: medians over seeds")
+    for column in ("target", "train", "seeds", "±10 %", "±5 %", "MAPE %", "Kendall τ", "RMSE", "fit s", "fit CPU s", "models"):
+        table.add_column(column, justify="left" if column in ("target", "models") else "right")
+    for row in summarise(runs):
+        table.add_row(row["target"], str(row["train_size"]), str(row["seeds"]), f"{row['within_10']:.1%}",
+                      f"{row['within_5']:.1%}", f"{row['mape']:.2f}", f"{row['kendall_tau']:.3f}", f"{row['rmse']:.4g}",
+                      f"{row['fit_seconds']:.2f}", f"{row['fit_cpu_seconds']:.2f}", row["models"])
+    # A log file or pipe gets the full width, not rich's 80-column default.
+    Console(width=None if sys.stdout.isatty() else 170).print(table)

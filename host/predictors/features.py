@@ -1,0 +1,136 @@
+"""Feature matrices for predictors.
+
+A space's configs become: the one-hot encoding (what a linear model needs to learn a per-choice cost), the
+ordinal encoding (numeric choices as numbers, so trees can split on "kernel ≥ 5"), per-choice counts over
+variables that share a choice set (how many layers use each op: what an additive cost model sees at a
+glance), and optional analytic columns (MACs, params, activation bytes) supplied by the caller.
+Tables without a space give plain numeric columns (`table_features`).
+"""
+from __future__ import annotations
+
+import importlib
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+from ..supernets.space import SearchSpace
+
+
+def space_features(space: SearchSpace, X_int: np.ndarray, analytic: np.ndarray | None = None) -> np.ndarray:
+    """One-hot + ordinal + choice-count (+ analytic) columns of integer encodings `X_int` (one row per config)."""
+    X_int = np.atleast_2d(np.asarray(X_int))
+    if X_int.shape[1] != space.n_var:
+        raise ValueError(f"{space.id} encodings have {space.n_var} columns, got {X_int.shape[1]}")
+    parts = [space.one_hot(X_int).astype(np.float64), space.ordinal(X_int), _choice_counts(space, X_int)]
+    if analytic is not None:
+        analytic = np.asarray(analytic, dtype=np.float64)
+        analytic = analytic.reshape(len(X_int), -1) if analytic.ndim == 1 else analytic
+        if len(analytic) != len(X_int):
+            raise ValueError(f"analytic features have {len(analytic)} rows for {len(X_int)} configs")
+        parts.append(analytic)
+    return np.hstack(parts)
+
+
+def space_feature_names(space: SearchSpace, analytic_names: Sequence[str] = ()) -> list[str]:
+    """Column names of `space_features`, in order (saved in a predictor's feature spec)."""
+    names = [f"{v.name}={c}" for v in space.variables for c in v.choices]
+    names += [f"{v.name}#" for v in space.variables]
+    for members, choices, numeric in _shared_choice_sets(space):
+        label = "+".join([members[0], members[-1]]) if len(members) > 2 else "+".join(members)
+        names += [f"count({label})={c}" for c in choices]
+        if numeric:
+            names.append(f"sum({label})")
+    return names + [f"analytic:{n}" for n in analytic_names]
+
+
+def table_features(rows: Sequence[dict], columns: Sequence[str]) -> np.ndarray:
+    """Numeric `columns` of CSV rows as a float matrix; a value that is not a number names its row and column."""
+    X = np.empty((len(rows), len(columns)))
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            try:
+                X[i, j] = float(row[column])
+            except KeyError:
+                raise ValueError(f"no column {column!r}; the table has {', '.join(row)}") from None
+            except (TypeError, ValueError):
+                raise ValueError(f"row {i + 1}, column {column!r}: {row[column]!r} is not a number") from None
+    return X
+
+
+def _shared_choice_sets(space: SearchSpace) -> list[tuple[list[str], tuple, bool]]:
+    """Groups of two or more variables with the same choices: (variable names, choices, numeric?)."""
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for v in space.variables:
+        groups[v.choices].append(v.name)
+    return [(members, choices, space.variable(members[0]).numeric)
+            for choices, members in groups.items() if len(members) > 1]
+
+
+def _choice_counts(space: SearchSpace, X_int: np.ndarray) -> np.ndarray:
+    index = {name: j for j, name in enumerate(space.names)}
+    ordinal = None
+    cols = []
+    for members, choices, numeric in _shared_choice_sets(space):
+        block = X_int[:, [index[m] for m in members]]
+        cols += [(block == k).sum(axis=1) for k in range(len(choices))]
+        if numeric:
+            ordinal = space.ordinal(X_int) if ordinal is None else ordinal
+            cols.append(ordinal[:, [index[m] for m in members]].sum(axis=1))
+    return np.stack(cols, axis=1).astype(np.float64) if cols else np.zeros((len(X_int), 0))
+
+
+def config_features(supernet, configs: Sequence[dict]) -> tuple[np.ndarray, list[str]]:
+    """`space_features` of configs with the analytic columns FleetNAS can compute quickly for this space,
+    and the column names. Table-only spaces (NB201, FBNet) compute their own (`analytic_features`); a
+    space whose module offers a block `plan(config)` (OFA MobileNetV3) gets per-stage aggregates of the
+    blocks that actually run (`plan_features`). Builder-based counting (fleetnas.supernets.analytic) is
+    not used here: it builds each sub-network, seconds per config, too slow for thousands of table rows.
+    """
+    space = supernet.space
+    X_int = space.encode_many(list(configs))
+    analytic, names = None, []
+    own = getattr(supernet, "analytic_features", None)
+    plan = getattr(importlib.import_module(type(supernet).__module__), "plan", None)
+    dicts: list[dict] = []
+    if callable(own):
+        dicts = [own(c) for c in configs]
+    elif callable(plan):
+        try:
+            dicts = [plan_features(plan(c)) for c in configs]
+        except AttributeError:   # a plan of another shape (not MBConv blocks): no aggregates, encodings only
+            dicts = []
+    if dicts:
+        names = list(dicts[0])
+        analytic = np.array([[d[n] for n in names] for d in dicts], dtype=np.float64)
+    return space_features(space, X_int, analytic), space_feature_names(space, names)
+
+
+def plan_features(plan) -> dict[str, float]:
+    """Aggregates of a block plan (blocks with cin, cout, kernel, stride, mid, se_mid at a `resolution`):
+    approximate MACs of each block (1x1 expansion, depthwise kxk, 1x1 projection, squeeze-excite), summed in
+    total and per spatial size, plus the count of blocks and the kernel and width sums per spatial size.
+    Only blocks that run count, so choices of skipped blocks cannot mislead the model."""
+    side = plan.resolution / 2.0            # after the stride-2 stem
+    total = {"macs_approx": 0.0, "blocks": 0.0}
+    per_size: dict[int, dict[str, float]] = defaultdict(lambda: {"macs": 0.0, "blocks": 0.0, "kernel": 0.0, "mid": 0.0})
+    stage = 0
+    for block in plan.blocks:
+        if block.stride > 1:
+            stage += 1
+        out_side = side / block.stride
+        expand = side * side * block.cin * block.mid if getattr(block, "expand", True) else 0.0
+        macs = (expand + out_side * out_side * block.mid * block.kernel ** 2 + out_side * out_side * block.mid * block.cout
+                + 2 * block.mid * getattr(block, "se_mid", 0))
+        agg = per_size[stage]
+        agg["macs"] += macs
+        agg["blocks"] += 1
+        agg["kernel"] += block.kernel
+        agg["mid"] += block.mid
+        total["macs_approx"] += macs
+        total["blocks"] += 1
+        side = out_side
+    features = dict(total)
+    for stage in sorted(per_size):
+        features.update({f"size{stage}_{k}": v for k, v in per_size[stage].items()})
+    return features

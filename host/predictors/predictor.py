@@ -1,0 +1,264 @@
+"""Fitting, using and storing a predictor.
+
+`fit_predictor` chooses a model family and its hyper-parameters by k-fold cross-validation, optionally in
+log space, refits the choice on all rows and keeps the k fold models as an ensemble whose spread is the
+prediction's uncertainty.
+
+File format (JSON, UTF-8; never pickle). Top-level object:
+
+    format          "fleetnas-predictor"
+    format_version  1
+    model           family of the chosen model: ridge | svr | lgbm | mlp
+    params          its hyper-parameters
+    log_target      true when the model predicts log(y) (predictions are exp'd back)
+    feature_spec    what the caller said the columns are (e.g. space id + column names), plus n_features
+    training        {"rows": n, "sha256": hex of the float64 bytes of X (C order) followed by those of y}
+    cv_metrics      out-of-fold regression metrics of the chosen model, and "selection": every candidate tried
+    final           the model fitted on all rows                 (a model object, below)
+    members         the ensemble (the k fold models), for predict_dist's std   (list of model objects)
+
+A model object has "family" and:
+    ridge  coef[n_features], intercept                       y = X·coef + intercept
+    svr    x{mean,scale}, y{mean,scale}, gamma, support_vectors[m][n_features], dual_coef[m], intercept
+           z = (X-mean)/scale;  y = undo_y(Σ dual_coef·exp(-gamma·|z-sv|²) + intercept)
+    mlp    x{mean,scale}, y{mean,scale}, activation "relu", weights[layer][in][out], biases[layer][out]
+    lgbm   model_text: LightGBM's native model text (lightgbm.Booster(model_str=...))
+where undo_y(v) = v·y.scale + y.mean. Floats are written with full precision, so a loaded predictor gives
+the identical predictions.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .metrics import regression_metrics
+from .models import FAMILIES, GRIDS, Model, fit_model
+
+FORMAT = "fleetnas-predictor"
+FORMAT_VERSION = 1
+
+
+class Predictor:
+    def __init__(self, final: Model, members: Sequence[Model], *, params: dict, log_target: bool,
+                 feature_spec: dict, training: dict, cv_metrics: dict):
+        self.final, self.members = final, list(members)
+        self.params, self.log_target = params, log_target
+        self.feature_spec, self.training, self.cv_metrics = feature_spec, training, cv_metrics
+
+    @property
+    def model_name(self) -> str:
+        return self.final.family
+
+    @property
+    def n_features(self) -> int:
+        return int(self.feature_spec["n_features"])
+
+    def __repr__(self) -> str:
+        cv = self.cv_metrics
+        return (f"Predictor({self.model_name}{' on log(y)' if self.log_target else ''}, {self.training['rows']} rows, "
+                f"CV MAPE {cv.get('mape', float('nan')):.2f} %, within ±10 % {cv.get('within_10', float('nan')):.1%})")
+
+    def predict(self, X) -> np.ndarray:
+        return self._back(self.final.predict(self._check(X)))
+
+    def predict_dist(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(prediction, std of the ensemble members' predictions), both in the units of y."""
+        X = self._check(X)
+        mean = self._back(self.final.predict(X))
+        if len(self.members) < 2:
+            return mean, np.zeros_like(mean)
+        spread = np.stack([self._back(m.predict(X)) for m in self.members])
+        return mean, spread.std(axis=0, ddof=1)
+
+    def _back(self, raw: np.ndarray) -> np.ndarray:
+        return np.exp(raw) if self.log_target else raw
+
+    def _check(self, X) -> np.ndarray:
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        if X.shape[1] != self.n_features:
+            raise ValueError(f"this predictor takes {self.n_features} features per row, got {X.shape[1]}")
+        return X
+
+    # ----- files ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model_name,
+                "params": self.params, "log_target": self.log_target, "feature_spec": self.feature_spec,
+                "training": self.training, "cv_metrics": _json_safe(self.cv_metrics),
+                "final": self.final.to_dict(), "members": [m.to_dict() for m in self.members]}
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), allow_nan=False))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Predictor":
+        if d.get("format") != FORMAT:
+            raise ValueError(f"not a FleetNAS predictor file (format {d.get('format')!r})")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"predictor file format version {d.get('format_version')!r} is not supported "
+                             f"(this FleetNAS reads version {FORMAT_VERSION})")
+        return cls(Model.from_dict(d["final"]), [Model.from_dict(m) for m in d["members"]], params=d["params"],
+                   log_target=bool(d["log_target"]), feature_spec=d["feature_spec"], training=d["training"],
+                   cv_metrics=d["cv_metrics"])
+
+
+def load_predictor(path) -> Predictor:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read predictor {path}: {exc}") from None
+    try:
+        return Predictor.from_dict(data)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"predictor file {path} is incomplete or malformed: {exc!r}") from None
+
+
+def training_fingerprint(X: np.ndarray, y: np.ndarray) -> dict:
+    digest = hashlib.sha256(np.ascontiguousarray(X, np.float64).tobytes())
+    digest.update(np.ascontiguousarray(y, np.float64).tobytes())
+    return {"rows": int(len(y)), "sha256": digest.hexdigest()}
+
+
+# ----- fitting ----------------------------------------------------------------------------------------
+def fit_predictor(X, y, *, models: Sequence[str] | str = "auto", log_target: bool | None = None, cv: int = 5,
+                  seed: int = 0, ensemble: int = 5, feature_spec: dict | None = None) -> Predictor:
+    """Chooses the model family and hyper-parameters with the lowest out-of-fold error and refits it.
+
+    models      families to try ("auto" = all of ridge, svr, lgbm, mlp)
+    log_target  fit log(y); None lets the cross-validation decide when every y > 0 (log space fits ratios,
+                which suits multiplicative effects; raw space suits additive ones such as per-layer latencies)
+    cv          folds for the selection (at least 2; fewer when there are fewer rows)
+    ensemble    members kept for predict_dist's std: the chosen model's fold models when ensemble == cv,
+                else that many fold models of an extra k-fold fit (0 or 1: no spread)
+    The selection scores MAPE when every y > 0, else RMSE (see `_race` for how it stays fast).
+    """
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: small matrices gain nothing from more, and the search loop shares 2 cores.
+    with threadpool_limits(limits=1):
+        return _fit_predictor(X, y, models=models, log_target=log_target, cv=cv, seed=seed, ensemble=ensemble,
+                              feature_spec=feature_spec)
+
+
+def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec) -> Predictor:
+    started, started_cpu = time.perf_counter(), time.process_time()
+    X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+    y = np.asarray(y, dtype=np.float64).ravel()
+    families = _families(models)
+    _check_data(X, y)
+    positive = bool((y > 0).all())
+    if log_target and not positive:
+        raise ValueError("log_target needs every y > 0")
+    logs = [False, True] if log_target is None and positive else [bool(log_target)]
+    candidates = [(family, params, log) for family in families for log in logs for params in GRIDS[family]]
+    folds = _folds(len(y), cv, seed)
+    winner, selection = _race(candidates, folds, X, y, "mape" if positive else "rmse", seed)
+    family, params, log = candidates[winner.index]
+    final = fit_model(family, params, X, np.log(y) if log else y, seed)
+    if ensemble == len(folds):
+        members = winner.models
+    elif ensemble >= 2:
+        members = [fit_model(family, params, X[train], np.log(y[train]) if log else y[train], seed)
+                   for train, _ in _folds(len(y), ensemble, seed + 1)]
+    else:
+        members = []
+    spec = dict(feature_spec or {})
+    spec["n_features"] = int(X.shape[1])
+    cv_metrics = {**regression_metrics(y, winner.out_of_fold), "folds": len(folds),
+                  "selection_score": "mape" if positive else "rmse", "selection": selection,
+                  "fit_seconds": time.perf_counter() - started, "fit_cpu_seconds": time.process_time() - started_cpu}
+    return Predictor(final, members, params=dict(params), log_target=log, feature_spec=spec,
+                     training=training_fingerprint(X, y), cv_metrics=cv_metrics)
+
+
+#: After each fold, candidates whose mean fold score is worse than the best's by more than this factor stop.
+RACE_MARGIN = 1.25
+
+
+class _Entry:
+    def __init__(self, index: int, n: int):
+        self.index, self.out_of_fold, self.models, self.scores = index, np.full(n, np.nan), [], []
+
+    @property
+    def score(self) -> float:
+        return float(np.mean(self.scores))
+
+
+def _race(candidates, folds, X, y, metric: str, seed: int):
+    """K-fold cross-validation as a race: every candidate sees the first fold, and only those within
+    RACE_MARGIN of the leader go on to the next. All see the same folds, so the comparison is paired and
+    a clearly worse model (often the slow ones) stops after one fit instead of k."""
+    entries = [_Entry(i, len(y)) for i in range(len(candidates))]
+    alive = entries
+    targets = {False: y, True: np.log(y) if (y > 0).all() else None}
+    for k, (train, test) in enumerate(folds):
+        for entry in alive:
+            family, params, log = candidates[entry.index]
+            model = fit_model(family, params, X[train], targets[log][train], seed)
+            with np.errstate(over="ignore"):
+                predicted = np.exp(model.predict(X[test])) if log else model.predict(X[test])
+            entry.models.append(model)
+            entry.out_of_fold[test] = predicted
+            entry.scores.append(_fold_score(y[test], predicted, metric))
+        best = min(e.score for e in alive)
+        if k < len(folds) - 1:
+            alive = [e for e in alive if e.score <= best * RACE_MARGIN]
+    winner = min(alive, key=lambda e: e.score)
+    if not np.isfinite(winner.score):
+        raise ValueError("no candidate model gave finite predictions; check X and y for extreme values")
+    selection = [{"model": candidates[e.index][0], "params": candidates[e.index][1],
+                  "log_target": candidates[e.index][2], "folds": len(e.scores), metric: e.score} for e in entries]
+    return winner, selection
+
+
+def _fold_score(y_true: np.ndarray, y_pred: np.ndarray, metric: str) -> float:
+    if not np.isfinite(y_pred).all():
+        return float("inf")
+    if metric == "mape":
+        return float(np.mean(np.abs(y_pred - y_true) / np.abs(y_true)) * 100.0)
+    return float(np.sqrt(np.mean((y_pred - y_true) ** 2)))
+
+
+def _families(models) -> list[str]:
+    if models == "auto":
+        return list(FAMILIES)
+    families = [models] if isinstance(models, str) else list(models)
+    unknown = [m for m in families if m not in GRIDS]
+    if unknown or not families:
+        raise ValueError(f"unknown model {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(FAMILIES)} or 'auto'")
+    return families
+
+
+def _check_data(X: np.ndarray, y: np.ndarray) -> None:
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(f"X has {len(X)} rows but y has {len(y)} values")
+    if len(y) < 4:
+        raise ValueError(f"a predictor needs at least 4 rows to cross-validate, got {len(y)}")
+    if not (np.isfinite(X).all() and np.isfinite(y).all()):
+        raise ValueError("X and y must be finite (no NaN or infinity)")
+
+
+def _folds(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    if k < 2:
+        raise ValueError(f"cv needs at least 2 folds, got {k}")
+    parts = np.array_split(np.random.default_rng(seed).permutation(n), min(k, n))
+    return [(np.sort(np.concatenate(parts[:i] + parts[i + 1:])), np.sort(part)) for i, part in enumerate(parts)]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

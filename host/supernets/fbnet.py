@@ -1,0 +1,104 @@
+"""FBNet (table-only): 22 searchable layers, 9 candidate blocks each, as in the FBNet / HW-NAS-Bench space.
+
+Keys use the benchmark's `op_idx_list` format: the op index of each layer, space-separated
+(`7 8 1 8 4 ...`). Op names follow the `arch_str` column: `k{kernel}_e{expansion}[_g2]`, or `skip`.
+"""
+from __future__ import annotations
+
+from .base import SuperNetwork
+from .space import Config, InvalidConfig, SearchSpace, Variable
+
+OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
+#: (output channels, stride) of each searchable layer, after a 3x3 stride-2 stem to 16 channels at 224².
+LAYERS = ((16, 1),
+          (24, 2), (24, 1), (24, 1), (24, 1),
+          (32, 2), (32, 1), (32, 1), (32, 1),
+          (64, 2), (64, 1), (64, 1), (64, 1),
+          (112, 1), (112, 1), (112, 1), (112, 1),
+          (184, 2), (184, 1), (184, 1), (184, 1),
+          (352, 1))
+STEM_CHANNELS, INPUT_SIDE, HEAD_CHANNELS, NUM_CLASSES = 16, 224, 1984, 1000
+
+
+def layer_name(i: int) -> str:
+    return f"layer_{i:02d}"
+
+
+def block_shape(op: str) -> tuple[int, int, int]:
+    """(kernel, expansion, groups) of a block name; skip is (0, 0, 0)."""
+    if op == "skip":
+        return 0, 0, 0
+    parts = op.split("_")
+    return int(parts[0][1:]), int(parts[1][1:]), int(parts[2][1:]) if len(parts) > 2 else 1
+
+
+class FBNetSpace(SearchSpace):
+    """Keys in the benchmark's `op_idx_list` format instead of the generic JSON list."""
+
+    def __init__(self):
+        super().__init__("fbnet", [Variable(layer_name(i), OPS) for i in range(len(LAYERS))],
+                         description="FBNet: 22 layers x 9 blocks")
+
+    def key(self, config: Config) -> str:
+        config = self.validate(config)
+        return " ".join(str(OPS.index(config[n])) for n in self.names)
+
+    def from_key(self, key: str) -> Config:
+        if not isinstance(key, str):
+            raise InvalidConfig(f"an fbnet key is a string of op indices, got {type(key).__name__}")
+        tokens = key.split()
+        if len(tokens) != self.n_var or not all(t.isdigit() and int(t) < len(OPS) for t in tokens):
+            raise InvalidConfig(f"{key!r:.120} is not an fbnet op_idx_list: it needs {self.n_var} "
+                                f"space-separated op indices 0..{len(OPS) - 1}")
+        return self.validate({n: OPS[int(t)] for n, t in zip(self.names, tokens)})
+
+
+SPACE = FBNetSpace()
+
+
+class FBNet(SuperNetwork):
+    space = SPACE
+    table_only = True
+
+    def analytic_features(self, config: Config, batch: int = 1) -> dict[str, float]:
+        """MACs, parameters and activation bytes of the ImageNet network (inverted-residual blocks:
+        grouped 1x1 expansion, kxk depthwise, grouped 1x1 projection; a skip that changes shape is a 1x1
+        convolution), and each stage's MACs, so that a model can weigh early (large) layers differently."""
+        config = SPACE.validate(config)
+        side = INPUT_SIDE // 2
+        c_in = STEM_CHANNELS
+        macs = batch * side * side * 3 * STEM_CHANNELS * 9
+        params = 3 * STEM_CHANNELS * 9
+        activation = batch * side * side * STEM_CHANNELS * 4.0
+        stage_macs = [0.0] * 7
+        for i, (c_out, stride) in enumerate(LAYERS):
+            out_side = side // stride
+            kernel, expansion, groups = block_shape(config[layer_name(i)])
+            if kernel:
+                hidden = c_in * expansion
+                layer_macs = (side * side * c_in * hidden / groups + out_side * out_side * hidden * kernel * kernel
+                              + out_side * out_side * hidden * c_out / groups)
+                layer_params = c_in * hidden / groups + hidden * kernel * kernel + hidden * c_out / groups
+                activation += batch * (side * side * hidden + out_side * out_side * (hidden + c_out)) * 4.0
+            elif (c_in, stride) != (c_out, 1):
+                layer_macs = out_side * out_side * c_in * c_out
+                layer_params = c_in * c_out
+                activation += batch * out_side * out_side * c_out * 4.0
+            else:
+                layer_macs = layer_params = 0.0
+            macs += batch * layer_macs
+            params += layer_params
+            stage_macs[_stage(i)] += batch * layer_macs
+            side, c_in = out_side, c_out
+        macs += batch * (side * side * c_in * HEAD_CHANNELS + HEAD_CHANNELS * NUM_CLASSES)
+        params += c_in * HEAD_CHANNELS + HEAD_CHANNELS * NUM_CLASSES + NUM_CLASSES
+        features = {"macs": float(macs), "params": float(params), "activation_bytes": float(activation)}
+        features.update({f"stage{s}_macs": float(m) for s, m in enumerate(stage_macs)})
+        return features
+
+
+def _stage(layer: int) -> int:
+    return 0 if layer == 0 else min(6, 1 + (layer - 1) // 4)
+
+
+SUPERNET = FBNet()

@@ -1,0 +1,167 @@
+"""Predictors: metrics, model selection on functions with a known shape, uncertainty, files."""
+import json
+
+import numpy as np
+import pytest
+
+from fleetnas.predictors import (FORMAT_VERSION, fit_predictor, load_predictor, regression_metrics, space_features,
+                                 space_feature_names)
+from fleetnas.supernets import get_supernet
+
+
+# ----- metrics ---------------------------------------------------------------------------------------
+def test_metrics_on_hand_made_vectors():
+    m = regression_metrics([10.0, 20.0, 40.0, 80.0], [10.4, 21.8, 30.0, 80.0])
+    # relative errors: 4 %, 9 %, 25 %, 0 %
+    assert m["mape"] == pytest.approx((4 + 9 + 25 + 0) / 4)
+    assert m["within_5"] == pytest.approx(0.5)
+    assert m["within_10"] == pytest.approx(0.75)
+    assert m["rmse"] == pytest.approx(np.sqrt((0.4 ** 2 + 1.8 ** 2 + 10 ** 2) / 4))
+    assert m["kendall_tau"] == pytest.approx(1.0)
+    assert regression_metrics([1, 2, 3], [3, 2, 1])["kendall_tau"] == pytest.approx(-1.0)
+
+
+def test_metrics_reject_bad_vectors():
+    with pytest.raises(ValueError, match="3 values"):
+        regression_metrics([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="finite"):
+        regression_metrics([1, 2], [1, np.nan])
+    assert np.isnan(regression_metrics([1, 2, 3], [2, 2, 2])["kendall_tau"])
+
+
+# ----- selection on known functions ---------------------------------------------------------------------
+def _data(fn, n=160, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 1, (n, d))
+    return X, fn(X)
+
+
+def linear(X):
+    return 5.0 + X @ np.array([3.0, -2.0, 1.5, 0.5, 4.0, -1.0])
+
+
+def steps(X):
+    # Thresholds and an interaction: what trees model and a linear model cannot.
+    return 5.0 + 4.0 * (X[:, 0] > 0.5) * (X[:, 1] > 0.5) + 3.0 * (X[:, 2] > 0.3) - 2.0 * (X[:, 3] > 0.7)
+
+
+def test_selection_prefers_ridge_for_a_linear_function():
+    X, y = _data(linear)
+    p = fit_predictor(X[:120], y[:120], models=("ridge", "lgbm"), log_target=False)
+    assert p.model_name == "ridge"
+    lgbm = fit_predictor(X[:120], y[:120], models=("lgbm",), log_target=False)
+    assert regression_metrics(y[120:], p.predict(X[120:]))["mape"] < regression_metrics(y[120:], lgbm.predict(X[120:]))["mape"]
+
+
+def test_selection_prefers_trees_for_a_step_function():
+    X, y = _data(steps, n=260)
+    p = fit_predictor(X[:200], y[:200], models=("ridge", "lgbm"), log_target=False)
+    assert p.model_name == "lgbm"
+    ridge = fit_predictor(X[:200], y[:200], models=("ridge",), log_target=False)
+    assert regression_metrics(y[200:], p.predict(X[200:]))["mape"] < regression_metrics(y[200:], ridge.predict(X[200:]))["mape"]
+
+
+def test_cross_validation_decides_log_space():
+    X, y = _data(lambda X: np.exp(linear(X) / 2))        # multiplicative: linear in log space
+    assert fit_predictor(X, y, models="ridge").log_target is True
+    X, y = _data(linear)                                 # additive: linear as it is
+    assert fit_predictor(X, y, models="ridge").log_target is False
+    X, y = _data(lambda X: linear(X) - 6.0)              # some y <= 0: log space is impossible
+    assert fit_predictor(X, y, models="ridge").log_target is False
+    with pytest.raises(ValueError, match="y > 0"):
+        fit_predictor(X, y, models="ridge", log_target=True)
+
+
+def test_cv_metrics_and_selection_record():
+    X, y = _data(linear)
+    p = fit_predictor(X, y, models=("ridge", "svr"), cv=4)
+    assert p.cv_metrics["folds"] == 4
+    assert {"mape", "within_5", "within_10", "rmse", "kendall_tau"} <= set(p.cv_metrics)
+    tried = {(s["model"], s["log_target"]) for s in p.cv_metrics["selection"]}
+    assert ("ridge", False) in tried and ("svr", True) in tried
+    assert p.cv_metrics["within_10"] > 0.9
+
+
+# ----- uncertainty --------------------------------------------------------------------------------------
+def test_predict_dist_spread_of_the_fold_ensemble():
+    X, y = _data(steps, n=120)
+    p = fit_predictor(X, y, models="svr", cv=5, ensemble=5)
+    assert len(p.members) == 5
+    mean, std = p.predict_dist(X[:10])
+    np.testing.assert_array_equal(mean, p.predict(X[:10]))
+    assert (std >= 0).all() and std.max() > 0
+    # A linear model's fold members disagree more far outside the training data than inside it.
+    noisy = y + np.random.default_rng(1).normal(0, 0.5, len(y))
+    ridge = fit_predictor(X, noisy, models="ridge", log_target=False)
+    assert ridge.predict_dist(X[:10] + 5.0)[1].mean() > 3 * ridge.predict_dist(X[:10])[1].mean()
+    assert len(fit_predictor(X, y, models="ridge", ensemble=3).members) == 3
+    assert (fit_predictor(X, y, models="ridge", ensemble=0).predict_dist(X[:3])[1] == 0).all()
+
+
+# ----- files --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["ridge", "svr", "lgbm", "mlp"])
+def test_save_load_gives_identical_predictions(tmp_path, family):
+    X, y = _data(lambda X: np.exp(steps(X) / 4), n=100)
+    p = fit_predictor(X, y, models=family, feature_spec={"kind": "table", "columns": list("abcdef")})
+    path = p.save(tmp_path / "latency.json")
+    data = json.loads(path.read_text())
+    assert data["format"] == "fleetnas-predictor" and data["format_version"] == FORMAT_VERSION
+    assert data["model"] == family and data["training"]["rows"] == 100 and len(data["training"]["sha256"]) == 64
+    assert data["feature_spec"]["columns"] == list("abcdef") and data["feature_spec"]["n_features"] == 6
+    q = load_predictor(path)
+    Z = np.random.default_rng(5).uniform(-0.5, 1.5, (50, 6))
+    np.testing.assert_array_equal(q.predict(Z), p.predict(Z))
+    np.testing.assert_array_equal(q.predict_dist(Z)[1], p.predict_dist(Z)[1])
+    assert q.model_name == family and q.log_target == p.log_target and q.training == p.training
+
+
+def test_fingerprint_follows_the_training_data():
+    X, y = _data(linear, n=40)
+    a = fit_predictor(X, y, models="ridge").training
+    b = fit_predictor(X, y + 1e-9, models="ridge").training
+    assert a["rows"] == b["rows"] == 40 and a["sha256"] != b["sha256"]
+
+
+def test_load_rejects_other_files(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="not a FleetNAS predictor"):
+        load_predictor(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text(json.dumps({"format": "fleetnas-predictor", "format_version": 99}))
+    with pytest.raises(ValueError, match="version 99"):
+        load_predictor(tmp_path / "b.json")
+    (tmp_path / "c.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_predictor(tmp_path / "c.json")
+
+
+# ----- bad input ----------------------------------------------------------------------------------------
+def test_bad_input_is_named():
+    X, y = _data(linear, n=30)
+    with pytest.raises(ValueError, match="unknown model 'forest'"):
+        fit_predictor(X, y, models=("ridge", "forest"))
+    with pytest.raises(ValueError, match="finite"):
+        fit_predictor(np.where(X > 0.9, np.nan, X), y)
+    with pytest.raises(ValueError, match="at least 4 rows"):
+        fit_predictor(X[:3], y[:3])
+    with pytest.raises(ValueError, match="30 values"):
+        fit_predictor(X[:20], y)
+    p = fit_predictor(X, y, models="ridge")
+    with pytest.raises(ValueError, match="6 features per row, got 5"):
+        p.predict(X[:, :5])
+
+
+# ----- features ----------------------------------------------------------------------------------------
+def test_space_features_columns():
+    space = get_supernet("nb201").space
+    X_int = space.encode_many(space.sample(7, rng=0))
+    F = space_features(space, X_int)
+    # 6 edges x 5 one-hot + 6 ordinal + 5 per-op counts (all edges share the op set)
+    assert F.shape == (7, 30 + 6 + 5)
+    assert len(space_feature_names(space)) == F.shape[1]
+    np.testing.assert_array_equal(F[:, 36:41].sum(axis=1), 6)
+    with_analytic = space_features(space, X_int, np.ones((7, 2)))
+    assert with_analytic.shape == (7, 43) and len(space_feature_names(space, ["a", "b"])) == 43
+    with pytest.raises(ValueError, match="3 rows for 7 configs"):
+        space_features(space, X_int, np.ones((3, 2)))
+    with pytest.raises(ValueError, match="6 columns"):
+        space_features(space, X_int[:, :4])

@@ -1,0 +1,80 @@
+"""NAS-Bench-201 and FBNet spaces: keys in the benchmarks' own formats, on hand-written rows."""
+import pytest
+
+from fleetnas.supernets import InvalidConfig, get_supernet
+from fleetnas.supernets.nb201 import live_edges
+
+NB201_KEY = "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|"
+FBNET_KEY = "7 8 1 8 4 8 8 8 7 4 1 4 7 3 2 7 3 2 4 2 4 5"
+
+
+def test_nb201_key_round_trip():
+    space = get_supernet("nb201").space
+    config = space.from_key(NB201_KEY)
+    assert config["edge_1_0"] == "avg_pool_3x3" and config["edge_2_1"] == "skip_connect"
+    assert config["edge_3_0"] == "nor_conv_1x1"
+    assert space.key(config) == NB201_KEY
+    assert space.size == 5 ** 6
+
+
+def test_nb201_every_sampled_config_round_trips():
+    space = get_supernet("nb201").space
+    for config in space.sample(50, rng=1):
+        assert space.from_key(space.key(config)) == config
+
+
+@pytest.mark.parametrize("bad", [
+    "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|",                       # two groups
+    "|conv_5x5~0|+|nor_conv_1x1~0|skip_connect~1|+|none~0|none~1|none~2|",    # unknown op
+    "|none~1|+|nor_conv_1x1~0|skip_connect~1|+|none~0|none~1|none~2|",        # wrong source node
+    "avg_pool_3x3~0+nor_conv_1x1~0|skip_connect~1+none~0|none~1|none~2",      # no bars
+])
+def test_nb201_bad_keys_name_the_problem(bad):
+    with pytest.raises(InvalidConfig):
+        get_supernet("nb201").space.from_key(bad)
+
+
+def test_nb201_live_edges_follow_constant_folding():
+    space = get_supernet("nb201").space
+    # Node 3 takes only `none` edges: the network's output is constant, nothing runs.
+    dead = space.from_key("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|none~0|none~1|none~2|")
+    assert live_edges(dead) == []
+    assert get_supernet("nb201").analytic_features(dead)["constant_output"] == 1.0
+    # Node 1 is constant (its only input edge is `none`): the edges leaving it fold away.
+    config = space.from_key("|none~0|+|skip_connect~0|nor_conv_3x3~1|+|nor_conv_1x1~0|nor_conv_3x3~1|none~2|")
+    # `none` edges leaving a live node stay (a multiplication by zero); edges leaving node 1 do not.
+    assert live_edges(config) == [(1, 0), (2, 0), (3, 0), (3, 2)]
+    features = get_supernet("nb201").analytic_features(config)
+    assert features["live_nor_conv_3x3"] == 0 and features["live_nor_conv_1x1"] == 1 and features["live_none"] == 2
+
+
+def test_nb201_macs_grow_with_convolutions():
+    nb201 = get_supernet("nb201")
+    one = nb201.space.from_key("|nor_conv_1x1~0|+|none~0|none~1|+|none~0|skip_connect~1|none~2|")
+    three = nb201.space.from_key("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|skip_connect~1|none~2|")
+    # Five cells in each of three stages; a 1x1 conv costs H*W*C*C = 262,144 MACs in every stage.
+    assert nb201.analytic_features(three)["macs"] - nb201.analytic_features(one)["macs"] == 15 * 8 * 262_144
+
+
+def test_fbnet_key_round_trip_and_names():
+    space = get_supernet("fbnet").space
+    config = space.from_key(FBNET_KEY)
+    assert [config[n] for n in space.names[:4]] == ["k5_e6", "skip", "k3_e1_g2", "skip"]
+    assert config["layer_21"] == "k5_e1_g2"
+    assert space.key(config) == FBNET_KEY
+    assert space.n_var == 22 and space.size == pytest.approx(9.0 ** 22)
+
+
+@pytest.mark.parametrize("bad", ["7 8 1", FBNET_KEY + " 3", FBNET_KEY.replace("7", "9", 1), "a " * 22])
+def test_fbnet_bad_keys_name_the_problem(bad):
+    with pytest.raises(InvalidConfig, match="op_idx_list"):
+        get_supernet("fbnet").space.from_key(bad)
+
+
+def test_fbnet_analytic_features_order_blocks_by_cost():
+    fbnet = get_supernet("fbnet")
+    light = fbnet.space.from_key(" ".join(["8"] * 22))   # every layer a skip
+    heavy = fbnet.space.from_key(" ".join(["7"] * 22))   # every layer k5_e6
+    a, b = fbnet.analytic_features(light), fbnet.analytic_features(heavy)
+    assert b["macs"] > 5 * a["macs"] and b["params"] > a["params"]
+    assert fbnet.table_only and get_supernet("nb201").table_only
