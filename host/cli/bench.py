@@ -10,9 +10,11 @@ from .common import CliError, existing_file, positive_int
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark predictors (and search) on recorded tables",
-                       description="Replay recorded measurement tables to score FleetNAS's predictors.")
+                       description="Replay recorded measurement tables to score FleetNAS's predictors and search "
+                                   "tactics.")
     bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
     _add_predictor(bench_sub)
+    _add_search(bench_sub)
 
 
 # ----- fleetnas bench predictor ----------------------------------------------------------------------
@@ -171,3 +173,81 @@ def _print_summary(runs: list[dict], title: str) -> None:
                       f"{row['fit_seconds']:.2f}", f"{row['fit_cpu_seconds']:.2f}", row["models"])
     # A log file or pipe gets the full width, not rich's 80-column default.
     Console(width=None if sys.stdout.isatty() else 170).print(table)
+
+
+# ----- fleetnas bench search -------------------------------------------------------------------------
+REACH = (0.95, 0.98, 0.99)
+
+
+def _add_search(bench_sub) -> None:
+    p = bench_sub.add_parser(
+        "search", help="replay a table as a search problem and score tactics by hypervolume per evaluation",
+        description="Every row of the table is a config with its true objective values; a real evaluation is a "
+                    "look-up. Each run is scored by the fraction of the table's true Pareto front hypervolume it "
+                    "has reached after each evaluation (objectives normalised so that the true front's ideal point "
+                    "is 0 and its nadir 1; reference point 1.1).")
+    p.add_argument("--table", required=True, type=existing_file, metavar="CSV")
+    p.add_argument("--space", required=True, metavar="NAME")
+    p.add_argument("--key", required=True, metavar="COLUMN[,COLUMN...]")
+    p.add_argument("--objective", action="append", required=True, metavar="COLUMN:max|min",
+                   help="a column and its direction (repeat: two or more)")
+    p.add_argument("--tactic", action="append", required=True, choices=["linas", "evolutionary", "random"])
+    p.add_argument("--algorithm", default="nsga2", choices=["nsga2", "agemoea", "unsga3", "ctaea", "moead"])
+    p.add_argument("--budget", type=positive_int, required=True, metavar="N", help="real evaluations per run")
+    p.add_argument("--seeds", type=positive_int, default=3, metavar="K", help="runs per tactic (seeds 0..K-1)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="every run's evaluated keys and hypervolume curve")
+    p.set_defaults(handler=run_search_bench)
+
+
+def run_search_bench(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..search.objectives import parse_objective
+    from ..search.replay import ReplayProblem, evaluations_to_reach
+    from ..tables import read_table
+
+    try:
+        objectives = [parse_objective(o) for o in args.objective]
+        if len(objectives) < 2:
+            raise ValueError("give at least two --objective")
+        problem = ReplayProblem.from_table(read_table(args.table), args.space, args.key, objectives)
+    except (ValueError, KeyError) as exc:
+        raise CliError(exc.args[0] if exc.args else str(exc)) from None
+    runs = []
+    for tactic in args.tactic:
+        settings = {} if tactic == "random" else {"algorithm": args.algorithm}
+        for seed in range(args.seeds):
+            run = problem.run(tactic, seed, args.budget, **settings)
+            runs.append(run)
+            reached = [evaluations_to_reach(run["hv"], f) for f in REACH]
+            print(f"{tactic} seed {seed}: final {run['hv'][-1]:.2%}; evaluations to "
+                  + ", ".join(f"{f:.0%}: {r or '-'}" for f, r in zip(REACH, reached)), file=sys.stderr, flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"table": str(args.table), "objectives": args.objective,
+                                         "budget": args.budget, "runs": runs}))
+    _print_search_summary(runs, args)
+    return 0
+
+
+def _print_search_summary(runs: list[dict], args) -> None:
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..search.replay import evaluations_to_reach
+
+    table = Table(title=f"{args.table.name}: {' × '.join(args.objective)}, budget {args.budget}")
+    table.add_column("tactic")
+    for f in REACH:
+        table.add_column(f"evals to {f:.0%} (mean; runs reaching)", justify="right")
+    table.add_column("HV at budget (median)", justify="right")
+    for tactic in args.tactic:
+        mine = [r for r in runs if r["tactic"] == tactic]
+        cells = []
+        for f in REACH:
+            reached = [evaluations_to_reach(r["hv"], f) for r in mine]
+            hit = [n for n in reached if n is not None]
+            cells.append(f"{np.mean(hit):.0f} ({len(hit)}/{len(mine)})" if hit else f"- (0/{len(mine)})")
+        table.add_row(tactic, *cells, f"{np.median([r['hv'][-1] for r in mine]):.2%}")
+    Console().print(table)

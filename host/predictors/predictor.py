@@ -45,10 +45,13 @@ FORMAT_VERSION = 1
 
 class Predictor:
     def __init__(self, final: Model, members: Sequence[Model], *, params: dict, log_target: bool,
-                 feature_spec: dict, training: dict, cv_metrics: dict):
+                 feature_spec: dict, training: dict, cv_metrics: dict, out_of_fold: np.ndarray | None = None):
         self.final, self.members = final, list(members)
         self.params, self.log_target = params, log_target
         self.feature_spec, self.training, self.cv_metrics = feature_spec, training, cv_metrics
+        # The chosen model's cross-validated prediction of each training row (what cv_metrics scored), for
+        # parity plots; known only right after fitting (not saved).
+        self.out_of_fold = out_of_fold
 
     @property
     def model_name(self) -> str:
@@ -74,6 +77,12 @@ class Predictor:
             return mean, np.zeros_like(mean)
         spread = np.stack([self._back(m.predict(X)) for m in self.members])
         return mean, spread.std(axis=0, ddof=1)
+
+    def predict_members(self, X) -> np.ndarray:
+        """Each ensemble member's predictions, (members × rows): samples of what the truth might be."""
+        X = self._check(X)
+        models = self.members or [self.final]
+        return np.stack([self._back(m.predict(X)) for m in models])
 
     def _back(self, raw: np.ndarray) -> np.ndarray:
         return np.exp(raw) if self.log_target else raw
@@ -177,7 +186,7 @@ def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec
                   "selection_score": "mape" if positive else "rmse", "selection": selection,
                   "fit_seconds": time.perf_counter() - started, "fit_cpu_seconds": time.process_time() - started_cpu}
     return Predictor(final, members, params=dict(params), log_target=log, feature_spec=spec,
-                     training=training_fingerprint(X, y), cv_metrics=cv_metrics)
+                     training=training_fingerprint(X, y), cv_metrics=cv_metrics, out_of_fold=winner.out_of_fold)
 
 
 #: After each fold, candidates whose mean fold score is worse than the best's by more than this factor stop.

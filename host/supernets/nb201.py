@@ -73,6 +73,40 @@ def live_edges(config: Config) -> list[tuple[int, int]]:
     return [(t, s) for t, s in EDGES if s in reached] if 3 in reached else []
 
 
+def useful_edges(config: Config) -> list[tuple[int, int]]:
+    """Edges on some path from the cell's input to its output through non-`none` edges: the ones whose
+    result can change what the cell computes (what accuracy depends on; Pixel 3's compiled graphs also keep
+    little else)."""
+    forward = {0}
+    for t, s in EDGES:
+        if config[edge_name(t, s)] != "none" and s in forward:
+            forward.add(t)
+    backward = {3}
+    for t, s in reversed(EDGES):
+        if config[edge_name(t, s)] != "none" and t in backward:
+            backward.add(s)
+    return [(t, s) for t, s in EDGES if config[edge_name(t, s)] != "none" and s in forward and t in backward]
+
+
+#: The cell's four input-to-output paths, as edge lists.
+PATHS = (((3, 0),), ((1, 0), (3, 1)), ((2, 0), (3, 2)), ((1, 0), (2, 1), (3, 2)))
+CONVS = ("nor_conv_1x1", "nor_conv_3x3")
+
+
+def path_features(config: Config) -> dict[str, float]:
+    """How information can flow through the cell: open paths, and convolutions along them."""
+    open_paths = [p for p in PATHS if all(config[edge_name(*e)] != "none" for e in p)]
+    depths = [sum(config[edge_name(*e)] in CONVS for e in p) for p in open_paths]
+    features = {"open_paths": float(len(open_paths)), "max_conv_depth": float(max(depths, default=-1)),
+                "min_conv_depth": float(min(depths, default=-1))}
+    for i, path in enumerate(PATHS):
+        is_open = path in open_paths
+        features[f"path{i}_open"] = float(is_open)
+        for op in OPS[1:]:
+            features[f"path{i}_{op}"] = float(is_open and sum(config[edge_name(*e)] == op for e in path))
+    return features
+
+
 class NB201(SuperNetwork):
     space = SPACE
     table_only = True
@@ -95,8 +129,11 @@ class NB201(SuperNetwork):
         fixed_macs, fixed_params, fixed_activation = _fixed_parts(batch) if live else (0.0, 0.0, 0.0)
         features = {"macs": macs + fixed_macs, "params": params + fixed_params,
                     "activation_bytes": activation + fixed_activation, "live_edges": float(len(live)), "constant_output": float(not live)}
+        useful = useful_edges(config)
         for op in OPS:
             features[f"live_{op}"] = float(sum(config[edge_name(t, s)] == op for t, s in live))
+            features[f"useful_{op}"] = float(sum(config[edge_name(t, s)] == op for t, s in useful))
+        features.update(path_features(config))
         return features
 
 

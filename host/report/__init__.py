@@ -1,0 +1,198 @@
+"""Reports of search runs: a self-contained HTML page with its figures, and the front as CSV and JSON.
+
+    write_report(store, run_id, out_dir) -> Path of index.html
+
+Figures (PNG, also embedded in the page): the Pareto front of every pair of objectives (all measured
+points, the measured front with its configurations numbered, the predictors' final front), hypervolume
+after each real evaluation, and one parity plot per objective (what the predictor expected of each
+candidate before it was measured, against what was measured).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from ..search.run import load_spec, measured_front
+
+
+def write_report(store, run_id: int, out_dir: str | Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = load_spec(store, run_id)
+    run = store.run(run_id)
+    objectives = spec.parsed_objectives()
+    members = store.run_members(run_id, source="measured")
+    values = np.array([[m.objectives[o.name] for o in objectives] for m in members], dtype=float).reshape(-1, len(objectives))
+    predicted = store.run_members(run_id, source="predicted")
+    predicted_values = np.array([[m.objectives[o.name] for o in objectives] for m in predicted], dtype=float)
+    front_configs, front_values, _ = measured_front(store, run_id)
+
+    figures = {}
+    for i, j in combinations(range(len(objectives)), 2):
+        figures[f"front_{i}_{j}.png"] = _front_figure(objectives, i, j, values, front_values, predicted_values)
+    figures["hypervolume.png"] = _hypervolume_figure(store.run_events(run_id, "hypervolume"))
+    parity = _parity_pairs(store, run_id, members, objectives)
+    if parity:
+        figures["parity.png"] = _parity_figure(objectives, parity)
+    for name, png in figures.items():
+        (out / name).write_bytes(png)
+
+    rows = [{"rank": k + 1, **{o.name: float(v) for o, v in zip(objectives, row)}, "config": json.dumps(c)}
+            for k, (c, row) in enumerate(zip(front_configs, front_values))]
+    _write_csv(out / "front.csv", rows)
+    (out / "front.json").write_text(json.dumps({"run": run_id, "space": spec.space, "objectives": spec.objectives,
+                                                "constraints": spec.constraints, "front": [
+                                                    {**r, "config": c} for r, c in zip(rows, front_configs)]},
+                                               indent=2))
+    page = _page(run, spec, len(members), rows, figures, _device_rows(store, objectives))
+    index = out / "index.html"
+    index.write_text(page)
+    return index
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _front_figure(objectives, i, j, values, front, predicted) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter(values[:, j], values[:, i], s=14, color="#b0b7c3", label=f"measured ({len(values)})")
+    if len(predicted):
+        ax.scatter(predicted[:, j], predicted[:, i], s=10, marker="x", color="#e39b3b", alpha=0.7,
+                   label="predicted front (final predictors)")
+    if len(front):
+        order = np.argsort(front[:, j])
+        ax.step(front[order, j], front[order, i], where="post" if objectives[i].direction == "max" else "pre",
+                color="#1f5fa8", lw=1.2, alpha=0.6)
+        ax.scatter(front[:, j], front[:, i], s=36, color="#1f5fa8", zorder=3, label=f"measured front ({len(front)})")
+        for k, (x, y) in enumerate(zip(front[:, j], front[:, i])):
+            ax.annotate(str(k + 1), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color="#1f5fa8")
+    ax.set_xlabel(str(objectives[j]))
+    ax.set_ylabel(str(objectives[i]))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{objectives[i].name} against {objectives[j].name}")
+    return _png(fig)
+
+
+def _hypervolume_figure(events) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if events:
+        ax.plot([e.payload["evaluations"] for e in events], [e.payload["hv"] for e in events], color="#1f5fa8")
+    ax.set_xlabel("real evaluations")
+    ax.set_ylabel("hypervolume (normalised)")
+    ax.grid(alpha=0.3)
+    ax.set_title("hypervolume of the measured front after each real evaluation")
+    return _png(fig)
+
+
+def _parity_pairs(store, run_id, members, objectives) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{objective: (predicted before measuring, measured)} for every candidate LINAS predicted."""
+    measured = {json.dumps(m.config, sort_keys=True): m.objectives for m in members}
+    pairs: dict[str, list[tuple[float, float]]] = {o.name: [] for o in objectives}
+    for event in store.run_events(run_id, "prediction"):
+        truth = measured.get(json.dumps(event.payload["config"], sort_keys=True))
+        if truth is not None:
+            for o in objectives:
+                pairs[o.name].append((event.payload["mean"][o.name], truth[o.name]))
+    return {name: tuple(np.array(p).T) for name, p in pairs.items() if len(p) >= 2}
+
+
+def _parity_figure(objectives, parity) -> bytes:
+    import matplotlib.pyplot as plt
+
+    from ..predictors import regression_metrics
+
+    names = [o.name for o in objectives if o.name in parity]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        predicted, measured = parity[name]
+        m = regression_metrics(measured, predicted)
+        ax.scatter(measured, predicted, s=12, color="#1f5fa8")
+        low, high = min(measured.min(), predicted.min()), max(measured.max(), predicted.max())
+        ax.plot([low, high], [low, high], color="#888", lw=1)
+        ax.set_xlabel(f"measured {name}")
+        ax.set_ylabel(f"predicted {name} (before measuring)")
+        ax.set_title(f"{name}: τ={m['kendall_tau']:.2f}, ±10% {m['within_10']:.0%}", fontsize=10)
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _device_rows(store, objectives) -> list[dict]:
+    rows = []
+    for kind in sorted({o.device_kind for o in objectives if o.device_kind}):
+        for device in store.devices(kind):
+            d = device.description or {}
+            rows.append({"kind": kind, "label": device.label, "id": device.id,
+                         "cpu": d.get("cpu_model", ""), "os": d.get("os", ""),
+                         "runtimes": ", ".join(f"{r['name']} {r.get('version', '')}" for r in d.get("runtimes", [])
+                                               if r.get("available"))})
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _page(run, spec, n_measured: int, front_rows, figures: dict[str, bytes], devices) -> str:
+    images = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+                     f"<figcaption>{name}</figcaption></figure>" for name, png in figures.items())
+    settings = html.escape(json.dumps({k: v for k, v in spec.__dict__.items() if v}, indent=1))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>FleetNAS run {run.id}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1.5rem; }}
+td, th {{ border: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: right; }}
+td:last-child {{ text-align: left; font-family: monospace; font-size: 0.75rem; }}
+figure {{ display: inline-block; margin: 0.5rem; }} img {{ max-width: 100%; }}
+pre {{ background: #f6f7f9; padding: 0.75rem; font-size: 0.8rem; }}
+</style></head><body>
+<h1>FleetNAS search run {run.id}{f" ({html.escape(run.name)})" if run.name else ""}</h1>
+<p>Space <b>{html.escape(spec.space)}</b>, tactic <b>{html.escape(run.tactic)}</b>, {n_measured} real evaluations of a
+budget of {spec.budget}; state <b>{html.escape(run.state)}</b>.</p>
+<h2>Best trade-offs (measured Pareto front)</h2>
+{_table(front_rows)}
+<h2>Figures</h2>
+{images}
+<h2>Devices</h2>
+{_table(devices)}
+<h2>Settings</h2>
+<pre>{settings}</pre>
+</body></html>
+"""

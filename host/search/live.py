@@ -1,0 +1,83 @@
+"""Real evaluations of sub-networks: accuracy from an evaluator, latency and memory measured on the farm,
+MACs and parameters counted from the built module. Every value lands in the store before it is used."""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..supernets import Config, get_supernet
+from .objectives import Objective
+
+ANALYTIC = ("macs", "params", "activation_bytes", "peak_activation_bytes")
+FARM_VALUES = {"latency": "latency_ms", "memory": "peak_bytes"}
+
+
+class EvaluationError(RuntimeError):
+    pass
+
+
+def resolve_accuracy(space_id: str, spec: str | None) -> Callable[[Config], float] | None:
+    """The accuracy evaluator: `module:callable` (a factory or a function of a config), or the demo's own."""
+    if spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            target = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise EvaluationError(f"cannot load the accuracy evaluator {spec!r}: {exc}") from None
+        return target() if isinstance(target, type) else target
+    if space_id == "demo":
+        from ..supernets.demo import DemoEvaluator
+        return DemoEvaluator()
+    return None
+
+
+class LiveEvaluator:
+    """Evaluates configs of one space for the given objectives; see the module docstring."""
+
+    def __init__(self, space_id: str, objectives: Sequence[Objective], *, farm=None, store=None,
+                 accuracy: Callable[[Config], float] | None = None, stopping=None, on_progress=None):
+        self.space_id, self.objectives = space_id, list(objectives)
+        self.supernet = get_supernet(space_id)
+        self.farm, self.store, self.accuracy, self.stopping = farm, store, accuracy, stopping
+        for o in self.objectives:
+            if o.device_kind and farm is None:
+                raise EvaluationError(f"objective {o} needs a device farm (an inventory with kind {o.device_kind!r})")
+            if o.metric == "accuracy" and accuracy is None:
+                raise EvaluationError(f"objective {o}: space {space_id!r} has no built-in accuracy evaluator; "
+                                      "give --accuracy MODULE:CALLABLE")
+            if not o.device_kind and o.metric not in ANALYTIC + ("accuracy",):
+                raise EvaluationError(f"objective {o}: unknown metric {o.metric!r}; use accuracy, "
+                                      f"latency@KIND, memory@KIND or one of {', '.join(ANALYTIC)}")
+
+    def evaluate(self, configs: Sequence[Config]) -> np.ndarray:
+        measured = {kind: self._measure(configs, kind) for kind in {o.device_kind for o in self.objectives} if kind}
+        columns = []
+        for o in self.objectives:
+            if o.device_kind:
+                columns.append([r.value(FARM_VALUES[o.metric]) for r in measured[o.device_kind]])
+            elif o.metric == "accuracy":
+                columns.append([self._accuracy(c) for c in configs])
+            else:
+                from ..supernets.analytic import analytic_features
+                columns.append([float(analytic_features(self.supernet, c)[o.metric]) for c in configs])
+        return np.array(columns, dtype=float).T
+
+    def _measure(self, configs, kind: str) -> list:
+        results = self.farm.measure(list(configs), kind, space=self.space_id, stopping=self.stopping)
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise EvaluationError(f"{len(failed)} of {len(results)} measurements on {kind!r} failed; first: "
+                                  f"{failed[0].error}")
+        return results
+
+    def _accuracy(self, config: Config) -> float:
+        """From the store when this config was evaluated before, else evaluated now and stored."""
+        if self.store is not None:
+            for e in self.store.evaluations(self.space_id, "accuracy", config=config):
+                return float(e.value)
+        value = float(self.accuracy(config))
+        if self.store is not None:
+            self.store.add_evaluation(self.space_id, config, "accuracy", value)
+        return value

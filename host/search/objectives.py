@@ -1,0 +1,84 @@
+"""What a search optimises: objectives such as `accuracy:max` or `latency@rpi4:min`, and constraints
+such as `latency@rpi4 <= 30ms`.
+
+An objective's `metric` says what is measured (accuracy, latency, memory, macs, params, or a table
+column); `device_kind`, after `@`, says where. Values stay in their natural units (accuracy as given by the
+evaluator, latency in ms, memory in bytes); `minimised()` turns them into the all-minimise form that
+pymoo and the hypervolume work in.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+DEVICE_METRICS = ("latency", "memory")
+UNIT_SCALE = {"": 1.0, "ms": 1.0, "s": 1000.0, "us": 0.001, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9,
+              "kib": 1024.0, "mib": 1024.0 ** 2, "gib": 1024.0 ** 3, "%": 1.0, "m": 1e6, "g": 1e9}
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str               # "max" or "min"
+    device_kind: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}@{self.device_kind}" if self.device_kind else self.metric
+
+    @property
+    def sign(self) -> float:
+        return -1.0 if self.direction == "max" else 1.0
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.direction}"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    objective: str               # an objective's name, e.g. "latency@rpi4"
+    op: str                      # "<=" or ">="
+    value: float                 # in the objective's natural unit (ms for latency, bytes for memory)
+
+    def violation(self, values: np.ndarray) -> np.ndarray:
+        """pymoo's convention: <= 0 where satisfied."""
+        return values - self.value if self.op == "<=" else self.value - values
+
+    def __str__(self) -> str:
+        return f"{self.objective} {self.op} {self.value:g}"
+
+
+_OBJECTIVE = re.compile(r"^(?P<metric>[A-Za-z_][\w.\-]*)(@(?P<kind>[\w.\-]+))?:(?P<dir>max|min)$")
+_CONSTRAINT = re.compile(r"^\s*(?P<name>[A-Za-z_][\w.\-]*(@[\w.\-]+)?)\s*(?P<op><=|>=)\s*"
+                         r"(?P<value>[0-9.eE+\-]+)\s*(?P<unit>[A-Za-z%]*)\s*$")
+
+
+def parse_objective(text: str) -> Objective:
+    m = _OBJECTIVE.match(text.strip())
+    if not m:
+        raise ValueError(f"objective {text!r} must look like NAME:max, NAME:min or METRIC@DEVICE_KIND:min "
+                         "(e.g. accuracy:max, latency@rpi4:min)")
+    if m["kind"] and m["metric"] not in DEVICE_METRICS:
+        raise ValueError(f"objective {text!r}: only {' and '.join(DEVICE_METRICS)} are measured on a device")
+    return Objective(m["metric"], m["dir"], m["kind"])
+
+
+def parse_constraint(text: str) -> Constraint:
+    m = _CONSTRAINT.match(text)
+    if not m:
+        raise ValueError(f"constraint {text!r} must look like 'latency@rpi4 <= 30ms' or 'accuracy >= 0.9'")
+    unit = m["unit"].lower()
+    if unit not in UNIT_SCALE:
+        raise ValueError(f"constraint {text!r}: unknown unit {m['unit']!r}; use one of ms, s, us, MB, MiB, GB, %")
+    try:
+        value = float(m["value"])
+    except ValueError:
+        raise ValueError(f"constraint {text!r}: {m['value']!r} is not a number") from None
+    return Constraint(m["name"], m["op"], value * UNIT_SCALE[unit])
+
+
+def minimised(values: np.ndarray, objectives: list[Objective]) -> np.ndarray:
+    """Natural-unit values (rows × objectives) in all-minimise form."""
+    return np.atleast_2d(values) * np.array([o.sign for o in objectives])

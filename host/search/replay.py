@@ -1,0 +1,75 @@
+"""Replaying a recorded table as a search problem: a look-up is a real evaluation, and the table's exact
+Pareto front scores every tactic by the fraction of its hypervolume reached after each evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..supernets import Config, SearchSpace, get_supernet
+from ..tables import Table, table_configs
+from .hypervolume import Normaliser, hv_curve, hypervolume, non_dominated
+from .objectives import Objective, minimised
+from .session import SearchSession
+from .tactics import get_tactic
+
+REF = 1.1
+
+
+class TableEvaluator:
+    """Evaluates configurations by looking them up in a table (the first row wins for repeated keys)."""
+
+    def __init__(self, space: SearchSpace, configs: list[Config], values: np.ndarray, objectives: list[Objective]):
+        self.space, self.objectives = space, objectives
+        self.lookups = 0
+        self._values: dict[str, np.ndarray] = {}
+        for config, row in zip(configs, values):
+            self._values.setdefault(space.key(config), row)
+
+    def evaluate(self, configs) -> np.ndarray:
+        self.lookups += len(configs)
+        try:
+            return np.stack([self._values[self.space.key(c)] for c in configs])
+        except KeyError as exc:
+            raise KeyError(f"configuration {exc} is not in the table") from None
+
+    @property
+    def pool(self) -> np.ndarray:
+        return self.space.encode_many([self.space.from_key(k) for k in self._values])
+
+
+@dataclass
+class ReplayProblem:
+    space: SearchSpace
+    evaluator: TableEvaluator
+    normaliser: Normaliser
+    true_hv: float
+    #: None when the table covers the whole space (tactics may then propose anything).
+    pool: np.ndarray | None
+
+    @classmethod
+    def from_table(cls, table: Table, space_id: str, key: str, objectives: list[Objective]) -> "ReplayProblem":
+        supernet = get_supernet(space_id)
+        space, configs = supernet.space, table_configs(table, supernet, key)
+        values = np.stack([table.column(o.metric) for o in objectives], axis=1)
+        evaluator = TableEvaluator(space, configs, values, objectives)
+        F = minimised(values, objectives)
+        normaliser = Normaliser.of_front(F)  # the true front's ideal -> 0, its nadir -> 1
+        true_hv = hypervolume(normaliser(F[non_dominated(F)]), np.full(len(objectives), REF))
+        covers_space = len(evaluator._values) >= space.size
+        return cls(space, evaluator, normaliser, true_hv, None if covers_space else evaluator.pool)
+
+    def run(self, tactic: str, seed: int, budget: int, **settings) -> dict:
+        session = SearchSession(self.space, self.evaluator, budget, pool=self.pool)
+        get_tactic(tactic)(session, seed=seed, **settings)
+        _, values = session.history()
+        curve = hv_curve(minimised(values, session.objectives), self.normaliser, REF) / self.true_hv
+        return {"tactic": tactic, "seed": seed, "evaluated": session.keys(), "hv": [round(float(h), 6) for h in curve]}
+
+
+def evaluations_to_reach(hv: list[float], fraction: float) -> int | None:
+    """How many evaluations a run needed to reach `fraction` of the true front's hypervolume (None: never)."""
+    for i, h in enumerate(hv):
+        if h >= fraction - 1e-12:
+            return i + 1
+    return None

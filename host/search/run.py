@@ -1,0 +1,165 @@
+"""Search runs kept in the store: start one, resume one by id, and what a run leaves behind.
+
+A run's settings (space, objectives, constraints, tactic and its settings, budget, seed, where the farm
+and the accuracy evaluator come from) are stored when it starts, so `resume_run(store, run_id)` needs
+nothing else. Each real evaluation is a `measured` run member; the hypervolume after it is a
+`hypervolume` event; LINAS's prediction for a candidate, made before it was measured, is a `prediction`
+event (the honest parity plot); the final predicted front is stored as `predicted` members.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..supernets import Config, get_supernet
+from .hypervolume import Normaliser, hypervolume, non_dominated
+from .objectives import Constraint, Objective, minimised, parse_constraint, parse_objective
+from .session import SearchSession
+from .tactics import get_tactic
+
+REF = 1.1
+#: The hypervolume of a live run is measured against the range of its first evaluations, fixed from then
+#: on so that the curve is comparable along the run (a table replay uses the table's true front instead).
+HV_REFERENCE_AFTER = 10
+
+
+@dataclass
+class RunSpec:
+    space: str
+    objectives: list[str]
+    tactic: str = "linas"
+    budget: int = 100
+    seed: int = 0
+    constraints: list[str] = field(default_factory=list)
+    tactic_settings: dict = field(default_factory=dict)
+    inventory: str | None = None
+    accuracy: str | None = None
+    stopping: dict | None = None
+
+    def parsed_objectives(self) -> list[Objective]:
+        return [parse_objective(o) for o in self.objectives]
+
+    def parsed_constraints(self) -> list[Constraint]:
+        return [parse_constraint(c) for c in self.constraints]
+
+    def validate(self) -> None:
+        get_supernet(self.space)  # KeyError names the known spaces
+        objectives = self.parsed_objectives()
+        if len(objectives) < 2:
+            raise ValueError("a multi-objective search needs at least two --objective")
+        names = [o.name for o in objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"an objective is repeated: {', '.join(names)}")
+        for c in self.parsed_constraints():
+            if c.objective not in names:
+                raise ValueError(f"constraint {c} is on {c.objective!r}, which is not an objective ({', '.join(names)})")
+        get_tactic(self.tactic)
+        if self.budget <= 0:
+            raise ValueError(f"--budget must be positive, got {self.budget}")
+
+
+class StoreRecorder:
+    """Keeps a run's evaluations, hypervolume and predictions in the store (see the module docstring)."""
+
+    def __init__(self, store, run_id: int, objectives: Sequence[Objective]):
+        self.store, self.run_id, self.objectives = store, run_id, list(objectives)
+        self._values: list[np.ndarray] = []
+        self._normaliser: Normaliser | None = None
+        self._hv_done = len(store.run_events(run_id, "hypervolume"))
+
+    def load(self) -> list[tuple[Config, np.ndarray]]:
+        members = self.store.run_members(self.run_id, source="measured")
+        loaded = [(m.config, np.array([m.objectives[o.name] for o in self.objectives], dtype=float)) for m in members]
+        self._values = [v for _, v in loaded]
+        self._record_hypervolume()  # catches up if the previous process died between member and event
+        return loaded
+
+    def record(self, index: int, config: Config, values: np.ndarray) -> None:
+        self.store.add_run_members(self.run_id, [(config, self._named(values), "measured")])
+        self._values.append(np.asarray(values, dtype=float))
+        self._record_hypervolume()
+
+    def record_prediction(self, config: Config, mean: np.ndarray, std: np.ndarray) -> None:
+        self.store.add_run_event(self.run_id, "prediction", {"config": config, "mean": self._named(mean),
+                                                             "std": self._named(std)})
+
+    def record_predicted_front(self, configs: Sequence[Config], values: np.ndarray) -> None:
+        self.store.add_run_members(self.run_id, [(c, self._named(v), "predicted") for c, v in zip(configs, values)])
+
+    def finish(self) -> None:
+        self._record_hypervolume(final=True)
+
+    def _named(self, values) -> dict:
+        return {o.name: float(v) for o, v in zip(self.objectives, values)}
+
+    def _record_hypervolume(self, final: bool = False) -> None:
+        n = len(self._values)
+        if self._normaliser is None:
+            if n < HV_REFERENCE_AFTER and not (final and n):
+                return
+            first = minimised(np.stack(self._values[:HV_REFERENCE_AFTER]), self.objectives)
+            self._normaliser = Normaliser(first.min(axis=0), first.max(axis=0))
+        F = self._normaliser(minimised(np.stack(self._values), self.objectives))
+        ref = np.full(F.shape[1], REF)
+        for k in range(self._hv_done, n):
+            hv = hypervolume(F[:k + 1], ref)
+            self.store.add_run_event(self.run_id, "hypervolume", {"evaluations": k + 1, "hv": hv,
+                                                                  "ideal": self._normaliser.ideal.tolist(),
+                                                                  "span": self._normaliser.span.tolist()})
+        self._hv_done = n
+
+
+def start_run(store, spec: RunSpec, name: str | None = None) -> int:
+    spec.validate()
+    return store.create_run(spec.tactic, spec.__dict__, name=name).id
+
+
+def load_spec(store, run_id: int) -> RunSpec:
+    run = store.run(run_id)
+    if run is None:
+        raise KeyError(f"no search run {run_id} in this database")
+    return RunSpec(**run.settings)
+
+
+def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int], None] | None = None) -> SearchSession:
+    """Runs (or resumes) a stored run to the end of its budget; returns the session."""
+    spec = load_spec(store, run_id)
+    recorder = StoreRecorder(store, run_id, spec.parsed_objectives())
+    space = get_supernet(spec.space).space
+    session = SearchSession(space, evaluator, spec.budget, recorder=recorder,
+                            constraints=spec.parsed_constraints(), on_evaluation=on_evaluation)
+    store.set_run_state(run_id, "running")
+    try:
+        get_tactic(spec.tactic)(session, seed=spec.seed, **spec.tactic_settings)
+    except BaseException:
+        store.set_run_state(run_id, "failed")
+        raise
+    recorder.finish()
+    store.set_run_state(run_id, "finished")
+    return session
+
+
+def measured_front(store, run_id: int) -> tuple[list[Config], np.ndarray, list[Objective]]:
+    """The run's non-dominated real evaluations that meet its constraints: configs and natural values."""
+    spec = load_spec(store, run_id)
+    objectives = spec.parsed_objectives()
+    members = store.run_members(run_id, source="measured")
+    if not members:
+        return [], np.zeros((0, len(objectives))), objectives
+    values = np.array([[m.objectives[o.name] for o in objectives] for m in members], dtype=float)
+    ok = feasible(values, objectives, spec.parsed_constraints())
+    configs = [m.config for m, good in zip(members, ok) if good]
+    values = values[ok]
+    mask = non_dominated(minimised(values, objectives)) if len(values) else np.zeros(0, bool)
+    order = np.argsort(values[mask, 0] * objectives[0].sign)
+    return [configs[i] for i in np.where(mask)[0][order]], values[mask][order], objectives
+
+
+def feasible(values: np.ndarray, objectives: Sequence[Objective], constraints: Sequence[Constraint]) -> np.ndarray:
+    column = {o.name: j for j, o in enumerate(objectives)}
+    ok = np.ones(len(values), dtype=bool)
+    for c in constraints:
+        ok &= c.violation(values[:, column[c.objective]]) <= 0
+    return ok

@@ -1,0 +1,128 @@
+"""A search session: the budget, the memo of real evaluations, and their durable log.
+
+Every real evaluation goes through `SearchSession.evaluate`. It evaluates each configuration at most once
+(the measurement is kept, so asking again costs nothing), stops at the budget, and hands every new result
+to a recorder (the store) before returning it. A session resumed from a recorder replays: the tactic,
+re-run with the same seed, asks for the same configurations in the same order and gets the recorded
+values without re-measuring, so a resumed search ends exactly where an uninterrupted one would.
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from ..supernets.space import Config, SearchSpace
+from .objectives import Constraint, Objective, minimised
+
+
+class Evaluator(Protocol):
+    """Real evaluations: measured latency/memory, trained accuracy, or look-ups in a recorded table."""
+    objectives: list[Objective]
+
+    def evaluate(self, configs: Sequence[Config]) -> np.ndarray:
+        """(len(configs) × objectives) values in the objectives' natural units."""
+        ...
+
+
+class Recorder(Protocol):
+    def load(self) -> list[tuple[Config, np.ndarray]]: ...
+    def record(self, index: int, config: Config, values: np.ndarray) -> None: ...
+    def record_prediction(self, config: Config, mean: np.ndarray, std: np.ndarray) -> None: ...
+    def record_predicted_front(self, configs: Sequence[Config], values: np.ndarray) -> None: ...
+
+
+class BudgetExhausted(Exception):
+    pass
+
+
+class SearchSession:
+    def __init__(self, space: SearchSpace, evaluator: Evaluator, budget: int, recorder: Recorder | None = None,
+                 pool: np.ndarray | None = None, constraints: Sequence[Constraint] = (),
+                 on_evaluation: Callable[[int, int], None] | None = None):
+        if budget <= 0:
+            raise ValueError(f"budget must be positive, got {budget}")
+        self.space, self.evaluator, self.budget, self.recorder = space, evaluator, budget, recorder
+        self.objectives = list(evaluator.objectives)
+        self.constraints = list(constraints)
+        #: Called with (evaluations used, budget) after each batch: progress bars.
+        self.on_evaluation = on_evaluation
+        #: Encodings of the only configs the evaluator can evaluate (a recorded table), or None for any.
+        self.pool = pool
+        self._memo: dict[str, np.ndarray] = {}
+        self._order: list[str] = []          # keys in the order this execution consumed them
+        self._consumed: set[str] = set()
+        self._configs: dict[str, Config] = {}
+        self.real_evaluations = 0            # evaluations paid for in this execution (not replayed)
+        for config, values in (recorder.load() if recorder else []):
+            key = space.key(config)
+            self._memo[key], self._configs[key] = np.asarray(values, dtype=float), config
+        self._recorded = len(self._memo)
+
+    @property
+    def used(self) -> int:
+        return len(self._order)
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.used
+
+    def evaluate(self, configs: Sequence[Config]) -> np.ndarray:
+        """Values of `configs`; new ones beyond the remaining budget raise BudgetExhausted."""
+        keys = [self.space.key(c) for c in configs]
+        fresh = list(dict.fromkeys(k for k in keys if k not in self._consumed))
+        if len(fresh) > self.remaining:
+            raise BudgetExhausted(f"{len(fresh)} new configurations asked for, {self.remaining} left in the budget")
+        by_key = dict(zip(keys, configs))
+        unknown = [k for k in fresh if k not in self._memo]
+        if unknown:
+            values = np.atleast_2d(np.asarray(self.evaluator.evaluate([by_key[k] for k in unknown]), dtype=float))
+            for k, v in zip(unknown, values):
+                self._memo[k], self._configs[k] = v, self.space.validate(by_key[k])
+        for k in fresh:
+            self._order.append(k)
+            self._consumed.add(k)
+            if k in unknown:
+                self.real_evaluations += 1
+                if self.recorder is not None:
+                    self.recorder.record(len(self._order) - 1, self._configs[k], self._memo[k])
+        if fresh and self.on_evaluation is not None:
+            self.on_evaluation(self.used, self.budget)
+        return np.stack([self._memo[k] for k in keys]) if keys else np.zeros((0, len(self.objectives)))
+
+    def note_predictions(self, configs: Sequence[Config], mean: np.ndarray, std: np.ndarray) -> None:
+        """What a predictor expected of configs about to be evaluated (kept for parity plots)."""
+        if self.recorder is None:
+            return
+        for config, m, s in zip(configs, mean, std):
+            if self.space.key(config) not in self._memo:  # a replay must not record its predictions twice
+                self.recorder.record_prediction(config, m, s)
+
+    def note_predicted_front(self, configs: Sequence[Config], values: np.ndarray) -> None:
+        if self.recorder is not None and self.real_evaluations:  # a pure replay stored it already
+            self.recorder.record_predicted_front(configs, values)
+
+    # ----- what tactics read ---------------------------------------------------------------------
+    def history(self) -> tuple[list[Config], np.ndarray]:
+        """Configs consumed so far, in order, and their natural-unit values."""
+        configs = [self._configs[k] for k in self._order]
+        values = np.stack([self._memo[k] for k in self._order]) if self._order else np.zeros((0, len(self.objectives)))
+        return configs, values
+
+    def history_encoded(self) -> tuple[np.ndarray, np.ndarray]:
+        """Integer encodings and all-minimise objective values of everything consumed so far."""
+        configs, values = self.history()
+        return self.space.encode_many(configs), minimised(values, self.objectives)
+
+    def keys(self) -> list[str]:
+        return list(self._order)
+
+    def fresh(self, X: np.ndarray) -> np.ndarray:
+        """The rows of X (integer encodings) not consumed yet, de-duplicated, in their first order."""
+        out, seen = [], set(self._consumed)
+        for row in np.atleast_2d(X):
+            key = self.space.key(self.space.decode(row))
+            if key not in seen:
+                seen.add(key)
+                out.append(row)
+        return np.array(out, dtype=np.int64).reshape(-1, self.space.n_var)

@@ -1,0 +1,231 @@
+"""LINAS: Lightweight Iterative NAS — predictor-guided evolution, real evaluations of the most promising.
+
+    1. seed: a Latin-hypercube sample, evaluated for real;
+    2. fit one predictor per objective on everything evaluated (model chosen by cross-validation); each
+       keeps the ensemble of its cross-validation fold models;
+    3. run an evolutionary algorithm on the predictors for many generations (cheap), keeping every
+       configuration it visits as a candidate;
+    4. choose a batch of unseen candidates by Thompson sampling: for each slot, one ensemble member's
+       predictions stand in for the truth, and the candidate with the largest hypervolume improvement over
+       the measured front under them is chosen; each choice joins the front at its mean prediction before
+       the next slot ("Kriging believer"), so the batch spreads along the front instead of piling up;
+       evaluate the batch for real;
+    5. repeat 2–4 until the budget is spent.
+
+Why Thompson sampling: choosing by the predicted (or optimistic) values alone picks, again and again, the
+candidates the predictor overrates most — the winner's curse — and on NAS-Bench-201 some batches then
+improved nothing. Sampling from the ensemble explores where the members disagree and exploits where they
+agree. Averaged over the 12 NAS-Bench-201 accuracy × latency pairs (3 seeds, 100 evaluations, ridge) it
+reached 0.961 of the true front's hypervolume against 0.954 for optimistic (mean − std) selection.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ...predictors import fit_predictor, space_features
+from ...predictors.features import config_features
+from ...supernets import get_supernet
+from ..algorithms import make_algorithm
+from ..hypervolume import Normaliser, hvi_2d, hypervolume, non_dominated
+from ..problem import PredictedProblem
+from ..session import SearchSession
+
+REF = 1.1
+
+
+def run(session: SearchSession, seed: int = 0, n_init: int = 20, batch: int = 10, algorithm: str = "nsga2",
+        pop_size: int = 100, generations: int = 40, models: str | tuple = "auto",
+        featurize: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    space = session.space
+    featurize = featurize or Featurizer(space)
+    surrogates = Surrogates(session, featurize, models, seed)
+    _seed_sample(session, min(n_init, session.remaining), seed)
+    iteration, last = 0, None
+    while session.remaining > 0:
+        iteration += 1
+        surrogates.fit(iteration)
+        candidates = _candidates(session, surrogates, algorithm, pop_size, generations, seed + iteration)
+        if len(candidates) == 0:
+            candidates = session.fresh(space.encode_many(space.sample(10 * batch, seed + iteration)))
+        samples = surrogates.samples(candidates)
+        candidates, samples = _feasible(session, candidates, samples)
+        mean, std = samples.mean(axis=0), samples.std(axis=0)
+        chosen = choose_batch(session.history_encoded()[1], mean, samples, min(batch, session.remaining))
+        configs = [space.decode(candidates[i]) for i in chosen]
+        signs = np.array([o.sign for o in session.objectives])
+        session.note_predictions(configs, mean[chosen] * signs, std[chosen])
+        session.evaluate(configs)
+        last = (candidates, mean)
+    if last is not None:
+        _note_predicted_front(session, *last)
+
+
+def _feasible(session: SearchSession, X: np.ndarray, samples: np.ndarray):
+    """Candidates that some ensemble member predicts to meet every constraint (a predictor is not the truth)."""
+    if not session.constraints or not len(X):
+        return X, samples
+    natural = samples * np.array([o.sign for o in session.objectives])
+    column = {o.name: j for j, o in enumerate(session.objectives)}
+    ok = np.ones(natural.shape[:2], dtype=bool)
+    for c in session.constraints:
+        ok &= c.violation(natural[:, :, column[c.objective]]) <= 0
+    keep = ok.any(axis=0)
+    return (X[keep], samples[:, keep]) if keep.any() else (X, samples)
+
+
+def _note_predicted_front(session: SearchSession, X: np.ndarray, mean: np.ndarray) -> None:
+    """The front the predictors believed in at the end: shown beside the measured one in reports."""
+    if len(X) == 0:
+        return
+    front = non_dominated(mean)
+    signs = np.array([o.sign for o in session.objectives])
+    session.note_predicted_front([session.space.decode(x) for x in X[front][:200]], mean[front][:200] * signs)
+
+
+class Featurizer:
+    """Predictor features of encodings, with the space's analytic features where its super-network has them.
+
+    Features are cached per configuration: a search asks for the same candidates again and again."""
+
+    def __init__(self, space):
+        self.space = space
+        try:
+            self.supernet = get_supernet(space.id)
+        except KeyError:  # a space built in code, not registered: its encoding is all there is
+            self.supernet = None
+        self._cache: dict[bytes, np.ndarray] = {}
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        X = np.atleast_2d(np.asarray(X, dtype=np.int64))
+        keys = [row.tobytes() for row in X]
+        todo = {k: row for k, row in zip(keys, X) if k not in self._cache}
+        if todo:
+            rows = np.stack(list(todo.values()))
+            if self.supernet is not None and self.supernet.space is self.space:
+                features, _ = config_features(self.supernet, [self.space.decode(r) for r in rows])
+            else:
+                features = space_features(self.space, rows)
+            self._cache.update(zip(todo, features))
+        return np.stack([self._cache[k] for k in keys])
+
+
+class Surrogates:
+    """One predictor per objective, re-selected by cross-validation whenever the data has grown by half."""
+
+    def __init__(self, session: SearchSession, featurize, models, seed: int):
+        self.session, self.featurize, self.models, self.seed = session, featurize, models, seed
+        self.predictors: list = []
+        self._chosen: list[str | tuple] = []
+        self._selected_at = 0
+
+    def fit(self, iteration: int) -> None:
+        X, F = self.session.history_encoded()
+        features = self.featurize(X)
+        reselect = not self._chosen or len(X) >= 1.5 * self._selected_at
+        self.predictors = []
+        for j, objective in enumerate(self.session.objectives):
+            natural = F[:, j] * objective.sign
+            models = self.models if reselect else self._chosen[j]
+            predictor = fit_predictor(features, natural, models=models, seed=self.seed + iteration)
+            self.predictors.append(predictor)
+            if reselect:
+                self._chosen[j:j + 1] = [predictor.model_name]
+        if reselect:
+            self._selected_at = len(X)
+
+    def samples(self, X: np.ndarray) -> np.ndarray:
+        """Ensemble members' all-minimise predictions, (members × rows × objectives)."""
+        features = self.featurize(X)
+        signs = np.array([o.sign for o in self.session.objectives])
+        per_objective = [p.predict_members(features) for p in self.predictors]
+        k = min(len(m) for m in per_objective)
+        return np.stack([m[:k] for m in per_objective], axis=2) * signs
+
+    def predict_mean(self, X: np.ndarray) -> np.ndarray:
+        features = self.featurize(X)
+        signs = np.array([o.sign for o in self.session.objectives])
+        return np.stack([p.predict(features) for p in self.predictors], axis=1) * signs
+
+
+def _seed_sample(session: SearchSession, n: int, seed: int) -> None:
+    if n <= 0:
+        return
+    space = session.space
+    if session.pool is not None:
+        rows = session.pool[np.random.default_rng(seed).choice(len(session.pool), size=n, replace=False)]
+    else:
+        rows = space.encode_many(space.latin_hypercube(n, seed))
+    rows = session.fresh(rows)
+    session.evaluate([space.decode(x) for x in rows[:session.remaining]])
+
+
+def _candidates(session: SearchSession, surrogates: Surrogates, algorithm: str, pop_size: int, generations: int,
+                seed: int) -> np.ndarray:
+    """Unseen configurations worth predicting: the whole pool for a table, else all that the inner search visits."""
+    if session.pool is not None:
+        return session.fresh(session.pool)
+    from pymoo.optimize import minimize
+
+    space = session.space
+    X, F = session.history_encoded()
+    front = X[non_dominated(F)]
+    signs = np.array([o.sign for o in session.objectives])
+    visited: list[np.ndarray] = []  # every configuration the inner search predicts is a candidate
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        visited.append(rows)
+        return surrogates.predict_mean(rows) * signs
+
+    problem = PredictedProblem(space, session.objectives, predict, session.constraints)
+    minimize(problem, make_algorithm(algorithm, space, problem.n_obj, pop_size, seeds=front),
+             ("n_gen", generations), seed=seed % (2 ** 31))
+    return session.fresh(np.concatenate(visited).round().astype(np.int64))
+
+
+def choose_batch(F_measured: np.ndarray, mean: np.ndarray, samples: np.ndarray, k: int) -> list[int]:
+    """Indices of `k` candidates (all-minimise form): Thompson-sampled, believer-updated hypervolume improvement.
+
+    `samples` holds each ensemble member's predictions (members × candidates × objectives); slot i of the
+    batch takes member i (cycling) as the truth."""
+    normalise = Normaliser(F_measured.min(axis=0), F_measured.max(axis=0))
+    front = normalise(F_measured[non_dominated(F_measured)])
+    believed = normalise(mean)
+    ref = np.full(mean.shape[1], REF)
+    available = np.ones(len(mean), dtype=bool)
+    chosen: list[int] = []
+    for slot in range(min(k, len(mean))):
+        draw = normalise(samples[slot % len(samples)])
+        gain = _improvement(draw, front, ref, available)
+        if gain.max() <= 0:  # nothing improves the front under this draw: take those closest to improving it
+            gain = -_gap_to_front(draw, front)
+        gain[~available] = -np.inf
+        best = int(np.argmax(gain))
+        chosen.append(best)
+        available[best] = False
+        front = np.vstack([front, believed[best]])
+    return chosen
+
+
+def _improvement(P: np.ndarray, front: np.ndarray, ref: np.ndarray, available: np.ndarray) -> np.ndarray:
+    gain = np.zeros(len(P))
+    if P.shape[1] == 2:
+        gain[available] = hvi_2d(P[available], front, ref)
+        return gain
+    # Three or more objectives: exact hypervolume differences for the most promising few hundred.
+    base = hypervolume(front, ref)
+    gap = _gap_to_front(P, front)
+    gap[~available] = np.inf
+    for i in np.argsort(gap)[:300]:
+        if available[i]:
+            gain[i] = hypervolume(np.vstack([front, P[i]]), ref) - base
+    return gain
+
+
+def _gap_to_front(P: np.ndarray, front: np.ndarray) -> np.ndarray:
+    """How far each point is from not being dominated: the additive epsilon it would need (0 if it isn't)."""
+    if len(front) == 0:
+        return np.zeros(len(P))
+    # To escape a front point q, p must beat it in one objective: min_j (p_j - q_j); it must escape them all.
+    return np.clip(np.max(np.min(P[:, None, :] - front[None, :, :], axis=2), axis=1), 0, None)

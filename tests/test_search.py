@@ -1,0 +1,235 @@
+"""Search: hypervolume, objectives, the session's budget and memo, tactics, resumable runs, replay benchmarks."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pymoo.indicators.hv import HV
+
+from fleetnas.search.hypervolume import Normaliser, hv_curve, hvi_2d, hypervolume, non_dominated
+from fleetnas.search.objectives import Objective, parse_constraint, parse_objective
+from fleetnas.search.replay import ReplayProblem, TableEvaluator, evaluations_to_reach
+from fleetnas.search.run import RunSpec, StoreRecorder, execute_run, measured_front, start_run
+from fleetnas.search.session import BudgetExhausted, SearchSession
+from fleetnas.search.tactics import TACTICS
+from fleetnas.store import open_store
+from fleetnas.supernets import get_supernet
+from fleetnas.supernets.nb201 import EDGES, OPS, edge_name
+from fleetnas.tables import read_table
+
+NB201 = get_supernet("nb201")
+OBJECTIVES = [Objective("accuracy", "max"), Objective("latency", "min")]
+COST = {"none": 0.0, "skip_connect": 0.1, "avg_pool_3x3": 0.4, "nor_conv_1x1": 1.0, "nor_conv_3x3": 3.0}
+
+
+def synthetic_values(config: dict) -> tuple[float, float]:
+    """A known trade-off on the NB201 cell: convolutions cost latency and buy accuracy, with diminishing returns,
+    and an interaction (a 3x3 conv straight from input to output) that a purely additive model misses."""
+    ops = [config[edge_name(t, s)] for t, s in EDGES]
+    latency = 0.05 + sum(COST[o] for o in ops)
+    gain = sum({"nor_conv_3x3": 1.0, "nor_conv_1x1": 0.6, "skip_connect": 0.25, "avg_pool_3x3": 0.2}.get(o, 0) for o in ops)
+    accuracy = 90 * (1 - np.exp(-gain / 2.5)) + (4.0 if config[edge_name(3, 0)] == "nor_conv_3x3" else 0.0)
+    return float(accuracy), float(latency)
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory):
+    """Every NB201 cell with synthetic objectives, written as a CSV in the benchmark's own format."""
+    path = tmp_path_factory.mktemp("tables") / "synthetic_nb201.csv"
+    configs = [NB201.space.decode(x) for x in np.stack(np.meshgrid(*[range(5)] * 6, indexing="ij"), -1).reshape(-1, 6)]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["cellstr", "accuracy", "latency"])
+        for c in configs:
+            writer.writerow([NB201.space.key(c), *synthetic_values(c)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def problem(table_path):
+    return ReplayProblem.from_table(read_table(table_path), "nb201", "cellstr",
+                                    [parse_objective("accuracy:max"), parse_objective("latency:min")])
+
+
+# ----- hypervolume -------------------------------------------------------------------------------
+def test_hypervolume_matches_pymoo_in_two_and_three_dimensions():
+    rng = np.random.default_rng(0)
+    for dims in (2, 3):
+        F = rng.random((40, dims))
+        ref = np.full(dims, 1.1)
+        assert hypervolume(F, ref) == pytest.approx(HV(ref_point=ref)(F[non_dominated(F)]), rel=1e-9)
+
+
+def test_hypervolume_improvement_is_exact():
+    rng = np.random.default_rng(1)
+    front, candidates, ref = rng.random((15, 2)), rng.random((60, 2)), np.array([1.1, 1.1])
+    base = hypervolume(front, ref)
+    expected = [hypervolume(np.vstack([front, c]), ref) - base for c in candidates]
+    assert np.allclose(hvi_2d(candidates, front, ref), expected, atol=1e-12)
+
+
+def test_hv_curve_is_monotone_and_normalised_to_the_true_front():
+    F = np.array([[1.0, 5.0], [2.0, 2.0], [3.0, 1.0], [2.5, 2.5]])
+    normaliser = Normaliser.of_front(F)
+    curve = hv_curve(F, normaliser)
+    assert np.all(np.diff(curve) >= 0)
+    assert curve[-1] == pytest.approx(hypervolume(normaliser(F), np.full(2, 1.1)))
+
+
+# ----- objectives --------------------------------------------------------------------------------
+def test_objectives_and_constraints_parse_with_units_and_refuse_nonsense():
+    latency = parse_objective("latency@rpi4-litert-1t:min")
+    assert (latency.metric, latency.device_kind, latency.direction, latency.name) == \
+        ("latency", "rpi4-litert-1t", "min", "latency@rpi4-litert-1t")
+    assert parse_constraint("latency@rpi4 <= 30ms").value == 30.0
+    assert parse_constraint("memory@rpi4 <= 2 MiB").value == 2 * 1024 ** 2
+    assert parse_constraint("latency@rpi4<=0.5s").value == 500.0
+    with pytest.raises(ValueError, match="NAME:max"):
+        parse_objective("accuracy")
+    with pytest.raises(ValueError, match="only latency and memory"):
+        parse_objective("accuracy@rpi4:max")
+    with pytest.raises(ValueError, match="unknown unit 'parsecs'"):
+        parse_constraint("latency@x <= 3 parsecs")
+
+
+# ----- the session -------------------------------------------------------------------------------
+class CountingEvaluator:
+    objectives = OBJECTIVES
+
+    def __init__(self, fail_after: int | None = None):
+        self.calls, self.fail_after = 0, fail_after
+
+    def evaluate(self, configs):
+        out = []
+        for c in configs:
+            if self.fail_after is not None and self.calls >= self.fail_after:
+                raise KeyboardInterrupt("the host was killed")  # what a SIGKILL leaves: nothing after this point
+            self.calls += 1
+            out.append(synthetic_values(c))
+        return np.array(out)
+
+
+def test_session_spends_each_evaluation_once_and_stops_at_the_budget():
+    evaluator = CountingEvaluator()
+    session = SearchSession(NB201.space, evaluator, budget=5)
+    configs = NB201.space.sample(7, 0)
+    session.evaluate(configs[:3])
+    session.evaluate(configs[:3])  # asking again costs nothing
+    assert evaluator.calls == 3 and session.remaining == 2
+    with pytest.raises(BudgetExhausted):
+        session.evaluate(configs[3:6])
+    session.evaluate(configs[3:5])
+    assert session.remaining == 0 and evaluator.calls == 5
+
+
+@pytest.mark.parametrize("tactic", sorted(TACTICS))
+def test_every_tactic_spends_exactly_its_budget_without_repeats(problem, tactic):
+    settings = {"generations": 5, "models": "ridge"} if tactic == "linas" else {}
+    run = problem.run(tactic, seed=0, budget=30, **settings)
+    assert len(run["evaluated"]) == 30 == len(set(run["evaluated"]))
+    assert len(run["hv"]) == 30 and np.all(np.diff(run["hv"]) >= 0) and 0 < run["hv"][-1] <= 1.0 + 1e-9
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "agemoea", "unsga3", "ctaea", "moead"])
+def test_every_algorithm_runs_inside_linas_and_on_real_evaluations(problem, algorithm):
+    for tactic, settings in (("linas", {"generations": 3, "pop_size": 20, "models": "ridge", "n_init": 10}),
+                             ("evolutionary", {"pop_size": 10})):
+        run = problem.run(tactic, seed=1, budget=20, algorithm=algorithm, **settings)
+        assert len(set(run["evaluated"])) == 20
+
+
+def test_linas_beats_random_search_on_a_known_trade_off(problem):
+    budget = 60
+    linas = [problem.run("linas", s, budget, models="ridge", generations=15)["hv"][-1] for s in range(2)]
+    rand = [problem.run("random", s, budget)["hv"][-1] for s in range(2)]
+    assert min(linas) > max(rand)
+    assert np.mean(linas) > 0.97
+
+
+def test_replay_counts_evaluations_to_reach_a_fraction():
+    assert evaluations_to_reach([0.5, 0.9, 0.96, 0.99], 0.95) == 3
+    assert evaluations_to_reach([0.5, 0.9], 0.95) is None
+
+
+# ----- runs in the store: interrupted and resumed ----------------------------------------------------
+def _spec(**kw) -> RunSpec:
+    return RunSpec(space="nb201", objectives=["accuracy:max", "latency:min"], tactic="linas", budget=36, seed=3,
+                   tactic_settings={"generations": 5, "models": "ridge", "n_init": 12, "batch": 6}, **kw)
+
+
+def test_a_killed_run_resumes_to_the_same_result_without_repeating_an_evaluation(tmp_path):
+    with open_store(tmp_path / "reference.db") as store:
+        reference = start_run(store, _spec())
+        execute_run(store, reference, CountingEvaluator())
+        expected = [m.config for m in store.run_members(reference, "measured")]
+    with open_store(tmp_path / "faulty.db") as store:
+        run_id = start_run(store, _spec())
+        with pytest.raises(KeyboardInterrupt):  # killed in the middle of the second LINAS batch (12 + 6)
+            execute_run(store, run_id, CountingEvaluator(fail_after=15))
+        # A batch is recorded when it returns; the farm and the accuracy evaluator keep their own results per
+        # config, so what a killed batch had finished is not measured again either (tests/test_farm_*).
+        assert len(store.run_members(run_id, "measured")) == 12 and store.run(run_id).state == "failed"
+        resumed = CountingEvaluator()
+        execute_run(store, run_id, resumed)
+        members = [m.config for m in store.run_members(run_id, "measured")]
+        assert resumed.calls == 36 - 12  # nothing recorded is evaluated again
+        assert members == expected  # the same search, in the same order
+        assert store.run(run_id).state == "finished"
+        hv = store.run_events(run_id, "hypervolume")
+        assert [e.payload["evaluations"] for e in hv] == list(range(1, 37))
+        assert store.run_events(run_id, "prediction")  # LINAS kept what it predicted before measuring
+        assert store.run_members(run_id, "predicted")
+
+
+def test_constraints_keep_infeasible_points_off_the_front(tmp_path):
+    with open_store(tmp_path / "c.db") as store:
+        run_id = start_run(store, _spec(constraints=["latency <= 4"]))
+        execute_run(store, run_id, CountingEvaluator())
+        configs, values, objectives = measured_front(store, run_id)
+        assert len(configs) and np.all(values[:, 1] <= 4)
+
+
+def test_recorder_catches_up_hypervolume_after_a_crash_between_writes(tmp_path):
+    with open_store(tmp_path / "r.db") as store:
+        run_id = start_run(store, _spec())
+        configs = NB201.space.sample(12, 0)
+        store.add_run_members(run_id, [(c, dict(zip(["accuracy", "latency"], synthetic_values(c))), "measured")
+                                       for c in configs])  # members written, hypervolume events not
+        StoreRecorder(store, run_id, OBJECTIVES).load()
+        assert len(store.run_events(run_id, "hypervolume")) == 12
+
+
+# ----- command line ------------------------------------------------------------------------------------
+def fleetnas(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fleetnas.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+def test_bench_search_writes_every_run_and_summarises(table_path, tmp_path):
+    out = tmp_path / "runs.json"
+    done = fleetnas("bench", "search", "--table", str(table_path), "--space", "nb201", "--key", "cellstr",
+                    "--objective", "accuracy:max", "--objective", "latency:min", "--tactic", "random",
+                    "--tactic", "linas", "--budget", "25", "--seeds", "2", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["tactic"], r["seed"]) for r in runs] == [("random", 0), ("random", 1), ("linas", 0), ("linas", 1)]
+    assert all(len(r["evaluated"]) == len(r["hv"]) == 25 for r in runs)
+    assert "evals to 95%" in done.stdout
+    bad = fleetnas("bench", "search", "--table", str(table_path), "--space", "nb201", "--key", "cellstr",
+                   "--objective", "accuracy:max", "--objective", "speed:min", "--tactic", "random", "--budget", "5")
+    assert bad.returncode == 1 and "no column 'speed'" in bad.stderr
+
+
+def test_search_cli_refuses_bad_requests_clearly(tmp_path):
+    no_space = fleetnas("search", "--objective", "accuracy:max", "--db", str(tmp_path / "x.db"))
+    assert no_space.returncode == 2 and "--space" in no_space.stderr
+    unknown = fleetnas("search", "--space", "nope", "--objective", "accuracy:max", "--objective", "macs:min",
+                       "--db", str(tmp_path / "x.db"))
+    assert unknown.returncode == 1 and "unknown space 'nope'" in unknown.stderr
+    constraint = fleetnas("search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
+                          "--constraint", "latency@x <= 3ms", "--db", str(tmp_path / "x.db"))
+    assert constraint.returncode == 1 and "not an objective" in constraint.stderr
+    missing = fleetnas("search", "--resume", "42", "--db", str(tmp_path / "x.db"))
+    assert missing.returncode == 1 and "no search run 42" in missing.stderr
