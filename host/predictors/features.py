@@ -8,7 +8,6 @@ Tables without a space give plain numeric columns (`table_features`).
 """
 from __future__ import annotations
 
-import importlib
 from collections import defaultdict
 from typing import Sequence
 
@@ -81,56 +80,13 @@ def _choice_counts(space: SearchSpace, X_int: np.ndarray) -> np.ndarray:
 
 
 def config_features(supernet, configs: Sequence[dict]) -> tuple[np.ndarray, list[str]]:
-    """`space_features` of configs with the analytic columns FleetNAS can compute quickly for this space,
-    and the column names. Table-only spaces (NB201, FBNet) compute their own (`analytic_features`); a
-    space whose module offers a block `plan(config)` (OFA MobileNetV3) gets per-stage aggregates of the
-    blocks that actually run (`plan_features`). Builder-based counting (fleetnas.supernets.analytic) is
-    not used here: it builds each sub-network, seconds per config, too slow for thousands of table rows.
-    """
+    """`space_features` of configs plus the super-network's own cheap numeric features
+    (`SuperNetwork.predictor_features`: formulas of the config, no module built), and the column names.
+    Builder-based counting (fleetnas.supernets.analytic) is not used here: it builds each sub-network,
+    a fraction of a second to seconds per config, too slow for thousands of candidates."""
     space = supernet.space
     X_int = space.encode_many(list(configs))
-    analytic, names = None, []
-    own = getattr(supernet, "analytic_features", None)
-    plan = getattr(importlib.import_module(type(supernet).__module__), "plan", None)
-    dicts: list[dict] = []
-    if callable(own):
-        dicts = [own(c) for c in configs]
-    elif callable(plan):
-        try:
-            dicts = [plan_features(plan(c)) for c in configs]
-        except AttributeError:   # a plan of another shape (not MBConv blocks): no aggregates, encodings only
-            dicts = []
-    if dicts:
-        names = list(dicts[0])
-        analytic = np.array([[d[n] for n in names] for d in dicts], dtype=np.float64)
+    dicts = [supernet.predictor_features(c) for c in configs]
+    names = list(dicts[0]) if dicts else []
+    analytic = np.array([[d[n] for n in names] for d in dicts], dtype=np.float64) if names else None
     return space_features(space, X_int, analytic), space_feature_names(space, names)
-
-
-def plan_features(plan) -> dict[str, float]:
-    """Aggregates of a block plan (blocks with cin, cout, kernel, stride, mid, se_mid at a `resolution`):
-    approximate MACs of each block (1x1 expansion, depthwise kxk, 1x1 projection, squeeze-excite), summed in
-    total and per spatial size, plus the count of blocks and the kernel and width sums per spatial size.
-    Only blocks that run count, so choices of skipped blocks cannot mislead the model."""
-    side = plan.resolution / 2.0            # after the stride-2 stem
-    total = {"macs_approx": 0.0, "blocks": 0.0}
-    per_size: dict[int, dict[str, float]] = defaultdict(lambda: {"macs": 0.0, "blocks": 0.0, "kernel": 0.0, "mid": 0.0})
-    stage = 0
-    for block in plan.blocks:
-        if block.stride > 1:
-            stage += 1
-        out_side = side / block.stride
-        expand = side * side * block.cin * block.mid if getattr(block, "expand", True) else 0.0
-        macs = (expand + out_side * out_side * block.mid * block.kernel ** 2 + out_side * out_side * block.mid * block.cout
-                + 2 * block.mid * getattr(block, "se_mid", 0))
-        agg = per_size[stage]
-        agg["macs"] += macs
-        agg["blocks"] += 1
-        agg["kernel"] += block.kernel
-        agg["mid"] += block.mid
-        total["macs_approx"] += macs
-        total["blocks"] += 1
-        side = out_side
-    features = dict(total)
-    for stage in sorted(per_size):
-        features.update({f"size{stage}_{k}": v for k, v in per_size[stage].items()})
-    return features

@@ -30,6 +30,10 @@ class SuperNetwork:
         """A standalone torch.nn.Module for `config` (random weights, or sliced from a checkpoint)."""
         raise NotImplementedError(f"{self.id} is a table-only space: its sub-networks cannot be built")
 
+    def predictor_features(self, config: Config) -> dict[str, float]:
+        """Cheap numeric features of a config for predictors (formulas, nothing built); none by default."""
+        return {}
+
     def input_specs(self, config: Config, batch: int = 1) -> list[dict]:
         """The module's inputs: [{"name", "shape", "dtype"}]."""
         raise NotImplementedError(f"{self.id} is a table-only space: it has no inputs")

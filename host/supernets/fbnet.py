@@ -60,6 +60,9 @@ class FBNet(SuperNetwork):
     space = SPACE
     table_only = True
 
+    def predictor_features(self, config: Config) -> dict[str, float]:
+        return self.analytic_features(config)
+
     def analytic_features(self, config: Config, batch: int = 1) -> dict[str, float]:
         """MACs, parameters and activation bytes of the ImageNet network (inverted-residual blocks:
         grouped 1x1 expansion, kxk depthwise, grouped 1x1 projection; a skip that changes shape is a 1x1

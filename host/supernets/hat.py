@@ -388,6 +388,10 @@ class HatSuperNetwork(SuperNetwork):
 
         return build_module(lambda: _nn()(arch, self.vocab_size, self.beam), weights, SPACE_ID, seed, prepare)
 
+    def predictor_features(self, config: Config) -> dict[str, float]:
+        """HAT's own ten averaged features, which its latency predictor is fitted on."""
+        return hat_features(config)
+
     def input_specs(self, config: Config, batch: int = 1) -> list[dict]:
         self.space.validate(config)
         return [{"name": "src_tokens", "shape": [batch, self.source_length], "dtype": "int64"},

@@ -111,6 +111,9 @@ class NB201(SuperNetwork):
     space = SPACE
     table_only = True
 
+    def predictor_features(self, config: Config) -> dict[str, float]:
+        return self.analytic_features(config)
+
     def analytic_features(self, config: Config, batch: int = 1) -> dict[str, float]:
         """MACs, parameters and activation bytes of the CIFAR network as a graph compiler runs it, counting
         only the cell's live edges (`live_edges`), plus how many live edges use each operation."""

@@ -12,6 +12,7 @@ Building imports torch; everything else here is plain Python.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,6 +167,39 @@ class OFAMobileNetV3(ImageSuperNetwork):
         from . import ofa_nets
 
         return ofa_nets.random_mbv3_state_dict(supernet_plan(width_mult), seed, layout)
+
+    def predictor_features(self, config: Config) -> dict[str, float]:
+        return plan_features(plan(config))
+
+
+def plan_features(plan: Plan) -> dict[str, float]:
+    """Aggregates of a block plan (blocks with cin, cout, kernel, stride, mid, se_mid at a `resolution`):
+    approximate MACs of each block (1x1 expansion, depthwise kxk, 1x1 projection, squeeze-excite), summed in
+    total and per spatial size, plus the count of blocks and the kernel and width sums per spatial size.
+    Only blocks that run count, so choices of skipped blocks cannot mislead the model."""
+    side = plan.resolution / 2.0            # after the stride-2 stem
+    total = {"macs_approx": 0.0, "blocks": 0.0}
+    per_size: dict[int, dict[str, float]] = defaultdict(lambda: {"macs": 0.0, "blocks": 0.0, "kernel": 0.0, "mid": 0.0})
+    stage = 0
+    for block in plan.blocks:
+        if block.stride > 1:
+            stage += 1
+        out_side = side / block.stride
+        expand = side * side * block.cin * block.mid if getattr(block, "expand", True) else 0.0
+        macs = (expand + out_side * out_side * block.mid * block.kernel ** 2 + out_side * out_side * block.mid * block.cout
+                + 2 * block.mid * getattr(block, "se_mid", 0))
+        agg = per_size[stage]
+        agg["macs"] += macs
+        agg["blocks"] += 1
+        agg["kernel"] += block.kernel
+        agg["mid"] += block.mid
+        total["macs_approx"] += macs
+        total["blocks"] += 1
+        side = out_side
+    features = dict(total)
+    for stage in sorted(per_size):
+        features.update({f"size{stage}_{k}": v for k, v in per_size[stage].items()})
+    return features
 
 
 SUPERNET = OFAMobileNetV3()
