@@ -36,7 +36,7 @@ REF = 1.1
 
 
 def run(session: SearchSession, seed: int = 0, n_init: int = 20, batch: int = 10, algorithm: str = "nsga2",
-        pop_size: int = 100, generations: int = 40, models: str | tuple = "auto",
+        pop_size: int = 100, generations: int = 25, models: str | tuple = "auto",
         featurize: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
     space = session.space
     featurize = featurize or Featurizer(space)
