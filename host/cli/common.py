@@ -34,6 +34,32 @@ def positive_int(text: str) -> int:
     return value
 
 
+# Command-line flag -> StoppingRule field (0 or absent: the agent's default).
+STOPPING_FLAGS = {"warmup_runs": "warmup_min_runs", "warmup_seconds": "warmup_min_s", "min_runs": "min_runs",
+                  "max_runs": "max_runs", "min_seconds": "min_s", "max_seconds": "max_s",
+                  "target_rel_ci": "target_rel_ci"}
+
+
+def add_stopping_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("stopping rule (0 or unset: the agent's default)")
+    g.add_argument("--target-rel-ci", type=float, default=0.0,
+                   help="stop when the median's 95%% CI half-width is below this fraction (default 0.01)")
+    g.add_argument("--max-seconds", type=float, default=0.0, help="time cap of the timed phase (default 30)")
+    g.add_argument("--min-seconds", type=float, default=0.0, help="measure at least this long (default 1)")
+    g.add_argument("--min-runs", type=int, default=0, help="at least this many timed runs (default 10)")
+    g.add_argument("--max-runs", type=int, default=0, help="at most this many timed runs (default 100000)")
+    g.add_argument("--warmup-runs", type=int, default=0, help="warm-up runs at least (default 5)")
+    g.add_argument("--warmup-seconds", type=float, default=0.0, help="warm-up time at least (default 0.5)")
+
+
+def stopping_from(args: argparse.Namespace) -> dict:
+    """The stopping rule the flags give, as StoppingRule fields; a negative value is a usage error."""
+    for flag in STOPPING_FLAGS:
+        if getattr(args, flag) < 0:
+            raise CliError(f"--{flag.replace('_', '-')} must not be negative, got {getattr(args, flag)}", 2)
+    return {field: getattr(args, flag) for flag, field in STOPPING_FLAGS.items() if getattr(args, flag)}
+
+
 def add_credential_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("agent credentials")
     g.add_argument("--token-file", type=existing_file, help="bearer token the agent requires")

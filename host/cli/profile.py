@@ -8,13 +8,8 @@ from pathlib import Path
 
 import grpc
 
-from .common import CliError, add_credential_options, agent_error, credentials_from, existing_file, positive_int
-from .common import print_json
-
-# Command-line flag -> StoppingRule field (0 or absent: the agent's default).
-STOPPING_FLAGS = {"warmup_runs": "warmup_min_runs", "warmup_seconds": "warmup_min_s", "min_runs": "min_runs",
-                  "max_runs": "max_runs", "min_seconds": "min_s", "max_seconds": "max_s",
-                  "target_rel_ci": "target_rel_ci"}
+from .common import CliError, add_credential_options, add_stopping_options, agent_error, credentials_from
+from .common import existing_file, positive_int, print_json, stopping_from
 
 
 def register(sub) -> None:
@@ -37,15 +32,7 @@ def register(sub) -> None:
                                                  "farm mode: from the inventory)")
     p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (default 1; farm mode: from "
                                                                    "the inventory)")
-    g = p.add_argument_group("stopping rule (0 or unset: the agent's default)")
-    g.add_argument("--target-rel-ci", type=float, default=0.0,
-                   help="stop when the median's 95%% CI half-width is below this fraction (default 0.01)")
-    g.add_argument("--max-seconds", type=float, default=0.0, help="time cap of the timed phase (default 30)")
-    g.add_argument("--min-seconds", type=float, default=0.0, help="measure at least this long (default 1)")
-    g.add_argument("--min-runs", type=int, default=0, help="at least this many timed runs (default 10)")
-    g.add_argument("--max-runs", type=int, default=0, help="at most this many timed runs (default 100000)")
-    g.add_argument("--warmup-runs", type=int, default=0, help="warm-up runs at least (default 5)")
-    g.add_argument("--warmup-seconds", type=float, default=0.0, help="warm-up time at least (default 0.5)")
+    add_stopping_options(p)
     f = p.add_argument_group("farm mode")
     f.add_argument("--inventory", type=Path, default=Path("fleetnas.toml"), metavar="FILE",
                    help="farm inventory (default: fleetnas.toml in the working directory)")
@@ -64,13 +51,11 @@ def register(sub) -> None:
 
 
 def _stopping(args: argparse.Namespace) -> dict:
-    return {field: getattr(args, flag) for flag, field in STOPPING_FLAGS.items() if getattr(args, flag)}
+    return stopping_from(args)
 
 
 def run(args: argparse.Namespace) -> int:
-    for flag, field in STOPPING_FLAGS.items():
-        if getattr(args, flag) < 0:
-            raise CliError(f"--{flag.replace('_', '-')} must not be negative, got {getattr(args, flag)}", 2)
+    stopping_from(args)  # a negative value is a usage error in either mode
     if args.device_kind:
         return run_farm(args)
     if args.space or args.sample:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..search.hypervolume import non_dominated
+from ..search.objectives import minimised
 from ..search.run import load_spec, measured_front
 
 
@@ -77,10 +79,13 @@ def _front_figure(objectives, i, j, values, front, predicted) -> bytes:
     if len(predicted):
         ax.scatter(predicted[:, j], predicted[:, i], s=10, marker="x", color="#e39b3b", alpha=0.7,
                    label="predicted front (final predictors)")
-    if len(front):
-        order = np.argsort(front[:, j])
-        ax.step(front[order, j], front[order, i], where="post" if objectives[i].direction == "max" else "pre",
+    if len(values):  # the staircase of this pair alone; with more objectives the front has points off it
+        pair = values[:, [i, j]]
+        pair = pair[non_dominated(minimised(pair, [objectives[i], objectives[j]]))]
+        order = np.argsort(pair[:, 1])
+        ax.step(pair[order, 1], pair[order, 0], where="post" if objectives[i].direction == "max" else "pre",
                 color="#1f5fa8", lw=1.2, alpha=0.6)
+    if len(front):
         ax.scatter(front[:, j], front[:, i], s=36, color="#1f5fa8", zorder=3, label=f"measured front ({len(front)})")
         for k, (x, y) in enumerate(zip(front[:, j], front[:, i])):
             ax.annotate(str(k + 1), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color="#1f5fa8")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .base import (ArtifactRecord, DeviceRecord, EvaluationRecord, MeasurementKey, MeasurementRecord, MetricValue,
-                   NewMeasurement, RunEvent, RunMember, RunRecord, Store, StoreError, StoreLocked, canonical_json,
-                   parse_metric, settings_hash)
+from .base import (ArtifactRecord, CalibrationRecord, DeviceRecord, EvaluationRecord, MeasurementKey,
+                   MeasurementRecord, MetricValue, NewMeasurement, NewReferenceRound, ReferenceRound, RunEvent,
+                   RunMember, RunRecord, Store, StoreError, StoreLocked, canonical_json, parse_metric, settings_hash)
 from .migrations import MIGRATIONS, Migration
 from .sqlite import SqliteStore
 
@@ -32,7 +32,7 @@ def open_store(location: str | Path | None = None, busy_timeout_s: float = 30.0)
     return SqliteStore(Path(location), busy_timeout_s=busy_timeout_s)
 
 
-__all__ = ["DEFAULT_DB", "MIGRATIONS", "ArtifactRecord", "DeviceRecord", "EvaluationRecord", "MeasurementKey",
-           "MeasurementRecord", "MetricValue", "Migration", "NewMeasurement", "RunEvent", "RunMember", "RunRecord",
-           "SqliteStore", "Store", "StoreError", "StoreLocked", "canonical_json", "default_location", "open_store",
-           "parse_metric", "settings_hash"]
+__all__ = ["DEFAULT_DB", "MIGRATIONS", "ArtifactRecord", "CalibrationRecord", "DeviceRecord", "EvaluationRecord",
+           "MeasurementKey", "MeasurementRecord", "MetricValue", "Migration", "NewMeasurement", "NewReferenceRound",
+           "ReferenceRound", "RunEvent", "RunMember", "RunRecord", "SqliteStore", "Store", "StoreError", "StoreLocked",
+           "canonical_json", "default_location", "open_store", "parse_metric", "settings_hash"]

@@ -13,6 +13,8 @@ from typing import Any, Iterable, Sequence
 
 RUN_STATES = ("running", "finished", "failed")
 MEMBER_SOURCES = ("measured", "predicted")
+CALIBRATION_REASONS = ("requested", "drift", "version")
+ROUND_ROLES = ("baseline", "check")
 LATENCY_FIELDS = ("n", "mean", "median", "p90", "p99", "std", "min", "max", "median_ci_low", "median_ci_high",
                   "rel_ci_half_width")
 MEMORY_FIELDS = ("peak_bytes", "baseline_rss_bytes", "peak_rss_bytes", "model_bytes", "runtime_arena_bytes")
@@ -177,6 +179,53 @@ class RunEvent:
     created_at: float
 
 
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """One predictor fit of a space on a device kind (see fleetnas.calibrate)."""
+    id: int
+    space: str
+    device_kind: str
+    runtime: str
+    settings: dict
+    settings_hash: str
+    reason: str          # requested | drift | version
+    result: dict
+    created_at: float
+
+
+@dataclass(frozen=True)
+class NewReferenceRound:
+    """The reference set of a space measured on one agent (see fleetnas.calibrate.drift)."""
+    space: str
+    device_kind: str
+    agent: str
+    device_id: str
+    runtime: str
+    settings_hash: str
+    reference: str       # digest of the reference set
+    role: str            # baseline | check
+    entries: list
+    platform: dict = field(default_factory=dict)
+    verdict: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReferenceRound:
+    id: int
+    space: str
+    device_kind: str
+    agent: str
+    device_id: str
+    runtime: str
+    settings_hash: str
+    reference: str
+    role: str
+    entries: list
+    platform: dict
+    verdict: dict
+    created_at: float
+
+
 MeasurementKey = tuple[str, str, str, str]  # artifact sha256, device kind, runtime, settings hash
 
 
@@ -242,8 +291,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def mark_stale(self, device_kind: str, *, device_id: str | None = None, before: float | None = None,
-                   runtime: str | None = None) -> int:
-        """Marks current measurements of a kind (optionally one device's, or older than `before`) stale."""
+                   runtime: str | None = None, agent: str | None = None) -> int:
+        """Marks current measurements of a kind (optionally one device's or agent's, or older than `before`) stale."""
 
     # evaluations
     @abc.abstractmethod
@@ -281,6 +330,27 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def run_events(self, run_id: int, kind: str | None = None) -> list[RunEvent]: ...
+
+    # calibrations
+    @abc.abstractmethod
+    def add_calibration(self, space: str, device_kind: str, runtime: str, settings: dict, reason: str,
+                        result: dict) -> CalibrationRecord: ...
+
+    @abc.abstractmethod
+    def calibrations(self, space: str | None = None, device_kind: str | None = None) -> list[CalibrationRecord]:
+        """Oldest first."""
+
+    def latest_calibration(self, space: str, device_kind: str) -> CalibrationRecord | None:
+        found = self.calibrations(space, device_kind)
+        return found[-1] if found else None
+
+    @abc.abstractmethod
+    def add_reference_round(self, r: NewReferenceRound) -> ReferenceRound: ...
+
+    @abc.abstractmethod
+    def reference_rounds(self, space: str, device_kind: str, *, agent: str | None = None, role: str | None = None,
+                         settings_hash: str | None = None, reference: str | None = None) -> list[ReferenceRound]:
+        """Oldest first."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

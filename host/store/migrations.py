@@ -99,4 +99,39 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         "CREATE INDEX run_events_by_run ON run_events (run_id, kind, id)",
     )),
+    Migration(2, "calibrations and reference rounds", (
+        # One row per predictor fit of a (space, device kind): why it was made and what came out.
+        """CREATE TABLE calibrations (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            space         TEXT NOT NULL,
+            device_kind   TEXT NOT NULL,
+            runtime       TEXT NOT NULL,
+            settings      TEXT NOT NULL,              -- canonical JSON of the measurement settings fitted on
+            settings_hash TEXT NOT NULL,
+            reason        TEXT NOT NULL CHECK (reason IN ('requested', 'drift', 'version')),
+            result        TEXT NOT NULL DEFAULT '{}', -- JSON: sample, metrics per metric, predictor files, plot,
+                                                      -- rows used and excluded, the evidence that caused it
+            created_at    REAL NOT NULL
+        )""",
+        "CREATE INDEX calibrations_lookup ON calibrations (space, device_kind, id)",
+        # The fixed reference sub-networks of a space measured on one agent, at one time. A check round is
+        # compared with the agent's latest baseline round; a change makes the round the new baseline.
+        """CREATE TABLE reference_rounds (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            space         TEXT NOT NULL,
+            device_kind   TEXT NOT NULL,
+            agent         TEXT NOT NULL,              -- inventory name: drift is judged per agent
+            device_id     TEXT NOT NULL DEFAULT '',
+            runtime       TEXT NOT NULL,
+            settings_hash TEXT NOT NULL,
+            reference     TEXT NOT NULL,              -- digest of the reference set: only equal ones compare
+            role          TEXT NOT NULL CHECK (role IN ('baseline', 'check')),
+            entries       TEXT NOT NULL DEFAULT '[]', -- JSON per reference config: key, ok, median_ms,
+                                                      -- rel_ci_half_width, throttled, runtime_version, measurement_id
+            platform      TEXT NOT NULL DEFAULT '{}', -- JSON: runtime_version, agent_version, os
+            verdict       TEXT NOT NULL DEFAULT '{}', -- JSON: the comparison with the baseline
+            created_at    REAL NOT NULL
+        )""",
+        "CREATE INDEX reference_rounds_lookup ON reference_rounds (space, device_kind, agent, role, id)",
+    )),
 )

@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from .base import (MEMBER_SOURCES, RUN_STATES, ArtifactRecord, DeviceRecord, EvaluationRecord, MeasurementKey,
-                   MeasurementRecord, MetricValue, NewMeasurement, RunEvent, RunMember, RunRecord, Store, StoreError,
-                   StoreLocked, canonical_json, parse_metric)
+from .base import (CALIBRATION_REASONS, MEMBER_SOURCES, ROUND_ROLES, RUN_STATES, ArtifactRecord, CalibrationRecord,
+                   DeviceRecord, EvaluationRecord, MeasurementKey, MeasurementRecord, MetricValue, NewMeasurement,
+                   NewReferenceRound, ReferenceRound, RunEvent, RunMember, RunRecord, Store, StoreError, StoreLocked,
+                   canonical_json, parse_metric, settings_hash)
 from .migrations import MIGRATIONS, Migration
 
 MEASUREMENT_COLUMNS = ("id, device_id, device_kind, agent, artifact, runtime, settings, settings_hash, stats, memory, "
@@ -244,8 +245,8 @@ class SqliteStore(Store):
                 for config, value, mid, device, artifact, created in rows if value is not None]
 
     def mark_stale(self, device_kind: str, *, device_id: str | None = None, before: float | None = None,
-                   runtime: str | None = None) -> int:
-        where, params = _filters(device_kind=device_kind, device_id=device_id, runtime=runtime, stale=0)
+                   runtime: str | None = None, agent: str | None = None) -> int:
+        where, params = _filters(device_kind=device_kind, device_id=device_id, runtime=runtime, agent=agent, stale=0)
         if before is not None:
             where.append("m.created_at < ?")
             params.append(before)
@@ -348,6 +349,43 @@ class SqliteStore(Store):
         return [RunEvent(i, r, k, json.loads(p), t) for i, r, k, p, t in rows]
 
 
+    # ----- calibrations ---------------------------------------------------------------------------
+    def add_calibration(self, space: str, device_kind: str, runtime: str, settings: dict, reason: str,
+                        result: dict) -> CalibrationRecord:
+        if reason not in CALIBRATION_REASONS:
+            raise StoreError(f"a calibration's reason must be one of {', '.join(CALIBRATION_REASONS)}, "
+                             f"got {reason!r}")
+        with self._write() as c:
+            cursor = c.execute("INSERT INTO calibrations (space, device_kind, runtime, settings, settings_hash, "
+                               "reason, result, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                               (space, device_kind, runtime, canonical_json(settings), settings_hash(settings), reason,
+                                canonical_json(result), time.time()))
+        return _calibration(self._read("SELECT * FROM calibrations WHERE id = ?", (cursor.lastrowid,))[0])
+
+    def calibrations(self, space: str | None = None, device_kind: str | None = None) -> list[CalibrationRecord]:
+        where, params = _filters(space=space, device_kind=device_kind)
+        return [_calibration(r) for r in self._read(f"SELECT * FROM calibrations m {_where(where)} ORDER BY id",
+                                                    params)]
+
+    def add_reference_round(self, r: NewReferenceRound) -> ReferenceRound:
+        if r.role not in ROUND_ROLES:
+            raise StoreError(f"a reference round's role must be one of {', '.join(ROUND_ROLES)}, got {r.role!r}")
+        with self._write() as c:
+            cursor = c.execute(
+                """INSERT INTO reference_rounds (space, device_kind, agent, device_id, runtime, settings_hash,
+                       reference, role, entries, platform, verdict, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (r.space, r.device_kind, r.agent, r.device_id, r.runtime, r.settings_hash, r.reference, r.role,
+                 canonical_json(r.entries), canonical_json(r.platform), canonical_json(r.verdict), time.time()))
+        return _round(self._read("SELECT * FROM reference_rounds WHERE id = ?", (cursor.lastrowid,))[0])
+
+    def reference_rounds(self, space: str, device_kind: str, *, agent: str | None = None, role: str | None = None,
+                         settings_hash: str | None = None, reference: str | None = None) -> list[ReferenceRound]:
+        where, params = _filters(space=space, device_kind=device_kind, agent=agent, role=role,
+                                 settings_hash=settings_hash, reference=reference)
+        return [_round(r) for r in self._read(f"SELECT * FROM reference_rounds m {_where(where)} ORDER BY id", params)]
+
+
 # ----- row helpers --------------------------------------------------------------------------------
 def _filters(**equal) -> tuple[list[str], list]:
     where, params = [], []
@@ -378,3 +416,15 @@ def _measurement(row) -> MeasurementRecord:
 def _run(row) -> RunRecord:
     run_id, name, tactic, settings, state, created, updated = row
     return RunRecord(run_id, name, tactic, json.loads(settings), state, created, updated)
+
+
+def _calibration(row) -> CalibrationRecord:
+    cid, space, kind, runtime, settings, shash, reason, result, created = row
+    return CalibrationRecord(cid, space, kind, runtime, json.loads(settings), shash, reason, json.loads(result),
+                             created)
+
+
+def _round(row) -> ReferenceRound:
+    (rid, space, kind, agent, device_id, runtime, shash, reference, role, entries, platform, verdict, created) = row
+    return ReferenceRound(rid, space, kind, agent, device_id, runtime, shash, reference, role, json.loads(entries),
+                          json.loads(platform), json.loads(verdict), created)

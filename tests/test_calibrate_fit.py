@@ -1,0 +1,163 @@
+"""Fitting from the store (throttled rows left out), calibration records, and the command's usage errors.
+
+The measurements here are written through the store's API (no agents): what is tested is what the
+calibration does with them. tests/test_calibrate_live.py measures for real.
+"""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from fleetnas.calibrate import CalibrationError, latest_predictor, refit, training_set, watch
+from fleetnas.cli import main
+from fleetnas.cli.calibrate import duration_s
+from fleetnas.farm import AgentEntry, Farm, Inventory
+from fleetnas.predictors import load_predictor
+from fleetnas.predictors.features import config_features
+from fleetnas.store import NewMeasurement, NewReferenceRound, SqliteStore, StoreError, settings_hash
+from fleetnas.supernets import get_supernet
+
+KIND = "cpu-synthetic"
+SETTINGS = {"runtime": "onnxruntime", "threads": 1, "stopping": {"min_runs": 5}, "seed": 0}
+SUPERNET = get_supernet("demo")
+
+
+def true_latency_ms(config: dict) -> float:
+    """A cost that grows with resolution and depth, as a real sub-network's does."""
+    return 0.01 * config["resolution"] + 0.02 * sum(config[f"depth_s{s}"] for s in (1, 2, 3))
+
+
+def record(store, config, latency_ms, throttled=False, agent="a0", settings=SETTINGS):
+    sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    store.put_artifact(sha, "onnx", 1000, "demo", config)
+    store.record_measurement(NewMeasurement(
+        device_id="dev-1", device_kind=KIND, artifact=sha, runtime=settings["runtime"], settings=settings, ok=True,
+        stats={"median": latency_ms, "rel_ci_half_width": 0.01},
+        memory={"peak_bytes": int(2**20 * (4 + latency_ms)), "measured": True},
+        env={"throttled": throttled}, detail={"runtime_version": "1.32.0"}, agent=agent))
+
+
+@pytest.fixture
+def store(tmp_path):
+    """32 measurements of demo sub-networks, 8 of them taken while throttled (3x slower)."""
+    with SqliteStore(tmp_path / "fleet.db") as s:
+        for i, config in enumerate(SUPERNET.space.latin_hypercube(32, 5)):
+            throttled = i % 4 == 0
+            record(s, config, true_latency_ms(config) * (3.0 if throttled else 1.0), throttled)
+        yield s
+
+
+def test_throttled_measurements_are_left_out_of_fitting_unless_asked(store, tmp_path):
+    configs, y, throttled = training_set(store, "demo", KIND, "onnxruntime", settings_hash(SETTINGS), "latency_ms")
+    assert len(y) == 24 and throttled == 8
+    assert np.allclose(y, [true_latency_ms(c) for c in configs])  # only the honest rows
+    result = refit(store, "demo", KIND, SETTINGS, reason="requested", sample={"n": 32, "seed": 5},
+                   out_dir=tmp_path / "p", models="ridge")
+    fit = result.fits["latency_ms"]
+    assert fit.rows == 24 and fit.excluded_throttled == 8 and fit.model == "ridge"
+    assert load_predictor(fit.predictor_path).training["rows"] == 24
+    everything = refit(store, "demo", KIND, SETTINGS, reason="requested", sample={"n": 32, "seed": 5},
+                       out_dir=tmp_path / "q", models="ridge", include_throttled=True)
+    assert everything.fits["latency_ms"].rows == 32 and everything.fits["latency_ms"].excluded_throttled == 0
+    # the throttled rows are 3x off: fitting on them makes the predictor worse at what the device really does
+    assert everything.fits["latency_ms"].cv_metrics["mape"] > fit.cv_metrics["mape"]
+
+
+def test_a_refit_writes_predictors_and_a_parity_png_and_records_the_calibration(store, tmp_path):
+    result = refit(store, "demo", KIND, SETTINGS, reason="drift", sample={"n": 32, "seed": 5},
+                   out_dir=tmp_path / "p", models="ridge", evidence={"a0": {"median_change": 0.2}})
+    assert result.plot_path == tmp_path / "p" / "demo" / KIND / "parity.png"
+    assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(result.fits) == {"latency_ms", "peak_bytes"}
+    [calibration] = store.calibrations("demo", KIND)
+    assert calibration.id == result.calibration_id and calibration.reason == "drift"
+    assert calibration.settings == SETTINGS and calibration.settings_hash == settings_hash(SETTINGS)
+    assert calibration.result["sample"] == {"n": 32, "seed": 5}
+    assert calibration.result["evidence"] == {"a0": {"median_change": 0.2}}
+    assert calibration.result["metrics"]["latency_ms"]["cv"]["mape"] == pytest.approx(
+        result.fits["latency_ms"].cv_metrics["mape"])
+    predictor = latest_predictor(store, "demo", KIND, "latency_ms")
+    unseen = SUPERNET.space.latin_hypercube(10, 99)
+    X, names = config_features(SUPERNET, unseen)
+    assert predictor.feature_spec["columns"] == names and predictor.feature_spec["device_kind"] == KIND
+    truth = np.array([true_latency_ms(c) for c in unseen])
+    assert np.mean(np.abs(predictor.predict(X) / truth - 1)) < 0.2
+    with pytest.raises(CalibrationError, match="demo has not been calibrated on other-kind"):
+        latest_predictor(store, "demo", "other-kind")
+
+
+def test_too_few_usable_measurements_is_a_clear_error(tmp_path):
+    with SqliteStore(tmp_path / "few.db") as s:
+        for i, config in enumerate(SUPERNET.space.latin_hypercube(5, 1)):
+            record(s, config, true_latency_ms(config), throttled=i < 2)
+        with pytest.raises(CalibrationError, match=r"only 3 usable latency_ms measurements of demo on "
+                                                   r"cpu-synthetic \(2 more left out as throttled\)"):
+            refit(s, "demo", KIND, SETTINGS, reason="requested", sample={"n": 5, "seed": 1},
+                  out_dir=tmp_path / "p")
+
+
+def test_stale_marking_by_agent_and_the_calibration_tables(store):
+    for config in SUPERNET.space.latin_hypercube(3, 77):
+        record(store, config, 1.0, agent="a1")
+    assert store.mark_stale(KIND, agent="a1") == 3
+    assert all(m.agent == "a0" for m in store.measurements(device_kind=KIND))
+    new = NewReferenceRound("demo", KIND, "a0", "dev-1", "onnxruntime", "h" * 64, "digest", "baseline",
+                            [{"key": "k", "ok": True, "median_ms": 1.0}], {"runtime_version": "1.32.0"})
+    first = store.add_reference_round(new)
+    store.add_reference_round(NewReferenceRound(**{**new.__dict__, "role": "check", "verdict": {"drift": False}}))
+    assert [r.role for r in store.reference_rounds("demo", KIND, agent="a0")] == ["baseline", "check"]
+    [baseline] = store.reference_rounds("demo", KIND, role="baseline", reference="digest")
+    assert baseline == first and baseline.entries[0]["median_ms"] == 1.0 and baseline.created_at > 0
+    assert store.reference_rounds("demo", KIND, agent="a1") == []
+    with pytest.raises(StoreError, match="role must be one of baseline, check, got 'spare'"):
+        store.add_reference_round(NewReferenceRound(**{**new.__dict__, "role": "spare"}))
+    with pytest.raises(StoreError, match="reason must be one of requested, drift, version, got 'whim'"):
+        store.add_calibration("demo", KIND, "onnxruntime", SETTINGS, "whim", {})
+
+
+def test_watching_needs_a_calibration_first(store, tmp_path):
+    farm = Farm(Inventory(tmp_path / "f.toml", [AgentEntry("a0", "127.0.0.1:9", KIND)]), store)
+    with pytest.raises(CalibrationError, match="demo has not been calibrated on cpu-synthetic yet: run "
+                                               "`fleetnas calibrate --space demo"):
+        next(watch(farm, farm.store, "demo", KIND, interval_s=0, rounds=1))
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("30s", 30.0), ("10m", 600.0), ("1.5h", 5400.0),
+                                           ("1d", 86400.0), ("0", 0.0)])
+def test_durations(text, seconds):
+    assert duration_s(text) == seconds
+
+
+@pytest.fixture
+def inventory(tmp_path):
+    path = tmp_path / "farm.toml"
+    Inventory(path, [AgentEntry("a0", "127.0.0.1:9", KIND)]).save()  # nobody listens there: nothing may be measured
+    return path
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give --samples N"),
+    (["--samples", "5", "--space", "nb201"], "nb201 is a table-only space"),
+    (["--samples", "5", "--space", "nosuchspace"], "unknown space 'nosuchspace'"),
+    (["--samples", "5", "--device-kind", "gpu"], "no agent of kind 'gpu'"),
+    (["--watch", "--min-runs", "3"], "the stopping rule belongs to a calibration"),
+    (["--watch"], "demo has not been calibrated on cpu-synthetic yet"),
+    (["--samples", "5", "--min-runs", "-1"], "--min-runs must not be negative, got -1"),
+    (["--watch", "--interval", "ten minutes"], "'ten minutes' is not a duration"),
+    (["--watch", "--threshold", "150%"], "must be between 0 and 1"),
+])
+def test_usage_errors_name_the_bad_value(inventory, tmp_path, capsys, args, message):
+    base = ["calibrate", "--space", "demo", "--device-kind", KIND, "--inventory", str(inventory),
+            "--db", str(tmp_path / "x.db")]
+    argv = base + args
+    for flag in ("--space", "--device-kind"):  # a later flag overrides the base's
+        if argv.count(flag) == 2:
+            i = argv.index(flag)
+            del argv[i:i + 2]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    assert code != 0
+    assert message in capsys.readouterr().err

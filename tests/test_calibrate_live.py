@@ -1,0 +1,203 @@
+"""Calibration against a real agent process on 127.0.0.1: the command end to end, quiet rounds, a version
+change, and a real 20 % slowdown (the agent restarted with --test-slowdown 0.2).
+
+One calibration (4 sampled demo sub-networks + the 10 reference configs, measured twice for the baseline)
+is made once for the module; each test works on its own copy of that database. Every measurement spawns
+a child on the agent (~1 s on two cores), so the stopping rule is short and the sample small.
+"""
+import io
+import json
+import logging
+import sqlite3
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents import AgentProcess
+from fleetnas.calibrate import RoundEntry, compare_rounds, latest_predictor, least_per_config, watch
+from fleetnas.cli import main
+from fleetnas.cli.calibrate import format_calibration
+from fleetnas.farm import AgentEntry, Farm, Inventory
+from fleetnas.predictors.features import config_features
+from fleetnas.store import NewReferenceRound, SqliteStore
+from fleetnas.supernets import get_supernet
+
+pytestmark = pytest.mark.slow
+
+KIND, AGENT, SAMPLES = "cpu-demo-1t", "cal-a", 4
+FLAGS = ["--warmup-runs", "2", "--warmup-seconds", "0.01", "--min-runs", "5", "--min-seconds", "0.05",
+         "--max-seconds", "0.3"]
+
+
+@dataclass
+class Calibrated:
+    root: Path
+    agent: AgentProcess
+    inventory: Path
+    db: Path
+    output: dict
+
+    def restart(self, slowdown: float = 0.0) -> None:
+        """The same agent (cache, port, label) again, its timed runs stretched by `slowdown`."""
+        self.agent.stop()
+        args = ["--label", AGENT] + (["--test-slowdown", str(slowdown)] if slowdown else [])
+        self.agent = AgentProcess(self.agent.cache_dir, port=self.agent.port, args=args).start()
+
+    def copy_db(self, folder: Path) -> Path:
+        target = folder / "copy.db"
+        with sqlite3.connect(self.db) as source, sqlite3.connect(target) as copy:
+            source.backup(copy)
+        return target
+
+    def argv(self, db: Path, predictors: Path, *more) -> list[str]:
+        return ["calibrate", "--space", "demo", "--device-kind", KIND, "--inventory", str(self.inventory),
+                "--db", str(db), "--out-dir", str(predictors), *more]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibrate")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FLEETNAS_CACHE_DIR", str(root / "cache"))  # exported sub-networks
+        agent = AgentProcess(root / "agent-cache", args=["--label", AGENT]).start()
+        inventory = root / "farm.toml"
+        Inventory(inventory, [AgentEntry(AGENT, agent.address, KIND)]).save()
+        bench = Calibrated(root, agent, inventory, root / "calibrated.db", {})
+        out = io.StringIO()
+        with redirect_stdout(out):
+            code = main(bench.argv(bench.db, root / "predictors", "--samples", str(SAMPLES), "--json", *FLAGS))
+        assert code == 0, out.getvalue()
+        bench.output = json.loads(out.getvalue())
+        yield bench
+        bench.agent.stop()
+
+
+def test_the_command_measures_fits_and_writes_predictors_and_a_parity_png(calibrated):
+    out = calibrated.output
+    assert out["reason"] == "requested" and out["failed"] == [] and out["from_store"] == 0
+    assert out["measured"] == SAMPLES + 2 * 10 and list(out["baselines"]) == [AGENT]
+    assert set(out["metrics"]) == {"latency_ms", "peak_bytes"}
+    for fit in out["metrics"].values():
+        assert fit["rows"] == SAMPLES + 10 and fit["excluded_throttled"] == 0
+        assert 0 <= fit["cv"]["mape"] < 100 and Path(fit["predictor"]).is_file()
+    assert Path(out["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with SqliteStore(calibrated.db) as store:
+        [calibration] = store.calibrations("demo", KIND)
+        assert calibration.id == out["calibration_id"] and calibration.result["sample"] == {"n": SAMPLES, "seed": 0}
+        assert calibration.settings["stopping"]["min_runs"] == 5
+        [baseline] = store.reference_rounds("demo", KIND, agent=AGENT)
+        assert baseline.role == "baseline" and len(baseline.entries) == 10 and baseline.verdict["rounds"] == 2
+        assert all(e["ok"] and e["median_ms"] > 0 for e in baseline.entries)
+        import onnxruntime
+        assert baseline.platform["runtime_version"] == onnxruntime.__version__
+        assert baseline.platform["agent_version"] and baseline.platform["os"]
+        predictor = latest_predictor(store, "demo", KIND, "latency_ms")
+    supernet = get_supernet("demo")
+    X, _ = config_features(supernet, supernet.space.latin_hypercube(5, 123))
+    assert (predictor.predict(X) > 0).all()
+
+
+def test_quiet_rounds_do_not_fire_live_nor_over_many_rounds_resampled_from_them(calibrated, tmp_path):
+    db = calibrated.copy_db(tmp_path)
+    with Farm.open(calibrated.inventory, db) as farm:
+        reports = list(watch(farm, farm.store, "demo", KIND, interval_s=0, rounds=2, out_dir=tmp_path / "p"))
+        current = farm.store.count_measurements()
+        rounds = farm.store.reference_rounds("demo", KIND, agent=AGENT)
+        history = farm.store.metric_values("demo", KIND, "onnxruntime", include_stale=True)
+    for report in reports:
+        verdict = report.verdicts[AGENT]
+        assert verdict.pairs == 10 and not verdict.changed, verdict.reason
+        assert report.refit is None and report.stale_marked == {}
+    assert current == SAMPLES + 10  # nothing marked stale: the reference rows were only superseded
+    assert [r.role for r in rounds] == ["baseline", "check", "check"]
+    # Many more rounds of this device's own noise: each round draws every reference config's median from
+    # the ones it really measured (4 or more each, disturbed ones included), and is judged as watch does.
+    # (Drawn independently, a config's disturbed value lands in both baseline rounds far more often than it
+    # does live, so this says nothing about detection: test_calibrate_drift and the slowdown test below do.)
+    space = get_supernet("demo").space
+    measured = {}
+    for v in history:
+        measured.setdefault(space.key(v.config), []).append(v.value)
+    keys = [e["key"] for e in rounds[0].entries]
+    assert all(len(measured[k]) >= 4 for k in keys)
+    rng = np.random.default_rng(1)
+
+    def draw():
+        return [RoundEntry(k, True, float(rng.choice(measured[k])), 0.005) for k in keys]
+
+    def drift_found(baseline):
+        now = draw()
+        return compare_rounds(baseline, now).drift and compare_rounds(baseline, least_per_config([now, draw()])).drift
+
+    baselines = [least_per_config([draw(), draw()]) for _ in range(10)]
+    assert sum(drift_found(b) for b in baselines for _ in range(40)) == 0
+
+
+def test_a_runtime_version_change_marks_old_measurements_stale_and_refits(calibrated, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="fleetnas.calibrate")
+    db = calibrated.copy_db(tmp_path)
+    with Farm.open(calibrated.inventory, db) as farm:
+        store = farm.store
+        # As if the baseline had been measured before an onnxruntime upgrade.
+        [real] = store.reference_rounds("demo", KIND, agent=AGENT)
+        old = [{**e, "runtime_version": "1.0.0"} for e in real.entries]
+        store.add_reference_round(NewReferenceRound(
+            "demo", KIND, AGENT, real.device_id, real.runtime, real.settings_hash, real.reference, "baseline", old,
+            {**real.platform, "runtime_version": "1.0.0"}, {"reason": "before the upgrade"}))
+        [report] = watch(farm, farm.store, "demo", KIND, interval_s=0, rounds=1, out_dir=tmp_path / "p")
+        calibrations = store.calibrations("demo", KIND)
+        stale = store.count_measurements(include_stale=True) - store.count_measurements()
+    verdict = report.verdicts[AGENT]
+    assert verdict.version_change == {"runtime_version": ["1.0.0", real.platform["runtime_version"]]}
+    assert not verdict.drift and report.new_baselines == [AGENT]
+    assert report.stale_marked == {AGENT: SAMPLES}  # the sample's rows; the reference rows were just re-measured
+    assert report.refit is not None and report.refit.reason == "version" and report.refit.measured == SAMPLES
+    assert [c.reason for c in calibrations] == ["requested", "version"]
+    assert calibrations[-1].result["evidence"][AGENT]["version_change"]["runtime_version"][0] == "1.0.0"
+    # stale: the calibration's two reference rounds, the first watch round (superseded by its confirmation)
+    # and the sample's rows
+    assert stale == 3 * 10 + SAMPLES and report.refit.fits["latency_ms"].rows == SAMPLES + 10
+    assert f"version change on {AGENT}: runtime_version 1.0.0 → {real.platform['runtime_version']}" in caplog.text
+    assert "refit (version)" in caplog.text
+    assert "calibrated demo on cpu-demo-1t (onnxruntime, version)" in format_calibration(report.refit, SAMPLES)
+    summary = json.loads(json.dumps(report.refit.summary()))
+    assert summary["reason"] == "version" and summary["latency_ms"]["rows"] == SAMPLES + 10
+    assert summary["latency_ms"]["cv_mape_pct"] == pytest.approx(report.refit.fits["latency_ms"].cv_metrics["mape"],
+                                                                 abs=0.01)
+
+
+def test_a_real_20_percent_slowdown_fires_drift_marks_stale_and_refits(calibrated, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="fleetnas.calibrate")
+    db = calibrated.copy_db(tmp_path)
+    calibrated.restart(slowdown=0.2)
+    try:
+        code = main(calibrated.argv(db, tmp_path / "p", "--watch", "--interval", "0", "--rounds", "1", "--json"))
+    finally:
+        calibrated.restart(slowdown=0.0)
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    verdict = report["verdicts"][AGENT]
+    assert verdict["drift"] and verdict["pairs"] == 10 and verdict["p_value"] < 0.01, verdict["reason"]
+    assert 0.12 < verdict["median_change"] < 0.3
+    assert report["stale_marked"] == {AGENT: SAMPLES} and report["refit"]["reason"] == "drift"
+    assert f"drift on {AGENT}: +" in caplog.text and f"marked {SAMPLES} measurements stale" in caplog.text
+    with SqliteStore(db) as store:
+        before, after = store.calibrations("demo", KIND)
+        values = store.metric_values("demo", KIND, "onnxruntime")
+        old = store.metric_values("demo", KIND, "onnxruntime", include_stale=True)
+        [baseline, drifted] = store.reference_rounds("demo", KIND, agent=AGENT, role="baseline")
+    assert after.reason == "drift" and after.result["evidence"][AGENT]["drift"]
+    assert drifted.verdict["baseline_round"] == baseline.id  # the slow rounds are the device's new normal
+    # What the refit learned from is the slowed device: every current row was measured after the change,
+    # about 20 % slower than the least that config measured before it.
+    assert min(v.created_at for v in values) > before.created_at and len(values) == SAMPLES + 10
+    least_before = {}
+    for v in old:
+        if v.created_at < before.created_at:
+            key = json.dumps(v.config, sort_keys=True)
+            least_before[key] = min(v.value, least_before.get(key, np.inf))
+    ratios = [v.value / least_before[json.dumps(v.config, sort_keys=True)] for v in values]
+    assert 1.1 < float(np.median(ratios)) < 1.4

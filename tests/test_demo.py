@@ -1,0 +1,33 @@
+"""The README's main job, end to end at a reduced budget: `fleetnas demo` on a fresh output folder."""
+import sqlite3
+import subprocess
+import sys
+
+
+def demo(out, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fleetnas.cli", "demo", "--out", str(out), "--budget", "12",
+                           "--samples", "6", *extra], capture_output=True, text=True, timeout=900)
+
+
+def count(db, sql: str) -> int:
+    with sqlite3.connect(db) as c:
+        return c.execute(sql).fetchone()[0]
+
+
+def test_demo_runs_the_whole_loop_and_a_second_run_measures_nothing_again(tmp_path):
+    out = tmp_path / "demo"
+    first = demo(out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "best trade-offs" in first.stdout and "report:" in first.stdout
+    db = out / "fleetnas.db"
+    assert count(db, "SELECT COUNT(*) FROM run_members WHERE source = 'measured'") == 12
+    assert count(db, "SELECT COUNT(*) FROM runs WHERE state = 'finished'") == 1
+    assert count(db, "SELECT COUNT(*) FROM calibrations") >= 1
+    measured = count(db, "SELECT COUNT(*) FROM measurements WHERE ok = 1")
+    assert measured >= 12  # every search evaluation and the calibration sample were measured on the agent
+    report = out / "report-1"
+    assert (report / "index.html").read_text().count("data:image/png;base64") >= 3
+    assert (report / "front.csv").read_text().startswith("rank,accuracy,")
+    again = demo(out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert count(db, "SELECT COUNT(*) FROM measurements WHERE ok = 1") == measured  # all from the store
