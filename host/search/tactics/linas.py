@@ -156,9 +156,12 @@ def _seed_sample(session: SearchSession, n: int, seed: int) -> None:
     if session.pool is not None:
         rows = session.pool[np.random.default_rng(seed).choice(len(session.pool), size=n, replace=False)]
     else:
-        rows = space.encode_many(space.latin_hypercube(n, seed))
+        # The two corners (every variable at its first choice, every one at its last) anchor the ends of the
+        # front on super-network spaces, whose choices run from small to large; the rest cover the space.
+        corners = [c for c in (np.zeros(space.n_var, np.int64), space.upper) if space.is_valid(space.decode(c))]
+        rows = np.vstack(corners + [space.encode_many(space.latin_hypercube(n - len(corners), seed))])
     rows = session.fresh(rows)
-    session.evaluate([space.decode(x) for x in rows[:session.remaining]])
+    session.evaluate([space.decode(x) for x in rows[:min(n, session.remaining)]])
 
 
 def _candidates(session: SearchSession, surrogates: Surrogates, algorithm: str, pop_size: int, generations: int,
