@@ -13,42 +13,44 @@ WIDTH, LAYERS = 256, 2
 def reference_model(fmt: str) -> bytes | None:
     """A two-layer 256-wide MLP as .onnx or .tflite bytes; None where this host cannot write that format."""
     if fmt == "onnx":
-        return _onnx_mlp()
+        return onnx_mlp()
     if fmt == "tflite":
         try:
-            return _tflite_mlp()
+            return tflite_mlp()
         except ImportError:  # the TFLite schema ships with ai-edge-litert, an optional extra on the host
             return None
     return None
 
 
-def _weights(rng: np.random.Generator) -> np.ndarray:
-    return (rng.standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)).astype(np.float32)
+def _weights(rng: np.random.Generator, width: int) -> np.ndarray:
+    return (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
 
 
-def _onnx_mlp() -> bytes:
+def onnx_mlp(width: int = WIDTH, layers: int = LAYERS, seed: int = 0, batch: int | str = 1) -> bytes:
+    """MatMul + Relu layers on a [batch, width] float32 input; `batch` may be a symbolic name."""
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     nodes, inits, current = [], [], "input"
-    for i in range(LAYERS):
-        inits.append(numpy_helper.from_array(_weights(rng), f"w{i}"))
+    for i in range(layers):
+        inits.append(numpy_helper.from_array(_weights(rng, width), f"w{i}"))
         nodes += [helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]),
                   helper.make_node("Relu", [f"m{i}"], [f"h{i}"])]
         current = f"h{i}"
     graph = helper.make_graph(nodes, "fleetnas-reference", [helper.make_tensor_value_info(
-        "input", TensorProto.FLOAT, [1, WIDTH])], [helper.make_tensor_value_info(current, TensorProto.FLOAT,
-                                                                                 [1, WIDTH])], inits)
+        "input", TensorProto.FLOAT, [batch, width])], [helper.make_tensor_value_info(current, TensorProto.FLOAT,
+                                                                                     [batch, width])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="fleetnas-reference")
     model.ir_version = 8
     return model.SerializeToString()
 
 
-def _tflite_mlp() -> bytes:
+def tflite_mlp(width: int = WIDTH, layers: int = LAYERS, seed: int = 0, batch: int = 1) -> bytes:
+    """FULLY_CONNECTED + RELU layers on a [batch, width] float32 input, written from the TFLite schema."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as s
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     buffers, tensors, operators = [s.BufferT()], [], []
 
     def tensor(name: str, shape, data: np.ndarray | None = None) -> int:
@@ -65,12 +67,12 @@ def _tflite_mlp() -> bytes:
     code = s.OperatorCodeT()
     code.builtinCode = code.deprecatedBuiltinCode = s.BuiltinOperator.FULLY_CONNECTED
     code.version = 1
-    current = graph_input = tensor("input", [1, WIDTH])
-    for i in range(LAYERS):
+    current = graph_input = tensor("input", [batch, width])
+    for i in range(layers):
         # FULLY_CONNECTED stores weights as [out, in]: the transpose of the ONNX MatMul's [in, out]
-        weights = tensor(f"w{i}", [WIDTH, WIDTH], _weights(rng).T)
-        bias = tensor(f"b{i}", [WIDTH], np.zeros(WIDTH))
-        out = tensor(f"h{i}", [1, WIDTH])
+        weights = tensor(f"w{i}", [width, width], _weights(rng, width).T)
+        bias = tensor(f"b{i}", [width], np.zeros(width))
+        out = tensor(f"h{i}", [batch, width])
         op = s.OperatorT()
         op.opcodeIndex, op.inputs, op.outputs = 0, [current, weights, bias], [out]
         op.builtinOptionsType = s.BuiltinOptions.FullyConnectedOptions
