@@ -72,7 +72,8 @@ class ArtifactCache:
         self.done_dir.mkdir(parents=True, exist_ok=True)
         self.part_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._uploading: set[str] = set()
+        # Uploads in progress, by sha256, with the bytes each will take once complete (its declared size).
+        self._uploading: dict[str, int] = {}
         self._pins: dict[str, int] = {}
         for stray in self.done_dir.glob(".*.tmp"):  # a crash between write and rename
             stray.unlink(missing_ok=True)
@@ -95,6 +96,8 @@ class ArtifactCache:
     def begin(self, header: pb.ArtifactHeader) -> Upload | None:
         """Starts (or resumes) an upload; None when the artifact is already cached."""
         sha = check_sha256(header.sha256)
+        if header.format not in pb.ArtifactFormat.values():
+            raise CacheError("INVALID_ARGUMENT", f"unknown artifact format {header.format}")
         if header.size_bytes == 0:
             raise CacheError("INVALID_ARGUMENT", "size_bytes must be positive: an empty artifact is not a model")
         if header.size_bytes > self.max_artifact_bytes:
@@ -103,32 +106,34 @@ class ArtifactCache:
         if header.size_bytes > self.max_bytes:
             raise CacheError("RESOURCE_EXHAUSTED", f"artifact of {header.size_bytes} bytes cannot fit in a cache "
                                                    f"capped at {self.max_bytes} bytes")
+        part = self.part_dir / f"{sha}.part"
         with self._lock:
             if self.path(sha).exists():
                 self._touch(self.path(sha))
                 return None
             if sha in self._uploading:
                 raise CacheError("ABORTED", f"another upload of {sha} is in progress; retry when it ends")
-            self._uploading.add(sha)
+            have = part.stat().st_size if part.exists() else 0
+            if header.offset_bytes not in (0, have):
+                raise CacheError("FAILED_PRECONDITION", f"resume offset {header.offset_bytes} does not match the "
+                                                        f"{have} bytes received so far; ask HasArtifact again")
+            # Room for the whole artifact is taken now, before its bytes arrive, so that uploads running side
+            # by side cannot together overshoot the cap.
+            self._make_room(header.size_bytes, keep=sha)
+            self._uploading[sha] = header.size_bytes
         try:
-            return self._open_part(sha, header)
+            return self._open_part(sha, header, part)
         except BaseException:
             with self._lock:
-                self._uploading.discard(sha)
+                self._uploading.pop(sha, None)
             raise
 
-    def _open_part(self, sha: str, header: pb.ArtifactHeader) -> Upload:
-        part = self.part_dir / f"{sha}.part"
-        have = part.stat().st_size if part.exists() else 0
-        if header.offset_bytes not in (0, have):
-            raise CacheError("FAILED_PRECONDITION", f"resume offset {header.offset_bytes} does not match the "
-                                                    f"{have} bytes received so far; ask HasArtifact again")
+    def _open_part(self, sha: str, header: pb.ArtifactHeader, part: Path) -> Upload:
         hasher = hashlib.sha256()
         if header.offset_bytes:
             with part.open("rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     hasher.update(block)
-        self._make_room(header.size_bytes - header.offset_bytes, keep=sha)
         # Unbuffered: what has arrived is on disk, so HasArtifact reports the true resume offset.
         handle = part.open("ab" if header.offset_bytes else "wb", buffering=0)
         return Upload(sha, header.size_bytes, header.format, part, hasher, header.offset_bytes, handle)
@@ -138,7 +143,9 @@ class ArtifactCache:
             self.abort(upload, keep_partial=False)
             raise CacheError("INVALID_ARGUMENT", f"upload sent more than the declared {upload.size_bytes} bytes")
         try:
-            upload.handle.write(data)
+            view = memoryview(data)
+            while view:  # an unbuffered write may take fewer bytes than given (a disk filling up): go on
+                view = view[upload.handle.write(view):]
         except OSError as exc:
             self.abort(upload, keep_partial=False)
             if exc.errno == errno.ENOSPC:
@@ -157,6 +164,9 @@ class ArtifactCache:
             if digest != upload.sha256:
                 raise CacheError("INVALID_ARGUMENT", f"sha256 mismatch: declared {upload.sha256}, received {digest}")
             os.fsync(upload.handle.fileno())
+            on_disk = os.fstat(upload.handle.fileno()).st_size
+            if on_disk != upload.size_bytes:
+                raise CacheError("INTERNAL", f"the artifact's file holds {on_disk} of {upload.size_bytes} bytes")
             upload.handle.close()
             with upload.part.open("rb") as f:
                 self._check_format(upload, f.read(64 * 1024))
@@ -183,7 +193,7 @@ class ArtifactCache:
     def _finish(self, upload: Upload) -> None:
         upload.ended = True
         with self._lock:
-            self._uploading.discard(upload.sha256)
+            self._uploading.pop(upload.sha256, None)
 
     @staticmethod
     def _check_format(upload: Upload, head: bytes) -> None:
@@ -194,7 +204,7 @@ class ArtifactCache:
         if found == pb.ARTIFACT_FORMAT_TORCH_SPEC:
             try:
                 spec = json.loads(upload.part.read_text())
-            except (UnicodeDecodeError, ValueError) as exc:
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
                 raise CacheError("INVALID_ARGUMENT", f"a torch spec must be JSON: {exc}") from exc
             if not isinstance(spec, dict) or not {"space", "config"} <= spec.keys():
                 raise CacheError("INVALID_ARGUMENT", 'a torch spec is a JSON object with "space" and "config"')
@@ -217,24 +227,27 @@ class ArtifactCache:
                 if not self._pins[sha256]:
                     del self._pins[sha256]
 
-    def _make_room(self, incoming: int, keep: str) -> None:
-        """Evicts stale partial uploads, then least recently used artifacts, until `incoming` bytes fit."""
-        with self._lock:
-            now = time.time()
-            files = sorted(self._stats(), key=lambda f: f[2])  # oldest use first
-            used = sum(size for _, size, _ in files)
-            for path, size, mtime in files:
-                sha = path.name[:64]
-                stale_part = path.parent == self.part_dir and now - mtime > PARTIAL_MAX_AGE_S
-                if not stale_part and used + incoming <= self.max_bytes:
-                    continue
-                if sha == keep or sha in self._pins or sha in self._uploading:
-                    continue
-                path.unlink(missing_ok=True)
-                used -= size
-            if used + incoming > self.max_bytes:
-                raise CacheError("RESOURCE_EXHAUSTED", f"no room for {incoming} bytes: the cache is capped at "
-                                                       f"{self.max_bytes} bytes and the rest is in use")
+    def _make_room(self, needed: int, keep: str) -> None:
+        """Evicts stale partial uploads, then least recently used artifacts, until `needed` bytes fit.
+
+        Uploads in progress count at their full declared size; `keep`'s own partial file is part of
+        `needed`. Call with self._lock held.
+        """
+        now = time.time()
+        files = [(path, size, mtime) for path, size, mtime in sorted(self._stats(), key=lambda f: f[2])  # LRU first
+                 if not (path.parent == self.part_dir and path.name[:64] in {keep, *self._uploading})]
+        used = sum(self._uploading.values()) + sum(size for _, size, _ in files)
+        for path, size, mtime in files:
+            stale_part = path.parent == self.part_dir and now - mtime > PARTIAL_MAX_AGE_S
+            if not stale_part and used + needed <= self.max_bytes:
+                continue
+            if path.name[:64] in self._pins:
+                continue
+            path.unlink(missing_ok=True)
+            used -= size
+        if used + needed > self.max_bytes:
+            raise CacheError("RESOURCE_EXHAUSTED", f"no room for {needed} bytes: the cache is capped at "
+                                                   f"{self.max_bytes} bytes and the rest is in use")
 
     def _stats(self) -> list[tuple[Path, int, float]]:
         """(path, size, last use) of every cached file; files that vanish meanwhile are skipped."""

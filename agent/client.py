@@ -15,7 +15,13 @@ from .cache import sniff_format
 from .proto import agent_pb2 as pb
 from .proto import agent_pb2_grpc as pb_grpc
 
-CHUNK_BYTES = 1024 * 1024
+# Well under the smallest message limit an agent can be given (--max-message-mb 1): a 1 MiB chunk plus its
+# framing would be refused by such an agent.
+CHUNK_BYTES = 512 * 1024
+# gRPC's refusal when a server already runs as many calls as it allows (an agent: --max-queue + 16). The call
+# never reached the agent's code, so it is safe to send again once others have ended.
+LOAD_SHED = "Concurrent RPC limit exceeded!"
+RETRY_PAUSES_S = (0.1, 0.2, 0.4, 0.8, 1.6)
 
 
 @dataclass(frozen=True)
@@ -70,36 +76,31 @@ class AgentClient:
 
     # ----- simple calls --------------------------------------------------------------------------
     def describe(self) -> pb.DeviceDescription:
-        return self.stub.Describe(pb.DescribeRequest(), timeout=self.timeout_s, metadata=self._metadata)
+        return _retrying(lambda: self.stub.Describe(pb.DescribeRequest(), timeout=self.timeout_s,
+                                                    metadata=self._metadata))
 
     def environment(self) -> pb.EnvironmentSnapshot:
-        return self.stub.Environment(pb.EnvironmentRequest(), timeout=self.timeout_s, metadata=self._metadata)
+        return _retrying(lambda: self.stub.Environment(pb.EnvironmentRequest(), timeout=self.timeout_s,
+                                                       metadata=self._metadata))
 
     def has_artifact(self, sha256: str) -> pb.HasArtifactResponse:
-        return self.stub.HasArtifact(pb.HasArtifactRequest(sha256=sha256), timeout=self.timeout_s,
-                                     metadata=self._metadata)
+        return _retrying(lambda: self.stub.HasArtifact(pb.HasArtifactRequest(sha256=sha256), timeout=self.timeout_s,
+                                                       metadata=self._metadata))
 
     def health(self, service: str = "") -> str:
         stub = health_pb2_grpc.HealthStub(self.channel)
-        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)
+        reply = _retrying(lambda: stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     # ----- artifacts -----------------------------------------------------------------------------
     def put_artifact(self, data: bytes, artifact_format: int = pb.ARTIFACT_FORMAT_UNSPECIFIED,
-                     name: str = "", attempts: int = 5) -> str:
+                     name: str = "") -> str:
         """Sends the artifact unless the agent has it, resuming an interrupted upload; returns its sha256.
 
         ABORTED (another upload of the same artifact is still in flight, e.g. one this host just
         abandoned) is retried with a growing pause: the agent releases it within moments.
         """
-        for attempt in range(attempts):
-            try:
-                return self._put_once(data, artifact_format, name)
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.ABORTED or attempt == attempts - 1:
-                    raise
-                time.sleep(0.1 * 2 ** attempt)
-        raise AssertionError("unreachable")
+        return _retrying(lambda: self._put_once(data, artifact_format, name), also=frozenset({grpc.StatusCode.ABORTED}))
 
     def _put_once(self, data: bytes, artifact_format: int, name: str) -> str:
         sha = sha256_of(data)
@@ -130,6 +131,9 @@ class AgentClient:
         """Measures a cached artifact; `wait_s` bounds the whole call (queueing included)."""
         request = pb.ProfileRequest(artifact_sha256=sha256, runtime=runtime, threads=threads, inputs=inputs,
                                     stopping=stopping or pb.StoppingRule(), seed=seed, timeout_s=timeout_s)
+        return _retrying(lambda: self._profile_once(request, on_progress, wait_s))
+
+    def _profile_once(self, request: pb.ProfileRequest, on_progress, wait_s: float | None) -> pb.ProfileResult:
         events = self.stub.Profile(request, timeout=wait_s, metadata=self._metadata)
         try:
             for event in events:
@@ -140,6 +144,19 @@ class AgentClient:
         finally:
             events.cancel()
         raise grpc.RpcError("the agent ended the profile stream without a result")
+
+
+def _retrying(call: Callable, also: frozenset = frozenset()):
+    """call(), sent again after a growing pause while the agent sheds load (or fails with a code in `also`)."""
+    for pause in (*RETRY_PAUSES_S, None):
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            shed = code == grpc.StatusCode.RESOURCE_EXHAUSTED and exc.details() == LOAD_SHED
+            if pause is None or not (shed or code in also):
+                raise
+            time.sleep(pause)
 
 
 def result_to_dict(result: pb.ProfileResult) -> dict:

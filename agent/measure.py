@@ -46,14 +46,18 @@ class StoppingRule:
         return rule
 
     def validate(self) -> None:
+        for f in fields(self):  # NaN passes every comparison below, and infinity would never stop
+            value = getattr(self, f.name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{f.name} must be a finite number, not negative, got {value}")
         if self.max_runs < self.min_runs:
             raise ValueError(f"max_runs ({self.max_runs}) is below min_runs ({self.min_runs})")
         if self.max_s < self.min_s:
             raise ValueError(f"max_s ({self.max_s}) is below min_s ({self.min_s})")
         if not 0 < self.target_rel_ci < 1:
             raise ValueError(f"target_rel_ci must be in (0, 1), got {self.target_rel_ci}")
-        if self.max_runs > 1_000_000 or self.max_s > 3600:
-            raise ValueError("max_runs is capped at 1,000,000 and max_s at 3600 s")
+        if self.max_runs > 1_000_000 or self.max_s > 3600 or self.warmup_min_s > 3600:
+            raise ValueError("max_runs is capped at 1,000,000, and max_s and warmup_min_s at 3600 s")
 
 
 def median_ci(sorted_ms: np.ndarray) -> tuple[float, float]:

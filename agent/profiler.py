@@ -20,6 +20,7 @@ from collections import deque
 from typing import Callable, Iterator
 
 CHILD_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+AGENT_PID_VAR = "FLEETNAS_AGENT_PID"  # tells the child which process it must not outlive
 
 
 class ProfileError(Exception):
@@ -93,7 +94,8 @@ class DeviceQueue:
 
 def run_child(request: dict, threads: int, timeout_s: float, cancelled: Callable[[], bool]) -> Iterator[dict]:
     """Runs one measurement in a child process; yields its progress dicts, then returns its result dict."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{var: str(threads) for var in CHILD_THREAD_VARS})
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{AGENT_PID_VAR: str(os.getpid())},
+               **{var: str(threads) for var in CHILD_THREAD_VARS})
     with tempfile.TemporaryFile() as stderr:
         child = subprocess.Popen([sys.executable, "-m", "fleetnas_agent.worker"], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=stderr, env=env, start_new_session=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import math
 import time
 from concurrent import futures
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import device
 from .cache import ArtifactCache, CacheError, sniff_format
+from .measure import StoppingRule
 from .profiler import DeviceQueue, ProfileError, run_child
 from .proto import agent_pb2 as pb
 from .proto import agent_pb2_grpc as pb_grpc
@@ -91,13 +93,12 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
                 raise CacheError("INVALID_ARGUMENT", "the first message of an upload must be its header")
             header = first.header
             upload = self.cache.begin(header)
+            if upload is None:  # answered at once: the rest of the stream is not read, so not sent in vain
+                return pb.PutArtifactResponse(sha256=header.sha256, size_bytes=header.size_bytes, already_present=True)
             for chunk in request_iterator:
                 if chunk.WhichOneof("payload") != "data":
                     raise CacheError("INVALID_ARGUMENT", "only data chunks may follow the header")
-                if upload is not None:
-                    self.cache.write(upload, chunk.data)
-            if upload is None:
-                return pb.PutArtifactResponse(sha256=header.sha256, size_bytes=header.size_bytes, already_present=True)
+                self.cache.write(upload, chunk.data)
             self.cache.commit(upload)
             log.info("stored artifact %s (%d bytes)", header.sha256[:12], header.size_bytes)
             return pb.PutArtifactResponse(sha256=header.sha256, size_bytes=header.size_bytes)
@@ -121,10 +122,10 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
                 started = time.time()
                 try:
                     result = yield from self._measure(request, entry, child_request, cancelled)
+                    # Stamped before the lock is released: the next measurement's start comes after it.
+                    result.started_unix_s, result.finished_unix_s = started, time.time()
                 finally:
                     self.queue.release()
-                result.started_unix_s = started
-                result.finished_unix_s = time.time()
                 yield pb.ProfileEvent(result=result)
         except (CacheError, ProfileError) as exc:
             log.warning("profile %s refused: %s: %s", request.artifact_sha256[:12], exc.code, exc)
@@ -145,18 +146,25 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
         if threads > 256:
             raise ProfileError("INVALID_ARGUMENT", f"threads must be at most 256, got {threads}")
         stopping = {f.name: v for f, v in request.stopping.ListFields()}
+        try:  # here, not only in the child: the deadline below depends on it, and a refusal costs no process
+            rule = StoppingRule.from_message(stopping)
+        except (TypeError, ValueError) as exc:
+            raise ProfileError("INVALID_ARGUMENT", f"bad stopping rule: {exc}") from exc
+        if not math.isfinite(request.timeout_s) or request.timeout_s < 0:
+            raise ProfileError("INVALID_ARGUMENT", f"timeout_s must be a finite number, not negative, "
+                                                   f"got {request.timeout_s}")
         child_request = {
             "artifact": str(path), "runtime": entry.name, "threads": threads, "seed": request.seed,
             "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in request.inputs],
             "stopping": stopping, "slowdown": self.config.test_slowdown, "model_bytes": path.stat().st_size,
             # Inputs near free memory would only get the child killed by the OOM killer.
             "max_input_bytes": min(self.config.max_input_bytes, psutil.virtual_memory().available // 4),
+            "timeout_s": request.timeout_s or rule.max_s * 2 + 120,
         }
         return entry, child_request
 
     def _measure(self, request, entry, child_request, cancelled):
-        max_s = request.stopping.max_s or 30.0
-        timeout_s = request.timeout_s or max_s * 2 + 120
+        timeout_s = child_request["timeout_s"]
         before = device.environment()
         out = yield from _relay(run_child(child_request, child_request["threads"], timeout_s, cancelled))
         after = device.environment()
@@ -200,40 +208,51 @@ class TokenAuth(grpc.ServerInterceptor):
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
 
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-
-        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_stream_in = grpc.stream_unary_rpc_method_handler(deny)
-        self._deny_stream_out = grpc.unary_stream_rpc_method_handler(deny)
-        self._deny_stream_both = grpc.stream_stream_rpc_method_handler(deny)
-
     def intercept_service(self, continuation, details):
         if details.method in OPEN_METHODS:
             return continuation(details)
         given = dict(details.invocation_metadata).get("authorization", "")
         if hmac.compare_digest(given.encode(), self._expected):
             return continuation(details)
-        log.warning("refused %s: missing or wrong bearer token", details.method)
-        handler = continuation(details)
-        if handler is None:
-            return self._deny_unary
-        if handler.request_streaming and handler.response_streaming:
-            return self._deny_stream_both
-        if handler.request_streaming:
-            return self._deny_stream_in
-        if handler.response_streaming:
-            return self._deny_stream_out
-        return self._deny_unary
+        return _denial(continuation(details), details.method)
+
+
+def _denial(handler, method: str):
+    """A handler of the same streaming shape that logs who called and answers UNAUTHENTICATED.
+
+    Unknown methods are denied the same way, so that a caller without the token learns nothing.
+    """
+    def deny(request, context):
+        # Logged here rather than in the interceptor: only the call's context knows who called.
+        log.warning("refused %s from %s: missing or wrong bearer token", method, context.peer())
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+    if handler is None or not (handler.request_streaming or handler.response_streaming):
+        return grpc.unary_unary_rpc_method_handler(deny)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny)
+    return grpc.unary_stream_rpc_method_handler(deny)
 
 
 def check_security(config: AgentConfig) -> None:
-    """Refuses to expose an unauthenticated plaintext agent beyond loopback unless told to."""
-    if is_loopback(config.host) or config.insecure:
+    """Refuses to let anyone beyond loopback use the agent without proving who they are, unless told to.
+
+    A caller proves it with the bearer token or a client certificate (mutual TLS). TLS alone only
+    encrypts: it does not tell the farm's host from anyone else on the network.
+    """
+    if config.token is not None and not config.token.strip():
+        raise ValueError("refusing an empty token: it would let anyone in (a token file must hold the token)")
+    if is_loopback(config.host) or config.insecure or config.token is not None:
         return
-    if config.tls_cert is None and config.token is None:
+    if config.tls_cert is None:
         raise ValueError(f"refusing to serve plaintext without a token on {config.host}: give --token-file, "
-                         "--tls-cert/--tls-key, or --insecure to accept the risk")
+                         "--tls-cert/--tls-key with --tls-client-ca, or --insecure to accept the risk")
+    if config.tls_client_ca is None:
+        raise ValueError(f"refusing to serve TLS without client authentication on {config.host}: anyone could "
+                         "use this device; add --tls-client-ca (mutual TLS) or --token-file, or --insecure to "
+                         "accept the risk")
 
 
 def build_server(config: AgentConfig) -> tuple[grpc.Server, int]:
@@ -242,7 +261,7 @@ def build_server(config: AgentConfig) -> tuple[grpc.Server, int]:
     workers = config.max_queued + 16
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes)]
-    interceptors = [TokenAuth(config.token)] if config.token else []
+    interceptors = [TokenAuth(config.token)] if config.token is not None else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent"),
                          interceptors=interceptors, options=options, maximum_concurrent_rpcs=workers)
     pb_grpc.add_ProfilerAgentServicer_to_server(ProfilerAgent(config), server)

@@ -7,20 +7,25 @@ fd 1 itself is pointed at stderr, because runtimes print to it.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
 
 from . import inputs
 from .measure import StoppingRule, measure
+from .profiler import AGENT_PID_VAR
 
 STATUS = Path("/proc/self/status")
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def main() -> int:
+    _bind_to_agent()
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
 
@@ -36,6 +41,27 @@ def main() -> int:
         send("error", {"code": "RESOURCE_EXHAUSTED", "message": "the device ran out of memory"})
     out.flush()
     return 0
+
+
+def _bind_to_agent() -> None:
+    """On Linux: die with the agent, and be the first process the kernel kills when memory runs out.
+
+    The agent kills this process on a deadline or a cancelled request; an agent that is itself killed
+    (SIGKILL, the OOM killer) cleans nothing up, and a hanging model would then hold the device forever.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        Path("/proc/self/oom_score_adj").write_text("1000")  # a model's appetite must not cost the agent
+    except OSError:
+        pass
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    agent = os.environ.get(AGENT_PID_VAR)
+    if agent and os.getppid() != int(agent):  # the agent died before the line above took effect
+        os._exit(1)
 
 
 class Failure(Exception):

@@ -6,6 +6,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -25,20 +26,26 @@ def running_agent(cache_dir: Path, **overrides):
 
 
 class AgentProcess:
-    """`fleetnas-agent serve` in its own process group, so that a test can SIGKILL or SIGSTOP it."""
+    """`fleetnas-agent serve` in its own process group, so that a test can SIGKILL or SIGSTOP it.
 
-    def __init__(self, cache_dir: Path, port: int = 0, args: list[str] = (), env: dict | None = None):
+    `host` is the address it listens on; `wrapper` prefixes the command (e.g. `ip netns exec NAME`).
+    """
+
+    def __init__(self, cache_dir: Path, port: int = 0, args: list[str] = (), env: dict | None = None,
+                 host: str = "127.0.0.1", wrapper: list[str] = ()):
         self.cache_dir, self.args, self.env = cache_dir, list(args), env
-        self.port = port
+        self.port, self.host, self.wrapper = port, host, list(wrapper)
         self.proc: subprocess.Popen | None = None
+        self.log_lines: list[str] = []  # the agent's stderr (its log), read continuously so the pipe never fills
+        self._log_reader: threading.Thread | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 60.0) -> "AgentProcess":
-        cmd = [sys.executable, "-m", "fleetnas_agent.cli", "serve", "--port", str(self.port),
-               "--cache-dir", str(self.cache_dir), "--log-level", "WARNING", *self.args]
+        cmd = [*self.wrapper, sys.executable, "-m", "fleetnas_agent.cli", "serve", "--host", self.host,
+               "--port", str(self.port), "--cache-dir", str(self.cache_dir), "--log-level", "WARNING", *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True, env={**os.environ, **(self.env or {})})
         line = _read_line(self.proc, timeout_s)
@@ -46,7 +53,20 @@ class AgentProcess:
             self.stop()
             raise RuntimeError(f"agent did not start: {line!r} {self.proc.stderr.read()[-2000:]}")
         self.port = int(line.rsplit(":", 1)[1])
+        self._log_reader = threading.Thread(target=self._read_log, args=(self.proc.stderr,), daemon=True)
+        self._log_reader.start()
         return self
+
+    def _read_log(self, stream) -> None:
+        try:
+            for line in stream:
+                self.log_lines.append(line.rstrip("\n"))
+        except ValueError:  # closed by stop()
+            pass
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.log_lines)
 
     def signal(self, sig: int) -> None:
         os.killpg(self.proc.pid, sig)
@@ -64,6 +84,8 @@ class AgentProcess:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+        if self._log_reader is not None:
+            self._log_reader.join(timeout=5)  # the agent has exited: its log reaches end of file
         if self.proc:
             for stream in (self.proc.stdout, self.proc.stderr):
                 stream.close()

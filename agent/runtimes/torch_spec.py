@@ -33,7 +33,10 @@ def find_supernet(space: str):
 class TorchModel:
     def __init__(self, path: str, threads: int):
         torch.set_num_threads(threads)
-        torch.set_num_interop_threads(1)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # already fixed in this process (only possible once, before any parallel work)
+            pass
         with open(path) as f:
             spec = json.load(f)
         supernet = find_supernet(spec["space"])

@@ -293,11 +293,18 @@ class Farm:
 
     def _probe(self, agent: AgentState) -> None:
         """Health check and Describe on a fresh channel; records the device. Sets agent.healthy."""
+        agent.close_client()
+        try:
+            self._connect(agent)
+        finally:
+            # Cleared only now: while its probe runs, the agent still counts as a peer that may serve (see _pick),
+            # so that a job another agent just refused waits for it instead of going straight back to that agent.
+            agent.probe_due = False
+
+    def _connect(self, agent: AgentState) -> None:
         from fleetnas_agent.client import AgentClient
         from google.protobuf import json_format
 
-        agent.close_client()
-        agent.probe_due = False
         try:
             client = AgentClient(agent.entry.address, agent.entry.credentials(agent.base_dir), self.rpc_timeout_s)
         except (InventoryError, OSError, ValueError) as exc:
@@ -374,8 +381,10 @@ class Farm:
         if code not in AGENT_FAULTS | TRANSIENT:
             return self._finish(agent, task, batch, self._failed_job(agent, task, text))
         task.errors.append(text)
+        # Retry on a peer first, even after a passing condition: a full disk or a queue kept full by other
+        # hosts may last, and the same agent would take the job straight back. Only agent faults count against it.
+        task.failed_on.add(agent.name)
         if code in AGENT_FAULTS:
-            task.failed_on.add(agent.name)
             agent.consecutive_failures += 1
             if agent.consecutive_failures >= self.unhealthy_after or not self._answers(agent):
                 self._set_aside(agent, text)

@@ -8,6 +8,7 @@ event (the honest parity plot); the final predicted front is stored as `predicte
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -68,6 +69,8 @@ class StoreRecorder:
         self._values: list[np.ndarray] = []
         self._normaliser: Normaliser | None = None
         self._hv_done = len(store.run_events(run_id, "hypervolume"))
+        # A run killed between storing a batch's predictions and its results predicts that batch again.
+        self._predicted = {_config_key(e.payload["config"]) for e in store.run_events(run_id, "prediction")}
 
     def load(self) -> list[tuple[Config, np.ndarray]]:
         members = self.store.run_members(self.run_id, source="measured")
@@ -82,6 +85,10 @@ class StoreRecorder:
         self._record_hypervolume()
 
     def record_prediction(self, config: Config, mean: np.ndarray, std: np.ndarray) -> None:
+        key = _config_key(config)
+        if key in self._predicted:
+            return
+        self._predicted.add(key)
         self.store.add_run_event(self.run_id, "prediction", {"config": config, "mean": self._named(mean),
                                                              "std": self._named(std)})
 
@@ -109,6 +116,10 @@ class StoreRecorder:
                                                                   "ideal": self._normaliser.ideal.tolist(),
                                                                   "span": self._normaliser.span.tolist()})
         self._hv_done = n
+
+
+def _config_key(config: Config) -> str:
+    return json.dumps(config, sort_keys=True)
 
 
 def start_run(store, spec: RunSpec, name: str | None = None) -> int:
