@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_search.py [--seeds 10] [--budget 200] [--tactics linas,evolutionary,random]
                                                 [--only imagenet16_test] [--out benchmarks/results/search]
+                                                [--jobs 2] [--rerun]
 
 Runs `fleetnas bench search` once per (accuracy, latency) pair, keeps every run's JSON under --out, and
 prints, per pair and tactic, the mean number of real evaluations needed to reach 95 %, 98 % and 99 % of the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 import sys
 from pathlib import Path
 
@@ -66,14 +68,16 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated accuracy columns to run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search")
     parser.add_argument("--rerun", action="store_true", help="run pairs whose JSON already exists")
+    parser.add_argument("--jobs", type=int, default=1, help="pairs run at once (one core each)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     accuracies = [a for a in ACCURACIES if not args.only or a in args.only.split(",")]
     print(f"{'pair':42s} {'tactic':13s} {'to 95% (seeds)':>14s}  {'to 98% (seeds)':>14s}  {'to 99% (seeds)':>14s}"
           f"   HV@100  HV@200")
-    for accuracy in accuracies:
-        for latency in LATENCIES:
-            for line in summarise(run_pair(accuracy, latency, args)):
+    pairs = [(accuracy, latency) for accuracy in accuracies for latency in LATENCIES]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each pair is its own process
+        for path in pool.map(lambda pair: run_pair(*pair, args), pairs):
+            for line in summarise(path):
                 print(line, flush=True)
 
 

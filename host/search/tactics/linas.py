@@ -3,8 +3,8 @@
     1. seed: a Latin-hypercube sample, evaluated for real;
     2. fit one predictor per objective on everything evaluated (model chosen by cross-validation); each
        keeps the ensemble of its cross-validation fold models;
-    3. run an evolutionary algorithm on the predictors for many generations (cheap), keeping every
-       configuration it visits as a candidate;
+    3. run an evolutionary algorithm on the predictors for a few generations from the measured front
+       (cheap), keeping every configuration it visits as a candidate;
     4. choose a batch of unseen candidates by Thompson sampling: for each slot, one ensemble member's
        predictions stand in for the truth, and the candidate with the largest hypervolume improvement over
        the measured front under them is chosen; each choice joins the front at its mean prediction before
@@ -17,6 +17,12 @@ candidates the predictor overrates most — the winner's curse — and on NAS-Be
 improved nothing. Sampling from the ensemble explores where the members disagree and exploits where they
 agree. Averaged over the 12 NAS-Bench-201 accuracy × latency pairs (3 seeds, 100 evaluations, ridge) it
 reached 0.961 of the true front's hypervolume against 0.954 for optimistic (mean − std) selection.
+
+Why few generations: the candidates stay near the measured front, where the predictors were fitted on
+neighbours and are trustworthy — a trust region. On four NAS-Bench-201 pairs (5 seeds, 100 evaluations)
+10 generations reached 0.970 of the true hypervolume, 25 reached 0.963, 50 (population 200) and every
+configuration of the space (all 15,625 predicted) did worse; at 200 evaluations on the two Titan Xp pairs
+10 generations reached 0.989 against 0.986.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ REF = 1.1
 
 
 def run(session: SearchSession, seed: int = 0, n_init: int = 20, batch: int = 10, algorithm: str = "nsga2",
-        pop_size: int = 100, generations: int = 25, models: str | tuple = "auto",
+        pop_size: int = 100, generations: int = 10, models: str | tuple = "auto",
         featurize: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
     space = session.space
     featurize = featurize or Featurizer(space)
