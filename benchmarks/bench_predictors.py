@@ -117,6 +117,26 @@ def noise_floors(data: Path) -> None:
         print(f"  nb201 {column}: {len(constant)} cells whose output cannot depend on the input (no non-none path "
               f"to node 3) measure {np.percentile(v, 10):.3g} / {np.median(v):.3g} / {np.percentile(v, 90):.3g} ms "
               f"(p10 / median / p90); min {v.min():.3g}, max {v.max():.3g}")
+    same_graph_spread(rows, space)
+
+
+def same_graph_spread(rows: list[dict], space) -> None:
+    """Pixel 3 ran converted graphs, and the converter folds what is constant (the input-independent cells
+    above measure microseconds): cells with the same live edges and operations run the same graph, so how far
+    they spread around their group's median is the recording's own noise."""
+    from collections import defaultdict
+
+    from fleetnas.supernets.nb201 import edge_name, live_edges
+    groups = defaultdict(list)
+    for r in rows:
+        config = space.from_key(r["cellstr"])
+        live = live_edges(config)
+        if live:
+            groups[tuple((t, s, config[edge_name(t, s)]) for t, s in live)].append(float(r["lat_ms_pixel3"]))
+    ratios = np.concatenate([np.array(v) / np.median(v) for v in groups.values() if len(v) > 1])
+    shared = sum(len(v) > 1 for v in groups.values())
+    print(f"  nb201 lat_ms_pixel3: {len(ratios)} cells in {shared} groups that run one graph each; within ±10 % of "
+          f"their group's median {np.mean(np.abs(ratios - 1) <= 0.10):.1%}, ±5 % {np.mean(np.abs(ratios - 1) <= 0.05):.1%}")
 
 
 def fit_time(data: Path) -> None:
