@@ -1,6 +1,7 @@
 """Search: hypervolume, objectives, the session's budget and memo, tactics, resumable runs, replay benchmarks."""
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from pymoo.indicators.hv import HV
 from fleetnas.search.hypervolume import Normaliser, hv_curve, hvi_2d, hypervolume, non_dominated
 from fleetnas.search.objectives import Objective, parse_constraint, parse_objective
 from fleetnas.search.replay import ReplayProblem, TableEvaluator, evaluations_to_reach
-from fleetnas.search.run import RunSpec, StoreRecorder, execute_run, measured_front, start_run
+from fleetnas.search.run import RunBusy, RunSpec, StoreRecorder, execute_run, measured_front, run_lease, start_run
 from fleetnas.search.session import BudgetExhausted, SearchSession
 from fleetnas.search.tactics import TACTICS
 from fleetnas.store import open_store
@@ -181,6 +182,18 @@ def test_a_killed_run_resumes_to_the_same_result_without_repeating_an_evaluation
         assert [e.payload["evaluations"] for e in hv] == list(range(1, 37))
         assert store.run_events(run_id, "prediction")  # LINAS kept what it predicted before measuring
         assert store.run_members(run_id, "predicted")
+
+
+def test_a_run_driven_by_another_process_is_refused_until_that_one_stops(tmp_path):
+    with open_store(tmp_path / "l.db") as store:
+        run_id = start_run(store, _spec())
+        evaluator = CountingEvaluator()
+        with run_lease(store, run_id):  # held through its own file description, as another process holds it
+            with pytest.raises(RunBusy, match=f"run {run_id} is being driven by process {os.getpid()}"):
+                execute_run(store, run_id, evaluator)
+        assert evaluator.calls == 0 and store.run_members(run_id, "measured") == []
+        execute_run(store, run_id, evaluator)
+        assert evaluator.calls == 36 and store.run(run_id).state == "finished"
 
 
 def test_constraints_keep_infeasible_points_off_the_front(tmp_path):

@@ -9,7 +9,10 @@ event (the honest parity plot); the final predicted front is stored as `predicte
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -137,19 +140,57 @@ def load_spec(store, run_id: int) -> RunSpec:
 def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int], None] | None = None) -> SearchSession:
     """Runs (or resumes) a stored run to the end of its budget; returns the session."""
     spec = load_spec(store, run_id)
-    recorder = StoreRecorder(store, run_id, spec.parsed_objectives())
-    space = get_supernet(spec.space).space
-    session = SearchSession(space, evaluator, spec.budget, recorder=recorder,
-                            constraints=spec.parsed_constraints(), on_evaluation=on_evaluation)
-    store.set_run_state(run_id, "running")
-    try:
-        get_tactic(spec.tactic)(session, seed=spec.seed, **spec.tactic_settings)
-    except BaseException:
-        store.set_run_state(run_id, "failed")
-        raise
-    recorder.finish()
-    store.set_run_state(run_id, "finished")
+    with run_lease(store, run_id):
+        recorder = StoreRecorder(store, run_id, spec.parsed_objectives())
+        space = get_supernet(spec.space).space
+        session = SearchSession(space, evaluator, spec.budget, recorder=recorder,
+                                constraints=spec.parsed_constraints(), on_evaluation=on_evaluation)
+        store.set_run_state(run_id, "running")
+        try:
+            get_tactic(spec.tactic)(session, seed=spec.seed, **spec.tactic_settings)
+        except BaseException:
+            store.set_run_state(run_id, "failed")
+            raise
+        recorder.finish()
+        store.set_run_state(run_id, "finished")
     return session
+
+
+class RunBusy(ValueError):
+    """Another process is driving this run."""
+
+
+@contextmanager
+def run_lease(store, run_id: int):
+    """Holds an exclusive lock on `<database>.run-<id>.lock` while a run executes, so that two processes
+    resuming one run cannot both spend its budget. The operating system drops the lock when its holder
+    dies, however it dies, so a killed run can be resumed at once. Only for a database file on this machine."""
+    db = getattr(store, "path", None)
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here (Windows): one process per run is then the user's care
+        fcntl = None
+    if fcntl is None or db is None or str(db) == ":memory:":
+        yield
+        return
+    path = Path(f"{db}.run-{run_id}.lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunBusy(f"search run {run_id} is being driven by {holder}; "
+                          f"resume it once that one has stopped") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def measured_front(store, run_id: int) -> tuple[list[Config], np.ndarray, list[Objective]]:
