@@ -186,6 +186,27 @@ def test_tflite_without_its_extra_names_the_extra(small_mbv3, tmp_path):
     assert not (tmp_path / "ofa_mbv3").exists()
 
 
+@pytest.mark.skipif(not any(importlib.util.find_spec(m) for m in ("litert_torch", "ai_edge_torch")),
+                    reason="the tflite-export extra is not installed (large: run where it is)")
+def test_tflite_export_runs_in_litert_like_torch(small_mbv3, tmp_path):
+    interpreter = pytest.importorskip("ai_edge_litert.interpreter")
+    supernet = get_supernet("ofa_mbv3")
+    artifact = export_artifact("ofa_mbv3", small_mbv3, "tflite", cache_dir=tmp_path)
+    assert artifact.format == "tflite" and artifact.path.suffix == ".tflite" and not artifact.meta["from_cache"]
+    again = export_artifact("ofa_mbv3", small_mbv3, "tflite", cache_dir=tmp_path)
+    assert again.meta["from_cache"] and again.sha256 == artifact.sha256
+
+    [array] = _inputs(supernet.input_specs(small_mbv3))
+    torch.manual_seed(0)  # export_artifact's weight seed
+    with torch.no_grad():
+        [want] = _outputs(supernet.build(small_mbv3).eval()(torch.from_numpy(array)))
+    runner = interpreter.Interpreter(model_path=str(artifact.path))
+    runner.allocate_tensors()
+    runner.set_tensor(runner.get_input_details()[0]["index"], array)
+    runner.invoke()
+    _assert_close(runner.get_tensor(runner.get_output_details()[0]["index"]), want)
+
+
 # ----- the CLI -------------------------------------------------------------------------------------------------
 def test_space_list_shows_each_space_with_its_kind(capsys):
     assert cli(["space", "list", "--json"]) == 0
