@@ -5,6 +5,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ SERVICE = pb.DESCRIPTOR.services_by_name["ProfilerAgent"].full_name
 # balancers); everything else, reflection included, needs the token.
 OPEN_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
 MIB = 1024 * 1024
+#: A cancelled upload's stream ends a moment before gRPC reports the cancel; a client that ended its stream
+#: on purpose is still waiting for the answer, so its call cannot end before the agent answers.
+CANCEL_GRACE_S = 0.5
 
 
 @dataclass
@@ -87,6 +91,9 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
 
     def PutArtifact(self, request_iterator, context):
         upload = None
+        call_ended = threading.Event()
+        if not context.add_callback(call_ended.set):
+            call_ended.set()
         try:
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("payload") != "header":
@@ -99,6 +106,9 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
                 if chunk.WhichOneof("payload") != "data":
                     raise CacheError("INVALID_ARGUMENT", "only data chunks may follow the header")
                 self.cache.write(upload, chunk.data)
+            if upload.received < upload.size_bytes and call_ended.wait(CANCEL_GRACE_S):
+                self.cache.abort(upload, keep_partial=True)  # cancelled, not truncated: keep it for a resume
+                return pb.PutArtifactResponse()  # nobody is listening
             self.cache.commit(upload)
             log.info("stored artifact %s (%d bytes)", header.sha256[:12], header.size_bytes)
             return pb.PutArtifactResponse(sha256=header.sha256, size_bytes=header.size_bytes)
