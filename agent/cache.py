@@ -83,11 +83,13 @@ class ArtifactCache:
         return self.done_dir / check_sha256(sha256)
 
     def has(self, sha256: str) -> pb.HasArtifactResponse:
-        path = self.path(sha256)
-        if path.exists():
-            return pb.HasArtifactResponse(present=True, size_bytes=path.stat().st_size)
-        part = self.part_dir / f"{sha256}.part"
-        return pb.HasArtifactResponse(resume_offset_bytes=part.stat().st_size if part.exists() else 0)
+        # Without the lock, files come and go while we look: the partial is looked at first, so that one
+        # committed meanwhile is then found in place, and a file gone between two looks counts as absent.
+        offset = _size(self.part_dir / f"{sha256}.part") or 0
+        size = _size(self.path(sha256))
+        if size is not None:
+            return pb.HasArtifactResponse(present=True, size_bytes=size)
+        return pb.HasArtifactResponse(resume_offset_bytes=offset)
 
     def used_bytes(self) -> int:
         return sum(size for _, size, _ in self._stats())
@@ -113,7 +115,7 @@ class ArtifactCache:
                 return None
             if sha in self._uploading:
                 raise CacheError("ABORTED", f"another upload of {sha} is in progress; retry when it ends")
-            have = part.stat().st_size if part.exists() else 0
+            have = _size(part) or 0
             if header.offset_bytes not in (0, have):
                 raise CacheError("FAILED_PRECONDITION", f"resume offset {header.offset_bytes} does not match the "
                                                         f"{have} bytes received so far; ask HasArtifact again")
@@ -265,6 +267,13 @@ class ArtifactCache:
     @staticmethod
     def _touch(path: Path) -> None:
         os.utime(path)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def _fsync_dir(directory: Path) -> None:
