@@ -25,6 +25,7 @@ import numpy as np
 from fleetnas.store import NewReferenceRound, Store
 from fleetnas.store.base import CALIBRATION_REASONS
 
+from ..predictors.metrics import json_safe
 from .drift import DEFAULT_ALPHA, RoundEntry, least_per_config, min_pairs
 from .reference import ReferenceSet, reference_set
 
@@ -323,7 +324,7 @@ def refit(store: Store, space_id: str, device_kind: str, settings: dict, *, reas
     body = {k: v for k, v in result.to_dict().items()
             if k not in ("calibration_id", "space", "device_kind", "runtime", "settings_hash", "reason")}
     record = store.add_calibration(space_id, device_kind, settings["runtime"], settings, reason,
-                                   {**body, "sample": sample, "evidence": _json_ready(evidence or {})})
+                                   {**body, "sample": sample, "evidence": json_safe(evidence or {})})
     return dataclasses.replace(result, calibration_id=record.id)
 
 
@@ -357,7 +358,7 @@ def _fit_metric(supernet, metric: str, data: _Stored, folder: Path, models, seed
     path = predictor_path(folder, space_id, kind, metric)
     path.parent.mkdir(parents=True, exist_ok=True)
     predictor.save(path)
-    cv = _json_ready({k: predictor.cv_metrics[k] for k in CV_FIGURES})
+    cv = json_safe({k: predictor.cv_metrics[k] for k in CV_FIGURES})
     fit = MetricFit(metric, len(y), throttled, predictor.model_name, predictor.log_target, cv, path)
     return fit, (y, predictor.out_of_fold)
 
@@ -375,14 +376,3 @@ def latest_predictor(store: Store, space_id: str, device_kind: str, metric: str 
         raise CalibrationError(f"calibration {calibration.id} has no {metric} predictor; it has "
                                f"{', '.join(calibration.result['metrics'])}")
     return load_predictor(fit["predictor"])
-
-
-def _json_ready(value):
-    """NaN (e.g. Kendall's tau of a constant) as null: the store keeps strict JSON."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    return value

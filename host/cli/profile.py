@@ -50,10 +50,6 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
-def _stopping(args: argparse.Namespace) -> dict:
-    return stopping_from(args)
-
-
 def run(args: argparse.Namespace) -> int:
     stopping_from(args)  # a negative value is a usage error in either mode
     if args.device_kind:
@@ -70,7 +66,7 @@ def run_single(args: argparse.Namespace, model: Path) -> int:
     from fleetnas_agent.client import AgentClient, result_to_dict
     from fleetnas_agent.proto import agent_pb2 as pb
 
-    stopping = pb.StoppingRule(**_stopping(args))
+    stopping = pb.StoppingRule(**stopping_from(args))
     with AgentClient(args.agent, credentials_from(args)) as client:
         try:
             sha = client.put_file(model)
@@ -153,12 +149,12 @@ def run_farm(args: argparse.Namespace) -> int:
     try:
         with farm:
             if configs is not None:
-                results = farm.measure(configs, args.device_kind, space=space, stopping=_stopping(args),
+                results = farm.measure(configs, args.device_kind, space=space, stopping=stopping_from(args),
                                        remeasure=args.remeasure)
                 names = keys
             else:
                 artifacts = [ArtifactSource.from_file(path) for path in args.model]
-                results = farm.measure_artifacts(artifacts, args.device_kind, stopping=_stopping(args),
+                results = farm.measure_artifacts(artifacts, args.device_kind, stopping=stopping_from(args),
                                                  remeasure=args.remeasure)
                 names = [str(path) for path in args.model]
     except (FarmError, StoreError, JobError, InventoryError) as exc:

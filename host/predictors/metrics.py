@@ -1,6 +1,8 @@
 """Accuracy figures of a predictor: the same five everywhere (CV, benchmarks, reports)."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -35,3 +37,15 @@ def regression_metrics(y_true, y_pred) -> dict[str, float]:
         "rmse": float(np.sqrt(np.mean(error ** 2))),
         "kendall_tau": tau,
     }
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities (e.g. Kendall's tau of a constant) as null, in nested dicts and lists: metrics
+    kept as strict JSON in predictor files and in the store."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

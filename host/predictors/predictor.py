@@ -32,11 +32,11 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .metrics import regression_metrics
+from .metrics import json_safe, regression_metrics
 from .models import FAMILIES, GRIDS, Model, fit_model
 
 FORMAT = "fleetnas-predictor"
@@ -97,7 +97,7 @@ class Predictor:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model_name,
                 "params": self.params, "log_target": self.log_target, "feature_spec": self.feature_spec,
-                "training": self.training, "cv_metrics": _json_safe(self.cv_metrics),
+                "training": self.training, "cv_metrics": json_safe(self.cv_metrics),
                 "final": self.final.to_dict(), "members": [m.to_dict() for m in self.members]}
 
     def save(self, path) -> Path:
@@ -261,13 +261,3 @@ def _folds(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
         raise ValueError(f"cv needs at least 2 folds, got {k}")
     parts = np.array_split(np.random.default_rng(seed).permutation(n), min(k, n))
     return [(np.sort(np.concatenate(parts[:i] + parts[i + 1:])), np.sort(part)) for i, part in enumerate(parts)]
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value

@@ -8,7 +8,6 @@ event (the honest parity plot); the final predicted front is stored as `predicte
 """
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..store import canonical_json
 from ..supernets import Config, get_supernet
 from .hypervolume import Normaliser, hypervolume, non_dominated
 from .objectives import Constraint, Objective, minimised, parse_constraint, parse_objective
@@ -73,7 +73,7 @@ class StoreRecorder:
         self._normaliser: Normaliser | None = None
         self._hv_done = len(store.run_events(run_id, "hypervolume"))
         # A run killed between storing a batch's predictions and its results predicts that batch again.
-        self._predicted = {_config_key(e.payload["config"]) for e in store.run_events(run_id, "prediction")}
+        self._predicted = {canonical_json(e.payload["config"]) for e in store.run_events(run_id, "prediction")}
 
     def load(self) -> list[tuple[Config, np.ndarray]]:
         members = self.store.run_members(self.run_id, source="measured")
@@ -88,7 +88,7 @@ class StoreRecorder:
         self._record_hypervolume()
 
     def record_prediction(self, config: Config, mean: np.ndarray, std: np.ndarray) -> None:
-        key = _config_key(config)
+        key = canonical_json(config)
         if key in self._predicted:
             return
         self._predicted.add(key)
@@ -119,10 +119,6 @@ class StoreRecorder:
                                                                   "ideal": self._normaliser.ideal.tolist(),
                                                                   "span": self._normaliser.span.tolist()})
         self._hv_done = n
-
-
-def _config_key(config: Config) -> str:
-    return json.dumps(config, sort_keys=True)
 
 
 def start_run(store, spec: RunSpec, name: str | None = None) -> int:
