@@ -165,3 +165,58 @@ def test_space_features_columns():
         space_features(space, X_int, np.ones((3, 2)))
     with pytest.raises(ValueError, match="6 columns"):
         space_features(space, X_int[:, :4])
+
+
+# ----- feature views ---------------------------------------------------------------------------------------
+def _drowned(n=120, noise_columns=150, seed=0):
+    """y depends on 3 'analytic' columns; 150 one-hot-like noise columns come first and drown them."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 2, (n, noise_columns)).astype(float)
+    signal = rng.uniform(1, 10, (n, 3))
+    X = np.hstack([noise, signal])
+    names = [f"edge={i}" for i in range(noise_columns)] + ["analytic:macs", "analytic:params", "count(a+b)=x"]
+    return X, 2.0 + signal @ np.array([1.0, 0.5, 2.0]), names
+
+
+def test_views_let_cross_validation_drop_drowning_columns(tmp_path):
+    from fleetnas.predictors.features import feature_views
+
+    X, y, names = _drowned(n=160)
+    views = feature_views(names)
+    assert views["compact"] == [150, 151, 152] and views["all"] == list(range(153))
+    p = fit_predictor(X[:80], y[:80], models="svr", log_target=False, views=views)
+    assert p.feature_spec["view"] == "compact" and p.columns == [150, 151, 152]
+    assert {s["view"] for s in p.cv_metrics["selection"]} == {"all", "compact"}
+    plain = fit_predictor(X[:80], y[:80], models="svr", log_target=False)
+    assert plain.columns is None and "view" not in plain.feature_spec
+    error = regression_metrics(y[80:], p.predict(X[80:]))["mape"]
+    assert error < regression_metrics(y[80:], plain.predict(X[80:]))["mape"] / 2
+    # The file keeps the columns: the loaded predictor takes the full rows and predicts the same.
+    q = load_predictor(p.save(tmp_path / "p.json"))
+    assert q.columns == [150, 151, 152]
+    np.testing.assert_array_equal(q.predict(X[80:]), p.predict(X[80:]))
+    with pytest.raises(ValueError, match="153 features per row"):
+        q.predict(X[80:, 150:])
+
+
+def test_feature_views_need_analytic_columns_and_valid_indices():
+    from fleetnas.predictors.features import feature_views
+
+    assert feature_views(["edge=a", "edge=b", "count(e1+e2)=a"]) is None          # nothing analytic
+    assert feature_views(["analytic:macs", "count(e1+e2)=a"]) is None            # compact is everything
+    X, y, _ = _drowned(n=40)
+    with pytest.raises(ValueError, match="feature view 'bad' must name columns 0..152"):
+        fit_predictor(X, y, models="ridge", views={"bad": [0, 153]})
+    with pytest.raises(ValueError, match="feature view 'empty'"):
+        fit_predictor(X, y, models="ridge", views={"empty": []})
+
+
+def test_fbnet_kernel_features_add_up_to_the_analytic_macs():
+    fbnet = get_supernet("fbnet")
+    config = fbnet.space.sample(1, rng=3)[0]
+    features = fbnet.predictor_features(config)
+    layer_macs = sum(features[k] for k in features if k.endswith(("_pointwise_macs", "_depthwise_macs")))
+    assert layer_macs == pytest.approx(sum(features[f"stage{s}_macs"] for s in range(7)))
+    used = {config[n] for n in fbnet.space.names}
+    for op in ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6"):
+        assert (features[f"{op}_depthwise_macs"] > 0) == (op in used)

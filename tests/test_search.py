@@ -146,7 +146,8 @@ def test_linas_beats_random_search_on_a_known_trade_off(problem):
     linas = [problem.run("linas", s, budget, models="ridge", generations=15)["hv"][-1] for s in range(2)]
     rand = [problem.run("random", s, budget)["hv"][-1] for s in range(2)]
     assert min(linas) > max(rand)
-    assert np.mean(linas) > 0.97
+    # Random search reaches 0.91-0.94 of the true hypervolume at this budget (seeds 0-3).
+    assert np.mean(linas) > 0.96
 
 
 def test_replay_counts_evaluations_to_reach_a_fraction():

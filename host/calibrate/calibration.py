@@ -340,7 +340,7 @@ class _Stored(NamedTuple):
 def _fit_metric(supernet, metric: str, data: _Stored, folder: Path, models, seed: int):
     """(MetricFit, (measured, out-of-fold predicted)) of one metric; the predictor is saved under `folder`."""
     from ..predictors import fit_predictor
-    from ..predictors.features import config_features
+    from ..predictors.features import config_features, feature_views
 
     space_id, kind = supernet.id, data.device_kind
     configs, y, throttled = training_set(data.store, space_id, kind, data.runtime, data.settings_hash, metric,
@@ -352,7 +352,7 @@ def _fit_metric(supernet, metric: str, data: _Stored, folder: Path, models, seed
     spec = {"space": space_id, "features": "config_features", "columns": names, "metric": metric,
             "device_kind": kind, "runtime": data.runtime, "settings_hash": data.settings_hash}
     try:
-        predictor = fit_predictor(X, y, models=models, seed=seed, feature_spec=spec)
+        predictor = fit_predictor(X, y, models=models, seed=seed, feature_spec=spec, views=feature_views(names))
     except ValueError as exc:
         raise CalibrationError(f"cannot fit the {metric} predictor: {exc}") from None
     path = predictor_path(folder, space_id, kind, metric)

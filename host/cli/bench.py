@@ -47,6 +47,7 @@ def run_predictor(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..predictors import FAMILIES, fit_predictor, regression_metrics
+    from ..predictors.features import feature_views
 
     if args.space and not args.key:
         raise CliError("--space needs --key (the column(s) that name each row's config)", 2)
@@ -62,6 +63,7 @@ def run_predictor(args: argparse.Namespace) -> int:
     if args.cv < 2:
         raise CliError(f"--cv needs at least 2 folds, got {args.cv}", 2)
     table, X, keys, spec = _table_features(args)
+    views = feature_views(spec["columns"]) if spec["kind"] == "space" else None
     log_target = {"auto": None, "yes": True, "no": False}[args.log_target]
     too_big = [n for n in args.train_size if n > len(keys) - 1]
     if too_big:
@@ -79,12 +81,12 @@ def run_predictor(args: argparse.Namespace) -> int:
                 train, test = order[:size], order[size:]
                 try:
                     predictor = fit_predictor(X[train], y[train], models=models, log_target=log_target, cv=args.cv,
-                                              seed=seed, feature_spec={**spec, "target": target})
+                                              seed=seed, feature_spec={**spec, "target": target}, views=views)
                 except ValueError as exc:
                     raise CliError(f"{target}, {size} rows, seed {seed}: {exc}") from None
                 predicted = predictor.predict(X[test])
                 runs.append({"target": target, "train_size": size, "seed": seed, "model": predictor.model_name,
-                             "log_target": predictor.log_target, "fit_seconds": predictor.cv_metrics["fit_seconds"],
+                             "log_target": predictor.log_target, "view": predictor.feature_spec.get("view", "all"), "fit_seconds": predictor.cv_metrics["fit_seconds"],
                              "fit_cpu_seconds": predictor.cv_metrics["fit_cpu_seconds"],
                              "keys": [keys[i] for i in test], "y_true": y[test].tolist(), "y_pred": predicted.tolist(),
                              "metrics": regression_metrics(y[test], predicted)})
@@ -133,7 +135,7 @@ def _progress(run: dict) -> None:
 
     m = run["metrics"]
     print(f"{run['target']}  n={run['train_size']}  seed {run['seed']}: {run['model']}"
-          f"{' (log)' if run['log_target'] else ''}  within ±10 % {m['within_10']:.1%}  "
+          f"{' (log)' if run['log_target'] else ''}{' on ' + run['view'] + ' features' if run['view'] != 'all' else ''}  within ±10 % {m['within_10']:.1%}  "
           f"MAPE {m['mape']:.2f} %  fit {run['fit_seconds']:.2f} s ({run['fit_cpu_seconds']:.2f} s CPU)", file=sys.stderr, flush=True)
 
 

@@ -12,6 +12,8 @@ File format (JSON, UTF-8; never pickle). Top-level object:
     params          its hyper-parameters
     log_target      true when the model predicts log(y) (predictions are exp'd back)
     feature_spec    what the caller said the columns are (e.g. space id + column names), plus n_features
+    columns         indices of the feature columns the model reads (a view chosen by cross-validation),
+                    or null for all of them
     training        {"rows": n, "sha256": hex of the float64 bytes of X (C order) followed by those of y}
     cv_metrics      out-of-fold regression metrics of the chosen model, and "selection": every candidate tried
     final           the model fitted on all rows                 (a model object, below)
@@ -45,8 +47,10 @@ FORMAT_VERSION = 1
 
 class Predictor:
     def __init__(self, final: Model, members: Sequence[Model], *, params: dict, log_target: bool,
-                 feature_spec: dict, training: dict, cv_metrics: dict, out_of_fold: np.ndarray | None = None):
+                 feature_spec: dict, training: dict, cv_metrics: dict, columns: Sequence[int] | None = None,
+                 out_of_fold: np.ndarray | None = None):
         self.final, self.members = final, list(members)
+        self.columns = None if columns is None else [int(c) for c in columns]
         self.params, self.log_target = params, log_target
         self.feature_spec, self.training, self.cv_metrics = feature_spec, training, cv_metrics
         # The chosen model's cross-validated prediction of each training row (what cv_metrics scored), for
@@ -91,12 +95,13 @@ class Predictor:
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         if X.shape[1] != self.n_features:
             raise ValueError(f"this predictor takes {self.n_features} features per row, got {X.shape[1]}")
-        return X
+        return X if self.columns is None else X[:, self.columns]
 
     # ----- files ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model_name,
                 "params": self.params, "log_target": self.log_target, "feature_spec": self.feature_spec,
+                "columns": self.columns,
                 "training": self.training, "cv_metrics": json_safe(self.cv_metrics),
                 "final": self.final.to_dict(), "members": [m.to_dict() for m in self.members]}
 
@@ -116,7 +121,7 @@ class Predictor:
                              f"(this FleetNAS reads version {FORMAT_VERSION})")
         return cls(Model.from_dict(d["final"]), [Model.from_dict(m) for m in d["members"]], params=d["params"],
                    log_target=bool(d["log_target"]), feature_spec=d["feature_spec"], training=d["training"],
-                   cv_metrics=d["cv_metrics"])
+                   cv_metrics=d["cv_metrics"], columns=d.get("columns"))
 
 
 def load_predictor(path) -> Predictor:
@@ -139,7 +144,8 @@ def training_fingerprint(X: np.ndarray, y: np.ndarray) -> dict:
 
 # ----- fitting ----------------------------------------------------------------------------------------
 def fit_predictor(X, y, *, models: Sequence[str] | str = "auto", log_target: bool | None = None, cv: int = 5,
-                  seed: int = 0, ensemble: int = 5, feature_spec: dict | None = None) -> Predictor:
+                  seed: int = 0, ensemble: int = 5, feature_spec: dict | None = None,
+                  views: dict[str, Sequence[int]] | None = None) -> Predictor:
     """Chooses the model family and hyper-parameters with the lowest out-of-fold error and refits it.
 
     models      families to try ("auto" = all of ridge, svr, lgbm, mlp)
@@ -148,6 +154,7 @@ def fit_predictor(X, y, *, models: Sequence[str] | str = "auto", log_target: boo
     cv          folds for the selection (at least 2; fewer when there are fewer rows)
     ensemble    members kept for predict_dist's std: the chosen model's fold models when ensemble == cv,
                 else that many fold models of an extra k-fold fit (0 or 1: no spread)
+    views       named column subsets to choose among as well (`features.feature_views`); None: all columns
     The selection scores MAPE when every y > 0, else RMSE (see `_race` for how it stays fast).
     """
     from threadpoolctl import threadpool_limits
@@ -155,10 +162,10 @@ def fit_predictor(X, y, *, models: Sequence[str] | str = "auto", log_target: boo
     # One BLAS thread: small matrices gain nothing from more, and the search loop shares 2 cores.
     with threadpool_limits(limits=1):
         return _fit_predictor(X, y, models=models, log_target=log_target, cv=cv, seed=seed, ensemble=ensemble,
-                              feature_spec=feature_spec)
+                              feature_spec=feature_spec, views=views)
 
 
-def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec) -> Predictor:
+def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec, views) -> Predictor:
     started, started_cpu = time.perf_counter(), time.process_time()
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     y = np.asarray(y, dtype=np.float64).ravel()
@@ -168,15 +175,19 @@ def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec
     if log_target and not positive:
         raise ValueError("log_target needs every y > 0")
     logs = [False, True] if log_target is None and positive else [bool(log_target)]
-    candidates = [(family, params, log) for family in families for log in logs for params in GRIDS[family]]
+    views = _check_views(views, X.shape[1])
+    candidates = [(family, params, log, view) for view in views for family in families for log in logs
+                  for params in GRIDS[family]]
     folds = _folds(len(y), cv, seed)
-    winner, selection = _race(candidates, folds, X, y, "mape" if positive else "rmse", seed)
-    family, params, log = candidates[winner.index]
-    final = fit_model(family, params, X, np.log(y) if log else y, seed)
+    winner, selection = _race(candidates, folds, X, y, views, "mape" if positive else "rmse", seed)
+    family, params, log, view = candidates[winner.index]
+    columns = views[view]
+    Xv = X if columns is None else X[:, columns]
+    final = fit_model(family, params, Xv, np.log(y) if log else y, seed)
     if ensemble == len(folds):
         members = winner.models
     elif ensemble >= 2:
-        members = [fit_model(family, params, X[train], np.log(y[train]) if log else y[train], seed)
+        members = [fit_model(family, params, Xv[train], np.log(y[train]) if log else y[train], seed)
                    for train, _ in _folds(len(y), ensemble, seed + 1)]
     else:
         members = []
@@ -185,8 +196,11 @@ def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec
     cv_metrics = {**regression_metrics(y, winner.out_of_fold), "folds": len(folds),
                   "selection_score": "mape" if positive else "rmse", "selection": selection,
                   "fit_seconds": time.perf_counter() - started, "fit_cpu_seconds": time.process_time() - started_cpu}
+    if len(views) > 1:
+        spec["view"] = view
     return Predictor(final, members, params=dict(params), log_target=log, feature_spec=spec,
-                     training=training_fingerprint(X, y), cv_metrics=cv_metrics, out_of_fold=winner.out_of_fold)
+                     training=training_fingerprint(X, y), cv_metrics=cv_metrics, columns=columns,
+                     out_of_fold=winner.out_of_fold)
 
 
 #: After each fold, candidates whose mean fold score is worse than the best's by more than this factor stop.
@@ -202,19 +216,21 @@ class _Entry:
         return float(np.mean(self.scores))
 
 
-def _race(candidates, folds, X, y, metric: str, seed: int):
+def _race(candidates, folds, X, y, views: dict, metric: str, seed: int):
     """K-fold cross-validation as a race: every candidate sees the first fold, and only those within
     RACE_MARGIN of the leader go on to the next. All see the same folds, so the comparison is paired and
     a clearly worse model (often the slow ones) stops after one fit instead of k."""
     entries = [_Entry(i, len(y)) for i in range(len(candidates))]
     alive = entries
     targets = {False: y, True: np.log(y) if (y > 0).all() else None}
+    viewed = {name: X if columns is None else X[:, columns] for name, columns in views.items()}
     for k, (train, test) in enumerate(folds):
         for entry in alive:
-            family, params, log = candidates[entry.index]
-            model = fit_model(family, params, X[train], targets[log][train], seed)
+            family, params, log, view = candidates[entry.index]
+            Xv = viewed[view]
+            model = fit_model(family, params, Xv[train], targets[log][train], seed)
             with np.errstate(over="ignore"):
-                predicted = np.exp(model.predict(X[test])) if log else model.predict(X[test])
+                predicted = np.exp(model.predict(Xv[test])) if log else model.predict(Xv[test])
             entry.models.append(model)
             entry.out_of_fold[test] = predicted
             entry.scores.append(_fold_score(y[test], predicted, metric))
@@ -225,7 +241,8 @@ def _race(candidates, folds, X, y, metric: str, seed: int):
     if not np.isfinite(winner.score):
         raise ValueError("no candidate model gave finite predictions; check X and y for extreme values")
     selection = [{"model": candidates[e.index][0], "params": candidates[e.index][1],
-                  "log_target": candidates[e.index][2], "folds": len(e.scores), metric: e.score} for e in entries]
+                  "log_target": candidates[e.index][2], "view": candidates[e.index][3], "folds": len(e.scores),
+                  metric: e.score} for e in entries]
     return winner, selection
 
 
@@ -245,6 +262,20 @@ def _families(models) -> list[str]:
     if unknown or not families:
         raise ValueError(f"unknown model {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(FAMILIES)} or 'auto'")
     return families
+
+
+def _check_views(views, n_features: int) -> dict[str, list[int] | None]:
+    """{name: column indices}; a view of every column is kept as None (no copy of X)."""
+    if not views:
+        return {"all": None}
+    checked = {}
+    for name, columns in views.items():
+        columns = [int(c) for c in columns]
+        if not columns or min(columns) < 0 or max(columns) >= n_features:
+            raise ValueError(f"feature view {name!r} must name columns 0..{n_features - 1}, got {len(columns)} "
+                             f"columns from {min(columns, default=None)} to {max(columns, default=None)}")
+        checked[name] = None if columns == list(range(n_features)) else columns
+    return checked
 
 
 def _check_data(X: np.ndarray, y: np.ndarray) -> None:

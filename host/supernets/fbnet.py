@@ -5,6 +5,9 @@ Keys use the benchmark's `op_idx_list` format: the op index of each layer, space
 """
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 from .base import SuperNetwork
 from .space import Config, InvalidConfig, SearchSpace, Variable
 
@@ -61,7 +64,17 @@ class FBNet(SuperNetwork):
     table_only = True
 
     def predictor_features(self, config: Config) -> dict[str, float]:
-        return self.analytic_features(config)
+        """The analytic features, plus an additive kernel view (nn-Meter's): per block type, the pointwise
+        and depthwise MACs and the activation bytes of the layers that use it. A model then learns one cost
+        per unit of work of each block type instead of one per (layer, block): 27 numbers, not 198."""
+        features = self.analytic_features(config)
+        for op in OPS:
+            features.update({f"{op}_pointwise_macs": 0.0, f"{op}_depthwise_macs": 0.0, f"{op}_activation_bytes": 0.0})
+        for layer in _layers(SPACE.validate(config)):
+            features[f"{layer.op}_pointwise_macs"] += layer.pointwise_macs
+            features[f"{layer.op}_depthwise_macs"] += layer.depthwise_macs
+            features[f"{layer.op}_activation_bytes"] += layer.activation_bytes
+        return features
 
     def analytic_features(self, config: Config, batch: int = 1) -> dict[str, float]:
         """MACs, parameters and activation bytes of the ImageNet network (inverted-residual blocks:
@@ -69,35 +82,54 @@ class FBNet(SuperNetwork):
         convolution), and each stage's MACs, so that a model can weigh early (large) layers differently."""
         config = SPACE.validate(config)
         side = INPUT_SIDE // 2
-        c_in = STEM_CHANNELS
         macs = batch * side * side * 3 * STEM_CHANNELS * 9
         params = 3 * STEM_CHANNELS * 9
         activation = batch * side * side * STEM_CHANNELS * 4.0
         stage_macs = [0.0] * 7
-        for i, (c_out, stride) in enumerate(LAYERS):
-            out_side = side // stride
-            kernel, expansion, groups = block_shape(config[layer_name(i)])
-            if kernel:
-                hidden = c_in * expansion
-                layer_macs = (side * side * c_in * hidden / groups + out_side * out_side * hidden * kernel * kernel
-                              + out_side * out_side * hidden * c_out / groups)
-                layer_params = c_in * hidden / groups + hidden * kernel * kernel + hidden * c_out / groups
-                activation += batch * (side * side * hidden + out_side * out_side * (hidden + c_out)) * 4.0
-            elif (c_in, stride) != (c_out, 1):
-                layer_macs = out_side * out_side * c_in * c_out
-                layer_params = c_in * c_out
-                activation += batch * out_side * out_side * c_out * 4.0
-            else:
-                layer_macs = layer_params = 0.0
+        for i, layer in enumerate(_layers(config)):
+            layer_macs = layer.pointwise_macs + layer.depthwise_macs
             macs += batch * layer_macs
-            params += layer_params
+            params += layer.params
+            activation += batch * layer.activation_bytes
             stage_macs[_stage(i)] += batch * layer_macs
-            side, c_in = out_side, c_out
+        side, c_in = INPUT_SIDE // 2 // math.prod(stride for _, stride in LAYERS), LAYERS[-1][0]
         macs += batch * (side * side * c_in * HEAD_CHANNELS + HEAD_CHANNELS * NUM_CLASSES)
         params += c_in * HEAD_CHANNELS + HEAD_CHANNELS * NUM_CLASSES + NUM_CLASSES
         features = {"macs": float(macs), "params": float(params), "activation_bytes": float(activation)}
         features.update({f"stage{s}_macs": float(m) for s, m in enumerate(stage_macs)})
         return features
+
+
+class _Layer(NamedTuple):
+    op: str
+    pointwise_macs: float
+    depthwise_macs: float
+    params: float
+    activation_bytes: float   # batch 1
+
+
+def _layers(config: Config) -> list[_Layer]:
+    """Each searchable layer's work at batch 1, in order."""
+    side, c_in = INPUT_SIDE // 2, STEM_CHANNELS
+    layers = []
+    for i, (c_out, stride) in enumerate(LAYERS):
+        out_side = side // stride
+        op = config[layer_name(i)]
+        kernel, expansion, groups = block_shape(op)
+        if kernel:
+            hidden = c_in * expansion
+            pointwise = side * side * c_in * hidden / groups + out_side * out_side * hidden * c_out / groups
+            depthwise = out_side * out_side * hidden * kernel * kernel
+            params = c_in * hidden / groups + hidden * kernel * kernel + hidden * c_out / groups
+            activation = (side * side * hidden + out_side * out_side * (hidden + c_out)) * 4.0
+        elif (c_in, stride) != (c_out, 1):
+            pointwise, depthwise = out_side * out_side * c_in * c_out, 0.0
+            params, activation = c_in * c_out, out_side * out_side * c_out * 4.0
+        else:
+            pointwise = depthwise = params = activation = 0.0
+        layers.append(_Layer(op, float(pointwise), float(depthwise), float(params), float(activation)))
+        side, c_in = out_side, c_out
+    return layers
 
 
 def _stage(layer: int) -> int:

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ...predictors import fit_predictor, space_features
-from ...predictors.features import config_features
+from ...predictors.features import config_features, feature_views
 from ...supernets import get_supernet
 from ..algorithms import make_algorithm
 from ..hypervolume import Normaliser, hvi_2d, hypervolume, non_dominated
@@ -101,6 +101,10 @@ class Featurizer:
             self.supernet = get_supernet(space.id)
         except KeyError:  # a space built in code, not registered: its encoding is all there is
             self.supernet = None
+        if self.supernet is not None and self.supernet.space is not self.space:
+            self.supernet = None
+        #: Column subsets the predictors may choose among (`feature_views`), or None.
+        self.views = None
         self._cache: dict[bytes, np.ndarray] = {}
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
@@ -109,8 +113,9 @@ class Featurizer:
         todo = {k: row for k, row in zip(keys, X) if k not in self._cache}
         if todo:
             rows = np.stack(list(todo.values()))
-            if self.supernet is not None and self.supernet.space is self.space:
-                features, _ = config_features(self.supernet, [self.space.decode(r) for r in rows])
+            if self.supernet is not None:
+                features, names = config_features(self.supernet, [self.space.decode(r) for r in rows])
+                self.views = feature_views(names)
             else:
                 features = space_features(self.space, rows)
             self._cache.update(zip(todo, features))
@@ -134,7 +139,8 @@ class Surrogates:
         for j, objective in enumerate(self.session.objectives):
             natural = F[:, j] * objective.sign
             models = self.models if reselect else self._chosen[j]
-            predictor = fit_predictor(features, natural, models=models, seed=self.seed + iteration)
+            predictor = fit_predictor(features, natural, models=models, seed=self.seed + iteration,
+                                      views=getattr(self.featurize, "views", None))
             self.predictors.append(predictor)
             if reselect:
                 self._chosen[j:j + 1] = [predictor.model_name]
