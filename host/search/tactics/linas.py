@@ -1,8 +1,8 @@
 """LINAS: Lightweight Iterative NAS — predictor-guided evolution, real evaluations of the most promising.
 
     1. seed: a Latin-hypercube sample, evaluated for real;
-    2. fit one predictor per objective on everything evaluated (model chosen by cross-validation); each
-       keeps the ensemble of its cross-validation fold models;
+    2. fit one predictor per objective on everything evaluated (model, and all features or only the compact
+       analytic ones, chosen by cross-validation); each keeps the ensemble of its cross-validation fold models;
     3. run an evolutionary algorithm on the predictors for a few generations from the measured front
        (cheap), keeping every configuration it visits as a candidate;
     4. choose a batch of unseen candidates by Thompson sampling: for each slot, one ensemble member's
