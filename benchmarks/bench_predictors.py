@@ -168,8 +168,9 @@ def same_work_spread(rows: list[dict]) -> None:
         for members in groups.values():
             members = np.array(members)
             residual[members] = y[members] / np.median(y[members]) - 1
-            for i in members[:len(members) if len(members) > 1 else 0]:  # a lone cell has no others to go by
-                best[i] = np.median(y[members[members != i]])
+            if len(members) > 1:  # a lone cell has no others to go by
+                for i in members:
+                    best[i] = np.median(y[members[members != i]])
         known = ~np.isnan(best)
         lag1 = np.corrcoef(residual[:-1], residual[1:])[0, 1]
         drift = _running_median(residual, 51)

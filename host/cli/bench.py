@@ -86,7 +86,8 @@ def run_predictor(args: argparse.Namespace) -> int:
                     raise CliError(f"{target}, {size} rows, seed {seed}: {exc}") from None
                 predicted = predictor.predict(X[test])
                 runs.append({"target": target, "train_size": size, "seed": seed, "model": predictor.model_name,
-                             "log_target": predictor.log_target, "view": predictor.feature_spec.get("view", "all"), "fit_seconds": predictor.cv_metrics["fit_seconds"],
+                             "log_target": predictor.log_target, "view": predictor.feature_spec.get("view", "all"),
+                             "fit_seconds": predictor.cv_metrics["fit_seconds"],
                              "fit_cpu_seconds": predictor.cv_metrics["fit_cpu_seconds"],
                              "keys": [keys[i] for i in test], "y_true": y[test].tolist(), "y_pred": predicted.tolist(),
                              "metrics": regression_metrics(y[test], predicted)})
@@ -134,8 +135,9 @@ def _progress(run: dict) -> None:
     import sys
 
     m = run["metrics"]
+    view = f" on {run['view']} features" if run["view"] != "all" else ""
     print(f"{run['target']}  n={run['train_size']}  seed {run['seed']}: {run['model']}"
-          f"{' (log)' if run['log_target'] else ''}{' on ' + run['view'] + ' features' if run['view'] != 'all' else ''}  within ±10 % {m['within_10']:.1%}  "
+          f"{' (log)' if run['log_target'] else ''}{view}  within ±10 % {m['within_10']:.1%}  "
           f"MAPE {m['mape']:.2f} %  fit {run['fit_seconds']:.2f} s ({run['fit_cpu_seconds']:.2f} s CPU)", file=sys.stderr, flush=True)
 
 

@@ -21,6 +21,8 @@ LAYERS = ((16, 1),
           (184, 2), (184, 1), (184, 1), (184, 1),
           (352, 1))
 STEM_CHANNELS, INPUT_SIDE, HEAD_CHANNELS, NUM_CLASSES = 16, 224, 1984, 1000
+#: Side of the last layer's output, which the head sees.
+HEAD_SIDE = INPUT_SIDE // 2 // math.prod(stride for _, stride in LAYERS)
 
 
 def layer_name(i: int) -> str:
@@ -67,10 +69,11 @@ class FBNet(SuperNetwork):
         """The analytic features, plus an additive kernel view (nn-Meter's): per block type, the pointwise
         and depthwise MACs and the activation bytes of the layers that use it. A model then learns one cost
         per unit of work of each block type instead of one per (layer, block): 27 numbers, not 198."""
-        features = self.analytic_features(config)
+        layers = _layers(SPACE.validate(config))
+        features = _analytic(layers, batch=1)
         for op in OPS:
             features.update({f"{op}_pointwise_macs": 0.0, f"{op}_depthwise_macs": 0.0, f"{op}_activation_bytes": 0.0})
-        for layer in _layers(SPACE.validate(config)):
+        for layer in layers:
             features[f"{layer.op}_pointwise_macs"] += layer.pointwise_macs
             features[f"{layer.op}_depthwise_macs"] += layer.depthwise_macs
             features[f"{layer.op}_activation_bytes"] += layer.activation_bytes
@@ -80,24 +83,27 @@ class FBNet(SuperNetwork):
         """MACs, parameters and activation bytes of the ImageNet network (inverted-residual blocks:
         grouped 1x1 expansion, kxk depthwise, grouped 1x1 projection; a skip that changes shape is a 1x1
         convolution), and each stage's MACs, so that a model can weigh early (large) layers differently."""
-        config = SPACE.validate(config)
-        side = INPUT_SIDE // 2
-        macs = batch * side * side * 3 * STEM_CHANNELS * 9
-        params = 3 * STEM_CHANNELS * 9
-        activation = batch * side * side * STEM_CHANNELS * 4.0
-        stage_macs = [0.0] * 7
-        for i, layer in enumerate(_layers(config)):
-            layer_macs = layer.pointwise_macs + layer.depthwise_macs
-            macs += batch * layer_macs
-            params += layer.params
-            activation += batch * layer.activation_bytes
-            stage_macs[_stage(i)] += batch * layer_macs
-        side, c_in = INPUT_SIDE // 2 // math.prod(stride for _, stride in LAYERS), LAYERS[-1][0]
-        macs += batch * (side * side * c_in * HEAD_CHANNELS + HEAD_CHANNELS * NUM_CLASSES)
-        params += c_in * HEAD_CHANNELS + HEAD_CHANNELS * NUM_CLASSES + NUM_CLASSES
-        features = {"macs": float(macs), "params": float(params), "activation_bytes": float(activation)}
-        features.update({f"stage{s}_macs": float(m) for s, m in enumerate(stage_macs)})
-        return features
+        return _analytic(_layers(SPACE.validate(config)), batch)
+
+
+def _analytic(layers: list["_Layer"], batch: int) -> dict[str, float]:
+    side = INPUT_SIDE // 2
+    macs = batch * side * side * 3 * STEM_CHANNELS * 9
+    params = 3 * STEM_CHANNELS * 9
+    activation = batch * side * side * STEM_CHANNELS * 4.0
+    stage_macs = [0.0] * 7
+    for i, layer in enumerate(layers):
+        layer_macs = layer.pointwise_macs + layer.depthwise_macs
+        macs += batch * layer_macs
+        params += layer.params
+        activation += batch * layer.activation_bytes
+        stage_macs[_stage(i)] += batch * layer_macs
+    c_in = LAYERS[-1][0]
+    macs += batch * (HEAD_SIDE * HEAD_SIDE * c_in * HEAD_CHANNELS + HEAD_CHANNELS * NUM_CLASSES)
+    params += c_in * HEAD_CHANNELS + HEAD_CHANNELS * NUM_CLASSES + NUM_CLASSES
+    features = {"macs": float(macs), "params": float(params), "activation_bytes": float(activation)}
+    features.update({f"stage{s}_macs": float(m) for s, m in enumerate(stage_macs)})
+    return features
 
 
 class _Layer(NamedTuple):
