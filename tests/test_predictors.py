@@ -82,6 +82,23 @@ def test_cv_metrics_and_selection_record():
     assert p.cv_metrics["within_10"] > 0.9
 
 
+def test_selection_score_can_be_chosen():
+    X, y = _data(linear)
+    y = y - y.min() + 1.0                                # all positive: "auto" scores relative error
+    assert fit_predictor(X, y, models="ridge").cv_metrics["selection_score"] == "mape"
+    p = fit_predictor(X, y, models=("ridge", "svr"), score="rmse")
+    assert p.cv_metrics["selection_score"] == "rmse"
+    assert all("rmse" in s and "mape" not in s for s in p.cv_metrics["selection"])
+    # The winner is the candidate with the lowest out-of-fold RMSE among those that saw every fold.
+    full = [s for s in p.cv_metrics["selection"] if s["folds"] == p.cv_metrics["folds"]]
+    best = min(full, key=lambda s: s["rmse"])
+    assert (best["model"], best["log_target"]) == (p.model_name, p.log_target)
+    with pytest.raises(ValueError, match="unknown score 'r2'"):
+        fit_predictor(X, y, score="r2")
+    with pytest.raises(ValueError, match="'mape' needs every y > 0"):
+        fit_predictor(X, y - 100.0, score="mape")
+
+
 # ----- uncertainty --------------------------------------------------------------------------------------
 def test_predict_dist_spread_of_the_fold_ensemble():
     X, y = _data(steps, n=120)

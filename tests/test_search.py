@@ -150,6 +150,18 @@ def test_linas_beats_random_search_on_a_known_trade_off(problem):
     assert np.mean(linas) > 0.96
 
 
+def test_linas_fits_costs_by_relative_and_qualities_by_absolute_error(problem):
+    from fleetnas.search.tactics.linas import Featurizer, Surrogates
+
+    session = SearchSession(problem.space, problem.evaluator, 30, pool=problem.pool)  # accuracy:max, latency:min
+    session.evaluate([problem.space.decode(x) for x in problem.space.encode_many(problem.space.sample(30, 3))])
+    surrogates = Surrogates(session, Featurizer(problem.space), "ridge", seed=0)
+    surrogates.fit(1)
+    accuracy, latency = surrogates.predictors
+    assert accuracy.cv_metrics["selection_score"] == "rmse" and accuracy.log_target is False
+    assert latency.cv_metrics["selection_score"] == "mape"
+
+
 def test_replay_counts_evaluations_to_reach_a_fraction():
     assert evaluations_to_reach([0.5, 0.9, 0.96, 0.99], 0.95) == 3
     assert evaluations_to_reach([0.5, 0.9], 0.95) is None

@@ -145,7 +145,7 @@ def training_fingerprint(X: np.ndarray, y: np.ndarray) -> dict:
 # ----- fitting ----------------------------------------------------------------------------------------
 def fit_predictor(X, y, *, models: Sequence[str] | str = "auto", log_target: bool | None = None, cv: int = 5,
                   seed: int = 0, ensemble: int = 5, feature_spec: dict | None = None,
-                  views: dict[str, Sequence[int]] | None = None) -> Predictor:
+                  views: dict[str, Sequence[int]] | None = None, score: str = "auto") -> Predictor:
     """Chooses the model family and hyper-parameters with the lowest out-of-fold error and refits it.
 
     models      families to try ("auto" = all of ridge, svr, lgbm, mlp)
@@ -155,17 +155,21 @@ def fit_predictor(X, y, *, models: Sequence[str] | str = "auto", log_target: boo
     ensemble    members kept for predict_dist's std: the chosen model's fold models when ensemble == cv,
                 else that many fold models of an extra k-fold fit (0 or 1: no spread)
     views       named column subsets to choose among as well (`features.feature_views`); None: all columns
-    The selection scores MAPE when every y > 0, else RMSE (see `_race` for how it stays fast).
+    score       what the selection minimises: "mape", "rmse", or "auto" — MAPE when every y > 0 (costs such
+                as latency, where a 10 % error matters as much on a small model as on a large one), else RMSE.
+                RMSE suits a quality to maximise, such as accuracy, where relative error would weight the
+                worst configurations (1 % accuracy) most and the best, which a search cares about, least.
+    (See `_race` for how the selection stays fast.)
     """
     from threadpoolctl import threadpool_limits
 
     # One BLAS thread: small matrices gain nothing from more, and the search loop shares 2 cores.
     with threadpool_limits(limits=1):
         return _fit_predictor(X, y, models=models, log_target=log_target, cv=cv, seed=seed, ensemble=ensemble,
-                              feature_spec=feature_spec, views=views)
+                              feature_spec=feature_spec, views=views, score=score)
 
 
-def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec, views) -> Predictor:
+def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec, views, score) -> Predictor:
     started, started_cpu = time.perf_counter(), time.process_time()
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     y = np.asarray(y, dtype=np.float64).ravel()
@@ -176,10 +180,11 @@ def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec
         raise ValueError("log_target needs every y > 0")
     logs = [False, True] if log_target is None and positive else [bool(log_target)]
     views = _check_views(views, X.shape[1])
+    metric = _check_score(score, positive)
     candidates = [(family, params, log, view) for view in views for family in families for log in logs
                   for params in GRIDS[family]]
     folds = _folds(len(y), cv, seed)
-    winner, selection = _race(candidates, folds, X, y, views, "mape" if positive else "rmse", seed)
+    winner, selection = _race(candidates, folds, X, y, views, metric, seed)
     family, params, log, view = candidates[winner.index]
     columns = views[view]
     Xv = X if columns is None else X[:, columns]
@@ -194,7 +199,7 @@ def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec
     spec = dict(feature_spec or {})
     spec["n_features"] = int(X.shape[1])
     cv_metrics = {**regression_metrics(y, winner.out_of_fold), "folds": len(folds),
-                  "selection_score": "mape" if positive else "rmse", "selection": selection,
+                  "selection_score": metric, "selection": selection,
                   "fit_seconds": time.perf_counter() - started, "fit_cpu_seconds": time.process_time() - started_cpu}
     if len(views) > 1:
         spec["view"] = view
@@ -264,6 +269,16 @@ def _families(models) -> list[str]:
     if unknown or not families:
         raise ValueError(f"unknown model {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(FAMILIES)} or 'auto'")
     return families
+
+
+def _check_score(score: str, positive: bool) -> str:
+    if score == "auto":
+        return "mape" if positive else "rmse"
+    if score not in ("mape", "rmse"):
+        raise ValueError(f"unknown score {score!r}; choose from auto, mape, rmse")
+    if score == "mape" and not positive:
+        raise ValueError("score 'mape' needs every y > 0")
+    return score
 
 
 def _check_views(views, n_features: int) -> dict[str, list[int] | None]:
