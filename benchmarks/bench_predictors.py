@@ -155,22 +155,12 @@ def same_work_spread(rows: list[dict]) -> None:
     leave-one-out median of the other cells of a cell's multiset is then the best an architecture-only
     predictor can say of it; what stays is the recording's own noise, and whether that noise drifts along the
     table's row order (the order it was recorded in) says whether the machine changed while it was recorded."""
-    import re
-    from collections import Counter, defaultdict
-
-    multisets = [tuple(sorted(Counter(re.findall(r"\|([a-z0-9_]+)~\d", r["cellstr"])).items())) for r in rows]
+    groups = operation_groups([r["cellstr"] for r in rows])
     for column in ("lat_ms_gold_6226", "lat_ms_titanxp_1", "lat_ms_titan_rtx_32"):
         y = np.array([float(r[column]) for r in rows])
-        groups = defaultdict(list)
-        for i, key in enumerate(multisets):
-            groups[key].append(i)
-        best, residual = np.full(len(y), np.nan), np.empty(len(y))
-        for members in groups.values():
-            members = np.array(members)
+        best, residual = leave_one_out_median(groups, y), np.empty(len(y))
+        for members in groups:
             residual[members] = y[members] / np.median(y[members]) - 1
-            if len(members) > 1:  # a lone cell has no others to go by
-                for i in members:
-                    best[i] = np.median(y[members[members != i]])
         known = ~np.isnan(best)
         lag1 = np.corrcoef(residual[:-1], residual[1:])[0, 1]
         drift = _running_median(residual, 51)
@@ -179,6 +169,28 @@ def same_work_spread(rows: list[dict]) -> None:
               f"predicts {np.mean(np.abs(best[known] / y[known] - 1) <= 0.10):.1%} within ±10 %; residuals along the row order: "
               f"lag-1 autocorrelation {lag1:.2f}, within ±10 % once a 51-row running median is divided out "
               f"{np.mean(np.abs(steady) <= 0.10):.1%}")
+
+
+def operation_groups(cellstrs: list[str]) -> list[np.ndarray]:
+    """Row indices of the NB201 cells that share a multiset of operations, one array per multiset."""
+    import re
+    from collections import defaultdict
+
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, cell in enumerate(cellstrs):
+        groups[tuple(sorted(re.findall(r"\|([a-z0-9_]+)~\d", cell)))].append(i)
+    return [np.array(members) for members in groups.values()]
+
+
+def leave_one_out_median(groups: list[np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Per row, the median of `y` over the other rows of its group (NaN for a lone row: none to go by)."""
+    best = np.full(len(y), np.nan)
+    for members in groups:
+        if len(members) < 2:
+            continue
+        for i in members:
+            best[i] = np.median(y[members[members != i]])
+    return best
 
 
 def _running_median(values: np.ndarray, width: int) -> np.ndarray:
