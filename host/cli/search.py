@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--algorithm", default="nsga2", choices=["nsga2", "agemoea", "unsga3", "ctaea", "moead"],
                    help="the evolutionary algorithm (inside LINAS, or on real evaluations)")
     p.add_argument("--budget", type=positive_int, default=100, help="real evaluations to spend (default 100)")
-    p.add_argument("--batch", type=positive_int, help="LINAS: real evaluations per iteration (default 10)")
+    p.add_argument("--batch", type=positive_int, help="LINAS: real evaluations per iteration (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accuracy", metavar="MODULE:CALLABLE",
                    help="accuracy evaluator: a function of a config, or a class to instantiate (demo has its own)")
