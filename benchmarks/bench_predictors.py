@@ -174,11 +174,17 @@ def same_work_spread(rows: list[dict]) -> None:
 def operation_groups(cellstrs: list[str]) -> list[np.ndarray]:
     """Row indices of the NB201 cells that share a multiset of operations, one array per multiset."""
     import re
+
+    return groups_by([tuple(sorted(re.findall(r"\|([a-z0-9_]+)~\d", cell))) for cell in cellstrs])
+
+
+def groups_by(keys: list) -> list[np.ndarray]:
+    """Row indices grouped by equal key, one array per key, in order of first appearance."""
     from collections import defaultdict
 
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, cell in enumerate(cellstrs):
-        groups[tuple(sorted(re.findall(r"\|([a-z0-9_]+)~\d", cell)))].append(i)
+    groups: dict[object, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        groups[key].append(i)
     return [np.array(members) for members in groups.values()]
 
 

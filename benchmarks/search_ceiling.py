@@ -40,15 +40,11 @@ VARIANTS = {"as is": (None, None), "exact accuracy": ("exact", None), "accuracy 
 def function_groups(cellstrs: list[str]) -> list[np.ndarray]:
     """Row indices of the NB201 cells that compute the same function: the same operations on the same
     input-to-output edges (`useful_edges`), whatever sits on the edges no path uses."""
-    from collections import defaultdict
-
+    from bench_predictors import groups_by
     from fleetnas.supernets.nb201 import SPACE, edge_name, useful_edges
 
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, cell in enumerate(cellstrs):
-        config = SPACE.from_key(cell)
-        groups[tuple((edge, config[edge_name(*edge)]) for edge in useful_edges(config))].append(i)
-    return [np.array(members) for members in groups.values()]
+    configs = [SPACE.from_key(cell) for cell in cellstrs]
+    return groups_by([tuple((edge, c[edge_name(*edge)]) for edge in useful_edges(c)) for c in configs])
 
 
 def training_noise_sd(groups: list[np.ndarray], y: np.ndarray) -> float:
