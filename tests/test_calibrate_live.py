@@ -1,5 +1,5 @@
 """Calibration against a real agent process on 127.0.0.1: the command end to end, quiet rounds, a version
-change, and a real 20 % slowdown (the agent restarted with --test-slowdown 0.2).
+change, and a real 50 % slowdown (the agent restarted with --test-slowdown 0.5).
 
 One calibration (4 sampled demo sub-networks + the 10 reference configs, measured twice for the baseline)
 is made once for the module; each test works on its own copy of that database. Every measurement spawns
@@ -169,10 +169,13 @@ def test_a_runtime_version_change_marks_old_measurements_stale_and_refits(calibr
                                                                  abs=0.01)
 
 
-def test_a_real_20_percent_slowdown_fires_drift_marks_stale_and_refits(calibrated, tmp_path, capsys, caplog):
+def test_a_real_50_percent_slowdown_fires_drift_marks_stale_and_refits(calibrated, tmp_path, capsys, caplog):
+    # 50 %, not the 20 % that test_calibrate_drift detects every time: this test is about the whole path, and
+    # a shared two-core CI machine's own speed has moved by 10 % between two rounds seconds apart (+21.6 %,
+    # then +9.8 % under a 20 % slowdown), which a 20 % margin over the 10 % threshold does not survive.
     caplog.set_level(logging.INFO, logger="fleetnas.calibrate")
     db = calibrated.copy_db(tmp_path)
-    calibrated.restart(slowdown=0.2)
+    calibrated.restart(slowdown=0.5)
     try:
         code = main(calibrated.argv(db, tmp_path / "p", "--watch", "--interval", "0", "--rounds", "1", "--json"))
     finally:
@@ -181,7 +184,7 @@ def test_a_real_20_percent_slowdown_fires_drift_marks_stale_and_refits(calibrate
     report = json.loads(capsys.readouterr().out)
     verdict = report["verdicts"][AGENT]
     assert verdict["drift"] and verdict["pairs"] == 10 and verdict["p_value"] < 0.01, verdict["reason"]
-    assert 0.12 < verdict["median_change"] < 0.3
+    assert 0.3 < verdict["median_change"] < 0.8
     assert report["stale_marked"] == {AGENT: SAMPLES} and report["refit"]["reason"] == "drift"
     assert f"drift on {AGENT}: +" in caplog.text and f"marked {SAMPLES} measurements stale" in caplog.text
     with SqliteStore(db) as store:
@@ -192,7 +195,7 @@ def test_a_real_20_percent_slowdown_fires_drift_marks_stale_and_refits(calibrate
     assert after.reason == "drift" and after.result["evidence"][AGENT]["drift"]
     assert drifted.verdict["baseline_round"] == baseline.id  # the slow rounds are the device's new normal
     # What the refit learned from is the slowed device: every current row was measured after the change,
-    # about 20 % slower than the least that config measured before it.
+    # about 50 % slower than the least that config measured before it.
     assert min(v.created_at for v in values) > before.created_at and len(values) == SAMPLES + 10
     least_before = {}
     for v in old:
@@ -200,4 +203,4 @@ def test_a_real_20_percent_slowdown_fires_drift_marks_stale_and_refits(calibrate
             key = json.dumps(v.config, sort_keys=True)
             least_before[key] = min(v.value, least_before.get(key, np.inf))
     ratios = [v.value / least_before[json.dumps(v.config, sort_keys=True)] for v in values]
-    assert 1.1 < float(np.median(ratios)) < 1.4
+    assert 1.3 < float(np.median(ratios)) < 1.8
