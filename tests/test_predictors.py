@@ -200,10 +200,10 @@ def test_views_let_cross_validation_drop_drowning_columns(tmp_path):
 
     X, y, names = _drowned(n=160)
     views = feature_views(names)
-    assert views["compact"] == [150, 151, 152] and views["all"] == list(range(153))
+    assert views["compact"] == [150, 151, 152] and views["all"] == list(range(153)) and views["counts"] == [152]
     p = fit_predictor(X[:80], y[:80], models="svr", log_target=False, views=views)
     assert p.feature_spec["view"] == "compact" and p.columns == [150, 151, 152]
-    assert {s["view"] for s in p.cv_metrics["selection"]} == {"all", "compact"}
+    assert {s["view"] for s in p.cv_metrics["selection"]} == {"all", "compact", "counts"}
     plain = fit_predictor(X[:80], y[:80], models="svr", log_target=False)
     assert plain.columns is None and "view" not in plain.feature_spec
     error = regression_metrics(y[80:], p.predict(X[80:]))["mape"]
@@ -214,6 +214,25 @@ def test_views_let_cross_validation_drop_drowning_columns(tmp_path):
     np.testing.assert_array_equal(q.predict(X[80:]), p.predict(X[80:]))
     with pytest.raises(ValueError, match="153 features per row"):
         q.predict(X[80:, 150:])
+
+
+def test_counts_view_fits_an_additive_cost_per_choice():
+    """Cost adds up over the choices made (a latency where every edge runs its kernel), and analytic columns
+    that do not carry it drown it: the per-choice counts alone are the model cross-validation should pick."""
+    from fleetnas.predictors.features import feature_views
+
+    rng = np.random.default_rng(1)
+    counts = rng.multinomial(6, [0.2] * 5, size=200).astype(float)
+    analytic = rng.normal(size=(200, 30))
+    X = np.hstack([rng.integers(0, 2, (200, 30)).astype(float), analytic, counts])
+    y = 4.0 + counts @ np.array([0.1, 0.0, 1.1, 1.9, 0.4]) + rng.normal(0, 0.05, 200)
+    names = [f"edge={i}" for i in range(30)] + [f"analytic:a{i}" for i in range(30)] + [f"count(e1+e6)={c}" for c in "abcde"]
+    views = feature_views(names)
+    assert views["counts"] == list(range(60, 65))
+    p = fit_predictor(X[:100], y[:100], models="ridge", log_target=False, views=views)
+    assert p.feature_spec["view"] == "counts"
+    compact = fit_predictor(X[:100], y[:100], models="ridge", log_target=False, views={"compact": views["compact"]})
+    assert regression_metrics(y[100:], p.predict(X[100:]))["mape"] < regression_metrics(y[100:], compact.predict(X[100:]))["mape"]
 
 
 def test_feature_views_need_analytic_columns_and_valid_indices():
