@@ -143,8 +143,9 @@ def test_every_algorithm_runs_inside_linas_and_on_real_evaluations(problem, algo
 
 def test_linas_beats_random_search_on_a_known_trade_off(problem):
     budget = 60
-    linas = [problem.run("linas", s, budget, models="ridge", generations=15)["hv"][-1] for s in range(2)]
-    rand = [problem.run("random", s, budget)["hv"][-1] for s in range(2)]
+    # Four seeds: single runs of LINAS land between 0.958 and 0.975 here, so two could average either side of 0.96.
+    linas = [problem.run("linas", s, budget, models="ridge", generations=15)["hv"][-1] for s in range(4)]
+    rand = [problem.run("random", s, budget)["hv"][-1] for s in range(4)]
     assert min(linas) > max(rand)
     # Random search reaches 0.91-0.94 of the true hypervolume at this budget (seeds 0-3).
     assert np.mean(linas) > 0.96
