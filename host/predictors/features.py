@@ -105,7 +105,7 @@ def feature_views(names: Sequence[str]) -> dict[str, list[int]] | None:
         return None
     views = {"all": list(range(len(names))), "compact": compact}
     counts = [i for i, n in enumerate(names) if n.startswith(("count(", "sum("))]
-    if counts and counts != compact:
+    if counts:  # never all of compact: it holds an analytic column too (else None above)
         views["counts"] = counts
     return views
 
