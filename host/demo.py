@@ -39,7 +39,7 @@ def run_demo(out_dir: str | Path = "fleetnas-demo", budget: int = 60, calibratio
     from .farm import AgentEntry, Farm, Inventory
     from .report import write_report
     from .search.live import LiveEvaluator
-    from .search.run import RunSpec, execute_run, measured_front
+    from .search.run import RunSpec, execute_run, known_summary, measured_front
     from .store import open_store
     from .supernets.demo import DemoEvaluator
 
@@ -64,7 +64,9 @@ def run_demo(out_dir: str | Path = "fleetnas-demo", budget: int = 60, calibratio
             say(f"searching (LINAS, run {run_id}): {budget} real evaluations of accuracy, latency and memory…")
             evaluator = LiveEvaluator("demo", spec.parsed_objectives(), farm=farm, store=store,
                                       accuracy=accuracy, stopping=STOPPING)
-            execute_run(store, run_id, evaluator)
+            session = execute_run(store, run_id, evaluator)
+            if known_summary(session):
+                say(known_summary(session))
             report = write_report(store, run_id, out / f"report-{run_id}")
             configs, values, objectives = measured_front(store, run_id)
             front = [{"config": c, **{o.name: float(v) for o, v in zip(objectives, row)}}

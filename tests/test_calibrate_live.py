@@ -100,6 +100,27 @@ def test_the_command_measures_fits_and_writes_predictors_and_a_parity_png(calibr
     assert (predictor.predict(X) > 0).all()
 
 
+def test_a_search_on_the_kind_learns_from_what_its_calibration_measured(calibrated, tmp_path):
+    from fleetnas.search.live import LiveEvaluator
+    from fleetnas.search.objectives import parse_objective
+
+    db = calibrated.copy_db(tmp_path)
+    objectives = [parse_objective(f"latency@{KIND}:min"), parse_objective(f"memory@{KIND}:min")]
+    with SqliteStore(db) as store, Farm.open(str(calibrated.inventory), db=db) as farm:
+        [calibration] = store.calibrations("demo", KIND)
+        stopping = calibration.settings["stopping"]
+        evaluator = LiveEvaluator("demo", objectives, farm=farm, store=store, stopping=stopping)
+        known = evaluator.known(before=calibration.created_at)
+        configs, latencies = known[f"latency@{KIND}"]
+        assert len(configs) == SAMPLES + 10 and all(v > 0 for v in latencies)  # the sample and the reference set
+        assert 0 < len(known[f"memory@{KIND}"][0]) <= SAMPLES + 10
+        first = min(m.created_at for m in store.measurements(space="demo", device_kind=KIND))
+        assert evaluator.known(before=first - 1) == {}  # a run started before the calibration knows none of it
+        # Measurements taken another way (here, another stopping rule) are not this search's measurements.
+        other = LiveEvaluator("demo", objectives, farm=farm, store=store, stopping={**stopping, "min_runs": 9})
+        assert other.known(before=calibration.created_at) == {}
+
+
 def test_quiet_rounds_do_not_fire_live_nor_over_many_rounds_resampled_from_them(calibrated, tmp_path):
     db = calibrated.copy_db(tmp_path)
     with Farm.open(calibrated.inventory, db) as farm:

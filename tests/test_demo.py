@@ -1,4 +1,5 @@
 """The README's main job, end to end at a reduced budget: `fleetnas demo` on a fresh output folder."""
+import json
 import sqlite3
 import subprocess
 import sys
@@ -25,8 +26,14 @@ def test_demo_runs_the_whole_loop_and_a_second_run_measures_nothing_again(tmp_pa
     assert count(db, "SELECT COUNT(*) FROM calibrations") >= 1
     measured = count(db, "SELECT COUNT(*) FROM measurements WHERE ok = 1")
     assert measured >= 12  # every search evaluation and the calibration sample were measured on the agent
+    # The search learned latency and memory from the calibration's measurements too (6 sampled + 10 reference).
+    with sqlite3.connect(db) as c:
+        [(known,)] = c.execute("SELECT payload FROM run_events WHERE kind = 'known'").fetchall()
+    assert {k.split("@")[0]: n for k, n in json.loads(known).items()} == {"latency": 16, "memory": 16}
+    assert "also learned from what the store held before the run" in first.stderr
     report = out / "report-1"
-    assert (report / "index.html").read_text().count("data:image/png;base64") >= 3
+    page = (report / "index.html").read_text()
+    assert page.count("data:image/png;base64") >= 3 and "16 values of <b>latency@" in page
     assert (report / "front.csv").read_text().startswith("rank,accuracy,")
     again = demo(out)
     assert again.returncode == 0, again.stderr[-3000:]

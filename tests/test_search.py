@@ -35,11 +35,15 @@ def synthetic_values(config: dict) -> tuple[float, float]:
     return float(accuracy), float(latency)
 
 
+def every_cell() -> list[dict]:
+    return [NB201.space.decode(x) for x in np.stack(np.meshgrid(*[range(5)] * 6, indexing="ij"), -1).reshape(-1, 6)]
+
+
 @pytest.fixture(scope="module")
 def table_path(tmp_path_factory):
     """Every NB201 cell with synthetic objectives, written as a CSV in the benchmark's own format."""
     path = tmp_path_factory.mktemp("tables") / "synthetic_nb201.csv"
-    configs = [NB201.space.decode(x) for x in np.stack(np.meshgrid(*[range(5)] * 6, indexing="ij"), -1).reshape(-1, 6)]
+    configs = every_cell()
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["cellstr", "accuracy", "latency"])
@@ -125,6 +129,45 @@ def test_session_spends_each_evaluation_once_and_stops_at_the_budget():
     assert session.remaining == 0 and evaluator.calls == 5
 
 
+def test_session_keeps_what_was_known_apart_from_its_budget_and_front():
+    configs = NB201.space.sample(6, 1)
+    latencies = [synthetic_values(c)[1] for c in configs]
+    known = {"latency": (configs + [{"edge": "bad"}], latencies + [1.0])}  # a config the space no longer has
+    session = SearchSession(NB201.space, CountingEvaluator(), budget=4, known=known)
+    assert session.known_counts == {"latency": 6} and session.remaining == 4
+    session.evaluate(configs[:2])  # evaluated in the run: its own value replaces the known one
+    X, values = session.known_encoded(1)
+    assert [NB201.space.key(NB201.space.decode(x)) for x in X] == [NB201.space.key(c) for c in configs[2:]]
+    assert np.allclose(values, latencies[2:])  # latency:min, so all-minimise values are the natural ones
+    assert len(session.known_encoded(0)[0]) == 0 and len(session.history()[0]) == 2
+    with pytest.raises(ValueError, match="'memory', which is not an objective"):
+        SearchSession(NB201.space, CountingEvaluator(), budget=4, known={"memory": (configs, latencies)})
+    with pytest.raises(ValueError, match="6 configs but 5 values"):
+        SearchSession(NB201.space, CountingEvaluator(), budget=4, known={"latency": (configs, latencies[:5])})
+
+
+def test_linas_learns_each_objective_from_what_was_known_before_the_run(problem):
+    from fleetnas.search.tactics.linas import Featurizer, Surrogates
+
+    all_configs = every_cell()
+    truth = np.array([synthetic_values(c)[1] for c in all_configs])
+    calibration = [all_configs[i] for i in np.random.default_rng(0).choice(len(all_configs), 200, replace=False)]
+    errors = {}
+    calibrated = {"latency": (calibration, [synthetic_values(c)[1] for c in calibration])}
+    for label, known in (("alone", None), ("with calibration", calibrated)):
+        session = SearchSession(problem.space, problem.evaluator, 10, pool=problem.pool, known=known)
+        session.evaluate(NB201.space.sample(10, 5))
+        featurize = Featurizer(problem.space)
+        surrogates = Surrogates(session, featurize, "ridge", seed=0)
+        surrogates.fit(1)
+        accuracy, latency = surrogates.predictors
+        assert accuracy.training["rows"] == 10  # nothing was known of accuracy
+        assert latency.training["rows"] == (10 if known is None else 210)
+        predicted = surrogates.predict_mean(NB201.space.encode_many(all_configs))[:, 1]
+        errors[label] = np.mean(np.abs(predicted - truth) / truth)
+    assert errors["with calibration"] < 0.5 * errors["alone"], errors
+
+
 @pytest.mark.parametrize("tactic", sorted(TACTICS))
 def test_every_tactic_spends_exactly_its_budget_without_repeats(problem, tactic):
     settings = {"generations": 5, "models": "ridge"} if tactic == "linas" else {}
@@ -196,6 +239,43 @@ def test_a_killed_run_resumes_to_the_same_result_without_repeating_an_evaluation
         assert [e.payload["evaluations"] for e in hv] == list(range(1, 37))
         assert store.run_events(run_id, "prediction")  # LINAS kept what it predicted before measuring
         assert store.run_members(run_id, "predicted")
+
+
+class KnowingEvaluator(CountingEvaluator):
+    """Also says what the store held before a time, as LiveEvaluator.known does: here, latencies stored at t=0."""
+
+    def __init__(self, fail_after: int | None = None):
+        super().__init__(fail_after)
+        self.asked_before: list[float] = []
+        self.calibration = NB201.space.sample(40, 9)
+
+    def known(self, before: float) -> dict:
+        self.asked_before.append(before)
+        return {"latency": (self.calibration, [synthetic_values(c)[1] for c in self.calibration])}
+
+
+def test_a_run_learns_from_what_was_known_when_it_started_and_resumes_the_same(tmp_path):
+    with open_store(tmp_path / "reference.db") as store:
+        reference = start_run(store, _spec())
+        evaluator = KnowingEvaluator()
+        execute_run(store, reference, evaluator)
+        assert evaluator.asked_before == [store.run(reference).created_at]
+        assert [e.payload for e in store.run_events(reference, "known")] == [{"latency": 40}]
+        expected = [m.config for m in store.run_members(reference, "measured")]
+    with open_store(tmp_path / "faulty.db") as store:
+        run_id = start_run(store, _spec())
+        with pytest.raises(KeyboardInterrupt):
+            execute_run(store, run_id, KnowingEvaluator(fail_after=20))
+        resumed = KnowingEvaluator()
+        session = execute_run(store, run_id, resumed)
+        assert resumed.asked_before == [store.run(run_id).created_at]  # the start's, not the resumption's
+        assert [m.config for m in store.run_members(run_id, "measured")] == expected
+        assert session.known_counts == {"latency": 40} and len(store.run_events(run_id, "known")) == 1
+    with open_store(tmp_path / "random.db") as store:  # a tactic without predictors is not told: it would not learn
+        run_id = start_run(store, RunSpec(space="nb201", objectives=["accuracy:max", "latency:min"], tactic="random",
+                                          budget=5))
+        evaluator = KnowingEvaluator()
+        assert execute_run(store, run_id, evaluator).known_counts == {} and evaluator.asked_before == []
 
 
 def test_a_run_driven_by_another_process_is_refused_until_that_one_stops(tmp_path):

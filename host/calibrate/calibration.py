@@ -260,15 +260,15 @@ def record_round(store: Store, reference: ReferenceSet, device_kind: str, settin
 
 # ----- fitting ----------------------------------------------------------------------------------------
 def training_set(store: Store, space_id: str, device_kind: str, runtime: str, settings_hash: str, metric: str,
-                 include_throttled: bool = False) -> tuple[list[dict], np.ndarray, int]:
+                 include_throttled: bool = False, before: float | None = None) -> tuple[list[dict], np.ndarray, int]:
     """(configs, values, throttled rows left out): every current successful measurement of the space on the kind,
-    taken with these settings."""
+    taken with these settings (and, given `before`, stored no later than that time)."""
     records = {m.id: m for m in store.measurements(space=space_id, device_kind=device_kind, runtime=runtime,
                                                    settings_hash=settings_hash)}
     configs, values, throttled = [], [], 0
     for v in store.metric_values(space_id, device_kind, runtime, metric, settings_hash=settings_hash):
         record = records.get(v.measurement_id)
-        if record is None:
+        if record is None or (before is not None and v.created_at > before):
             continue
         if record.env.get("throttled") and not include_throttled:
             throttled += 1

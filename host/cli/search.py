@@ -96,11 +96,11 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from fleetnas.search.run import measured_front
+    from fleetnas.search.run import known_summary, measured_front
 
     configs, values, objectives = measured_front(store, run_id)
     if as_json:
-        print_json({"run": run_id, "evaluations": session.used, "front": [
+        print_json({"run": run_id, "evaluations": session.used, "known": session.known_counts, "front": [
             {"config": c, **{o.name: float(v) for o, v in zip(objectives, row)}} for c, row in zip(configs, values)]})
         return
     table = Table(title=f"run {run_id}: measured Pareto front ({len(configs)} of {session.used} evaluations)")
@@ -110,4 +110,6 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
     for c, row in zip(configs, values):
         table.add_row(*[f"{v:.4g}" for v in row], json.dumps(c, separators=(",", ":"))[:80])
     Console().print(table)
+    if known_summary(session):
+        print(known_summary(session))
     print(f"report: fleetnas report {run_id}" + (f" --db {store.path}" if store.path else ""))

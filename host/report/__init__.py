@@ -56,7 +56,9 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
                                                 "constraints": spec.constraints, "front": [
                                                     {**r, "config": c} for r, c in zip(rows, front_configs)]},
                                                indent=2))
-    page = _page(run, spec, len(members), rows, figures, _device_rows(store, objectives))
+    known = store.run_events(run_id, "known")
+    page = _page(run, spec, len(members), rows, figures, _device_rows(store, objectives),
+                 known[0].payload if known else {})
     index = out / "index.html"
     index.write_text(page)
     return index
@@ -174,10 +176,12 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _page(run, spec, n_measured: int, front_rows, figures: dict[str, bytes], devices) -> str:
+def _page(run, spec, n_measured: int, front_rows, figures: dict[str, bytes], devices, known: dict) -> str:
     images = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
                      f"<figcaption>{name}</figcaption></figure>" for name, png in figures.items())
     settings = html.escape(json.dumps({k: v for k, v in spec.__dict__.items() if v}, indent=1))
+    learned = ("" if not known else " Its predictors also learned from what the store held before it started: "
+               + ", ".join(f"{n} values of <b>{html.escape(name)}</b>" for name, n in known.items()) + ".")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>FleetNAS run {run.id}</title>
 <style>
@@ -190,7 +194,7 @@ pre {{ background: #f6f7f9; padding: 0.75rem; font-size: 0.8rem; }}
 </style></head><body>
 <h1>FleetNAS search run {run.id}{f" ({html.escape(run.name)})" if run.name else ""}</h1>
 <p>Space <b>{html.escape(spec.space)}</b>, tactic <b>{html.escape(run.tactic)}</b>, {n_measured} real evaluations of a
-budget of {spec.budget}; state <b>{html.escape(run.state)}</b>.</p>
+budget of {spec.budget}; state <b>{html.escape(run.state)}</b>.{learned}</p>
 <h2>Best trade-offs (measured Pareto front)</h2>
 {_table(front_rows)}
 <h2>Figures</h2>

@@ -12,6 +12,9 @@ from .objectives import Objective
 
 ANALYTIC = ("macs", "params", "activation_bytes", "peak_activation_bytes")
 FARM_VALUES = {"latency": "latency_ms", "memory": "peak_bytes"}
+#: At most this many known values per objective (the latest): LINAS refits its predictors on them at every
+#: iteration, and a refit on 500 rows already takes seconds (benchmarks/results/predictors.txt).
+KNOWN_LIMIT = 1000
 
 
 class EvaluationError(RuntimeError):
@@ -63,6 +66,34 @@ class LiveEvaluator:
                 from ..supernets.analytic import analytic_features
                 columns.append([float(analytic_features(self.supernet, c)[o.metric]) for c in configs])
         return np.array(columns, dtype=float).T
+
+    def known(self, before: float) -> dict[str, tuple[list[Config], list[float]]]:
+        """What the store held of each objective at time `before` (a run's start): current, unthrottled
+        measurements of its device kind taken with the settings this evaluator measures with (a calibration's,
+        earlier runs'), and accuracy evaluations; the latest KNOWN_LIMIT of each. A run resumed later sees the
+        same, unless a drift has marked measurements stale in between."""
+        known = {}
+        for o in self.objectives:
+            if o.device_kind:
+                configs, values = self._known_measurements(o, before)
+            elif o.metric == "accuracy" and self.store is not None:
+                records = [e for e in self.store.evaluations(self.space_id, "accuracy") if e.created_at <= before]
+                configs, values = [e.config for e in records], [float(e.value) for e in records]
+            else:
+                continue
+            if configs:
+                known[o.name] = (configs[-KNOWN_LIMIT:], values[-KNOWN_LIMIT:])
+        return known
+
+    def _known_measurements(self, o: Objective, before: float) -> tuple[list, list]:
+        from ..calibrate.calibration import training_set
+
+        if self.store is None:
+            return [], []
+        settings = self.farm.settings_for(o.device_kind, self.farm.export_format(o.device_kind), self.stopping)
+        configs, values, _ = training_set(self.store, self.space_id, o.device_kind, settings.runtime, settings.hash,
+                                          FARM_VALUES[o.metric], before=before)
+        return configs, values.tolist()
 
     def _measure(self, configs, kind: str) -> list:
         results = self.farm.measure(list(configs), kind, space=self.space_id, stopping=self.stopping)

@@ -2,9 +2,11 @@
 
 A run's settings (space, objectives, constraints, tactic and its settings, budget, seed, where the farm
 and the accuracy evaluator come from) are stored when it starts, so `resume_run(store, run_id)` needs
-nothing else. Each real evaluation is a `measured` run member; the hypervolume after it is a
-`hypervolume` event; LINAS's prediction for a candidate, made before it was measured, is a `prediction`
-event (the honest parity plot); the final predicted front is stored as `predicted` members.
+nothing else. Each real evaluation is a `measured` run member; the hypervolume after it is a `hypervolume`
+event; LINAS's prediction for a candidate, made before it was measured, is a `prediction` event (the honest
+parity plot); the final predicted front is stored as `predicted` members. How many values of each objective
+the store held when the run started, which LINAS learns from as well (`LiveEvaluator.known`), is a `known`
+event.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from ..supernets import Config, get_supernet
 from .hypervolume import Normaliser, hypervolume, non_dominated
 from .objectives import Constraint, Objective, minimised, parse_constraint, parse_objective
 from .session import SearchSession
-from .tactics import get_tactic
+from .tactics import LEARNING, get_tactic
 
 REF = 1.1
 #: The hypervolume of a live run is measured against the range of its first evaluations, fixed from then
@@ -139,8 +141,13 @@ def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int
     with run_lease(store, run_id):
         recorder = StoreRecorder(store, run_id, spec.parsed_objectives())
         space = get_supernet(spec.space).space
-        session = SearchSession(space, evaluator, spec.budget, recorder=recorder,
+        # Known before the run started, so that a resumed run is given the same and replays.
+        learns = spec.tactic in LEARNING and hasattr(evaluator, "known")
+        known = evaluator.known(before=store.run(run_id).created_at) if learns else None
+        session = SearchSession(space, evaluator, spec.budget, recorder=recorder, known=known,
                                 constraints=spec.parsed_constraints(), on_evaluation=on_evaluation)
+        if session.known_counts and not store.run_events(run_id, "known"):
+            store.add_run_event(run_id, "known", session.known_counts)
         store.set_run_state(run_id, "running")
         try:
             get_tactic(spec.tactic)(session, seed=spec.seed, **spec.tactic_settings)
@@ -150,6 +157,14 @@ def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int
         recorder.finish()
         store.set_run_state(run_id, "finished")
     return session
+
+
+def known_summary(session: SearchSession) -> str | None:
+    """One line on what the run learned from besides its own evaluations, for the terminal."""
+    if not session.known_counts:
+        return None
+    return "also learned from what the store held before the run: " + ", ".join(
+        f"{n} values of {name}" for name, n in session.known_counts.items())
 
 
 class RunBusy(ValueError):

@@ -5,6 +5,10 @@ Every real evaluation goes through `SearchSession.evaluate`. It evaluates each c
 to a recorder (the store) before returning it. A session resumed from a recorder replays: the tactic,
 re-run with the same seed, asks for the same configurations in the same order and gets the recorded
 values without re-measuring, so a resumed search ends exactly where an uninterrupted one would.
+
+A session may also start with what was already known of single objectives (`known`): a device kind's
+calibration measurements, earlier runs' accuracy evaluations. Those values cost nothing from the budget and
+never enter the measured front; tactics that fit predictors (LINAS) train on them as well.
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ class BudgetExhausted(Exception):
 class SearchSession:
     def __init__(self, space: SearchSpace, evaluator: Evaluator, budget: int, recorder: Recorder | None = None,
                  pool: np.ndarray | None = None, constraints: Sequence[Constraint] = (),
-                 on_evaluation: Callable[[int, int], None] | None = None):
+                 on_evaluation: Callable[[int, int], None] | None = None,
+                 known: dict[str, tuple[Sequence[Config], Sequence[float]]] | None = None):
         if budget <= 0:
             raise ValueError(f"budget must be positive, got {budget}")
         self.space, self.evaluator, self.budget, self.recorder = space, evaluator, budget, recorder
@@ -58,6 +63,7 @@ class SearchSession:
             key = space.key(config)
             self._memo[key], self._configs[key] = np.asarray(values, dtype=float), config
         self._recorded = len(self._memo)
+        self._known = self._check_known(known or {})
 
     @property
     def used(self) -> int:
@@ -113,6 +119,33 @@ class SearchSession:
         """Integer encodings and all-minimise objective values of everything consumed so far."""
         configs, values = self.history()
         return self.space.encode_many(configs), minimised(values, self.objectives)
+
+    @property
+    def known_counts(self) -> dict[str, int]:
+        """How many values of each objective were known before the run."""
+        return {name: len(rows) for name, rows in self._known.items()}
+
+    def known_encoded(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """What was known of objective j before the run, for configs not evaluated in it: integer encodings
+        and all-minimise values (a config the run evaluated is known by its own evaluation instead)."""
+        rows = [row for key, row in self._known.get(self.objectives[j].name, {}).items() if key not in self._consumed]
+        X = np.array([x for x, _ in rows], dtype=np.int64).reshape(-1, self.space.n_var)
+        return X, np.array([v for _, v in rows], dtype=float) * self.objectives[j].sign
+
+    def _check_known(self, known: dict) -> dict[str, dict[str, tuple[np.ndarray, float]]]:
+        """{objective: {key: (encoding, value)}}; configs that no longer fit the space are left out."""
+        names = {o.name for o in self.objectives}
+        checked = {}
+        for name, (configs, values) in known.items():
+            if name not in names:
+                raise ValueError(f"known values of {name!r}, which is not an objective ({', '.join(sorted(names))})")
+            if len(configs) != len(values):
+                raise ValueError(f"known values of {name!r}: {len(configs)} configs but {len(values)} values")
+            rows = {self.space.key(c): (self.space.encode(c), float(v)) for c, v in zip(configs, values)
+                    if np.isfinite(v) and self.space.is_valid(c)}
+            if rows:
+                checked[name] = rows
+        return checked
 
     def keys(self) -> list[str]:
         return list(self._order)

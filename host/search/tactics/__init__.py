@@ -13,6 +13,10 @@ TACTICS: dict[str, Callable] = {
 }
 
 
+#: Tactics that fit predictors, and so learn from what a session knew before its run (`SearchSession.known`).
+LEARNING = {"linas"}
+
+
 def get_tactic(name: str) -> Callable:
     if name not in TACTICS:
         raise ValueError(f"unknown tactic {name!r}; choose one of {', '.join(TACTICS)}")

@@ -1,8 +1,10 @@
 """LINAS: Lightweight Iterative NAS — predictor-guided evolution, real evaluations of the most promising.
 
     1. seed: a Latin-hypercube sample, evaluated for real;
-    2. fit one predictor per objective on everything evaluated (model, and all features or only the compact
-       analytic ones, chosen by cross-validation); each keeps the ensemble of its cross-validation fold models;
+    2. fit one predictor per objective on everything evaluated, and on what the session knew of that objective
+       before the run (`SearchSession.known_encoded`: a device kind's calibration measurements, say); the
+       model and its feature view are chosen by cross-validation; each predictor keeps the ensemble of its
+       cross-validation fold models;
     3. run an evolutionary algorithm on the predictors for a few generations from the measured front
        (cheap), keeping every configuration it visits as a candidate;
     4. choose a batch of unseen candidates by Thompson sampling: for each slot, one ensemble member's
@@ -139,11 +141,13 @@ class Surrogates:
 
     def fit(self, iteration: int) -> None:
         X, F = self.session.history_encoded()
-        features = self.featurize(X)
         reselect = not self._chosen or len(X) >= 1.5 * self._selected_at
         self.predictors = []
         for j, objective in enumerate(self.session.objectives):
-            natural = F[:, j] * objective.sign
+            # What was known of this objective before the run (a device's calibration) trains it too.
+            known_X, known_F = self.session.known_encoded(j)
+            features = self.featurize(np.vstack([X, known_X]))
+            natural = np.concatenate([F[:, j], known_F]) * objective.sign
             models = self.models if reselect else self._chosen[j]
             predictor = fit_predictor(features, natural, models=models, seed=self.seed + iteration,
                                       views=getattr(self.featurize, "views", None), **_error_measure(objective))
