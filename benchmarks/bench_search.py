@@ -2,13 +2,17 @@
 
     .venv/bin/python benchmarks/bench_search.py [--seeds 10] [--budget 200] [--tactics linas,evolutionary,random]
                                                 [--only imagenet16_test] [--out benchmarks/results/search]
-                                                [--jobs 2] [--rerun]
+                                                [--jobs 2] [--rerun] [--known-accuracy N] [--at 100,200]
 
 Runs `fleetnas bench search` once per (accuracy, latency) pair, keeps every run's JSON under --out, and
 prints, per pair and tactic, the mean number of real evaluations needed to reach 95 %, 98 % and 99 % of the
 true front's hypervolume (with how many seeds got there within the budget) and the fraction reached at
 100 and 200 evaluations. Reference (DyNAS-T 1.6.0's LINAS on ImageNet16 × Pixel 3): 99 evaluations to 95 %,
 225 to 98 %, 99 % in 1 of 5 seeds within 400; random search needs about 1,500 for 98 %.
+
+--known-accuracy N gives each run the accuracy of N random cells beforehand (`fleetnas bench search --known`),
+as a search on a new device finds an earlier run's accuracy evaluations in the store; write those runs to
+another --out. --at chooses the evaluation counts whose hypervolume fraction is printed.
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ def run_pair(accuracy: str, latency: str, args) -> Path:
     cmd = [sys.executable, "-m", "fleetnas.cli", "bench", "search", "--table", str(TABLE), "--space", "nb201",
            "--key", "cellstr", "--objective", f"{accuracy}:max", "--objective", f"{latency}:min",
            "--budget", str(args.budget), "--seeds", str(args.seeds), "--json", str(out)]
+    if args.known_accuracy:
+        cmd += ["--known", f"{accuracy}:{args.known_accuracy}"]
     for tactic in args.tactics.split(","):
         cmd += ["--tactic", tactic]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -45,7 +51,7 @@ def reach(hv: list[float], fraction: float) -> int | None:
     return next((i + 1 for i, h in enumerate(hv) if h >= fraction - 1e-12), None)
 
 
-def summarise(path: Path) -> list[str]:
+def summarise(path: Path, at: list[int]) -> list[str]:
     data = json.loads(path.read_text())
     lines = []
     for tactic in dict.fromkeys(r["tactic"] for r in data["runs"]):
@@ -54,9 +60,9 @@ def summarise(path: Path) -> list[str]:
         for f in REACH:
             hits = [n for n in (reach(r["hv"], f) for r in runs) if n is not None]
             cells.append(f"{np.mean(hits):6.0f} ({len(hits):2d}/{len(runs)})" if hits else f"{'-':>6s} ( 0/{len(runs)})")
-        at = [np.mean([r["hv"][min(k, len(r["hv"])) - 1] for r in runs]) for k in (100, 200)]
+        fractions = [np.mean([r["hv"][min(k, len(r["hv"])) - 1] for r in runs]) for k in at]
         lines.append(f"{path.stem.replace('__', ' × '):42s} {tactic:13s} " + "  ".join(cells)
-                     + f"   {at[0]:.4f}  {at[1]:.4f}")
+                     + "".join(f"  {f:.4f}" for f in fractions))
     return lines
 
 
@@ -69,15 +75,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search")
     parser.add_argument("--rerun", action="store_true", help="run pairs whose JSON already exists")
     parser.add_argument("--jobs", type=int, default=1, help="pairs run at once (one core each)")
+    parser.add_argument("--known-accuracy", type=int, default=0, metavar="N",
+                        help="each run knows the accuracy of N random cells beforehand")
+    parser.add_argument("--at", default="100,200", help="evaluation counts to print the hypervolume fraction at")
     args = parser.parse_args()
+    at = [int(k) for k in args.at.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     accuracies = [a for a in ACCURACIES if not args.only or a in args.only.split(",")]
     print(f"{'pair':42s} {'tactic':13s} {'to 95% (seeds)':>14s}  {'to 98% (seeds)':>14s}  {'to 99% (seeds)':>14s}"
-          f"   HV@100  HV@200")
+          + "".join(f"  {'HV@' + str(k):>6s}" for k in at))
     pairs = [(accuracy, latency) for accuracy in accuracies for latency in LATENCIES]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each pair is its own process
         for path in pool.map(lambda pair: run_pair(*pair, args), pairs):
-            for line in summarise(path):
+            for line in summarise(path, at):
                 print(line, flush=True)
 
 

@@ -327,6 +327,23 @@ def test_bench_search_writes_every_run_and_summarises(table_path, tmp_path):
     bad = fleetnas("bench", "search", "--table", str(table_path), "--space", "nb201", "--key", "cellstr",
                    "--objective", "accuracy:max", "--objective", "speed:min", "--tactic", "random", "--budget", "5")
     assert bad.returncode == 1 and "no column 'speed'" in bad.stderr
+    base = ["bench", "search", "--table", str(table_path), "--space", "nb201", "--key", "cellstr", "--objective",
+            "accuracy:max", "--objective", "latency:min", "--tactic", "linas", "--budget", "22", "--seeds", "1"]
+    known = fleetnas(*base, "--known", "accuracy:200", "--json", str(out))
+    assert known.returncode == 0, known.stderr
+    assert json.loads(out.read_text())["known"] == {"accuracy": 200}
+    for flag, message in (("speed:5", "cannot know values of 'speed'"), ("accuracy:many", "'accuracy:many'"),
+                          ("latency:99999", "must be 1 to 15625")):
+        refused = fleetnas(*base, "--known", flag)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+
+
+def test_a_replay_knows_random_rows_of_the_table_the_same_way_for_a_seed(problem):
+    configs, values = problem.known_sample({"latency": 30}, seed=4)["latency"]
+    assert len({NB201.space.key(c) for c in configs}) == 30
+    assert values == [synthetic_values(c)[1] for c in configs]
+    assert problem.known_sample({"latency": 30}, seed=4)["latency"][0] == configs
+    assert problem.known_sample({"latency": 30}, seed=5)["latency"][0] != configs
 
 
 def test_search_cli_refuses_bad_requests_clearly(tmp_path):

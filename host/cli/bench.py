@@ -199,8 +199,18 @@ def _add_search(bench_sub) -> None:
     p.add_argument("--algorithm", default="nsga2", choices=["nsga2", "agemoea", "unsga3", "ctaea", "moead"])
     p.add_argument("--budget", type=positive_int, required=True, metavar="N", help="real evaluations per run")
     p.add_argument("--seeds", type=positive_int, default=3, metavar="K", help="runs per tactic (seeds 0..K-1)")
+    p.add_argument("--known", action="append", default=[], type=_known_rows, metavar="COLUMN:N",
+                   help="each run knows N random rows' values of objective COLUMN beforehand, as a search knows a "
+                        "calibration's measurements or an earlier run's accuracy (repeatable; not counted)")
     p.add_argument("--json", type=Path, metavar="OUT", help="every run's evaluated keys and hypervolume curve")
     p.set_defaults(handler=run_search_bench)
+
+
+def _known_rows(text: str) -> tuple[str, int]:
+    column, _, n = text.rpartition(":")
+    if not column or not n.isdigit() or int(n) <= 0:
+        raise argparse.ArgumentTypeError(f"expected COLUMN:N with N a positive number of rows, got {text!r}")
+    return column, int(n)
 
 
 def run_search_bench(args: argparse.Namespace) -> int:
@@ -215,13 +225,14 @@ def run_search_bench(args: argparse.Namespace) -> int:
         if len(objectives) < 2:
             raise ValueError("give at least two --objective")
         problem = ReplayProblem.from_table(read_table(args.table), args.space, args.key, objectives)
+        problem.known_sample(dict(args.known), 0)  # refuses an unknown column or too many rows before any run
     except (ValueError, KeyError) as exc:
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
     runs = []
     for tactic in args.tactic:
         settings = {} if tactic == "random" else {"algorithm": args.algorithm}
         for seed in range(args.seeds):
-            run = problem.run(tactic, seed, args.budget, **settings)
+            run = problem.run(tactic, seed, args.budget, known=dict(args.known), **settings)
             runs.append(run)
             reached = [evaluations_to_reach(run["hv"], f) for f in REACH]
             print(f"{tactic} seed {seed}: final {run['hv'][-1]:.2%}; evaluations to "
@@ -229,7 +240,7 @@ def run_search_bench(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"table": str(args.table), "objectives": args.objective,
-                                         "budget": args.budget, "runs": runs}))
+                                         "budget": args.budget, "known": dict(args.known), "runs": runs}))
     _print_search_summary(runs, args)
     return 0
 

@@ -59,12 +59,32 @@ class ReplayProblem:
         covers_space = len(evaluator._values) >= space.size
         return cls(space, evaluator, normaliser, true_hv, None if covers_space else evaluator.pool)
 
-    def run(self, tactic: str, seed: int, budget: int, **settings) -> dict:
-        session = SearchSession(self.space, self.evaluator, budget, pool=self.pool)
+    def run(self, tactic: str, seed: int, budget: int, known: dict[str, int] | None = None, **settings) -> dict:
+        """One run; `known` = {objective: n} gives it n random rows' values of that objective beforehand."""
+        session = SearchSession(self.space, self.evaluator, budget, pool=self.pool,
+                                known=self.known_sample(known or {}, seed))
         get_tactic(tactic)(session, seed=seed, **settings)
         _, values = session.history()
         curve = hv_curve(minimised(values, session.objectives), self.normaliser, REF) / self.true_hv
         return {"tactic": tactic, "seed": seed, "evaluated": session.keys(), "hv": [round(float(h), 6) for h in curve]}
+
+
+    def known_sample(self, counts: dict[str, int], seed: int) -> dict[str, tuple[list[Config], list[float]]]:
+        """`counts[name]` rows of the table drawn at random, whose values of objective `name` a run knows before
+        it starts, as it would know a calibration's measurements or an earlier run's accuracy evaluations."""
+        column = {o.name: j for j, o in enumerate(self.evaluator.objectives)}
+        keys = list(self.evaluator._values)
+        rng = np.random.default_rng(10_000 + seed)
+        known = {}
+        for name, n in counts.items():
+            if name not in column:
+                raise ValueError(f"cannot know values of {name!r}: it is not an objective ({', '.join(column)})")
+            if not 0 < n <= len(keys):
+                raise ValueError(f"known rows of {name!r} must be 1 to {len(keys)}, got {n}")
+            rows = rng.choice(len(keys), n, replace=False)
+            known[name] = ([self.space.from_key(keys[i]) for i in rows],
+                           [float(self.evaluator._values[keys[i]][column[name]]) for i in rows])
+        return known
 
 
 def evaluations_to_reach(hv: list[float], fraction: float) -> int | None:
