@@ -146,6 +146,17 @@ def test_session_keeps_what_was_known_apart_from_its_budget_and_front():
         SearchSession(NB201.space, CountingEvaluator(), budget=4, known={"latency": (configs, latencies[:5])})
 
 
+def test_linas_seeds_fewer_configurations_the_more_is_known(problem):
+    from fleetnas.search.tactics.linas import seed_size
+
+    configs = NB201.space.sample(30, 2)
+    def session(n_known: int) -> SearchSession:
+        known = {"accuracy": (configs[:n_known], [synthetic_values(c)[0] for c in configs[:n_known]])} if n_known else None
+        return SearchSession(problem.space, problem.evaluator, 50, pool=problem.pool, known=known)
+    assert [seed_size(session(n), 20) for n in (0, 4, 10, 30)] == [20, 16, 10, 10]
+    assert seed_size(session(30), 5) == 3
+
+
 def test_linas_learns_each_objective_from_what_was_known_before_the_run(problem):
     from fleetnas.search.tactics.linas import Featurizer, Surrogates
 
