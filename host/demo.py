@@ -5,9 +5,10 @@
       2. writes a one-agent farm inventory and opens the SQLite store, both under out_dir;
       3. trains (or loads the cached) demo super-network on scikit-learn's digits;
       4. calibrates: measures a Latin-hypercube sample of sub-networks and fits latency and memory predictors;
-      5. runs LINAS over (accuracy, measured latency, measured memory);
+      5. runs LINAS over (accuracy, measured latency, measured memory), learning from the calibration too;
       6. writes the report and returns the best trade-offs.
-Everything lands in out_dir; running it again reuses what is stored there (nothing is measured twice).
+Everything lands in out_dir; running it again replays the same search from what is stored there (nothing is
+measured twice).
 """
 from __future__ import annotations
 
@@ -77,11 +78,13 @@ def run_demo(out_dir: str | Path = "fleetnas-demo", budget: int = 60, calibratio
 
 
 def _resumable_run(store, spec) -> int:
-    """The unfinished demo run with these settings, or a new one: an interrupted demo picks up where it was."""
+    """The latest demo run with these settings, or a new one: an interrupted demo picks up where it was, and a
+    finished one is replayed from the store (a new run would learn from the first one's measurements, and so
+    measure other sub-networks)."""
     from .search.run import start_run
 
     for run in reversed(store.runs()):
-        if run.settings == {**spec.__dict__} and run.state != "finished":
+        if run.settings == {**spec.__dict__}:
             return run.id
     return start_run(store, spec)
 
