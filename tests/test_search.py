@@ -150,9 +150,12 @@ def test_linas_seeds_fewer_configurations_the_more_is_known(problem):
     from fleetnas.search.tactics.linas import seed_size
 
     configs = NB201.space.sample(30, 2)
+
     def session(n_known: int) -> SearchSession:
-        known = {"accuracy": (configs[:n_known], [synthetic_values(c)[0] for c in configs[:n_known]])} if n_known else None
+        accuracies = [synthetic_values(c)[0] for c in configs[:n_known]]
+        known = {"accuracy": (configs[:n_known], accuracies)} if n_known else None
         return SearchSession(problem.space, problem.evaluator, 50, pool=problem.pool, known=known)
+
     assert [seed_size(session(n), 20) for n in (0, 4, 10, 30)] == [20, 16, 10, 10]
     assert seed_size(session(30), 5) == 3
 

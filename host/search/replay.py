@@ -68,7 +68,6 @@ class ReplayProblem:
         curve = hv_curve(minimised(values, session.objectives), self.normaliser, REF) / self.true_hv
         return {"tactic": tactic, "seed": seed, "evaluated": session.keys(), "hv": [round(float(h), 6) for h in curve]}
 
-
     def known_sample(self, counts: dict[str, int], seed: int) -> dict[str, tuple[list[Config], list[float]]]:
         """`counts[name]` rows of the table drawn at random, whose values of objective `name` a run knows before
         it starts, as it would know a calibration's measurements or an earlier run's accuracy evaluations."""
