@@ -66,8 +66,9 @@ def run_demo(out_dir: str | Path = "fleetnas-demo", budget: int = 60, calibratio
             evaluator = LiveEvaluator("demo", spec.parsed_objectives(), farm=farm, store=store,
                                       accuracy=accuracy, stopping=STOPPING)
             session = execute_run(store, run_id, evaluator)
-            if known_summary(session):
-                say(known_summary(session))
+            learned = known_summary(session)
+            if learned:
+                say(learned)
             report = write_report(store, run_id, out / f"report-{run_id}")
             configs, values, objectives = measured_front(store, run_id)
             front = [{"config": c, **{o.name: float(v) for o, v in zip(objectives, row)}}

@@ -110,6 +110,7 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
     for c, row in zip(configs, values):
         table.add_row(*[f"{v:.4g}" for v in row], json.dumps(c, separators=(",", ":"))[:80])
     Console().print(table)
-    if known_summary(session):
-        print(known_summary(session))
+    learned = known_summary(session)
+    if learned:
+        print(learned)
     print(f"report: fleetnas report {run_id}" + (f" --db {store.path}" if store.path else ""))
