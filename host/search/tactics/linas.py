@@ -148,12 +148,13 @@ class Surrogates:
 
     def fit(self, iteration: int) -> None:
         X, F = self.session.history_encoded()
+        evaluated = self.featurize(X)
         reselect = not self._chosen or len(X) >= 1.5 * self._selected_at
         self.predictors = []
         for j, objective in enumerate(self.session.objectives):
             # What was known of this objective before the run (a device's calibration) trains it too.
             known_X, known_F = self.session.known_encoded(j)
-            features = self.featurize(np.vstack([X, known_X]))
+            features = np.vstack([evaluated, self.featurize(known_X)]) if len(known_X) else evaluated
             natural = np.concatenate([F[:, j], known_F]) * objective.sign
             models = self.models if reselect else self._chosen[j]
             predictor = fit_predictor(features, natural, models=models, seed=self.seed + iteration,
