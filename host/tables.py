@@ -21,33 +21,55 @@ from .supernets import Config, SuperNetwork
 class Table:
     path: Path
     rows: list[dict]
+    #: The file's line number of each row, for error messages (blank lines are skipped).
+    lines: list[int]
 
     @property
     def columns(self) -> list[str]:
         return list(self.rows[0]) if self.rows else []
 
     def column(self, name: str) -> np.ndarray:
-        """A numeric column; `A+B` sums columns (e.g. encoder and decoder latency)."""
+        """A numeric column; `A+B` sums columns (e.g. encoder and decoder latency). A value that is not a
+        finite number (blank, text, nan, inf) is refused with its line: it would poison every fit and front."""
         parts = name.split("+")
         missing = [p for p in parts if p not in self.columns]
         if missing:
             raise ValueError(f"{self.path.name} has no column {missing[0]!r}; it has {', '.join(self.columns)}")
-        try:
-            return sum(np.array([float(row[p]) for row in self.rows]) for p in parts)
-        except ValueError as exc:
-            raise ValueError(f"column {name!r} of {self.path.name} is not numeric: {exc}") from None
+        return sum(self._numbers(p) for p in parts)
+
+    def _numbers(self, column: str) -> np.ndarray:
+        values = np.empty(len(self.rows))
+        for i, row in enumerate(self.rows):
+            try:
+                values[i] = float(row[column])
+            except ValueError:
+                values[i] = np.nan
+            if not np.isfinite(values[i]):
+                raise ValueError(f"{self.path.name} line {self.lines[i]}, column {column!r}: {row[column]!r} is not a "
+                                 "finite number")
+        return values
 
 
 def read_table(path: str | Path) -> Table:
     path = Path(path)
     try:
         with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.reader(f)
+            header = next(reader, [])
+            rows, lines = [], []
+            for fields in reader:
+                if not fields:
+                    continue
+                if len(fields) != len(header):
+                    raise ValueError(f"{path.name} line {reader.line_num} has {len(fields)} fields where the "
+                                     f"header has {len(header)}")
+                rows.append(dict(zip(header, fields)))
+                lines.append(reader.line_num)
     except OSError as exc:
         raise ValueError(f"cannot read table {path}: {exc.strerror}") from None
     if not rows:
         raise ValueError(f"table {path} has no rows")
-    return Table(path, rows)
+    return Table(path, rows, lines)
 
 
 def table_configs(table: Table, supernet: SuperNetwork, key: str) -> list[Config]:

@@ -78,3 +78,19 @@ def test_fbnet_analytic_features_order_blocks_by_cost():
     a, b = fbnet.analytic_features(light), fbnet.analytic_features(heavy)
     assert b["macs"] > 5 * a["macs"] and b["params"] > a["params"]
     assert fbnet.table_only and get_supernet("nb201").table_only
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a,b\n1,2\n3\n", "t.csv line 3 has 1 fields where the header has 2"),
+    ("a,b\n1,2\n3,4,5\n", "t.csv line 3 has 3 fields where the header has 2"),
+    ("a,b\n1,2\n\n3,nan\n", "t.csv line 4, column 'b': 'nan' is not a finite number"),
+    ("a,b\n1,inf\n", "t.csv line 2, column 'b': 'inf' is not a finite number"),
+    ("a,b\n1,\n", "t.csv line 2, column 'b': '' is not a finite number"),
+])
+def test_a_table_names_the_line_of_a_ragged_row_or_a_value_that_is_not_a_number(tmp_path, text, message):
+    from fleetnas.tables import read_table
+
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_table(path).column("b")

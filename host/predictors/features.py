@@ -56,7 +56,9 @@ def table_features(rows: Sequence[dict], columns: Sequence[str]) -> np.ndarray:
             except KeyError:
                 raise ValueError(f"no column {column!r}; the table has {', '.join(row)}") from None
             except (TypeError, ValueError):
-                raise ValueError(f"row {i + 1}, column {column!r}: {row[column]!r} is not a number") from None
+                X[i, j] = np.nan
+            if not np.isfinite(X[i, j]):
+                raise ValueError(f"row {i + 1}, column {column!r}: {row[column]!r} is not a finite number")
     return X
 
 
