@@ -82,3 +82,20 @@ def test_train_size_must_leave_test_rows(numeric_table, capsys):
     assert main(["bench", "predictor", "--table", str(numeric_table), "--features", "a", "--target", "enc",
                  "--train-size", "50"]) != 0
     assert "leaves no test rows" in capsys.readouterr().err
+
+
+def test_targets_are_checked_before_any_fit(numeric_table, tmp_path, capsys):
+    """A leaked target, a value that is not a number, an output that is a folder: refused before fitting."""
+    base = ["bench", "predictor", "--table", str(numeric_table), "--train-size", "10", "--models", "ridge"]
+    assert main([*base, "--features", "a,enc", "--target", "enc"]) != 0
+    assert "--target enc is also a --features column" in capsys.readouterr().err
+    rows = numeric_table.read_text().splitlines()
+    rows[40] = rows[40].rsplit(",", 1)[0] + ",nan"
+    poisoned = tmp_path / "poisoned.csv"
+    poisoned.write_text("\n".join(rows) + "\n")
+    assert main([*base[:2], "--table", str(poisoned), *base[4:], "--features", "a", "--target", "enc",
+                 "--target", "dec"]) != 0
+    err = capsys.readouterr().err
+    assert "poisoned.csv line 41, column 'dec': 'nan' is not a finite number" in err and "seed 0" not in err
+    assert main([*base, "--features", "a", "--target", "enc", "--json", str(tmp_path)]) != 0
+    assert "is a folder" in capsys.readouterr().err

@@ -220,6 +220,27 @@ def test_linas_fits_costs_by_relative_and_qualities_by_absolute_error(problem):
     assert latency.cv_metrics["selection_score"] == "mape"
 
 
+@pytest.mark.parametrize("tactic", sorted(TACTICS))
+def test_every_tactic_stops_when_a_partial_table_runs_out(table_path, tmp_path, tactic):
+    """A table that covers part of the space: a budget beyond its rows evaluates each row once, then stops."""
+    lines = table_path.read_text().splitlines()
+    partial = tmp_path / "partial.csv"
+    partial.write_text("\n".join(lines[:31]) + "\n")  # the header and 30 rows
+    problem = ReplayProblem.from_table(read_table(partial), "nb201", "cellstr", OBJECTIVES)
+    assert problem.size == 30
+    run = problem.run(tactic, seed=0, budget=40)
+    assert sorted(run["evaluated"]) == sorted(line.split(",")[0] for line in lines[1:31])
+    assert run["hv"][-1] == pytest.approx(1.0)
+
+
+def test_a_replay_refuses_a_table_with_two_rows_for_one_configuration(table_path, tmp_path):
+    lines = table_path.read_text().splitlines()
+    twice = tmp_path / "twice.csv"
+    twice.write_text("\n".join(lines[:4] + [lines[2]]) + "\n")
+    with pytest.raises(ValueError, match="lines 3 and 5 hold the same configuration"):
+        ReplayProblem.from_table(read_table(twice), "nb201", "cellstr", OBJECTIVES)
+
+
 def test_replay_counts_evaluations_to_reach_a_fraction():
     assert evaluations_to_reach([0.5, 0.9, 0.96, 0.99], 0.95) == 3
     assert evaluations_to_reach([0.5, 0.9], 0.95) is None
@@ -310,6 +331,33 @@ def test_constraints_keep_infeasible_points_off_the_front(tmp_path):
         execute_run(store, run_id, CountingEvaluator())
         configs, values, objectives = measured_front(store, run_id)
         assert len(configs) and np.all(values[:, 1] <= 4)
+
+
+def test_report_writes_its_own_files_and_refuses_what_it_cannot_write(tmp_path, capsys):
+    from fleetnas.cli import main
+
+    db = tmp_path / "r.db"
+    with open_store(db) as store:
+        finished = start_run(store, _spec())
+        execute_run(store, finished, CountingEvaluator())
+        empty = start_run(store, _spec())  # started, nothing evaluated yet
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "front_0_2.png").write_bytes(b"left by a report of three objectives")
+    (out / "notes.png").write_bytes(b"the user's own")
+    assert main(["report", str(finished), "--db", str(db), "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"index.html", "front.csv", "front.json", "front_0_1.png", "hypervolume.png", "parity.png"} <= names
+    assert "front_0_2.png" not in names and "notes.png" in names  # only its own stale figures go
+    assert main(["report", str(empty), "--db", str(db), "--out", str(tmp_path / "empty")]) == 0
+    assert (tmp_path / "empty" / "front.csv").read_text().splitlines() == ["rank,accuracy,latency,config"]
+    capsys.readouterr()
+    for args, message in ((["99", "--db", str(db), "--out", str(tmp_path / "r99")], "no search run 99"),
+                          (["1", "--db", str(tmp_path / "typo.db")], "no store at"),
+                          (["1", "--db", str(db), "--out", str(db)], "is a file; give a folder")):
+        assert main(["report", *args]) != 0
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r99").exists() and not (tmp_path / "typo.db").exists()
 
 
 def test_recorder_catches_up_hypervolume_after_a_crash_between_writes(tmp_path):

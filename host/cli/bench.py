@@ -62,7 +62,15 @@ def run_predictor(args: argparse.Namespace) -> int:
         raise CliError(f"unknown model {unknown[0]!r}; choose from {', '.join(FAMILIES)} or auto", 2)
     if args.cv < 2:
         raise CliError(f"--cv needs at least 2 folds, got {args.cv}", 2)
+    output = _output_file(args.json)
     table, X, keys, spec = _table_features(args)
+    leaked = [t for t in targets if spec["kind"] == "table" and set(t.split("+")) & set(spec["columns"])]
+    if leaked:
+        raise CliError(f"--target {leaked[0]} is also a --features column: the predictor would read the answer", 2)
+    try:  # every target is read (and checked) before the first fit
+        truths = {target: table.column(target) for target in targets}
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     views = feature_views(spec["columns"]) if spec["kind"] == "space" else None
     log_target = {"auto": None, "yes": True, "no": False}[args.log_target]
     too_big = [n for n in args.train_size if n > len(keys) - 1]
@@ -70,11 +78,7 @@ def run_predictor(args: argparse.Namespace) -> int:
         raise CliError(f"--train-size {too_big[0]} leaves no test rows: {args.table} has {len(keys)} rows")
 
     runs = []
-    for target in targets:
-        try:
-            y = table.column(target)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
+    for target, y in truths.items():
         for size in args.train_size:
             for seed in range(args.seeds):
                 order = np.random.default_rng(seed).permutation(len(y))
@@ -92,9 +96,8 @@ def run_predictor(args: argparse.Namespace) -> int:
                              "keys": [keys[i] for i in test], "y_true": y[test].tolist(), "y_pred": predicted.tolist(),
                              "metrics": regression_metrics(y[test], predicted)})
                 _progress(runs[-1])
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"table": str(args.table), "features": spec, "runs": runs}))
+    if output:
+        output.write_text(json.dumps({"table": str(args.table), "features": spec, "runs": runs}))
     _print_summary(runs, args.table.name)
     return 0
 
@@ -213,6 +216,28 @@ def _known_rows(text: str) -> tuple[str, int]:
     return column, int(n)
 
 
+def _refuse_repeats(option: str, values: list[str]) -> None:
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    if repeated:
+        raise ValueError(f"{option} {repeated[0]} is given twice")
+
+
+def _output_file(path: Path | None) -> Path | None:
+    """--json OUT, checked before hours of benchmarking: its folder is made now, and a folder given as OUT
+    or a file that cannot be written is refused now."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise CliError(f"--json {path} is a folder; give a file name", 2)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise CliError(f"cannot write --json {path}: {exc.strerror}") from None
+    return path
+
+
 def run_search_bench(args: argparse.Namespace) -> int:
     import sys
 
@@ -224,10 +249,15 @@ def run_search_bench(args: argparse.Namespace) -> int:
         objectives = [parse_objective(o) for o in args.objective]
         if len(objectives) < 2:
             raise ValueError("give at least two --objective")
+        _refuse_repeats("--objective", [o.metric for o in objectives])
+        _refuse_repeats("--tactic", args.tactic)
         problem = ReplayProblem.from_table(read_table(args.table), args.space, args.key, objectives)
+        if args.budget > problem.size:
+            raise ValueError(f"--budget {args.budget} is more than the {problem.size} configurations of {args.table.name}")
         problem.known_sample(dict(args.known), 0)  # refuses an unknown column or too many rows before any run
     except (ValueError, KeyError) as exc:
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
+    output = _output_file(args.json)
     runs = []
     for tactic in args.tactic:
         settings = {} if tactic == "random" else {"algorithm": args.algorithm}
@@ -237,9 +267,8 @@ def run_search_bench(args: argparse.Namespace) -> int:
             reached = [evaluations_to_reach(run["hv"], f) for f in REACH]
             print(f"{tactic} seed {seed}: final {run['hv'][-1]:.2%}; evaluations to "
                   + ", ".join(f"{f:.0%}: {r or '-'}" for f, r in zip(REACH, reached)), file=sys.stderr, flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"table": str(args.table), "objectives": args.objective,
+    if output:
+        output.write_text(json.dumps({"table": str(args.table), "objectives": args.objective,
                                          "budget": args.budget, "known": dict(args.known), "runs": runs}))
     _print_search_summary(runs, args)
     return 0

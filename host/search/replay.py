@@ -51,6 +51,7 @@ class ReplayProblem:
     def from_table(cls, table: Table, space_id: str, key: str, objectives: list[Objective]) -> "ReplayProblem":
         supernet = get_supernet(space_id)
         space, configs = supernet.space, table_configs(table, supernet, key)
+        _refuse_duplicates(space, configs, table)
         values = np.stack([table.column(o.metric) for o in objectives], axis=1)
         evaluator = TableEvaluator(space, configs, values, objectives)
         F = minimised(values, objectives)
@@ -58,6 +59,11 @@ class ReplayProblem:
         true_hv = hypervolume(normaliser(F[non_dominated(F)]), np.full(len(objectives), REF))
         covers_space = len(evaluator._values) >= space.size
         return cls(space, evaluator, normaliser, true_hv, None if covers_space else evaluator.pool)
+
+    @property
+    def size(self) -> int:
+        """How many configurations the table holds: the most a run can evaluate."""
+        return len(self.evaluator._values)
 
     def run(self, tactic: str, seed: int, budget: int, known: dict[str, int] | None = None, **settings) -> dict:
         """One run; `known` = {objective: n} gives it n random rows' values of that objective beforehand."""
@@ -84,6 +90,18 @@ class ReplayProblem:
             known[name] = ([self.space.from_key(keys[i]) for i in rows],
                            [float(self.evaluator._values[keys[i]][column[name]]) for i in rows])
         return known
+
+
+def _refuse_duplicates(space: SearchSpace, configs: list[Config], table: Table) -> None:
+    """A replay's truth is one row per configuration: a second row would be one the search can never see,
+    yet its values would shape the true front that scores it."""
+    first: dict[str, int] = {}
+    for i, config in enumerate(configs):
+        key = space.key(config)
+        if key in first:
+            raise ValueError(f"{table.path.name} lines {table.lines[first[key]]} and {table.lines[i]} hold the same "
+                             f"configuration {key!r:.120}; a replay needs one row per configuration")
+        first[key] = i
 
 
 def evaluations_to_reach(hv: list[float], fraction: float) -> int | None:

@@ -26,7 +26,10 @@ def run(session: SearchSession, seed: int = 0, algorithm: str = "nsga2", pop_siz
         pop = asked if isinstance(asked, Population) else Population.create(asked)
         X = np.atleast_2d(np.asarray(pop.get("X"))).round().astype(np.int64)
         if session.pool is not None:
-            X = snap_to_pool(X, session.pool)
+            unseen = session.fresh(session.pool)
+            if not len(unseen):
+                return  # every row of the table has been evaluated
+            X = snap_to_pool(X, unseen)
             pop.set("X", X)
         configs = [space.decode(x) for x in X]
         new = len(session.fresh(X))
@@ -42,6 +45,7 @@ def run(session: SearchSession, seed: int = 0, algorithm: str = "nsga2", pop_siz
 
 
 def snap_to_pool(X: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Each row replaced by its nearest pool member (fewest differing variables): tables cover few configs."""
+    """Each row replaced by its nearest pool member (fewest differing variables): tables cover few configs.
+    Given the rows not evaluated yet, every generation measures something new until the table runs out."""
     distance = (X[:, None, :] != pool[None, :, :]).sum(axis=2)
     return pool[distance.argmin(axis=1)]

@@ -69,6 +69,8 @@ def run(session: SearchSession, seed: int = 0, n_init: int = 20, batch: int = 5,
         surrogates.fit(iteration)
         candidates = _candidates(session, surrogates, algorithm, pop_size, generations, seed + iteration)
         if len(candidates) == 0:
+            if session.pool is not None:
+                break  # every row of the table has been evaluated
             candidates = session.fresh(space.encode_many(space.sample(10 * batch, seed + iteration)))
         samples = surrogates.samples(candidates)
         candidates, samples = _feasible(session, candidates, samples)
