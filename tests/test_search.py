@@ -400,6 +400,22 @@ def test_bench_search_writes_every_run_and_summarises(table_path, tmp_path):
         assert refused.returncode != 0 and message in refused.stderr, refused.stderr
 
 
+@pytest.mark.parametrize("change, message", [
+    (["--objective", "accuracy:min"], "--objective accuracy is given twice"),
+    (["--tactic", "random"], "--tactic random is given twice"),
+    (["--budget", "15626"], "--budget 15626 is more than the 15625 configurations"),
+    (["--json", "."], "is a folder; give a file name"),
+])
+def test_bench_search_refuses_what_it_could_not_score_before_any_run(table_path, capsys, change, message):
+    from fleetnas.cli import main
+
+    args = ["bench", "search", "--table", str(table_path), "--space", "nb201", "--key", "cellstr", "--objective",
+            "accuracy:max", "--objective", "latency:min", "--tactic", "random", "--budget", "5", *change]
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert message in err and "seed 0" not in err
+
+
 def test_a_replay_knows_random_rows_of_the_table_the_same_way_for_a_seed(problem):
     configs, values = problem.known_sample({"latency": 30}, seed=4)["latency"]
     assert len({NB201.space.key(c) for c in configs}) == 30

@@ -19,10 +19,15 @@ def run(args: argparse.Namespace) -> int:
     from fleetnas.report import write_report
     from fleetnas.store import StoreError, open_store
 
+    out = args.out or Path(f"fleetnas-report-{args.run}")
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; give a folder")
     try:
-        with open_store(args.db) as store:
-            index = write_report(store, args.run, args.out or Path(f"fleetnas-report-{args.run}"))
+        with open_store(args.db, existing=True) as store:
+            index = write_report(store, args.run, out)
     except (KeyError, StoreError) as exc:
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot write the report to {out}: {exc.strerror}") from None
     print(index)
     return 0

@@ -28,9 +28,7 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    spec = load_spec(store, run_id)
+    spec = load_spec(store, run_id)  # an unknown run stops here, before any folder is made
     run = store.run(run_id)
     objectives = spec.parsed_objectives()
     members = store.run_members(run_id, source="measured")
@@ -46,12 +44,15 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     parity = _parity_pairs(store, run_id, members, objectives)
     if parity:
         figures["parity.png"] = _parity_figure(objectives, parity)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_figures(out, figures)
     for name, png in figures.items():
         (out / name).write_bytes(png)
 
     rows = [{"rank": k + 1, **{o.name: float(v) for o, v in zip(objectives, row)}, "config": json.dumps(c)}
             for k, (c, row) in enumerate(zip(front_configs, front_values))]
-    _write_csv(out / "front.csv", rows)
+    _write_csv(out / "front.csv", rows, ["rank", *(o.name for o in objectives), "config"])
     (out / "front.json").write_text(json.dumps({"run": run_id, "space": spec.space, "objectives": spec.objectives,
                                                 "constraints": spec.constraints, "front": [
                                                     {**r, "config": c} for r, c in zip(rows, front_configs)]},
@@ -104,7 +105,9 @@ def _hypervolume_figure(events) -> bytes:
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     if events:
-        ax.plot([e.payload["evaluations"] for e in events], [e.payload["hv"] for e in events], color="#1f5fa8")
+        # markers as well as the line: a run of one evaluation is one point, which a line alone does not draw
+        ax.plot([e.payload["evaluations"] for e in events], [e.payload["hv"] for e in events], color="#1f5fa8",
+                marker="o", markersize=3)
     ax.set_xlabel("real evaluations")
     ax.set_ylabel("hypervolume (normalised)")
     ax.grid(alpha=0.3)
@@ -130,7 +133,7 @@ def _parity_figure(objectives, parity) -> bytes:
     from ..predictors import regression_metrics
 
     names = [o.name for o in objectives if o.name in parity]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False, layout="constrained")
     for ax, name in zip(axes[0], names):
         predicted, measured = parity[name]
         m = regression_metrics(measured, predicted)
@@ -156,12 +159,20 @@ def _device_rows(store, objectives) -> list[dict]:
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+def _remove_stale_figures(out: Path, figures: dict[str, bytes]) -> None:
+    """An earlier report in the same folder (another run, other objectives) may have left figures this one
+    does not draw; they would sit beside the new page as if they belonged to it. Only our own names go."""
+    for pattern in ("front_*_*.png", "hypervolume.png", "parity.png"):
+        for old in out.glob(pattern):
+            if old.name not in figures:
+                old.unlink()
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with path.open("w", newline="") as f:  # the header even with no rows: readers expect the columns
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _table(rows: list[dict]) -> str:

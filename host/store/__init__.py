@@ -22,13 +22,17 @@ def default_location() -> str:
     return os.environ.get("FLEETNAS_DB") or DEFAULT_DB
 
 
-def open_store(location: str | Path | None = None, busy_timeout_s: float = 30.0) -> Store:
+def open_store(location: str | Path | None = None, busy_timeout_s: float = 30.0, existing: bool = False) -> Store:
+    """The store at `location`; `existing=True` for readers (a report, a resume): a mistyped path is then an
+    error instead of a new, empty database."""
     location = str(location or default_location())
     if "://" in location:
         scheme, _, rest = location.partition("://")
         if scheme != "sqlite":
             raise StoreError(f"unsupported store {location!r}: only sqlite:///PATH or a file path")
         location = rest
+    if existing and not Path(location).is_file():
+        raise StoreError(f"no store at {location} (give --db PATH, or set FLEETNAS_DB)")
     return SqliteStore(Path(location), busy_timeout_s=busy_timeout_s)
 
 
