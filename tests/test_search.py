@@ -95,8 +95,13 @@ def test_objectives_and_constraints_parse_with_units_and_refuse_nonsense():
         parse_objective("accuracy")
     with pytest.raises(ValueError, match="only latency and memory"):
         parse_objective("accuracy@rpi4:max")
-    with pytest.raises(ValueError, match="unknown unit 'parsecs'"):
+    assert parse_constraint("accuracy >= 90%").value == pytest.approx(0.9)
+    assert parse_constraint("macs <= 300M").value == 3e8
+    with pytest.raises(ValueError, match="unit 'parsecs' does not fit latency; units: ms, s, us"):
         parse_constraint("latency@x <= 3 parsecs")
+    for wrong in ("latency@x <= 30MB", "latency <= 1m", "macs <= 30ms", "memory@x <= 5s", "top1 >= 9%"):
+        with pytest.raises(ValueError, match="does not fit"):
+            parse_constraint(wrong)
 
 
 # ----- the session -------------------------------------------------------------------------------

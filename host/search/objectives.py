@@ -14,8 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 DEVICE_METRICS = ("latency", "memory")
-UNIT_SCALE = {"": 1.0, "ms": 1.0, "s": 1000.0, "us": 0.001, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9,
-              "kib": 1024.0, "mib": 1024.0 ** 2, "gib": 1024.0 ** 3, "%": 1.0, "m": 1e6, "g": 1e9}
+_TIME = {"ms": 1.0, "s": 1000.0, "us": 0.001}
+_BYTES = {"b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024.0, "mib": 1024.0 ** 2, "gib": 1024.0 ** 3}
+_COUNT = {"k": 1e3, "m": 1e6, "g": 1e9}
+#: The units a constraint may use on each metric, as factors to its natural unit. "%" divides by 100 (an
+#: accuracy given as a fraction); a metric not listed (a table's column) takes a bare number only.
+UNITS = {"latency": _TIME, "memory": _BYTES, "activation_bytes": _BYTES, "peak_activation_bytes": _BYTES,
+         "macs": _COUNT, "params": _COUNT, "accuracy": {"%": 0.01}}
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,16 @@ def parse_constraint(text: str) -> Constraint:
     m = _CONSTRAINT.match(text)
     if not m:
         raise ValueError(f"constraint {text!r} must look like 'latency@rpi4 <= 30ms' or 'accuracy >= 0.9'")
-    unit = m["unit"].lower()
-    if unit not in UNIT_SCALE:
-        raise ValueError(f"constraint {text!r}: unknown unit {m['unit']!r}; use one of ms, s, us, MB, MiB, GB, %")
+    metric, unit = m["name"].split("@")[0], m["unit"].lower()
+    units = {"": 1.0, **UNITS.get(metric, {})}
+    if unit not in units:
+        allowed = ", ".join(u for u in units if u) or "none: give a bare number"
+        raise ValueError(f"constraint {text!r}: unit {m['unit']!r} does not fit {metric}; units: {allowed}")
     try:
         value = float(m["value"])
     except ValueError:
         raise ValueError(f"constraint {text!r}: {m['value']!r} is not a number") from None
-    return Constraint(m["name"], m["op"], value * UNIT_SCALE[unit])
+    return Constraint(m["name"], m["op"], value * units[unit])
 
 
 def minimised(values: np.ndarray, objectives: list[Objective]) -> np.ndarray:
