@@ -231,3 +231,13 @@ def test_created_at_is_wall_clock_seconds(store):
     before = time.time()
     record, _ = store.record_measurement(measurement())
     assert before <= record.created_at <= time.time()
+
+
+def test_a_store_that_cannot_be_made_or_is_not_there_is_a_store_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match="cannot make the folder of database"):
+        open_store(blocker / "x.db")
+    with pytest.raises(StoreError, match="no store at"):
+        open_store(tmp_path / "typo.db", existing=True)
+    assert not (tmp_path / "typo.db").exists()
