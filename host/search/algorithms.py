@@ -96,7 +96,8 @@ def make_algorithm(name: str, space: SearchSpace, n_obj: int, pop_size: int = 10
         return AGEMOEA(pop_size=pop_size, **ops)
     if name == "unsga3":
         from pymoo.algorithms.moo.unsga3 import UNSGA3
-        return UNSGA3(ref_dirs, pop_size=pop_size, **ops)
+        # At least one individual per reference direction (pymoo warns on stdout otherwise: --json would break).
+        return UNSGA3(ref_dirs, pop_size=max(pop_size, len(ref_dirs)), **ops)
     if name == "ctaea":
         from pymoo.algorithms.moo.ctaea import CTAEA
         ops.pop("eliminate_duplicates")

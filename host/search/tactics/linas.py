@@ -212,6 +212,7 @@ def _seed_sample(session: SearchSession, n: int, seed: int) -> None:
         # The two corners (every variable at its first choice, every one at its last) anchor the ends of the
         # front on super-network spaces, whose choices run from small to large; the rest cover the space.
         corners = [c for c in (np.zeros(space.n_var, np.int64), space.upper) if space.is_valid(space.decode(c))]
+        corners = corners[:n]  # a budget of one has room for one corner
         rows = np.vstack(corners + [space.encode_many(space.latin_hypercube(n - len(corners), seed))])
     rows = session.fresh(rows)
     session.evaluate([space.decode(x) for x in rows[:min(n, session.remaining)]])
