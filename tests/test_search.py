@@ -440,3 +440,41 @@ def test_search_cli_refuses_bad_requests_clearly(tmp_path):
     assert constraint.returncode == 1 and "not an objective" in constraint.stderr
     missing = fleetnas("search", "--resume", "42", "--db", str(tmp_path / "x.db"))
     assert missing.returncode == 1 and "no search run 42" in missing.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--space", "nb201", "--objective", "macs:min", "--objective", "params:min"], "nb201 is a table-only space"),
+    (["--space", "demo", "--objective", "accuracy:max", "--objective", "speed:min"], "unknown metric 'speed'"),
+    (["--space", "demo", "--objective", "accuracy:max", "--objective", "latency@pi:min", "--inventory",
+      "farm.toml"], "no agent of kind 'pi'"),
+    (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--accuracy", "nowhere:f"],
+     "cannot load the accuracy evaluator 'nowhere:f'"),
+    (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--tactic", "random",
+      "--batch", "4"], "--batch is a LINAS setting"),
+    (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--seed", "-1"],
+     "--seed: must be 0 or more"),
+    (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--constraint",
+      "macs <= 3ms"], "unit 'ms' does not fit macs"),
+])
+def test_search_refuses_a_run_it_could_not_evaluate_before_storing_it(tmp_path, monkeypatch, capsys, args, message):
+    from fleetnas.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with open_store(tmp_path / "s.db"):
+        pass
+    try:
+        code = main(["search", *args, "--budget", "3", "--db", str(tmp_path / "s.db")])
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    assert code != 0 and message in capsys.readouterr().err
+    with open_store(tmp_path / "s.db") as store:
+        assert store.runs() == []  # nothing left behind that could never run
+
+
+def test_a_resumed_search_keeps_its_settings_and_needs_its_store(tmp_path, capsys):
+    from fleetnas.cli import main
+
+    assert main(["search", "--resume", "1", "--budget", "50", "--db", str(tmp_path / "s.db")]) != 0
+    assert "--budget cannot be given with it" in capsys.readouterr().err
+    assert main(["search", "--resume", "1", "--db", str(tmp_path / "typo.db")]) != 0
+    assert "no store at" in capsys.readouterr().err and not (tmp_path / "typo.db").exists()

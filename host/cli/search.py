@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 
-from .common import CliError, positive_int, print_json
+from .common import CliError, non_negative_int, positive_int, print_json
 
 
 def register(sub) -> None:
@@ -23,10 +24,11 @@ def register(sub) -> None:
                    help="the evolutionary algorithm (inside LINAS, or on real evaluations)")
     p.add_argument("--budget", type=positive_int, default=100, help="real evaluations to spend (default 100)")
     p.add_argument("--batch", type=positive_int, help="LINAS: real evaluations per iteration (default 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--accuracy", metavar="MODULE:CALLABLE",
                    help="accuracy evaluator: a function of a config, or a class to instantiate (demo has its own)")
-    p.add_argument("--inventory", default="fleetnas.toml", help="farm inventory (default fleetnas.toml)")
+    p.add_argument("--inventory",
+                   help="farm inventory (default fleetnas.toml); with --resume, where the run's inventory now is")
     p.add_argument("--db", help="the store (default fleetnas.db or $FLEETNAS_DB)")
     p.add_argument("--name", help="a name for the run (unique in the store)")
     p.add_argument("--resume", type=int, metavar="RUN", help="continue run RUN where it stopped")
@@ -35,61 +37,101 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleetnas.farm.scheduler import FarmError
     from fleetnas.search.live import EvaluationError
     from fleetnas.store import StoreError, open_store
 
     try:
-        with open_store(args.db) as store:
-            run_id = args.resume if args.resume is not None else _start(store, args)
-            session = _execute(store, run_id)
+        if args.resume is not None:
+            _refuse_options_with_resume(args)
+        with open_store(args.db, existing=args.resume is not None) as store:
+            session, run_id = _search(store, args)
             _report(store, run_id, session, args.json)
-    except (EvaluationError, StoreError, ValueError, KeyError) as exc:
+    except (EvaluationError, FarmError, StoreError, ValueError, KeyError) as exc:
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
     return 0
 
 
-def _start(store, args: argparse.Namespace) -> int:
-    from fleetnas.search.run import RunSpec, start_run
+#: What a new run is started with; a resumed run keeps what it was started with.
+RUN_OPTIONS = {"space": None, "objective": [], "constraint": [], "tactic": "linas", "algorithm": "nsga2",
+               "budget": 100, "batch": None, "seed": 0, "accuracy": None, "name": None}
+
+
+def _refuse_options_with_resume(args: argparse.Namespace) -> None:
+    given = [name for name, default in RUN_OPTIONS.items() if getattr(args, name) != default]
+    if given:
+        raise CliError(f"--resume {args.resume} continues the run with the settings it was started with; "
+                       f"--{given[0]} cannot be given with it", 2)
+
+
+def _search(store, args: argparse.Namespace):
+    """(session, run id): a new run is stored only once its evaluator could be set up (farm, accuracy), so a
+    mistake there leaves no run behind."""
+    from fleetnas.search.run import load_spec, start_run
+
+    spec = load_spec(store, args.resume) if args.resume is not None else _new_spec(args)
+    with _evaluator(store, spec, args.inventory if args.resume is not None else None) as evaluator:
+        run_id = args.resume
+        if run_id is None:
+            run_id = start_run(store, spec, name=args.name)
+            print(f"search run {run_id} started in {store.path}", file=sys.stderr)
+        return _execute(store, run_id, spec, evaluator), run_id
+
+
+def _new_spec(args: argparse.Namespace):
+    from pathlib import Path
+
+    from fleetnas.search.run import RunSpec
 
     if not args.space or not args.objective:
         raise CliError("give --space and at least two --objective, or --resume RUN", 2)
+    if args.name is not None and not args.name.strip():
+        raise CliError("--name must not be empty", 2)
     settings = {}
     if args.tactic != "random":
         settings["algorithm"] = args.algorithm
-    if args.batch and args.tactic == "linas":
+    if args.batch:
+        if args.tactic != "linas":
+            raise CliError(f"--batch is a LINAS setting; the {args.tactic} tactic has no batches", 2)
         settings["batch"] = args.batch
+    # The inventory is kept as an absolute path: a resume may run from another folder.
+    inventory = str(Path(args.inventory or "fleetnas.toml").resolve()) if any("@" in o for o in args.objective) else None
     spec = RunSpec(space=args.space, objectives=args.objective, tactic=args.tactic, budget=args.budget,
-                   seed=args.seed, constraints=args.constraint, tactic_settings=settings,
-                   inventory=args.inventory if any("@" in o for o in args.objective) else None,
+                   seed=args.seed, constraints=args.constraint, tactic_settings=settings, inventory=inventory,
                    accuracy=args.accuracy)
-    run_id = start_run(store, spec, name=args.name)
-    print(f"search run {run_id} started in {store.path}", file=sys.stderr)
-    return run_id
+    spec.validate()
+    return spec
 
 
-def _execute(store, run_id: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+@contextmanager
+def _evaluator(store, spec, inventory: str | None):
+    """The run's LiveEvaluator, with its farm open; `inventory` (a resume's --inventory) overrides the stored one,
+    for a farm whose inventory file has moved."""
     from fleetnas.search.live import LiveEvaluator, resolve_accuracy
-    from fleetnas.search.run import execute_run, load_spec
 
-    spec = load_spec(store, run_id)
     objectives = spec.parsed_objectives()
     farm = None
     if any(o.device_kind for o in objectives):
         from fleetnas.farm import Farm
-        farm = Farm.open(spec.inventory, db=store.path)
+        farm = Farm.open(inventory or spec.inventory, db=store.path)
     needs_accuracy = any(o.metric == "accuracy" for o in objectives)
     try:
-        evaluator = LiveEvaluator(spec.space, objectives, farm=farm, store=store, stopping=spec.stopping,
-                                  accuracy=resolve_accuracy(spec.space, spec.accuracy) if needs_accuracy else None)
-        with Progress(TextColumn(f"run {run_id}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      transient=True, disable=not sys.stderr.isatty()) as bar:
-            task = bar.add_task("search", total=spec.budget)
-            return execute_run(store, run_id, evaluator, lambda used, _: bar.update(task, completed=used))
+        yield LiveEvaluator(spec.space, objectives, farm=farm, store=store, stopping=spec.stopping,
+                            accuracy=resolve_accuracy(spec.space, spec.accuracy) if needs_accuracy else None)
     finally:
         if farm is not None:
             farm.close()
+
+
+def _execute(store, run_id: int, spec, evaluator):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fleetnas.search.run import execute_run
+
+    with Progress(TextColumn(f"run {run_id}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("search", total=spec.budget)
+        return execute_run(store, run_id, evaluator, lambda used, _: bar.update(task, completed=used))
 
 
 def _report(store, run_id: int, session, as_json: bool) -> None:

@@ -44,9 +44,15 @@ class LiveEvaluator:
         self.space_id, self.objectives = space_id, list(objectives)
         self.supernet = get_supernet(space_id)
         self.farm, self.store, self.accuracy, self.stopping = farm, store, accuracy, stopping
+        needs_module = [o for o in self.objectives if o.device_kind or o.metric in ANALYTIC]
+        if self.supernet.table_only and needs_module:
+            raise EvaluationError(f"objective {needs_module[0]}: {space_id} is a table-only space, whose sub-networks "
+                                  "cannot be built; replay its table with `fleetnas bench search`")
         for o in self.objectives:
             if o.device_kind and farm is None:
                 raise EvaluationError(f"objective {o} needs a device farm (an inventory with kind {o.device_kind!r})")
+            if o.device_kind:
+                farm.inventory.of_kind(o.device_kind)  # names the kinds there are
             if o.metric == "accuracy" and accuracy is None:
                 raise EvaluationError(f"objective {o}: space {space_id!r} has no built-in accuracy evaluator; "
                                       "give --accuracy MODULE:CALLABLE")
