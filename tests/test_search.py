@@ -478,3 +478,18 @@ def test_a_resumed_search_keeps_its_settings_and_needs_its_store(tmp_path, capsy
     assert "--budget cannot be given with it" in capsys.readouterr().err
     assert main(["search", "--resume", "1", "--db", str(tmp_path / "typo.db")]) != 0
     assert "no store at" in capsys.readouterr().err and not (tmp_path / "typo.db").exists()
+
+
+@pytest.mark.parametrize("accuracy, message", [
+    (lambda config: float("nan"), "returned nan"),
+    (lambda config: "high", "returned 'high'"),
+    (lambda config: 1 / 0, "failed on {'resolution'"),
+])
+def test_an_accuracy_evaluator_that_misbehaves_is_named_with_the_config(accuracy, message):
+    from fleetnas.search.live import EvaluationError, LiveEvaluator
+
+    evaluator = LiveEvaluator("demo", [parse_objective("accuracy:max"), parse_objective("macs:min")],
+                              accuracy=accuracy)
+    config = get_supernet("demo").space.sample(1, 0)[0]
+    with pytest.raises(EvaluationError, match=message):
+        evaluator.evaluate([config])

@@ -3,6 +3,8 @@ MACs and parameters counted from the built module. Every value lands in the stor
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,6 +27,10 @@ def resolve_accuracy(space_id: str, spec: str | None) -> Callable[[Config], floa
     """The accuracy evaluator: `module:callable` (a factory or a function of a config), or the demo's own."""
     if spec:
         module_name, _, attr = spec.partition(":")
+        if not module_name or not attr:
+            raise EvaluationError(f"the accuracy evaluator {spec!r} must look like MODULE:CALLABLE")
+        if "" not in sys.path and os.getcwd() not in sys.path:  # as `python -m` would: a module beside the user
+            sys.path.append(os.getcwd())
         try:
             target = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError, ValueError) as exc:
@@ -114,7 +120,24 @@ class LiveEvaluator:
         if self.store is not None:
             for e in self.store.evaluations(self.space_id, "accuracy", config=config):
                 return float(e.value)
-        value = float(self.accuracy(config))
+        value = self._call_accuracy(config)
         if self.store is not None:
             self.store.add_evaluation(self.space_id, config, "accuracy", value)
         return value
+
+    def _call_accuracy(self, config: Config) -> float:
+        """The user's evaluator, whose failures name it and the config: a search may run for hours before one."""
+        name = getattr(self.accuracy, "__qualname__", type(self.accuracy).__name__)
+        try:
+            returned = self.accuracy(config)
+        except Exception as exc:
+            raise EvaluationError(f"the accuracy evaluator {name} failed on {config}: {exc!r}") from exc
+        try:
+            value = float(returned)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not np.isfinite(value):
+            raise EvaluationError(f"the accuracy evaluator {name} returned {returned!r} for {config}; "
+                                  "it must return a finite number")
+        return value
+
