@@ -124,6 +124,7 @@ class Farm:
         self.progress = progress
         self.agents = {e.name: AgentState(e, inventory.base_dir) for e in inventory.agents}
         self._run_lock = threading.Lock()
+        self._closing = False  # set by close(): what workers still in an RPC then meet is the shutdown, not a fault
 
     @classmethod
     def open(cls, inventory: str | Inventory = "fleetnas.toml", db=None, **options) -> "Farm":
@@ -134,6 +135,7 @@ class Farm:
         return cls(inv, open_store(db), **options)
 
     def close(self) -> None:
+        self._closing = True
         for agent in self.agents.values():
             agent.close_client()
         self.store.close()
@@ -248,7 +250,9 @@ class Farm:
             while (task := self._next_task(agent, batch)) is not None:
                 self._execute(agent, task, batch)
         except BaseException as exc:  # a bug or a store failure: stop the batch rather than lose track of jobs
-            if isinstance(exc, StoreError):
+            if self._closing:  # an interrupted search closed the farm under this worker's RPC: nothing to report
+                log.debug("farm worker %s stopped by the farm's close: %r", agent.name, exc)
+            elif isinstance(exc, StoreError):
                 log.error("farm worker %s stopped: %s", agent.name, exc)
             else:
                 log.exception("farm worker %s stopped", agent.name)
@@ -376,6 +380,8 @@ class Farm:
                               env=d["env"], detail=detail, agent=agent.name, device_label=agent.device_label)
 
     def _failed_attempt(self, agent: AgentState, task: _Task, batch: _Batch, exc: grpc.RpcError) -> None:
+        if self._closing:  # cancelled by close(): the agent is not at fault, and the batch is abandoned
+            return
         code = exc.code().name if exc.code() else "UNKNOWN"
         text = f"{agent.name}: {_rpc_text(exc)}"
         if code not in AGENT_FAULTS | TRANSIENT:
