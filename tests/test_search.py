@@ -493,3 +493,16 @@ def test_an_accuracy_evaluator_that_misbehaves_is_named_with_the_config(accuracy
     config = get_supernet("demo").space.sample(1, 0)[0]
     with pytest.raises(EvaluationError, match=message):
         evaluator.evaluate([config])
+
+
+def test_search_measures_with_the_stopping_rule_it_is_given(tmp_path, capsys):
+    """The rule is part of a measurement's settings: a calibration taken with it is then known to the run."""
+    from fleetnas.cli import main, parser
+    from fleetnas.cli.search import _new_spec
+
+    args = parser().parse_args(["search", "--space", "demo", "--objective", "accuracy:max", "--objective",
+                                "latency@pi:min", "--max-seconds", "1", "--min-seconds", "0.2"])
+    assert _new_spec(args).stopping == {"max_s": 1.0, "min_s": 0.2}
+    assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
+                 "--max-seconds", "1", "--db", str(tmp_path / "s.db")]) != 0
+    assert "no --objective is measured on one" in capsys.readouterr().err

@@ -6,7 +6,8 @@ import json
 import sys
 from contextlib import contextmanager
 
-from .common import CliError, non_negative_int, positive_int, print_json
+from .common import (STOPPING_FLAGS, CliError, add_stopping_options, non_negative_int, positive_int, print_json,
+                     stopping_from)
 
 
 def register(sub) -> None:
@@ -33,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--name", help="a name for the run (unique in the store)")
     p.add_argument("--resume", type=int, metavar="RUN", help="continue run RUN where it stopped")
     p.add_argument("--json", action="store_true", help="print the measured front as JSON")
+    # The measurement settings are part of what a run learns from: a calibration taken with the same rule
+    # (and runtime, threads) is known to the search, one taken with another is not.
+    add_stopping_options(p)
     p.set_defaults(handler=run)
 
 
@@ -54,14 +58,15 @@ def run(args: argparse.Namespace) -> int:
 
 #: What a new run is started with; a resumed run keeps what it was started with.
 RUN_OPTIONS = {"space": None, "objective": [], "constraint": [], "tactic": "linas", "algorithm": "nsga2",
-               "budget": 100, "batch": None, "seed": 0, "accuracy": None, "name": None}
+               "budget": 100, "batch": None, "seed": 0, "accuracy": None, "name": None,
+               **{flag: 0 for flag in STOPPING_FLAGS}}
 
 
 def _refuse_options_with_resume(args: argparse.Namespace) -> None:
     given = [name for name, default in RUN_OPTIONS.items() if getattr(args, name) != default]
     if given:
         raise CliError(f"--resume {args.resume} continues the run with the settings it was started with; "
-                       f"--{given[0]} cannot be given with it", 2)
+                       f"--{given[0].replace('_', '-')} cannot be given with it", 2)
 
 
 def _search(store, args: argparse.Namespace):
@@ -94,11 +99,15 @@ def _new_spec(args: argparse.Namespace):
         if args.tactic != "linas":
             raise CliError(f"--batch is a LINAS setting; the {args.tactic} tactic has no batches", 2)
         settings["batch"] = args.batch
+    on_devices = any("@" in o for o in args.objective)
+    stopping = stopping_from(args)
+    if stopping and not on_devices:
+        raise CliError("a stopping rule is for measurements on devices; no --objective is measured on one", 2)
     # The inventory is kept as an absolute path: a resume may run from another folder.
-    inventory = str(Path(args.inventory or "fleetnas.toml").resolve()) if any("@" in o for o in args.objective) else None
+    inventory = str(Path(args.inventory or "fleetnas.toml").resolve()) if on_devices else None
     spec = RunSpec(space=args.space, objectives=args.objective, tactic=args.tactic, budget=args.budget,
                    seed=args.seed, constraints=args.constraint, tactic_settings=settings, inventory=inventory,
-                   accuracy=args.accuracy)
+                   accuracy=args.accuracy, stopping=stopping or None)
     spec.validate()
     return spec
 
