@@ -506,3 +506,20 @@ def test_search_measures_with_the_stopping_rule_it_is_given(tmp_path, capsys):
     assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
                  "--max-seconds", "1", "--db", str(tmp_path / "s.db")]) != 0
     assert "no --objective is measured on one" in capsys.readouterr().err
+
+
+def test_search_refuses_to_start_when_no_agent_of_a_kind_answers(tmp_path, capsys):
+    import socket
+
+    from fleetnas.cli import main
+
+    with socket.socket() as s:  # a port nothing listens on once this closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    inventory = tmp_path / "farm.toml"
+    inventory.write_text(f'[agents.ghost]\naddress = "127.0.0.1:{port}"\nkind = "ghostkind"\n')
+    assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "latency@ghostkind:min",
+                 "--budget", "3", "--inventory", str(inventory), "--db", str(tmp_path / "s.db")]) != 0
+    assert f"no agent of kind 'ghostkind' answers: ghost at 127.0.0.1:{port}: UNAVAILABLE" in capsys.readouterr().err
+    with open_store(tmp_path / "s.db") as store:
+        assert store.runs() == []

@@ -123,6 +123,7 @@ def _evaluator(store, spec, inventory: str | None):
     if any(o.device_kind for o in objectives):
         from fleetnas.farm import Farm
         farm = Farm.open(inventory or spec.inventory, db=store.path)
+        farm.require_answering({o.device_kind for o in objectives if o.device_kind})
     needs_accuracy = any(o.metric == "accuracy" for o in objectives)
     try:
         yield LiveEvaluator(spec.space, objectives, farm=farm, store=store, stopping=spec.stopping,

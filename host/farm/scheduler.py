@@ -153,6 +153,21 @@ class Farm:
         except InventoryError as exc:
             raise FarmError(str(exc)) from None
 
+    def require_answering(self, device_kinds: Iterable[str], timeout_s: float = 5.0) -> None:
+        """Raises FarmError naming each agent's answer when no agent of a kind answers its health check now.
+        A search refuses to start then: otherwise its first batch waits give_up_s for an agent that never comes."""
+        from .check import check_agent
+
+        for kind in device_kinds:
+            checks = []
+            for entry in self.agents_of(kind):
+                checks.append(check_agent(entry, self.inventory.base_dir, timeout_s, reference=False))
+                if checks[-1].healthy:
+                    break
+            else:
+                raise FarmError(f"no agent of kind {kind!r} answers: " + "; ".join(
+                    f"{c.name} at {c.address}: {c.status}{' ' + c.detail if c.detail else ''}" for c in checks))
+
     def settings_for(self, device_kind: str, fmt: str, stopping=None, seed: int = 0) -> Settings:
         """The settings a kind measures an artifact of format `fmt` with (runtime and threads from the inventory)."""
         entry = self.agents_of(device_kind)[0]
