@@ -471,6 +471,11 @@ def test_search_refuses_a_run_it_could_not_evaluate_before_storing_it(tmp_path, 
         assert store.runs() == []  # nothing left behind that could never run
 
 
+def test_a_run_cannot_be_given_more_evaluations_than_its_space_has_configurations():
+    with pytest.raises(ValueError, match="--budget 15626 is more than the 15625 configurations of nb201"):
+        RunSpec(space="nb201", objectives=["accuracy:max", "latency:min"], tactic="random", budget=15626).validate()
+
+
 def test_a_resumed_search_keeps_its_settings_and_needs_its_store(tmp_path, capsys):
     from fleetnas.cli import main
 

@@ -51,7 +51,7 @@ class RunSpec:
         return [parse_constraint(c) for c in self.constraints]
 
     def validate(self) -> None:
-        get_supernet(self.space)  # KeyError names the known spaces
+        space = get_supernet(self.space).space  # KeyError names the known spaces
         objectives = self.parsed_objectives()
         if len(objectives) < 2:
             raise ValueError("a multi-objective search needs at least two --objective")
@@ -64,6 +64,8 @@ class RunSpec:
         get_tactic(self.tactic)
         if self.budget <= 0:
             raise ValueError(f"--budget must be positive, got {self.budget}")
+        if self.budget > space.size:  # each configuration is evaluated once: the rest could never be spent
+            raise ValueError(f"--budget {self.budget} is more than the {space.size:g} configurations of {self.space}")
 
 
 class StoreRecorder:
