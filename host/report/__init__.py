@@ -143,6 +143,8 @@ def _parity_figure(objectives, parity) -> bytes:
         ax.set_xlabel(f"measured {name}")
         ax.set_ylabel(f"predicted {name} (before measuring)")
         ax.set_title(f"{name}: τ={m['kendall_tau']:.2f}, ±10% {m['within_10']:.0%}", fontsize=10)
+        ax.locator_params(nbins=5)  # a narrow panel's tick labels (100000, 120000…) would run together
+        ax.ticklabel_format(style="sci", scilimits=(-3, 4))
         ax.grid(alpha=0.3)
     return _png(fig)
 
