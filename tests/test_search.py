@@ -528,3 +528,11 @@ def test_search_refuses_to_start_when_no_agent_of_a_kind_answers(tmp_path, capsy
     assert f"no agent of kind 'ghostkind' answers: ghost at 127.0.0.1:{port}: UNAVAILABLE" in capsys.readouterr().err
     with open_store(tmp_path / "s.db") as store:
         assert store.runs() == []
+
+
+def test_linas_runs_on_a_budget_of_one_and_unsga3_fills_its_reference_directions(problem):
+    from fleetnas.search.algorithms import make_algorithm
+
+    assert len(problem.run("linas", seed=0, budget=1)["evaluated"]) == 1  # room for one seed corner
+    algorithm = make_algorithm("unsga3", NB201.space, n_obj=3, pop_size=100)
+    assert algorithm.pop_size >= len(algorithm.ref_dirs)  # else pymoo warns on stdout, into --json
