@@ -45,6 +45,11 @@ def run_demo(out_dir: str | Path = "fleetnas-demo", budget: int = 60, calibratio
     from .supernets.demo import DemoEvaluator
 
     out = Path(out_dir).resolve()
+    spec = RunSpec(space="demo", objectives=OBJECTIVES, tactic="linas", budget=budget, seed=seed,
+                   inventory=str(out / "fleetnas.toml"), stopping=STOPPING,
+                   tactic_settings={"n_init": min(12, budget), "batch": 6})
+    spec.validate()  # before the agent starts and the calibration measures
+    _refuse_foreign_inventory(out / "fleetnas.toml")
     out.mkdir(parents=True, exist_ok=True)
     logging.getLogger("fleetnas_agent").setLevel(logging.WARNING)
     server, port = build_server(AgentConfig(port=0, label="this-machine", cache_dir=out / "agent-cache"))
@@ -58,9 +63,6 @@ def run_demo(out_dir: str | Path = "fleetnas-demo", budget: int = 60, calibratio
         with open_store(out / "fleetnas.db") as store, Farm.open(inventory, db=out / "fleetnas.db",
                                                                  progress=True) as farm:
             calibration = _calibrate(farm, store, calibration_samples, seed, out, say)
-            spec = RunSpec(space="demo", objectives=OBJECTIVES, tactic="linas", budget=budget, seed=seed,
-                           inventory=str(inventory.path), stopping=STOPPING,
-                           tactic_settings={"n_init": min(12, budget), "batch": 6})
             run_id = _resumable_run(store, spec)
             say(f"searching (LINAS, run {run_id}): {budget} real evaluations of accuracy, latency and memory…")
             evaluator = LiveEvaluator("demo", spec.parsed_objectives(), farm=farm, store=store,
@@ -76,6 +78,21 @@ def run_demo(out_dir: str | Path = "fleetnas-demo", budget: int = 60, calibratio
     finally:
         server.stop(grace=None).wait()
     return DemoResult(run_id, report, out / "fleetnas.db", front, calibration)
+
+
+def _refuse_foreign_inventory(path: Path) -> None:
+    """The demo rewrites its own one-agent inventory on every run; a user's farm file in that folder would be lost."""
+    from .farm import Inventory
+
+    if not path.exists():
+        return
+    try:
+        agents = Inventory.load(path).agents
+    except ValueError:
+        agents = None
+    if agents is None or any(a.name != "local" or not a.address.startswith("127.0.0.1:") for a in agents):
+        raise ValueError(f"{path} is not the demo's own inventory (it would be overwritten); give the demo "
+                         "another --out folder")
 
 
 def _resumable_run(store, spec) -> int:

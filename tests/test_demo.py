@@ -4,6 +4,8 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 
 def demo(out, *extra) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fleetnas.cli", "demo", "--out", str(out), "--budget", "12",
@@ -38,3 +40,17 @@ def test_demo_runs_the_whole_loop_and_a_second_run_measures_nothing_again(tmp_pa
     again = demo(out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert count(db, "SELECT COUNT(*) FROM measurements WHERE ok = 1") == measured  # all from the store
+
+
+def test_the_demo_never_overwrites_a_farm_inventory_nor_starts_what_it_cannot_finish(tmp_path):
+    from fleetnas.demo import run_demo
+
+    farm = tmp_path / "farm"
+    farm.mkdir()
+    (farm / "fleetnas.toml").write_text('[agents.pi]\naddress = "10.0.0.5:50051"\nkind = "rpi4"\n')
+    with pytest.raises(ValueError, match="is not the demo's own inventory"):
+        run_demo(farm, budget=5, calibration_samples=2, say=lambda _: None)
+    assert "10.0.0.5" in (farm / "fleetnas.toml").read_text() and not (farm / "fleetnas.db").exists()
+    with pytest.raises(ValueError, match="more than the"):  # refused before the agent starts and measures
+        run_demo(tmp_path / "big", budget=10 ** 20, calibration_samples=2, say=lambda _: None)
+    assert not (tmp_path / "big").exists()

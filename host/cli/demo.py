@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import CliError, positive_int
+from .common import CliError, non_negative_int, positive_int
 
 
 def register(sub) -> None:
@@ -15,11 +15,29 @@ def register(sub) -> None:
                        description="Starts an agent on 127.0.0.1 (this machine is the device), trains the demo "
                                    "super-network on scikit-learn's digits, calibrates, searches with LINAS over "
                                    "accuracy, measured latency and measured memory, and writes a report.")
-    p.add_argument("--out", type=Path, default=Path("fleetnas-demo"), help="output folder (default fleetnas-demo)")
+    p.add_argument("--out", type=_folder, default=Path("fleetnas-demo"), help="output folder (default fleetnas-demo)")
     p.add_argument("--budget", type=positive_int, default=60, help="real evaluations for the search (default 60)")
-    p.add_argument("--samples", type=positive_int, default=16, help="sub-networks measured to calibrate (default 16)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=_samples, default=16,
+                   help=f"sub-networks measured to calibrate (default 16, at most {MAX_SAMPLES})")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(handler=run)
+
+
+#: Each calibration sample is a measurement of a second or more: beyond this the demo would run for hours.
+MAX_SAMPLES = 1000
+
+
+def _folder(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder")
+    return Path(text)
+
+
+def _samples(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SAMPLES}, got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

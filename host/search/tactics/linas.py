@@ -54,6 +54,8 @@ from ..problem import PredictedProblem
 from ..session import SearchSession
 
 REF = 1.1
+#: The fewest rows a predictor is fitted on (fit_predictor's cross-validation needs 4).
+MIN_ROWS = 4
 
 
 def run(session: SearchSession, seed: int = 0, n_init: int = 20, batch: int = 5, algorithm: str = "nsga2",
@@ -197,9 +199,10 @@ def seed_size(session: SearchSession, n_init: int) -> int:
     On three hard NAS-Bench-201 pairs (ImageNet16 × Titan Xp, CIFAR-10 × Titan Xp, ImageNet16 × Pixel 3; 8 seeds),
     with 100 accuracies known, seeds of 10 instead of 20 raised the hypervolume fraction at 30 evaluations from
     0.909 to 0.940 and at 100 from 0.971 to 0.973; with 50 latencies known, from 0.803 to 0.848 and from 0.968 to 0.969.
-    With nothing known, 10 seeds lost at 100 evaluations (0.963 against 0.968), so the full n_init stays."""
+    With nothing known, 10 seeds lost at 100 evaluations (0.963 against 0.968), so the full n_init stays.
+    Never fewer than MIN_ROWS: an objective nothing is known of is fitted on the seeds alone."""
     known = max(session.known_counts.values(), default=0)
-    return max(n_init - known, (n_init + 1) // 2)
+    return max(n_init - known, (n_init + 1) // 2, MIN_ROWS)
 
 
 def _seed_sample(session: SearchSession, n: int, seed: int) -> None:
