@@ -225,3 +225,25 @@ def test_a_real_50_percent_slowdown_fires_drift_marks_stale_and_refits(calibrate
             least_before[key] = min(v.value, least_before.get(key, np.inf))
     ratios = [v.value / least_before[json.dumps(v.config, sort_keys=True)] for v in values]
     assert 1.3 < float(np.median(ratios)) < 1.8
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--samples", "2", "--seed", "-1"], "--seed: must be 0 or more"),
+    (["--samples", "2", "--give-up", "nan"], "--give-up: must be a positive number of seconds"),
+    (["--watch", "--interval", "99999999999d"], "--interval: must be more than 0 and at most a year"),
+    (["--samples", "2", "--interval", "5s"], "--interval only applies with --watch"),
+    (["--samples", "2", "--models", "forest"], "--models: unknown model 'forest'"),
+    (["--samples", "2", "--min-runs", "50", "--max-runs", "10"], "--min-runs 50 is above --max-runs 10"),
+    (["--samples", "2", "--max-seconds", "inf"], "--max-seconds must be a finite number"),
+    (["--samples", "2", "--out-dir", "inv.toml"], "--out-dir inv.toml is a file"),
+])
+def test_calibrate_refuses_bad_options_before_measuring(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    Path("inv.toml").write_text('[agents.pi]\naddress = "127.0.0.1:9"\nkind = "k"\n')
+    try:
+        code = main(["calibrate", "--space", "demo", "--device-kind", "k", "--inventory", "inv.toml", "--db",
+                     "c.db", *args])
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    assert code != 0 and message in capsys.readouterr().err
+    assert not Path("c.db").exists()

@@ -125,6 +125,12 @@ def calibrate(farm, store: Store, space_id: str, device_kind: str, samples: int,
     rounds = [*first.values(), *second.values()]
     failed = measured_sample["failed"] + [e for r in rounds for e in r.errors]
     measured = measured_sample["measured"] + sum(sum(e.ok for e in r.entries) for r in rounds)
+    if len(failed) > measured + measured_sample["from_store"]:
+        # Most jobs failed (an agent died, a runtime cannot run the models): a predictor fitted on the rest
+        # would be recorded as the kind's latest calibration and reused by every search. What was measured is
+        # stored, so a rerun measures only the rest.
+        raise CalibrationError(f"{len(failed)} of {len(failed) + measured + measured_sample['from_store']} "
+                               f"measurements failed, so no calibration was recorded; first: {failed[0]}")
     return refit(store, space_id, device_kind, settings.to_dict(), reason="requested",
                  sample={"n": samples, "seed": seed}, out_dir=out_dir, include_throttled=include_throttled,
                  models=models, seed=seed, measured=measured, from_store=measured_sample["from_store"], failed=failed,

@@ -7,18 +7,36 @@ import re
 import sys
 from pathlib import Path
 
-from .common import CliError, add_stopping_options, positive_int, print_json, stopping_from
+from .common import CliError, add_stopping_options, non_negative_int, positive_int, print_json, stopping_from
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d)?\s*$")
 UNIT_S = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+#: The longest --interval: a year. Longer waits overflow the platform's timer (and mean "never").
+MAX_INTERVAL_S = 366 * 86400.0
+
+
 def duration_s(text: str) -> float:
-    """'90', '30s', '10m', '1.5h', '1d' as seconds."""
+    """'90', '30s', '10m', '1.5h', '1d' as seconds (more than 0, at most a year)."""
     match = DURATION.match(text)
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s, 10m, 1.5h or 1d")
-    return float(match.group(1)) * UNIT_S[match.group(2)]
+    seconds = float(match.group(1)) * UNIT_S[match.group(2)]
+    if not 0 < seconds <= MAX_INTERVAL_S:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most a year (366d), got {text}")
+    return seconds
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def fraction(text: str) -> float:
@@ -44,7 +62,7 @@ def register(sub) -> None:
     p.add_argument("--samples", type=positive_int, metavar="N",
                    help="sub-networks to sample and measure (besides the reference set); needed unless --watch "
                         "continues an earlier calibration")
-    p.add_argument("--seed", type=int, default=0, help="sampling and model-selection seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sampling and model-selection seed (default 0)")
     p.add_argument("--inventory", type=Path, default=Path("fleetnas.toml"), metavar="FILE",
                    help="farm inventory (default: fleetnas.toml in the working directory)")
     p.add_argument("--db", metavar="FILE", help="measurement database (default: fleetnas.db, or $FLEETNAS_DB)")
@@ -54,7 +72,7 @@ def register(sub) -> None:
                    help="fit on measurements taken while the device was throttled too (left out by default)")
     p.add_argument("--models", default="auto", help="model families to choose from, comma-separated: ridge, svr, "
                                                     "lgbm, mlp (default auto: all)")
-    p.add_argument("--give-up", type=float, default=300.0, metavar="SECONDS",
+    p.add_argument("--give-up", type=seconds, default=300.0, metavar="SECONDS",
                    help="fail waiting jobs once no agent of the kind has answered for this long (default 300)")
     w = p.add_argument_group("continuous mode")
     w.add_argument("--watch", action="store_true", help="keep re-measuring the reference set and refit on change")
@@ -82,7 +100,13 @@ def run(args: argparse.Namespace) -> int:
     if args.watch and args.samples is None and stopping:
         raise CliError("the stopping rule belongs to a calibration: --watch alone reuses the latest one's; give "
                        "--samples N to calibrate anew with these flags", 2)
-    models = args.models if args.models == "auto" else [m.strip() for m in args.models.split(",") if m.strip()]
+    watch_only = [f"--{name}" for name, default in (("interval", 600.0), ("rounds", None), ("threshold", 0.10),
+                                                      ("alpha", 0.01)) if getattr(args, name) != default]
+    if watch_only and not args.watch:
+        raise CliError(f"{watch_only[0]} only applies with --watch", 2)
+    models = _models(args.models)
+    if args.out_dir is not None and args.out_dir.exists() and not args.out_dir.is_dir():
+        raise CliError(f"--out-dir {args.out_dir} is a file; give a folder", 2)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, datefmt="%Y-%m-%d %H:%M:%S",
                         format="%(asctime)s %(message)s" if args.watch else "fleetnas: %(message)s")
     # Watching, every round's verdict is news (INFO); a one-off calibration only says what went wrong.
@@ -103,6 +127,19 @@ def run(args: argparse.Namespace) -> int:
     except (CalibrationError, FarmError, StoreError, JobError, InventoryError) as exc:
         raise CliError(str(exc)) from None
     return 0
+
+
+def _models(text: str):
+    """--models as fit_predictor takes it, refused before any measurement when a family is unknown."""
+    from fleetnas.predictors import FAMILIES
+
+    if text == "auto":
+        return text
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in models if m not in FAMILIES] or ([] if models else ["(none)"])
+    if unknown:
+        raise CliError(f"--models: unknown model {unknown[0]!r}; choose from {', '.join(FAMILIES)} or auto", 2)
+    return models
 
 
 def _calibrate(farm, args: argparse.Namespace, stopping: dict, models) -> None:

@@ -65,8 +65,14 @@ def add_stopping_options(p: argparse.ArgumentParser) -> None:
 def stopping_from(args: argparse.Namespace) -> dict:
     """The stopping rule the flags give, as StoppingRule fields; a negative value is a usage error."""
     for flag in STOPPING_FLAGS:
-        if getattr(args, flag) < 0:
-            raise CliError(f"--{flag.replace('_', '-')} must not be negative, got {getattr(args, flag)}", 2)
+        value = getattr(args, flag)
+        if not 0 <= value < float("inf"):  # also nan
+            raise CliError(f"--{flag.replace('_', '-')} must be a finite number, 0 or more; got {value}", 2)
+    # A lower bound above its upper bound: the agent would refuse every job, one failed measurement at a time.
+    for low, high in (("min_runs", "max_runs"), ("min_seconds", "max_seconds")):
+        if getattr(args, low) and getattr(args, high) and getattr(args, low) > getattr(args, high):
+            raise CliError(f"--{low.replace('_', '-')} {getattr(args, low):g} is above "
+                           f"--{high.replace('_', '-')} {getattr(args, high):g}", 2)
     return {field: getattr(args, flag) for flag, field in STOPPING_FLAGS.items() if getattr(args, flag)}
 
 

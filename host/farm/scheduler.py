@@ -459,9 +459,10 @@ class Farm:
                 if now - task.stranded_since < self.give_up_s:
                     continue
                 reasons = "; ".join(f"{a.name}: {a.last_error}" for a in agents)
-                which = f"agent {task.job.agent!r}" if task.job.agent else f"no agent of kind {kind!r}"
+                which = (f"agent {task.job.agent!r} was not usable" if task.job.agent
+                         else f"no agent of kind {kind!r} was usable")
                 task.result = JobResult(task.job, None, attempts=task.attempts,
-                                        error=f"{which} was usable for {self.give_up_s:g} s ({reasons})")
+                                        error=f"{which} for {self.give_up_s:g} s ({reasons})")
                 pending.remove(task)
                 batch.remaining -= 1
         if batch.remaining != before:
