@@ -18,13 +18,13 @@ MAX_INTERVAL_S = 366 * 86400.0
 
 
 def duration_s(text: str) -> float:
-    """'90', '30s', '10m', '1.5h', '1d' as seconds (more than 0, at most a year)."""
+    """'90', '30s', '10m', '1.5h', '1d' as seconds (at most a year; 0: rounds back to back)."""
     match = DURATION.match(text)
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s, 10m, 1.5h or 1d")
     seconds = float(match.group(1)) * UNIT_S[match.group(2)]
-    if not 0 < seconds <= MAX_INTERVAL_S:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most a year (366d), got {text}")
+    if seconds > MAX_INTERVAL_S:
+        raise argparse.ArgumentTypeError(f"must be at most a year (366d), got {text}")
     return seconds
 
 

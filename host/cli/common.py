@@ -66,8 +66,10 @@ def stopping_from(args: argparse.Namespace) -> dict:
     """The stopping rule the flags give, as StoppingRule fields; a negative value is a usage error."""
     for flag in STOPPING_FLAGS:
         value = getattr(args, flag)
-        if not 0 <= value < float("inf"):  # also nan
-            raise CliError(f"--{flag.replace('_', '-')} must be a finite number, 0 or more; got {value}", 2)
+        if value < 0:
+            raise CliError(f"--{flag.replace('_', '-')} must not be negative, got {value}", 2)
+        if not value < float("inf"):  # inf or nan: no measurement would ever stop
+            raise CliError(f"--{flag.replace('_', '-')} must be a finite number, got {value}", 2)
     # A lower bound above its upper bound: the agent would refuse every job, one failed measurement at a time.
     for low, high in (("min_runs", "max_runs"), ("min_seconds", "max_seconds")):
         if getattr(args, low) and getattr(args, high) and getattr(args, low) > getattr(args, high):
