@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .locks import exclusive
+
 DEVICE_KIND = "local-onnx-1t"
 OBJECTIVES = ["accuracy:max", f"latency@{DEVICE_KIND}:min", f"memory@{DEVICE_KIND}:min"]
 # Quick but honest: every figure is still a median over at least 20 timed runs with its confidence interval.
@@ -35,14 +37,7 @@ class DemoResult:
 
 def run_demo(out_dir: str | Path = "fleetnas-demo", budget: int = 60, calibration_samples: int = 16, seed: int = 0,
              say: Callable[[str], None] = print) -> DemoResult:
-    from fleetnas_agent.server import AgentConfig, build_server
-
-    from .farm import AgentEntry, Farm, Inventory
-    from .report import write_report
-    from .search.live import LiveEvaluator
-    from .search.run import RunSpec, execute_run, known_summary, measured_front
-    from .store import open_store
-    from .supernets.demo import DemoEvaluator
+    from .search.run import RunSpec
 
     out = Path(out_dir).resolve()
     spec = RunSpec(space="demo", objectives=OBJECTIVES, tactic="linas", budget=budget, seed=seed,
@@ -51,6 +46,21 @@ def run_demo(out_dir: str | Path = "fleetnas-demo", budget: int = 60, calibratio
     spec.validate()  # before the agent starts and the calibration measures
     _refuse_foreign_inventory(out / "fleetnas.toml")
     out.mkdir(parents=True, exist_ok=True)
+    # Two demos in one folder would share the agent's cache and the store, and collide mid-calibration.
+    with exclusive(out / "demo.lock", f"the demo in {out}"):
+        return _run_demo(out, spec, calibration_samples, seed, say)
+
+
+def _run_demo(out: Path, spec, calibration_samples: int, seed: int, say: Callable[[str], None]) -> DemoResult:
+    from fleetnas_agent.server import AgentConfig, build_server
+
+    from .farm import AgentEntry, Farm, Inventory
+    from .report import write_report
+    from .search.live import LiveEvaluator
+    from .search.run import execute_run, known_summary, measured_front
+    from .store import open_store
+    from .supernets.demo import DemoEvaluator
+
     logging.getLogger("fleetnas_agent").setLevel(logging.WARNING)
     server, port = build_server(AgentConfig(port=0, label="this-machine", cache_dir=out / "agent-cache"))
     say(f"agent serving on 127.0.0.1:{port} (this machine is the device)")
@@ -64,7 +74,7 @@ def run_demo(out_dir: str | Path = "fleetnas-demo", budget: int = 60, calibratio
                                                                  progress=True) as farm:
             calibration = _calibrate(farm, store, calibration_samples, seed, out, say)
             run_id = _resumable_run(store, spec)
-            say(f"searching (LINAS, run {run_id}): {budget} real evaluations of accuracy, latency and memory…")
+            say(f"searching (LINAS, run {run_id}): {spec.budget} real evaluations of accuracy, latency and memory…")
             evaluator = LiveEvaluator("demo", spec.parsed_objectives(), farm=farm, store=store,
                                       accuracy=accuracy, stopping=STOPPING)
             session = execute_run(store, run_id, evaluator)

@@ -54,3 +54,14 @@ def test_the_demo_never_overwrites_a_farm_inventory_nor_starts_what_it_cannot_fi
     with pytest.raises(ValueError, match="more than the"):  # refused before the agent starts and measures
         run_demo(tmp_path / "big", budget=10 ** 20, calibration_samples=2, say=lambda _: None)
     assert not (tmp_path / "big").exists()
+
+
+def test_a_second_demo_in_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    from fleetnas.demo import run_demo
+    from fleetnas.locks import Busy, exclusive
+
+    (tmp_path / "out").mkdir()
+    with exclusive(tmp_path / "out" / "demo.lock", "the first demo"):  # as the first demo's process holds it
+        with pytest.raises(Busy, match="is being driven by process"):
+            run_demo(tmp_path / "out", budget=5, calibration_samples=2, say=lambda _: None)
+    assert not (tmp_path / "out" / "fleetnas.db").exists()

@@ -10,14 +10,14 @@ event.
 """
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from ..locks import Busy, exclusive
 from ..store import canonical_json
 from ..supernets import Config, get_supernet
 from .hypervolume import Normaliser, hypervolume, non_dominated
@@ -176,34 +176,19 @@ class RunBusy(ValueError):
 @contextmanager
 def run_lease(store, run_id: int):
     """Holds an exclusive lock on `<database>.run-<id>.lock` while a run executes, so that two processes
-    resuming one run cannot both spend its budget. The operating system drops the lock when its holder
-    dies, however it dies, so a killed run can be resumed at once. Only for a database file on this machine."""
+    resuming one run cannot both spend its budget (`fleetnas.locks.exclusive`). Only for a database file on
+    this machine."""
     db = getattr(store, "path", None)
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks here (Windows): one process per run is then the user's care
-        fcntl = None
-    if fcntl is None or db is None or str(db) == ":memory:":
+    if db is None or str(db) == ":memory:":
         yield
         return
-    path = Path(f"{db}.run-{run_id}.lock")
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RunBusy(f"search run {run_id} is being driven by {holder}; "
-                          f"resume it once that one has stopped") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lease = ExitStack()
+    try:
+        lease.enter_context(exclusive(f"{db}.run-{run_id}.lock", f"search run {run_id}"))
+    except Busy as exc:
+        raise RunBusy(f"{exc}; resume it once that one has stopped") from None
+    with lease:
+        yield
 
 
 def measured_front(store, run_id: int) -> tuple[list[Config], np.ndarray, list[Objective]]:
