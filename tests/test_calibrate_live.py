@@ -202,7 +202,8 @@ def test_a_real_50_percent_slowdown_fires_drift_marks_stale_and_refits(calibrate
     finally:
         calibrated.restart(slowdown=0.0)
     assert code == 0
-    report = json.loads(capsys.readouterr().out)
+    [line] = capsys.readouterr().out.splitlines()  # JSON Lines: one object per round
+    report = json.loads(line)
     verdict = report["verdicts"][AGENT]
     assert verdict["drift"] and verdict["pairs"] == 10 and verdict["p_value"] < 0.01, verdict["reason"]
     assert 0.3 < verdict["median_change"] < 0.8

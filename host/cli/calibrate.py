@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -84,7 +85,8 @@ def register(sub) -> None:
     w.add_argument("--alpha", type=fraction, default=0.01,
                    help="significance level of the paired test across reference configs (default 0.01)")
     add_stopping_options(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead of a summary (with --watch: one line per round, JSON Lines)")
     p.set_defaults(handler=run)
 
 
@@ -165,9 +167,8 @@ def _watch(farm, args: argparse.Namespace, models) -> None:
     for report in watch(farm, farm.store, args.space, args.device_kind, interval_s=args.interval,
                         rounds=args.rounds, threshold=args.threshold, alpha=args.alpha, out_dir=args.out_dir,
                         include_throttled=args.include_throttled, models=models):
-        if args.json:
-            print_json(report.to_dict())
-            sys.stdout.flush()
+        if args.json:  # JSON Lines: one object per round, so a reader can follow the rounds as they come
+            print(json.dumps(report.to_dict()), flush=True)
 
 
 def format_calibration(result, samples: int) -> str:
