@@ -249,6 +249,26 @@ def test_export_cli_writes_the_file_and_names_bad_values(capsys, tmp_path, small
     assert "not JSON" in capsys.readouterr().err
 
 
+def test_export_writes_plain_files_with_the_usual_permissions_and_refuses_other_targets(capsys, tmp_path):
+    import os
+
+    base = ["export", "--space", "demo", "--sample", "--format", "spec", "--cache-dir", str(tmp_path / "cache")]
+    previous = os.umask(0o022)
+    try:
+        assert cli([*base, "--out", str(tmp_path / "m.json")]) == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "afile").write_text("")
+    capsys.readouterr()
+    for out, message in ((tmp_path / "fifo", "exists and is not a regular file"),
+                         (tmp_path / "afile" / "m.json", "cannot write --out")):
+        assert cli([*base, "--out", str(out)]) == 1
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "fifo").is_fifo()
+
+
 # ----- a real agent on 127.0.0.1 -----------------------------------------------------------------------------
 def test_full_size_ofa_mobilenetv3_at_224_is_measured_on_an_agent_as_onnx_and_as_a_torch_spec(agent, tmp_path):
     from fleetnas_agent.client import AgentClient

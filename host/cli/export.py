@@ -5,10 +5,9 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from .common import CliError, positive_int
+from .common import CliError, non_negative_int, positive_int
 from .space import load_supernet
 
 
@@ -20,7 +19,7 @@ def register(sub) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--config", metavar="JSON", help="the config as a JSON object, or @FILE holding one")
     which.add_argument("--sample", action="store_true", help="export a config sampled with --seed")
-    p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of --sample (default 0)")
     p.add_argument("--format", required=True, choices=["onnx", "tflite", "spec"], dest="fmt")
     p.add_argument("--batch", type=positive_int, default=1, help="batch size of the model's inputs (default 1)")
     p.add_argument("--out", required=True, type=Path, metavar="PATH", help="file to write")
@@ -47,27 +46,40 @@ def run(args: argparse.Namespace) -> int:
     from fleetnas.export import ExportError, export_artifact
     from fleetnas.supernets import InvalidConfig
 
+    out = args.out
+    if out.is_dir():
+        raise CliError(f"--out {str(out)!r} is a directory; give a file name")
+    if out.exists() and not out.is_file():
+        raise CliError(f"--out {str(out)!r} exists and is not a regular file")
+    try:  # checked before the export, which may take a while
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot write --out {str(out)!r}: {exc.strerror}") from None
     supernet = load_supernet(args.space)
     config = supernet.space.sample(1, args.seed)[0] if args.sample else parse_config(args.config)
     try:
         artifact = export_artifact(args.space, config, args.fmt, args.batch, args.cache_dir)
+        _copy_into_place(artifact.path, out)
     except InvalidConfig as exc:
         raise CliError(f"bad config for {args.space}: {exc}") from None
     except ExportError as exc:
         raise CliError(str(exc)) from None
-    out = args.out
-    if out.is_dir():
-        raise CliError(f"--out {str(out)!r} is a directory; give a file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(artifact.path, tmp)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     made = "from the cache" if artifact.meta.get("from_cache") else f"exported in {artifact.meta['export_s']:.2f} s"
     print(f"wrote {out} ({artifact.format}, {artifact.size_bytes / 2**20:.2f} MiB, sha256 {artifact.sha256[:16]}…, "
           f"{made}; cached at {artifact.path})")
     print(json.dumps(supernet.space.validate(config), separators=(",", ":")))
     return 0
+
+
+def _copy_into_place(source: Path, out: Path) -> None:
+    """A reader of `out` never sees half a file; it gets the permissions a plain open() would give."""
+    from fleetnas.export.artifact import temp_file_beside
+
+    tmp = temp_file_beside(out)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -106,7 +106,7 @@ def _export_module(supernet, config: dict, inputs: list[dict], fmt: str, path: P
         module = supernet.build(config).eval()
         args = tuple(torch.randn(i["shape"], dtype=getattr(torch, i["dtype"])) if i["dtype"].startswith("float")
                      else torch.zeros(i["shape"], dtype=getattr(torch, i["dtype"])) for i in inputs)
-    tmp = _temp_path(path)
+    tmp = temp_file_beside(path)
     try:
         with torch.no_grad(), one_thread():
             made = (formats.write_onnx(module, args, [i["name"] for i in inputs], tmp) if fmt == "onnx"
@@ -129,14 +129,21 @@ def _read_cached(path: Path, meta_path: Path, config: dict) -> Artifact | None:
         return None
 
 
-def _temp_path(path: Path) -> Path:
+def temp_file_beside(path: Path) -> Path:
+    """A fresh file beside `path`, with the permissions a plain open() would give (mkstemp's are 0600, and the
+    file is renamed into place). Refuses to stand in for anything but a regular file (a FIFO, a device)."""
+    if path.exists() and not path.is_file():
+        raise OSError(f"{path} exists and is not a regular file")
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     return Path(name)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = _temp_path(path)
+    tmp = temp_file_beside(path)
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
