@@ -12,9 +12,10 @@ class Busy(ValueError):
 
 
 @contextmanager
-def exclusive(path: str | Path, what: str):
+def exclusive(path: str | Path, what: str, wait: bool = False):
     """Holds `path` locked while the block runs; `Busy("{what} is being driven by process N …")` if another
-    process holds it. Without advisory locks (Windows), one process at a time is the user's care."""
+    process holds it, or, with `wait`, once that one lets go (for short edits such as an inventory's).
+    Without advisory locks (Windows), one process at a time is the user's care."""
     try:
         import fcntl
     except ImportError:
@@ -24,7 +25,7 @@ def exclusive(path: str | Path, what: str):
         return
     with open(path, "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"

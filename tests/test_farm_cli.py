@@ -116,3 +116,28 @@ def test_the_one_shot_api_measures_a_sub_network_as_a_torch_spec(tmp_path, monke
     assert result.ok, result.error
     assert result.job.artifact.format == "spec" and result.measurement.runtime == "torch"
     assert result.value("latency_ms") > 0
+
+
+def test_concurrent_devices_add_keeps_every_agent(tmp_path):
+    import subprocess
+    import sys
+
+    inventory = tmp_path / "farm.toml"
+    adds = [subprocess.Popen([sys.executable, "-m", "fleetnas.cli", "devices", "add", f"n{i}", "--address",
+                              f"127.0.0.1:{2000 + i}", "--kind", "k", "--inventory", str(inventory)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(6)]
+    assert all(p.wait(timeout=120) == 0 for p in adds), [p.stderr.read() for p in adds]
+    assert inventory.read_text().count("[agents.") == 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["devices", "describe", "127.0.0.1:115631"], "port from 1 to 65535"),
+    (["profile", "--agent", "127.0.0.1", "--model", "m.onnx"], "port from 1 to 65535"),
+    (["devices", "check", "--timeout", "0"], "--timeout: must be a positive number of seconds"),
+    (["profile", "--device-kind", "k", "--deadline", "nan", "--model", "m.onnx"], "--deadline: must be a positive"),
+    (["profile", "--device-kind", "k", "--space", "demo", "--sample", "1", "--seed", "-1"], "--seed: must be 0 or more"),
+])
+def test_addresses_seconds_and_seeds_are_checked_as_arguments(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

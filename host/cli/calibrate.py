@@ -8,7 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from .common import CliError, add_stopping_options, non_negative_int, positive_int, print_json, stopping_from
+from .common import (CliError, add_stopping_options, non_negative_int, positive_int, positive_seconds, print_json,
+                     stopping_from)
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d)?\s*$")
 UNIT_S = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -27,17 +28,6 @@ def duration_s(text: str) -> float:
     if seconds > MAX_INTERVAL_S:
         raise argparse.ArgumentTypeError(f"must be at most a year (366d), got {text}")
     return seconds
-
-
-def seconds(text: str) -> float:
-    """A positive, finite number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
 
 
 def fraction(text: str) -> float:
@@ -73,7 +63,7 @@ def register(sub) -> None:
                    help="fit on measurements taken while the device was throttled too (left out by default)")
     p.add_argument("--models", default="auto", help="model families to choose from, comma-separated: ridge, svr, "
                                                     "lgbm, mlp (default auto: all)")
-    p.add_argument("--give-up", type=seconds, default=300.0, metavar="SECONDS",
+    p.add_argument("--give-up", type=positive_seconds, default=300.0, metavar="SECONDS",
                    help="fail waiting jobs once no agent of the kind has answered for this long (default 300)")
     w = p.add_argument_group("continuous mode")
     w.add_argument("--watch", action="store_true", help="keep re-measuring the reference set and refit on change")

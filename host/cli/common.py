@@ -34,6 +34,28 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    """A positive, finite number of seconds (timeouts, deadlines, give-up times)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def agent_address(text: str) -> str:
+    """HOST:PORT with a port from 1 to 65535 (gRPC would wrap 115631 round to 50095, and default to 443)."""
+    from fleetnas.farm.inventory import InventoryError, check_address
+
+    try:
+        check_address(text)
+    except InventoryError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("address: ")) from None
+    return text
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

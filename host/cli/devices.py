@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 
-from .common import CliError, add_credential_options, agent_error, credentials_from, positive_int, print_json
+from .common import (CliError, add_credential_options, agent_address, agent_error, credentials_from, positive_int,
+                     positive_seconds, print_json)
 
 RUNTIME_CHOICES = ("litert", "onnxruntime", "torch")
 
@@ -44,12 +46,12 @@ def register(sub) -> None:
     _inventory_option(c)
     _db_option(c, "also record each device's description in this database")
     c.add_argument("--no-reference", action="store_true", help="skip measuring the reference model")
-    c.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per-call timeout (default 10)")
+    c.add_argument("--timeout", type=positive_seconds, default=10.0, metavar="SECONDS", help="per-call timeout (default 10)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(handler=check)
 
     d = dsub.add_parser("describe", help="describe one agent's device")
-    d.add_argument("address", metavar="HOST:PORT")
+    d.add_argument("address", type=agent_address, metavar="HOST:PORT")
     d.add_argument("--json", action="store_true")
     add_credential_options(d)
     d.set_defaults(handler=describe)
@@ -84,36 +86,45 @@ def _stored_path(path: Path | None, inventory_dir: Path) -> str | None:
         return str(full)
 
 
+@contextmanager
+def editing_inventory(path: Path):
+    """The inventory, read and written back under a lock (`<inventory>.lock`): two `devices add` at once
+    would otherwise each write the file as they read it, and one agent would be lost."""
+    from fleetnas.farm import InventoryError
+    from fleetnas.locks import exclusive
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(path.with_name(path.name + ".lock"), f"inventory {path}", wait=True):
+            inventory = load_inventory(path)
+            yield inventory
+            inventory.save()
+    except InventoryError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot write inventory {path}: {exc.strerror or exc}") from None
+
+
 def add(args: argparse.Namespace) -> int:
-    from fleetnas.farm import AgentEntry, InventoryError
+    from fleetnas.farm import AgentEntry
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together", 2)
-    inventory = load_inventory(args.inventory)
-    base = inventory.base_dir
-    try:
+    with editing_inventory(args.inventory) as inventory:
+        base = inventory.base_dir
         entry = AgentEntry(args.name, args.address, args.kind, args.runtime, args.threads,
                            _stored_path(args.token_file, base), _stored_path(args.tls_ca, base),
                            _stored_path(args.tls_cert, base), _stored_path(args.tls_key, base), args.tls_server_name)
         inventory.add(entry, replace=args.replace)
-    except InventoryError as exc:
-        raise CliError(str(exc)) from None
-    inventory.save()
     print(f"added {entry.name} ({entry.kind} at {entry.address}) to {inventory.path}")
     return 0
 
 
 def remove(args: argparse.Namespace) -> int:
-    from fleetnas.farm import InventoryError
-
-    inventory = load_inventory(args.inventory)
     if not args.inventory.exists():
         raise CliError(f"no inventory at {args.inventory}")
-    try:
+    with editing_inventory(args.inventory) as inventory:
         entry = inventory.remove(args.name)
-    except InventoryError as exc:
-        raise CliError(str(exc)) from None
-    inventory.save()
     print(f"removed {entry.name} from {inventory.path}")
     return 0
 

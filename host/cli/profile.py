@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 
 from .common import CliError, add_credential_options, add_stopping_options, agent_error, credentials_from
-from .common import existing_file, positive_int, print_json, stopping_from
+from .common import agent_address, existing_file, non_negative_int, positive_int, positive_seconds, print_json, stopping_from
 
 
 def register(sub) -> None:
@@ -21,13 +21,13 @@ def register(sub) -> None:
                     "measured again.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--agent", metavar="HOST:PORT", help="one agent's address")
+    where.add_argument("--agent", type=agent_address, metavar="HOST:PORT", help="one agent's address")
     where.add_argument("--device-kind", metavar="KIND", help="measure on every agent of this kind in the inventory")
     p.add_argument("--model", nargs="+", type=existing_file, metavar="FILE",
                    help=".tflite or .onnx model (farm mode: one or more)")
     p.add_argument("--space", metavar="NAME", help="farm mode: a super-network's space to sample sub-networks from")
     p.add_argument("--sample", type=positive_int, metavar="N", help="farm mode: how many sub-networks to sample")
-    p.add_argument("--seed", type=int, default=0, help="farm mode: sampling seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="farm mode: sampling seed (default 0)")
     p.add_argument("--runtime", default="", help="litert, onnxruntime or torch (default: from the model's format; "
                                                  "farm mode: from the inventory)")
     p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (default 1; farm mode: from "
@@ -38,12 +38,12 @@ def register(sub) -> None:
                    help="farm inventory (default: fleetnas.toml in the working directory)")
     f.add_argument("--db", metavar="FILE", help="measurement database (default: fleetnas.db, or $FLEETNAS_DB)")
     f.add_argument("--remeasure", action="store_true", help="measure again even what the database already holds")
-    f.add_argument("--deadline", type=float, metavar="SECONDS", help="per-job deadline (default: from the "
+    f.add_argument("--deadline", type=positive_seconds, metavar="SECONDS", help="per-job deadline (default: from the "
                                                                      "stopping rule)")
     f.add_argument("--max-attempts", type=positive_int, default=3, help="agents one job may be tried on (default 3)")
-    f.add_argument("--reprobe", type=float, default=30.0, metavar="SECONDS",
+    f.add_argument("--reprobe", type=positive_seconds, default=30.0, metavar="SECONDS",
                    help="how long an agent that failed waits before it is checked again (default 30)")
-    f.add_argument("--give-up", type=float, default=300.0, metavar="SECONDS",
+    f.add_argument("--give-up", type=positive_seconds, default=300.0, metavar="SECONDS",
                    help="fail the waiting jobs once no agent of the kind has answered for this long (default 300)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
     add_credential_options(p)
