@@ -11,6 +11,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from .client import read_token
 from .server import MIB, AgentConfig, build_server
 
 
@@ -76,9 +77,10 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         raise SystemExit("fleetnas-agent: --tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
         raise SystemExit("fleetnas-agent: --tls-client-ca needs --tls-cert and --tls-key")
-    token = args.token_file.read_text().strip() if args.token_file else None
-    if args.token_file and not token:
-        raise SystemExit(f"fleetnas-agent: token file {args.token_file} is empty")
+    try:  # the rule the host's client reads tokens by: what one side accepts, the other can send
+        token = read_token(args.token_file) if args.token_file else None
+    except ValueError as exc:
+        raise SystemExit(f"fleetnas-agent: {exc}") from None
     if not 0 <= args.test_slowdown < 10:
         raise SystemExit(f"fleetnas-agent: --test-slowdown must be in [0, 10), got {args.test_slowdown}")
     return AgentConfig(

@@ -36,12 +36,23 @@ class Credentials:
     @classmethod
     def from_files(cls, token_file=None, tls_ca=None, tls_cert=None, tls_key=None, server_name=None) -> "Credentials":
         read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
-        token = Path(token_file).read_text().strip() if token_file else None
+        token = read_token(token_file) if token_file else None
         return cls(token, read(tls_ca), read(tls_cert), read(tls_key), server_name)
 
     @property
     def secure(self) -> bool:
         return self.tls_ca is not None or self.tls_cert is not None
+
+
+def read_token(path) -> str:
+    """The bearer token of a file: one line of visible ASCII, which is what a gRPC header may carry (anything
+    else failed later, inside gRPC, as 'Invalid metadata' with no word of the file; an empty file sent none)."""
+    raw = Path(path).read_bytes().strip()
+    if not raw:
+        raise ValueError(f"token file {path} is empty")
+    if not all(0x21 <= b <= 0x7E for b in raw):
+        raise ValueError(f"token file {path} holds characters a token cannot carry (only visible ASCII, one line)")
+    return raw.decode("ascii")
 
 
 def sha256_of(data: bytes) -> str:

@@ -291,3 +291,10 @@ def test_full_size_ofa_mobilenetv3_at_224_is_measured_on_an_agent_as_onnx_and_as
             assert result.runtime.name == runtime
             assert result.latency.n >= 3 and result.latency.median_ms > 0
             assert list(result.inputs[0].shape) == [1, 3, 224, 224]
+
+
+def test_a_config_file_that_is_not_text_is_named(capsys, tmp_path):
+    (tmp_path / "c.json").write_bytes(b"\xff\xfe")
+    assert cli(["export", "--space", "demo", "--config", f"@{tmp_path / 'c.json'}", "--format", "spec",
+                "--out", str(tmp_path / "m.json")]) == 1
+    assert "is not UTF-8 text" in capsys.readouterr().err

@@ -141,3 +141,10 @@ def test_addresses_seconds_and_seeds_are_checked_as_arguments(capsys, args, mess
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_run_count_beyond_the_wire_format_is_a_usage_error(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(onnx_mlp(width=4, layers=1, seed=0))
+    assert main(["profile", "--agent", "127.0.0.1:9", "--model", str(model), "--warmup-runs", "99999999999"]) == 2
+    assert "--warmup-runs must be at most 4294967295" in capsys.readouterr().err

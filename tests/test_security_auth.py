@@ -243,3 +243,22 @@ def test_health_watchers_without_credentials_do_not_starve_the_farm(token_agent,
             channel.close()
     counts.add(AREA, requests=41, failures=int(status != "OK") + 40 - serving)
     assert serving == 40 and status == "OK"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"\xff\xfe", "characters a token cannot carry"),
+    (b"two words\n", "characters a token cannot carry"),
+])
+def test_a_token_file_a_header_cannot_carry_is_refused_naming_the_file(tmp_path, capsys, content, message):
+    from fleetnas.cli import main
+    from fleetnas_agent.client import Credentials
+
+    path = tmp_path / "t.token"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        Credentials.from_files(token_file=path)
+    assert main(["devices", "describe", "127.0.0.1:9", "--token-file", str(path)]) != 0
+    assert f"token file {path}" in capsys.readouterr().err
+    (tmp_path / "ok.token").write_text("s3cr3t-T0ken_~+/=\n")
+    assert Credentials.from_files(token_file=tmp_path / "ok.token").token == "s3cr3t-T0ken_~+/="

@@ -72,6 +72,10 @@ STOPPING_FLAGS = {"warmup_runs": "warmup_min_runs", "warmup_seconds": "warmup_mi
                   "target_rel_ci": "target_rel_ci"}
 
 
+#: The largest run count a stopping rule can carry (uint32 on the wire).
+MAX_RUNS = 2 ** 32 - 1
+
+
 def add_stopping_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("stopping rule (0 or unset: the agent's default)")
     g.add_argument("--target-rel-ci", type=float, default=0.0,
@@ -92,6 +96,8 @@ def stopping_from(args: argparse.Namespace) -> dict:
             raise CliError(f"--{flag.replace('_', '-')} must not be negative, got {value}", 2)
         if not value < float("inf"):  # inf or nan: no measurement would ever stop
             raise CliError(f"--{flag.replace('_', '-')} must be a finite number, got {value}", 2)
+        if isinstance(value, int) and value > MAX_RUNS:  # the wire format's uint32
+            raise CliError(f"--{flag.replace('_', '-')} must be at most {MAX_RUNS}, got {value}", 2)
     # A lower bound above its upper bound: the agent would refuse every job, one failed measurement at a time.
     for low, high in (("min_runs", "max_runs"), ("min_seconds", "max_seconds")):
         if getattr(args, low) and getattr(args, high) and getattr(args, low) > getattr(args, high):
@@ -114,7 +120,10 @@ def credentials_from(args: argparse.Namespace):
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together", 2)
-    return Credentials.from_files(args.token_file, args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    try:
+        return Credentials.from_files(args.token_file, args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def agent_error(exc: grpc.RpcError, address: str) -> CliError:

@@ -33,6 +33,8 @@ def parse_config(text: str) -> dict:
             text = Path(text[1:]).read_text()
         except OSError as exc:
             raise CliError(f"cannot read --config file {text[1:]!r}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise CliError(f"--config file {text[1:]!r} is not UTF-8 text") from None
     try:
         config = json.loads(text)
     except ValueError as exc:

@@ -73,8 +73,11 @@ class AgentEntry:
                 if not path.is_file():
                     raise InventoryError(f"agent {self.name!r}: {name} {path} does not exist")
                 paths[name] = path
-        return Credentials.from_files(paths.get("token_file"), paths.get("tls_ca"), paths.get("tls_cert"),
-                                      paths.get("tls_key"), self.tls_server_name)
+        try:
+            return Credentials.from_files(paths.get("token_file"), paths.get("tls_ca"), paths.get("tls_cert"),
+                                          paths.get("tls_key"), self.tls_server_name)
+        except ValueError as exc:
+            raise InventoryError(f"agent {self.name!r}: {exc}") from None
 
     def to_toml(self) -> dict:
         """The entry's table, without its name and without fields left at their defaults."""
