@@ -24,25 +24,29 @@ def existing_file(text: str) -> Path:
     return path
 
 
-def non_negative_int(text: str) -> int:
+def _number(text: str, convert, kind: str, fits, rule: str):
+    """`convert(text)`, or an argparse error saying it is not `kind` or, when it does not `fits`, the `rule`."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+    if not fits(value):
+        raise argparse.ArgumentTypeError(f"{rule}, got {text}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    return _number(text, int, "an integer", lambda v: v >= 0, "must be 0 or more")
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, "an integer", lambda v: v > 0, "must be positive")
 
 
 def positive_seconds(text: str) -> float:
     """A positive, finite number of seconds (timeouts, deadlines, give-up times)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
+    return _number(text, float, "a number of seconds", lambda v: 0 < v < float("inf"),
+                   "must be a positive number of seconds")
 
 
 def agent_address(text: str) -> str:
@@ -54,16 +58,6 @@ def agent_address(text: str) -> str:
     except InventoryError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("address: ")) from None
     return text
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 # Command-line flag -> StoppingRule field (0 or absent: the agent's default).
