@@ -27,6 +27,9 @@ def test_profile_and_describe_through_a_real_agent_process(tmp_path):
         assert result["runtime"]["name"] == "onnxruntime" and set(result["env"]) >= {"before", "after"}
         text = fleetnas("profile", "--agent", agent.address, "--model", str(model), *FAST)
         assert text.returncode == 0 and "median" in text.stdout and "cli-box" in text.stdout
+        once = fleetnas("profile", "--agent", agent.address, "--model", str(model), "--max-runs", "1", *FAST)
+        assert once.returncode == 0, once.stderr
+        assert "n=1, no 95% CI of the median below 6 runs (target NOT met)" in once.stdout
         described = fleetnas("devices", "describe", agent.address, "--json")
         assert json.loads(described.stdout)["label"] == "cli-box"
 

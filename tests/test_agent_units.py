@@ -18,6 +18,22 @@ def test_median_ci_brackets_the_median_with_order_statistics():
     assert 38 <= low <= 42 and 59 <= high <= 63
 
 
+def test_median_ci_is_the_exact_binomial_interval_and_needs_six_runs():
+    from math import comb
+
+    for n in (6, 9, 20, 100, 1000):
+        low, high = median_ci(np.arange(n, dtype=float))
+        r = int(low)
+        miss = lambda r: 2 * sum(comb(n, i) for i in range(r + 1)) / 2 ** n  # noqa: E731
+        assert high == n - 1 - r
+        assert miss(r) <= 0.05 < miss(r + 1)  # the narrowest interval of order statistics that keeps 95 %
+    for n in (1, 2, 5):  # no interval: even min..max misses the median too often
+        stats = latency_stats(np.linspace(10, 10.01, n), StoppingRule(target_rel_ci=0.5))
+        assert not stats["target_met"] and stats["rel_ci_half_width"] == 1e9
+    six = latency_stats(np.linspace(10, 10.01, 6), StoppingRule(target_rel_ci=0.5))
+    assert six["target_met"] and six["rel_ci_half_width"] < 0.001
+
+
 def test_latency_stats_are_ordered_and_report_the_target():
     rng = np.random.default_rng(0)
     samples = 10 + rng.gamma(2.0, 0.05, size=2000)

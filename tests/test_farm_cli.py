@@ -68,7 +68,8 @@ def test_bad_farm_requests_get_clear_errors(tmp_path, farm, capsys, args, messag
     [model] = models(tmp_path, 1)
     args = [a.replace("{m}", model) for a in args]
     capsys.readouterr()
-    code = main(["profile", *args, "--inventory", str(inv), "--db", str(db)])
+    farm_options = ["--inventory", str(inv), "--db", str(db)] if "--device-kind" in args else []
+    code = main(["profile", *args, *farm_options])
     assert code != 0
     assert re.search(message, capsys.readouterr().err)
 
@@ -141,6 +142,15 @@ def test_addresses_seconds_and_seeds_are_checked_as_arguments(capsys, args, mess
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--db", "x.db"], ["--inventory", "farm.toml"], ["--remeasure"],
+                                    ["--max-attempts", "2"], ["--give-up", "5"], ["--seed", "3"]])
+def test_one_agent_refuses_the_options_only_a_farm_uses(tmp_path, capsys, option):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(onnx_mlp(width=4, layers=1, seed=0))
+    assert main(["profile", "--agent", "127.0.0.1:9", "--model", str(model), *option]) == 2
+    assert f"{option[0]} is a farm-mode option" in capsys.readouterr().err
 
 
 def test_a_run_count_beyond_the_wire_format_is_a_usage_error(tmp_path, capsys):

@@ -153,8 +153,9 @@ def version_changes(before: dict, now: dict) -> dict:
 
 
 def _fraction(rel_ci_half_width: float) -> float:
-    # A measurement without a CI (one run) is as uncertain as it gets: it must not make drift look precise.
-    return rel_ci_half_width if math.isfinite(rel_ci_half_width) else 1.0
+    # A measurement without a CI (too few runs: the agent sends a huge sentinel) is as uncertain as it gets,
+    # but no more: it must not make drift look precise, nor drown every other pair's noise.
+    return min(rel_ci_half_width, 1.0) if math.isfinite(rel_ci_half_width) else 1.0
 
 
 def _signed_rank_p(log_ratios: np.ndarray) -> float:

@@ -27,35 +27,47 @@ def register(sub) -> None:
                    help=".tflite or .onnx model (farm mode: one or more)")
     p.add_argument("--space", metavar="NAME", help="farm mode: a super-network's space to sample sub-networks from")
     p.add_argument("--sample", type=positive_int, metavar="N", help="farm mode: how many sub-networks to sample")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="farm mode: sampling seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, help="farm mode: sampling seed (default 0)")
     p.add_argument("--runtime", default="", help="litert, onnxruntime or torch (default: from the model's format; "
                                                  "farm mode: from the inventory)")
     p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (default 1; farm mode: from "
                                                                    "the inventory)")
     add_stopping_options(p)
     f = p.add_argument_group("farm mode")
-    f.add_argument("--inventory", type=Path, default=Path("fleetnas.toml"), metavar="FILE",
+    f.add_argument("--inventory", type=Path, metavar="FILE",
                    help="farm inventory (default: fleetnas.toml in the working directory)")
     f.add_argument("--db", metavar="FILE", help="measurement database (default: fleetnas.db, or $FLEETNAS_DB)")
     f.add_argument("--remeasure", action="store_true", help="measure again even what the database already holds")
     f.add_argument("--deadline", type=positive_seconds, metavar="SECONDS", help="per-job deadline (default: from the "
                                                                      "stopping rule)")
-    f.add_argument("--max-attempts", type=positive_int, default=3, help="agents one job may be tried on (default 3)")
-    f.add_argument("--reprobe", type=positive_seconds, default=30.0, metavar="SECONDS",
+    f.add_argument("--max-attempts", type=positive_int, help="agents one job may be tried on (default 3)")
+    f.add_argument("--reprobe", type=positive_seconds, metavar="SECONDS",
                    help="how long an agent that failed waits before it is checked again (default 30)")
-    f.add_argument("--give-up", type=positive_seconds, default=300.0, metavar="SECONDS",
+    f.add_argument("--give-up", type=positive_seconds, metavar="SECONDS",
                    help="fail the waiting jobs once no agent of the kind has answered for this long (default 300)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
     add_credential_options(p)
     p.set_defaults(handler=run)
 
 
+#: Options only a farm uses, with their defaults there (None in the parser, so that one agent can refuse them).
+FARM_DEFAULTS = {"seed": 0, "inventory": Path("fleetnas.toml"), "db": None, "remeasure": False, "deadline": None,
+                 "max_attempts": 3, "reprobe": 30.0, "give_up": 300.0}
+
+
 def run(args: argparse.Namespace) -> int:
     stopping_from(args)  # a negative value is a usage error in either mode
     if args.device_kind:
+        for name, default in FARM_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
         return run_farm(args)
     if args.space or args.sample:
         raise CliError("--space and --sample need --device-kind (a farm), not --agent", 2)
+    farm_only = [name for name in FARM_DEFAULTS if getattr(args, name) not in (None, False)]
+    if farm_only:
+        raise CliError(f"--{farm_only[0].replace('_', '-')} is a farm-mode option (--device-kind); one --agent "
+                       "measures without an inventory or a database", 2)
     if not args.model or len(args.model) != 1:
         raise CliError("--agent measures exactly one --model FILE", 2)
     return run_single(args, args.model[0])
@@ -100,14 +112,18 @@ def _show_progress(progress) -> None:
 
 
 def format_summary(name: str, s: dict) -> str:
+    from fleetnas_agent.measure import MIN_CI_RUNS, NO_INTERVAL
+
     lat, mem = s["latency_ms"], s["memory"]
     before, after = s["env"]["before"], s["env"]["after"]
+    precision = (f"no 95% CI of the median below {MIN_CI_RUNS} runs" if lat["rel_ci_half_width"] >= NO_INTERVAL
+                 else f"median 95% CI ±{lat['rel_ci_half_width'] * 100:.2f}%")
     lines = [
         f"{name} on {s['device']['label'] or s['device']['id']} with {s['runtime']['name']} "
         f"{s['runtime']['version']}, {s['threads']} thread(s)",
         f"  latency  median {lat['median']:.3f} ms  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
         f"mean {lat['mean']:.3f} ± {lat['std']:.3f}  [{lat['min']:.3f} … {lat['max']:.3f}]",
-        f"           n={lat['n']}, median 95% CI ±{lat['rel_ci_half_width'] * 100:.2f}% "
+        f"           n={lat['n']}, {precision} "
         f"({'target met' if lat['target_met'] else 'target NOT met'})",
     ]
     if mem["measured"]:
