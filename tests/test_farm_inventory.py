@@ -63,6 +63,20 @@ def test_agents_of_one_kind_must_be_measured_the_same_way(tmp_path):
         inv.add(AgentEntry("a", "h:3", "rpi4", runtime="litert"))
 
 
+@pytest.mark.parametrize("first, second", [
+    ("localhost:50095", "127.0.0.1:050095"),
+    ("LocalHost.:7", "[::1]:7"),
+    ("Pi4.Lab:50051", "pi4.lab:50051"),
+    ("[0:0::1]:9", "[::1]:9"),
+])
+def test_one_agent_under_two_spellings_of_its_address_is_refused(tmp_path, first, second):
+    inv = Inventory(tmp_path / "f.toml", [AgentEntry("a", first, "k")])
+    with pytest.raises(InventoryError, match=rf"'a' already has address .* \(the same agent as"):
+        inv.add(AgentEntry("b", second, "k"))
+    inv.add(AgentEntry("c", "127.0.0.2:50095", "k"))  # another address, or another port, is another agent
+    inv.add(AgentEntry("d", "pi4.lab:50052", "k"))
+
+
 @pytest.mark.parametrize("text, message", [
     ("[agents.pi\naddress = 1", "is not valid TOML"),
     ("[agents.pi]\naddress = 'h:1'\nkind = 'k'\ncolour = 'red'\n", "unknown field.*colour"),

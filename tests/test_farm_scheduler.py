@@ -133,11 +133,11 @@ def test_jobs_pinned_to_one_agent_are_always_measured_there(farm_of):
 def test_credentials_come_from_the_inventory(tmp_path, farm_of):
     token = tmp_path / "token"
     token.write_text("s3cret\n")
-    with running_agent(tmp_path / "secure-cache", token="s3cret") as (address, _):
+    with running_agent(tmp_path / "secure-cache", token="s3cret") as (address, _), \
+            running_agent(tmp_path / "other-cache", token="s3cret") as (other_address, _):
         farm = farm_of(0, reprobe_s=60, entries=[
             AgentEntry("secure", address, "secure-kind", token_file=str(token)),
-            # the same agent under another name, without the token
-            AgentEntry("no-token", address.replace("127.0.0.1", "localhost"), "secure-kind")])
+            AgentEntry("no-token", other_address, "secure-kind")])  # an agent that wants the token, not given
         results = farm.measure_artifacts(tiny(2), "secure-kind", stopping=FAST)
         assert all(r.ok and r.measurement.agent == "secure" for r in results)
         assert "UNAUTHENTICATED" in farm.agents["no-token"].last_error

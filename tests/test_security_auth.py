@@ -116,12 +116,15 @@ def test_a_farm_measures_with_the_inventorys_credentials_and_stores_nothing_for_
         AgentEntry("pi", token_agent.address, "token-kind", token_file="token"),
         AgentEntry("phone", mtls_agent.address, "mtls-kind", tls_ca="ca.pem", tls_cert="host.pem",
                    tls_key="host.key", tls_server_name="localhost"),
-        AgentEntry("intruder", f"localhost:{token_agent.port}", "stolen-kind", token_file="wrong-token"),
     ])
+    # The pi's agent again, in another farm's inventory with a wrong token (one inventory refuses one agent twice).
+    stolen = Inventory(pki / "stolen.toml", [
+        AgentEntry("intruder", token_agent.address, "stolen-kind", token_file="wrong-token")])
     artifact = ArtifactSource.from_bytes(onnx_mlp(width=16, layers=1, seed=7))
+    with Farm(stolen, SqliteStore(tmp_path / "auth.db"), give_up_s=1.0, reprobe_s=60, rpc_timeout_s=5) as farm:
+        [refused] = farm.measure_artifacts([artifact], "stolen-kind", stopping=FAST)
     with Farm(inventory, SqliteStore(tmp_path / "auth.db"), give_up_s=1.0, reprobe_s=60, rpc_timeout_s=5) as farm:
         good = [farm.measure_artifacts([artifact], kind, stopping=FAST)[0] for kind in ("token-kind", "mtls-kind")]
-        [refused] = farm.measure_artifacts([artifact], "stolen-kind", stopping=FAST)
         counts.add(AREA, requests=3, failures=sum(not r.ok for r in good) + int(refused.ok))
         assert all(r.ok and r.latency_ms["median"] > 0 for r in good)
         assert {r.measurement.agent for r in good} == {"pi", "phone"}

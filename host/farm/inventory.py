@@ -13,6 +13,7 @@ Interchangeable means measured the same way: every agent of a kind must name the
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import asdict, dataclass, fields
@@ -92,6 +93,20 @@ def check_address(address, where: str = "address") -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise InventoryError(f"{where}: address {address!r} is not HOST:PORT with a port from 1 to 65535")
+
+
+def endpoints(address: str) -> set[tuple[str, int]]:
+    """The (host, port) pairs `address` may reach, in one spelling: a host name in lower case, an IP address
+    in its compressed form, the port as a number, and localhost as both loopback addresses. Two entries for
+    one agent would have the farm run two measurements at once on one device, each slowing the other."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]").rstrip(".").lower()
+    try:
+        host = ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    hosts = {"127.0.0.1", "::1"} if host == "localhost" else {host}
+    return {(h, int(port)) for h in hosts}
 
 
 class Inventory:
@@ -192,8 +207,9 @@ class Inventory:
         for other in self._agents.values():
             if other.name == entry.name:
                 continue
-            if other.address == entry.address:
-                raise InventoryError(f"agent {other.name!r} already has address {entry.address}")
+            if endpoints(other.address) & endpoints(entry.address):
+                same = "" if other.address == entry.address else f" (the same agent as {entry.address})"
+                raise InventoryError(f"agent {other.name!r} already has address {other.address}{same}")
             if other.kind == entry.kind and (other.runtime, other.threads) != (entry.runtime, entry.threads):
                 raise InventoryError(
                     f"agent {entry.name!r} has kind {entry.kind!r} with runtime {entry.runtime or '(auto)'} and "
