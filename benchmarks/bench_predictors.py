@@ -209,9 +209,10 @@ def drift_along_row_order(data: Path) -> None:
     half of the table (alternate rows), and the residuals are read in the table's row order: measurement
     noise is independent from row to row, a drifting machine makes neighbours err alike. Dividing out a
     51-row running median of the residual shows what the predictions would score against a steady machine."""
-    from fleetnas.predictors import fit_predictor, table_features
+    from fleetnas.predictors import fit_predictor
     from fleetnas.predictors.features import config_features, feature_views
     from fleetnas.supernets import get_supernet
+    from fleetnas.tables import read_table
 
     print("\nDrift along the row order (cross-fitted on alternate rows)")
     fbnet = get_supernet("fbnet")
@@ -220,10 +221,10 @@ def drift_along_row_order(data: Path) -> None:
     cases = {"fbnet lat_ms_gold_6226": (X[:, feature_views(names)["compact"]],
                                         np.array([float(r["lat_ms_gold_6226"]) for r in rows]))}
     for file, label in (("wmt14ende_cpu_xeon_all.csv", "hat_cpu_xeon"), ("wmt14ende_gpu_titanxp_all.csv", "hat_gpu_titanxp")):
-        hat = list(csv.DictReader((data / file).open()))
+        hat = read_table(data / file)
         for part in ("encoder", "decoder"):
-            cases[f"{label} latency_mean_{part}"] = (table_features(hat, HAT_FEATURES.split(",")),
-                                                     np.array([float(r[f"latency_mean_{part}"]) for r in hat]))
+            cases[f"{label} latency_mean_{part}"] = (hat.features(HAT_FEATURES.split(",")),
+                                                     hat.column(f"latency_mean_{part}"))
     for label, (X, y) in cases.items():
         predicted, rows_ = np.empty(len(y)), np.arange(len(y))
         for half in (0, 1):

@@ -11,6 +11,7 @@ import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -31,13 +32,15 @@ class Table:
     def column(self, name: str) -> np.ndarray:
         """A numeric column; `A+B` sums columns (e.g. encoder and decoder latency). A value that is not a
         finite number (blank, text, nan, inf) is refused with its line: it would poison every fit and front."""
-        parts = name.split("+")
-        missing = [p for p in parts if p not in self.columns]
-        if missing:
-            raise ValueError(f"{self.path.name} has no column {missing[0]!r}; it has {', '.join(self.columns)}")
-        return sum(self._numbers(p) for p in parts)
+        return sum(self._numbers(p) for p in name.split("+"))
+
+    def features(self, columns: Sequence[str]) -> np.ndarray:
+        """Numeric `columns` as a feature matrix (rows × columns), refused as `column` refuses."""
+        return np.column_stack([self._numbers(c) for c in columns])
 
     def _numbers(self, column: str) -> np.ndarray:
+        if column not in self.columns:
+            raise ValueError(f"{self.path.name} has no column {column!r}; it has {', '.join(self.columns)}")
         values = np.empty(len(self.rows))
         for i, row in enumerate(self.rows):
             try:

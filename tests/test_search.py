@@ -410,6 +410,8 @@ def test_bench_search_writes_every_run_and_summarises(table_path, tmp_path):
     (["--tactic", "random"], "--tactic random is given twice"),
     (["--budget", "15626"], "--budget 15626 is more than the 15625 configurations"),
     (["--json", "."], "is a folder; give a file name"),
+    (["--objective", "latency@rpi4:min"], "must look like COLUMN:max or COLUMN:min"),
+    (["--objective", "params"], "must look like COLUMN:max or COLUMN:min"),
 ])
 def test_bench_search_refuses_what_it_could_not_score_before_any_run(table_path, capsys, change, message):
     from fleetnas.cli import main

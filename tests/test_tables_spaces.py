@@ -94,3 +94,5 @@ def test_a_table_names_the_line_of_a_ragged_row_or_a_value_that_is_not_a_number(
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         read_table(path).column("b")
+    with pytest.raises(ValueError, match=message):  # feature columns are read by the same rule
+        read_table(path).features(["a", "b"])

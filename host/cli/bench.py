@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import CliError, existing_file, positive_int
+from .common import CliError, existing_file, model_families, positive_int
 
 
 def register(sub) -> None:
@@ -46,7 +46,7 @@ def _add_predictor(bench_sub) -> None:
 def run_predictor(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..predictors import FAMILIES, fit_predictor, regression_metrics
+    from ..predictors import fit_predictor, regression_metrics
     from ..predictors.features import feature_views
 
     if args.space and not args.key:
@@ -56,10 +56,7 @@ def run_predictor(args: argparse.Namespace) -> int:
     targets = args.target + args.target_sum
     if not targets:
         raise CliError("give at least one --target or --target-sum", 2)
-    models = "auto" if args.models == "auto" else [m.strip() for m in args.models.split(",")]
-    unknown = [m for m in ([] if models == "auto" else models) if m not in FAMILIES]
-    if unknown:
-        raise CliError(f"unknown model {unknown[0]!r}; choose from {', '.join(FAMILIES)} or auto", 2)
+    models = model_families(args.models)
     if args.cv < 2:
         raise CliError(f"--cv needs at least 2 folds, got {args.cv}", 2)
     output = _output_file(args.json)
@@ -104,7 +101,6 @@ def run_predictor(args: argparse.Namespace) -> int:
 
 def _table_features(args):
     """(table, feature matrix, row keys, feature spec) for --space/--key or --features."""
-    from ..predictors import table_features
     from ..tables import read_table, table_configs
 
     try:
@@ -114,9 +110,9 @@ def _table_features(args):
     if args.features:
         columns = [c.strip() for c in args.features.split(",") if c.strip()]
         try:
-            X = table_features(table.rows, columns)
+            X = table.features(columns)
         except ValueError as exc:
-            raise CliError(f"{args.table.name}: {exc}") from None
+            raise CliError(str(exc)) from None
         return table, X, list(range(len(table.rows))), {"kind": "table", "columns": columns}
     from ..predictors.features import config_features
     from ..supernets import InvalidConfig, get_supernet
@@ -241,12 +237,12 @@ def _output_file(path: Path | None) -> Path | None:
 def run_search_bench(args: argparse.Namespace) -> int:
     import sys
 
-    from ..search.objectives import parse_objective
+    from ..search.objectives import parse_column_objective
     from ..search.replay import ReplayProblem, evaluations_to_reach
     from ..tables import read_table
 
     try:
-        objectives = [parse_objective(o) for o in args.objective]
+        objectives = [parse_column_objective(o) for o in args.objective]
         if len(objectives) < 2:
             raise ValueError("give at least two --objective")
         _refuse_repeats("--objective", [o.metric for o in objectives])

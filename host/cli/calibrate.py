@@ -8,8 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from .common import (CliError, add_stopping_options, non_negative_int, positive_int, positive_seconds, print_json,
-                     stopping_from)
+from .common import (CliError, add_stopping_options, model_families, non_negative_int, positive_int, positive_seconds,
+                     print_json, stopping_from)
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d)?\s*$")
 UNIT_S = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                                                       ("alpha", 0.01)) if getattr(args, name) != default]
     if watch_only and not args.watch:
         raise CliError(f"{watch_only[0]} only applies with --watch", 2)
-    models = _models(args.models)
+    models = model_families(args.models)
     if args.out_dir is not None and args.out_dir.exists() and not args.out_dir.is_dir():
         raise CliError(f"--out-dir {args.out_dir} is a file; give a folder", 2)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, datefmt="%Y-%m-%d %H:%M:%S",
@@ -119,19 +119,6 @@ def run(args: argparse.Namespace) -> int:
     except (CalibrationError, FarmError, StoreError, JobError, InventoryError) as exc:
         raise CliError(str(exc)) from None
     return 0
-
-
-def _models(text: str):
-    """--models as fit_predictor takes it, refused before any measurement when a family is unknown."""
-    from fleetnas.predictors import FAMILIES
-
-    if text == "auto":
-        return text
-    models = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in models if m not in FAMILIES] or ([] if models else ["(none)"])
-    if unknown:
-        raise CliError(f"--models: unknown model {unknown[0]!r}; choose from {', '.join(FAMILIES)} or auto", 2)
-    return models
 
 
 def _calibrate(farm, args: argparse.Namespace, stopping: dict, models) -> None:

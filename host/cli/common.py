@@ -49,6 +49,20 @@ def positive_seconds(text: str) -> float:
                    "must be a positive number of seconds")
 
 
+def model_families(text: str):
+    """--models as fit_predictor takes it ("auto", or a list of families), refused up front when a family is
+    unknown: before any measurement or fit."""
+    from fleetnas.predictors import FAMILIES
+
+    if text == "auto":
+        return text
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in models if m not in FAMILIES] or ([] if models else ["(none)"])
+    if unknown:
+        raise CliError(f"--models: unknown model {unknown[0]!r}; choose from {', '.join(FAMILIES)} or auto", 2)
+    return models
+
+
 def agent_address(text: str) -> str:
     """HOST:PORT with a port from 1 to 65535 (gRPC would wrap 115631 round to 50095, and default to 443)."""
     from fleetnas.farm.inventory import InventoryError, check_address

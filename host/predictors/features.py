@@ -4,7 +4,7 @@ A space's configs become: the one-hot encoding (what a linear model needs to lea
 ordinal encoding (numeric choices as numbers, so trees can split on "kernel ≥ 5"), per-choice counts over
 variables that share a choice set (how many layers use each op: what an additive cost model sees at a
 glance), and optional analytic columns (MACs, params, activation bytes) supplied by the caller.
-Tables without a space give plain numeric columns (`table_features`).
+Tables without a space give plain numeric columns (`tables.Table.features`).
 
 `feature_views` names column subsets that the cross-validation may choose among: with a hundred or two
 rows, a few hundred one-hot columns can drown the handful of analytic ones that carry the signal.
@@ -44,22 +44,6 @@ def space_feature_names(space: SearchSpace, analytic_names: Sequence[str] = ()) 
         if numeric:
             names.append(f"sum({label})")
     return names + [f"analytic:{n}" for n in analytic_names]
-
-
-def table_features(rows: Sequence[dict], columns: Sequence[str]) -> np.ndarray:
-    """Numeric `columns` of CSV rows as a float matrix; a value that is not a number names its row and column."""
-    X = np.empty((len(rows), len(columns)))
-    for i, row in enumerate(rows):
-        for j, column in enumerate(columns):
-            try:
-                X[i, j] = float(row[column])
-            except KeyError:
-                raise ValueError(f"no column {column!r}; the table has {', '.join(row)}") from None
-            except (TypeError, ValueError):
-                X[i, j] = np.nan
-            if not np.isfinite(X[i, j]):
-                raise ValueError(f"row {i + 1}, column {column!r}: {row[column]!r} is not a finite number")
-    return X
 
 
 def _shared_choice_sets(space: SearchSpace) -> list[tuple[list[str], tuple, bool]]:

@@ -70,6 +70,15 @@ def parse_objective(text: str) -> Objective:
     return Objective(m["metric"], m["dir"], m["kind"])
 
 
+def parse_column_objective(text: str) -> Objective:
+    """A recorded table's objective, COLUMN:max or COLUMN:min: a column holds its values, no device measures them."""
+    column, _, direction = text.strip().rpartition(":")
+    if not column or direction not in ("max", "min") or "@" in column:
+        raise ValueError(f"objective {text!r} must look like COLUMN:max or COLUMN:min, naming a column of the table "
+                         "(e.g. imagenet16_test:max, lat_ms_pixel3:min)")
+    return Objective(column, direction, None)
+
+
 def parse_constraint(text: str) -> Constraint:
     m = _CONSTRAINT.match(text)
     if not m:
