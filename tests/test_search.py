@@ -365,6 +365,47 @@ def test_report_writes_its_own_files_and_refuses_what_it_cannot_write(tmp_path, 
     assert not (tmp_path / "r99").exists() and not (tmp_path / "typo.db").exists()
 
 
+def test_runs_are_listed_with_their_state_and_found_by_name(tmp_path, capsys):
+    from fleetnas.cli import main
+
+    db = tmp_path / "runs.db"
+    with open_store(db) as store:
+        finished = start_run(store, _spec(), name="baseline")
+        execute_run(store, finished, CountingEvaluator())
+        killed = start_run(store, _spec(), name="killed")  # stored as running, no process drives it
+        driven = start_run(store, _spec())
+        with run_lease(store, driven):  # this process drives it
+            assert main(["runs", "--db", str(db), "--json"]) == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert [(rows[i]["name"], rows[i]["state"]) for i in (finished, killed, driven)] == [
+        ("baseline", "finished"), ("killed", "interrupted"), (None, "running")]
+    assert rows[finished]["evaluations"] == rows[finished]["budget"] == 36 and 0 < rows[finished]["hypervolume"] <= 1
+    assert rows[killed]["evaluations"] == 0 and rows[killed]["hypervolume"] is None
+    assert main(["runs", "--db", str(db)]) == 0
+    assert "interrupted" in capsys.readouterr().out
+    assert main(["report", "baseline", "--db", str(db), "--out", str(tmp_path / "by-name")]) == 0
+    assert json.loads((tmp_path / "by-name" / "front.json").read_text())
+    for args, message in ((["report", "nameless", "--db", str(db)], "no search run named 'nameless'"),
+                          (["search", "--resume", "nameless", "--db", str(db)], "no search run named 'nameless'"),
+                          (["runs", "--db", str(tmp_path / "typo.db")], "no store at"),
+                          (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
+                            "--name", "12", "--db", str(db)], "--name 12 is a number")):
+        assert main(args) != 0
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_a_search_resumes_by_its_name(tmp_path):
+    db = str(tmp_path / "named.db")
+    first = fleetnas("search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
+                     "--tactic", "random", "--budget", "4", "--name", "small", "--db", db, "--json")
+    assert first.returncode == 0, first.stderr
+    again = fleetnas("search", "--resume", "small", "--db", db, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["run"] == json.loads(first.stdout)["run"]
+    assert json.loads(again.stdout)["evaluations"] == 4  # finished: nothing more to spend
+
+
 def test_recorder_catches_up_hypervolume_after_a_crash_between_writes(tmp_path):
     with open_store(tmp_path / "r.db") as store:
         run_id = start_run(store, _spec())

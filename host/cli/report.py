@@ -9,7 +9,7 @@ from .common import CliError
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="write a search run's report (HTML, PNG, CSV, JSON)")
-    p.add_argument("run", type=int, metavar="RUN", help="the run id that `fleetnas search` printed")
+    p.add_argument("run", metavar="RUN", help="the run's id (which `fleetnas search` printed) or its --name")
     p.add_argument("--db", help="the store (default fleetnas.db or $FLEETNAS_DB)")
     p.add_argument("--out", type=Path, help="output folder (default fleetnas-report-RUN)")
     p.set_defaults(handler=run)
@@ -19,12 +19,18 @@ def run(args: argparse.Namespace) -> int:
     from fleetnas.report import write_report
     from fleetnas.store import StoreError, open_store
 
-    out = args.out or Path(f"fleetnas-report-{args.run}")
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out} is a file; give a folder")
+    from fleetnas.search.run import find_run
+
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out} is a file; give a folder")
+    out = args.out
     try:
         with open_store(args.db, existing=True) as store:
-            index = write_report(store, args.run, out)
+            run_id = find_run(store, args.run).id
+            out = out or Path(f"fleetnas-report-{run_id}")
+            if out.exists() and not out.is_dir():
+                raise CliError(f"{out} is a file; give --out a folder")
+            index = write_report(store, run_id, out)
     except (KeyError, StoreError) as exc:
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
     except OSError as exc:

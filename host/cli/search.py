@@ -31,8 +31,8 @@ def register(sub) -> None:
     p.add_argument("--inventory",
                    help="farm inventory (default fleetnas.toml); with --resume, where the run's inventory now is")
     p.add_argument("--db", help="the store (default fleetnas.db or $FLEETNAS_DB)")
-    p.add_argument("--name", help="a name for the run (unique in the store)")
-    p.add_argument("--resume", type=int, metavar="RUN", help="continue run RUN where it stopped")
+    p.add_argument("--name", help="a name for the run (unique in the store; report and --resume take it too)")
+    p.add_argument("--resume", metavar="RUN", help="continue run RUN (its id or --name) where it stopped")
     p.add_argument("--json", action="store_true", help="print the measured front as JSON")
     # The measurement settings are part of what a run learns from: a calibration taken with the same rule
     # (and runtime, threads) is known to the search, one taken with another is not.
@@ -72,11 +72,11 @@ def _refuse_options_with_resume(args: argparse.Namespace) -> None:
 def _search(store, args: argparse.Namespace):
     """(session, run id): a new run is stored only once its evaluator could be set up (farm, accuracy), so a
     mistake there leaves no run behind."""
-    from fleetnas.search.run import load_spec, start_run
+    from fleetnas.search.run import find_run, load_spec, start_run
 
-    spec = load_spec(store, args.resume) if args.resume is not None else _new_spec(args)
-    with _evaluator(store, spec, args.inventory if args.resume is not None else None) as evaluator:
-        run_id = args.resume
+    run_id = find_run(store, args.resume).id if args.resume is not None else None
+    spec = load_spec(store, run_id) if run_id is not None else _new_spec(args)
+    with _evaluator(store, spec, args.inventory if run_id is not None else None) as evaluator:
         if run_id is None:
             run_id = start_run(store, spec, name=args.name)
             print(f"search run {run_id} started in {store.path}", file=sys.stderr)
@@ -92,6 +92,8 @@ def _new_spec(args: argparse.Namespace):
         raise CliError("give --space and at least two --objective, or --resume RUN", 2)
     if args.name is not None and not args.name.strip():
         raise CliError("--name must not be empty", 2)
+    if args.name is not None and args.name.strip().isdigit():
+        raise CliError(f"--name {args.name} is a number, which names run ids; give a name with a letter in it", 2)
     settings = {}
     if args.tactic != "random":
         settings["algorithm"] = args.algorithm

@@ -130,6 +130,28 @@ def start_run(store, spec: RunSpec, name: str | None = None) -> int:
     return store.create_run(spec.tactic, spec.__dict__, name=name).id
 
 
+def find_run(store, ref: str | int):
+    """A stored run (RunRecord) by its id, or by the --name it was started with."""
+    text = str(ref).strip()
+    run = store.run(int(text)) if text.isdigit() else store.run_by_name(text)
+    if run is None:
+        what = f"run {text}" if text.isdigit() else f"run named {text!r}"
+        raise KeyError(f"no search {what} in this database (`fleetnas runs` lists them)")
+    return run
+
+
+def run_state(store, run) -> str:
+    """The run's stored state, except that a run stored as running which no process drives (its driver was
+    killed, or the machine went down) is "interrupted": `fleetnas search --resume` continues it."""
+    if run.state != "running":
+        return run.state
+    try:
+        with run_lease(store, run.id):
+            return "interrupted"
+    except RunBusy:
+        return "running"
+
+
 def load_spec(store, run_id: int) -> RunSpec:
     run = store.run(run_id)
     if run is None:
