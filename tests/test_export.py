@@ -298,3 +298,30 @@ def test_a_config_file_that_is_not_text_is_named(capsys, tmp_path):
     assert cli(["export", "--space", "demo", "--config", f"@{tmp_path / 'c.json'}", "--format", "spec",
                 "--out", str(tmp_path / "m.json")]) == 1
     assert "is not UTF-8 text" in capsys.readouterr().err
+
+
+def test_a_search_runs_front_member_is_exported_by_run_and_rank(capsys, tmp_path):
+    from fleetnas.search.live import LiveEvaluator
+    from fleetnas.search.objectives import parse_objective
+    from fleetnas.search.run import RunSpec, execute_run, measured_front, start_run
+    from fleetnas.store import open_store
+
+    db = tmp_path / "runs.db"
+    objectives = ["macs:min", "params:max"]
+    with open_store(db) as store:
+        run_id = start_run(store, RunSpec(space="demo", objectives=objectives, tactic="random", budget=6),
+                           name="small")
+        execute_run(store, run_id, LiveEvaluator("demo", [parse_objective(o) for o in objectives]))
+        front, _, _ = measured_front(store, run_id)
+    assert len(front) >= 2
+    base = ["export", "--db", str(db), "--format", "spec", "--cache-dir", str(tmp_path / "cache")]
+    capsys.readouterr()
+    assert cli([*base, "--run", "small", "--rank", "2", "--out", str(tmp_path / "second.json")]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == get_supernet("demo").space.validate(front[1])
+    assert json.loads((tmp_path / "second.json").read_text())["config"] == front[1]
+    for extra, message in ((["--run", "small", "--rank", "99"], f"has {len(front)} member(s); --rank 99 is beyond"),
+                           (["--run", str(run_id), "--space", "ofa_mbv3"], "searched demo, not --space ofa_mbv3"),
+                           (["--run", "nameless"], "no search run named 'nameless'"),
+                           (["--space", "demo", "--sample", "--rank", "2"], "--rank goes with --run")):
+        assert cli([*base, *extra, "--out", str(tmp_path / "x.json")]) != 0
+        assert message in capsys.readouterr().err

@@ -15,11 +15,16 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="export a sub-network as ONNX, TFLite or a torch spec",
                        description="Build a config's sub-network (fixed-seed random weights) and write it in the "
                                    "given format; exports are cached by content, so repeating one is free.")
-    p.add_argument("--space", required=True, metavar="NAME", help="space id (see `fleetnas space list`)")
+    p.add_argument("--space", metavar="NAME", help="space id (see `fleetnas space list`); a --run knows its own")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--config", metavar="JSON", help="the config as a JSON object, or @FILE holding one")
     which.add_argument("--sample", action="store_true", help="export a config sampled with --seed")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of --sample (default 0)")
+    which.add_argument("--run", metavar="RUN", help="export a member of search run RUN's measured front (its id "
+                                                    "or --name; see --rank)")
+    p.add_argument("--seed", type=non_negative_int, help="seed of --sample (default 0)")
+    p.add_argument("--rank", type=positive_int, help="with --run: the front member, as ranked in the report's "
+                                                     "front.csv (default 1)")
+    p.add_argument("--db", help="with --run: the store (default fleetnas.db or $FLEETNAS_DB)")
     p.add_argument("--format", required=True, choices=["onnx", "tflite", "spec"], dest="fmt")
     p.add_argument("--batch", type=positive_int, default=1, help="batch size of the model's inputs (default 1)")
     p.add_argument("--out", required=True, type=Path, metavar="PATH", help="file to write")
@@ -57,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CliError(f"cannot write --out {str(out)!r}: {exc.strerror}") from None
+    args.space, config = _what_to_export(args)
     supernet = load_supernet(args.space)
-    config = supernet.space.sample(1, args.seed)[0] if args.sample else parse_config(args.config)
+    if config is None:
+        config = supernet.space.sample(1, args.seed or 0)[0] if args.sample else parse_config(args.config)
     try:
         artifact = export_artifact(args.space, config, args.fmt, args.batch, args.cache_dir)
         _copy_into_place(artifact.path, out)
@@ -73,6 +80,33 @@ def run(args: argparse.Namespace) -> int:
           f"{made}; cached at {artifact.path})")
     print(json.dumps(supernet.space.validate(config), separators=(",", ":")))
     return 0
+
+
+def _what_to_export(args: argparse.Namespace) -> tuple[str, dict | None]:
+    """(space, config or None): a --run's space and front member; else --space, the config still to make."""
+    for option, needs in (("seed", "sample"), ("rank", "run"), ("db", "run")):
+        if getattr(args, option) is not None and not getattr(args, needs):
+            raise CliError(f"--{option} goes with --{needs}", 2)
+    if not args.run:
+        if not args.space:
+            raise CliError("give --space NAME (or --run RUN, whose space is known)", 2)
+        return args.space, None
+    from fleetnas.search.run import find_run, load_spec, measured_front
+    from fleetnas.store import StoreError, open_store
+
+    try:
+        with open_store(args.db, existing=True) as store:
+            run_id = find_run(store, args.run).id
+            space = load_spec(store, run_id).space
+            configs, _, _ = measured_front(store, run_id)
+    except (KeyError, StoreError) as exc:
+        raise CliError(exc.args[0] if exc.args else str(exc)) from None
+    if args.space and args.space != space:
+        raise CliError(f"run {args.run} searched {space}, not --space {args.space}", 2)
+    rank = args.rank or 1
+    if rank > len(configs):
+        raise CliError(f"run {args.run}'s measured front has {len(configs)} member(s); --rank {rank} is beyond it")
+    return space, configs[rank - 1]
 
 
 def _copy_into_place(source: Path, out: Path) -> None:
