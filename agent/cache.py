@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import threading
 import time
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from typing import Iterator
 from .proto import agent_pb2 as pb
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+#: The only names the cache's folders hold; anything else found there (lost+found, a user's file) is left alone.
+ENTRY_RE = re.compile(r"^[0-9a-f]{64}(\.part)?$")
 # Interrupted uploads older than this are dropped: nobody is coming back for them.
 PARTIAL_MAX_AGE_S = 3600.0
 TFLITE_MAGIC = b"TFL3"
@@ -66,7 +69,8 @@ class ArtifactCache:
     def __init__(self, root: Path, max_bytes: int, max_artifact_bytes: int):
         self.root = Path(root)
         self.max_bytes = max_bytes
-        self.max_artifact_bytes = max_artifact_bytes
+        # An artifact larger than the whole cache could never be stored: that is its real limit.
+        self.max_artifact_bytes = min(max_artifact_bytes, max_bytes)
         self.done_dir = self.root / "artifacts"
         self.part_dir = self.root / "incoming"
         self.done_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +87,7 @@ class ArtifactCache:
         return self.done_dir / check_sha256(sha256)
 
     def has(self, sha256: str) -> pb.HasArtifactResponse:
+        check_sha256(sha256)  # before it names a file
         # Without the lock, files come and go while we look: the partial is looked at first, so that one
         # committed meanwhile is then found in place, and a file gone between two looks counts as absent.
         offset = _size(self.part_dir / f"{sha256}.part") or 0
@@ -105,12 +110,9 @@ class ArtifactCache:
         if header.size_bytes > self.max_artifact_bytes:
             raise CacheError("INVALID_ARGUMENT", f"artifact of {header.size_bytes} bytes exceeds this agent's "
                                                  f"limit of {self.max_artifact_bytes} bytes")
-        if header.size_bytes > self.max_bytes:
-            raise CacheError("RESOURCE_EXHAUSTED", f"artifact of {header.size_bytes} bytes cannot fit in a cache "
-                                                   f"capped at {self.max_bytes} bytes")
         part = self.part_dir / f"{sha}.part"
         with self._lock:
-            if self.path(sha).exists():
+            if _size(self.path(sha)) is not None:
                 self._touch(self.path(sha))
                 return None
             if sha in self._uploading:
@@ -217,7 +219,7 @@ class ArtifactCache:
         """The artifact's path, protected from eviction while in use."""
         path = self.path(sha256)
         with self._lock:
-            if not path.exists():
+            if _size(path) is None:
                 raise CacheError("NOT_FOUND", f"artifact {sha256} is not in this agent's cache; upload it first")
             self._pins[sha256] = self._pins.get(sha256, 0) + 1
             self._touch(path)
@@ -252,15 +254,18 @@ class ArtifactCache:
                                                    f"{self.max_bytes} bytes and the rest is in use")
 
     def _stats(self) -> list[tuple[Path, int, float]]:
-        """(path, size, last use) of every cached file; files that vanish meanwhile are skipped."""
+        """(path, size, last use) of every cached file; files that vanish meanwhile are skipped, and so is
+        whatever is not the cache's own (a folder, a link, another name): it is never counted or evicted."""
         found = []
         for directory in (self.done_dir, self.part_dir):
             for path in directory.iterdir():
+                if not ENTRY_RE.match(path.name):
+                    continue
                 try:
-                    st = path.stat()
+                    st = path.lstat()
                 except FileNotFoundError:
                     continue
-                if not path.name.startswith("."):
+                if stat.S_ISREG(st.st_mode):
                     found.append((path, st.st_size, st.st_mtime))
         return found
 
@@ -270,10 +275,12 @@ class ArtifactCache:
 
 
 def _size(path: Path) -> int | None:
+    """The size of a regular file at `path`; None when there is none (nothing, or a folder or link there)."""
     try:
-        return path.stat().st_size
+        st = path.lstat()
     except FileNotFoundError:
         return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _fsync_dir(directory: Path) -> None:

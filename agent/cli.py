@@ -15,7 +15,7 @@ from .client import read_token
 from .server import MIB, AgentConfig, build_server
 
 
-def _positive(kind):
+def _positive(kind, at_most=None):
     def parse(text: str):
         try:
             value = kind(text)
@@ -23,6 +23,8 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most}, got {text}")
         return value
     return parse
 
@@ -52,8 +54,8 @@ def parser() -> argparse.ArgumentParser:
                    help="artifact cache size cap in MiB (least recently used evicted first)")
     s.add_argument("--max-artifact-mb", type=_positive(int), default=AgentConfig.max_artifact_bytes // MIB,
                    help="largest artifact accepted, in MiB")
-    s.add_argument("--max-message-mb", type=_positive(int), default=AgentConfig.max_message_bytes // MIB,
-                   help="largest single gRPC message, in MiB")
+    s.add_argument("--max-message-mb", type=_positive(int, at_most=2047),  # gRPC's limit is a signed 32-bit int
+                   default=AgentConfig.max_message_bytes // MIB, help="largest single gRPC message, in MiB")
     s.add_argument("--max-input-mb", type=_positive(int), default=AgentConfig.max_input_bytes // MIB,
                    help="largest total size of a model's generated inputs, in MiB")
     s.add_argument("--max-queue", type=_positive(int), default=AgentConfig.max_queued,
@@ -73,16 +75,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace) -> AgentConfig:
+    """The agent's configuration; a ValueError names what is wrong with the options."""
     if bool(args.tls_cert) != bool(args.tls_key):
-        raise SystemExit("fleetnas-agent: --tls-cert and --tls-key go together")
+        raise ValueError("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
-        raise SystemExit("fleetnas-agent: --tls-client-ca needs --tls-cert and --tls-key")
-    try:  # the rule the host's client reads tokens by: what one side accepts, the other can send
-        token = read_token(args.token_file) if args.token_file else None
-    except ValueError as exc:
-        raise SystemExit(f"fleetnas-agent: {exc}") from None
+        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+    # The rule the host's client reads tokens by: what one side accepts, the other can send.
+    token = read_token(args.token_file) if args.token_file else None
     if not 0 <= args.test_slowdown < 10:
-        raise SystemExit(f"fleetnas-agent: --test-slowdown must be in [0, 10), got {args.test_slowdown}")
+        raise ValueError(f"--test-slowdown must be in [0, 10), got {args.test_slowdown}")
+    if args.tls_cert:
+        _check_tls(args)
     return AgentConfig(
         host=args.host, port=args.port, label=args.label, cache_dir=args.cache_dir,
         cache_max_bytes=args.cache_max_mb * MIB, max_artifact_bytes=args.max_artifact_mb * MIB,
@@ -94,25 +97,74 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         insecure=args.insecure, test_slowdown=args.test_slowdown)
 
 
+def _check_tls(args: argparse.Namespace) -> None:
+    """A key that does not match its certificate, or a file that is not PEM, named now: gRPC would only say
+    that it cannot bind the port."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except ssl.SSLError as exc:
+        raise ValueError(f"--tls-cert {args.tls_cert} and --tls-key {args.tls_key} cannot serve TLS: "
+                         f"{exc.reason or exc} (a PEM certificate and the PEM key it was issued for)") from None
+    if args.tls_client_ca:
+        try:
+            context.load_verify_locations(cafile=args.tls_client_ca)
+        except ssl.SSLError as exc:
+            raise ValueError(f"--tls-client-ca {args.tls_client_ca} is not a PEM certificate: "
+                             f"{exc.reason or exc}") from None
+
+
+def _hold_cache(cache_dir: Path):
+    """An exclusive lock on the cache folder for the agent's lifetime (released by the system however the agent
+    ends): two agents on one folder would each keep the cap for itself, and evict the other's uploads."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks: one agent per folder is the user's care
+        return None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(cache_dir / "agent.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ValueError(f"another agent uses the cache folder {cache_dir}; give each agent its own --cache-dir") \
+            from None
+    return handle
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(path)
+
+
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = config_from(args)
     try:
+        config = config_from(args)
+        cache_lock = _hold_cache(config.cache_dir)  # noqa: F841 - held until the process ends
         server, port = build_server(config)
     except (ValueError, OSError) as exc:
         print(f"fleetnas-agent: {exc}", file=sys.stderr)
         return 2
+    if args.port_file:  # before the line below: whoever waits for it may read the file at once
+        try:
+            _write_port_file(args.port_file, port)
+        except OSError as exc:
+            server.stop(grace=None)
+            print(f"fleetnas-agent: cannot write --port-file {args.port_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     # Scripts and tests wait for this line instead of polling the port.
     print(f"fleetnas-agent: serving on {config.host}:{port}", flush=True)
-    if args.port_file:
-        tmp = args.port_file.with_suffix(".tmp")
-        tmp.write_text(f"{port}\n")
-        tmp.replace(args.port_file)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=5).wait()
+    if args.port_file:  # a relaunch script must not read a port nobody listens on any more
+        args.port_file.unlink(missing_ok=True)
     return 0
 
 

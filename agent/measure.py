@@ -38,6 +38,9 @@ class StoppingRule:
     def from_message(cls, values: dict) -> "StoppingRule":
         """Zero or missing fields take the defaults (proto3 cannot tell 'unset' from 0)."""
         given = {f.name: values[f.name] for f in fields(cls) if values.get(f.name)}
+        for name, value in given.items():  # before a cap pulls a minimum down with it, which would be named instead
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number, not negative, got {value}")
         # A cap given alone pulls the default minimum down with it (max_s=0.3 means "be quick").
         if "max_s" in given and "min_s" not in given:
             given["min_s"] = min(cls.min_s, given["max_s"])

@@ -127,7 +127,7 @@ def run_child(request: dict, threads: int, timeout_s: float, cancelled: Callable
                 if cancelled():
                     raise ProfileError("CANCELLED", "the client went away during the measurement")
                 if time.monotonic() >= deadline:
-                    raise ProfileError("DEADLINE_EXCEEDED", f"the measurement did not finish within {timeout_s:.0f} s "
+                    raise ProfileError("DEADLINE_EXCEEDED", f"the measurement did not finish within {timeout_s:.3g} s "
                                                             "(a hanging model?); its process was killed")
             returncode = child.wait(timeout=30)
             stderr.seek(0)

@@ -33,6 +33,8 @@ MIB = 1024 * 1024
 #: A cancelled upload's stream ends a moment before gRPC reports the cancel; a client that ended its stream
 #: on purpose is still waiting for the answer, so its call cannot end before the agent answers.
 CANCEL_GRACE_S = 0.5
+#: The longest a measurement may hold the device: twice the stopping rule's largest max_s, and slack to load.
+MAX_TIMEOUT_S = 2 * 3600 + 120
 
 
 @dataclass
@@ -73,7 +75,7 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
         device.environment()  # primes psutil's CPU-percent counter so the first real snapshot means something
 
     def _limits(self) -> pb.Limits:
-        return pb.Limits(max_artifact_bytes=self.config.max_artifact_bytes, cache_max_bytes=self.config.cache_max_bytes,
+        return pb.Limits(max_artifact_bytes=self.cache.max_artifact_bytes, cache_max_bytes=self.config.cache_max_bytes,
                          cache_used_bytes=self.cache.used_bytes(), max_queued_profiles=self.config.max_queued,
                          max_message_bytes=self.config.max_message_bytes)
 
@@ -160,9 +162,11 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
             rule = StoppingRule.from_message(stopping)
         except (TypeError, ValueError) as exc:
             raise ProfileError("INVALID_ARGUMENT", f"bad stopping rule: {exc}") from exc
-        if not math.isfinite(request.timeout_s) or request.timeout_s < 0:
-            raise ProfileError("INVALID_ARGUMENT", f"timeout_s must be a finite number, not negative, "
-                                                   f"got {request.timeout_s}")
+        if not math.isfinite(request.timeout_s) or not 0 <= request.timeout_s <= MAX_TIMEOUT_S:
+            raise ProfileError("INVALID_ARGUMENT", f"timeout_s must be from 0 (from the stopping rule) to "
+                                                   f"{MAX_TIMEOUT_S:g} s, got {request.timeout_s}")
+        if request.extra_delay_ms:
+            raise ProfileError("INVALID_ARGUMENT", "extra_delay_ms is a test aid this agent does not allow")
         child_request = {
             "artifact": str(path), "runtime": entry.name, "threads": threads, "seed": request.seed,
             "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in request.inputs],
@@ -270,7 +274,10 @@ def build_server(config: AgentConfig) -> tuple[grpc.Server, int]:
     check_security(config)
     workers = config.max_queued + 16
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
-               ("grpc.max_send_message_length", config.max_message_bytes)]
+               ("grpc.max_send_message_length", config.max_message_bytes),
+               # gRPC sets SO_REUSEPORT by default: a second agent on a busy port would start, and the kernel
+               # would share the callers between the two (an upload to one, its profile to the other).
+               ("grpc.so_reuseport", 0)]
     interceptors = [TokenAuth(config.token)] if config.token is not None else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent"),
                          interceptors=interceptors, options=options, maximum_concurrent_rpcs=workers)
@@ -281,15 +288,18 @@ def build_server(config: AgentConfig) -> tuple[grpc.Server, int]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
-    if config.tls_cert is not None:
-        credentials = grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)],
-                                                  root_certificates=config.tls_client_ca,
-                                                  require_client_auth=config.tls_client_ca is not None)
-        port = server.add_secure_port(address, credentials)
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if config.tls_cert is not None:
+            credentials = grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)],
+                                                      root_certificates=config.tls_client_ca,
+                                                      require_client_auth=config.tls_client_ca is not None)
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # this gRPC raises where older ones returned 0
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {address}: the port is in use, or the address is not this machine's")
     server.start()
     log.info("agent %s listening on %s:%d (%s%s); runtimes: %s", config.label or "(no label)", config.host, port,
              "TLS" if config.tls_cert else "plaintext", ", token" if config.token else "",

@@ -67,3 +67,33 @@ def test_the_agent_imports_no_runtime_and_no_host_code_until_asked():
              "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fleetnas_agent.cli", "serve", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_a_second_agent_on_a_busy_port_or_a_busy_cache_folder_is_refused(tmp_path):
+    port_file = tmp_path / "run" / "port"
+    port_file.parent.mkdir()
+    with AgentProcess(tmp_path / "cache", args=["--port-file", str(port_file)]) as agent:
+        assert port_file.read_text().strip() == str(agent.port)  # written before the "serving on" line
+        same_port = _serve("--port", str(agent.port), "--cache-dir", str(tmp_path / "other"))
+        assert same_port.returncode == 2 and f"cannot listen on 127.0.0.1:{agent.port}" in same_port.stderr
+        assert "Traceback" not in same_port.stderr
+        same_cache = _serve("--port", "0", "--cache-dir", str(tmp_path / "cache"))
+        assert same_cache.returncode == 2 and "another agent uses the cache folder" in same_cache.stderr
+    assert not port_file.exists()  # a relaunch script must not read a port nobody listens on
+
+
+def test_serve_names_bad_tls_files_message_sizes_and_port_files(tmp_path):
+    garbage = tmp_path / "not.pem"
+    garbage.write_text("not a certificate")
+    tls = _serve("--port", "0", "--cache-dir", str(tmp_path), "--tls-cert", str(garbage), "--tls-key", str(garbage))
+    assert tls.returncode == 2 and "cannot serve TLS" in tls.stderr and "Traceback" not in tls.stderr
+    big = _serve("--port", "0", "--cache-dir", str(tmp_path), "--max-message-mb", "2048")
+    assert big.returncode == 2 and "must be at most 2047" in big.stderr
+    nowhere = _serve("--port", "0", "--cache-dir", str(tmp_path), "--port-file", str(tmp_path / "no" / "dir" / "p"))
+    assert nowhere.returncode == 2 and "cannot write --port-file" in nowhere.stderr
+    assert "serving on" not in nowhere.stdout  # nobody is told to connect to an agent that is gone

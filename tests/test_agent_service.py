@@ -150,6 +150,16 @@ def test_bad_profile_requests_get_clear_statuses(agent):
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "bytes of inputs" in details
         code, details = code_of(lambda: client.profile(tflite, stopping=pb.StoppingRule(min_runs=10, max_runs=2)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_runs" in details
+        code, details = code_of(lambda: client.profile(tflite, stopping=pb.StoppingRule(max_s=-1)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_s must be" in details  # the field given, not min_s
+        code, details = code_of(lambda: client.profile(tflite, stopping=FAST, timeout_s=1e15))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "timeout_s must be from 0" in details
+        request = pb.ProfileRequest(artifact_sha256=tflite, stopping=FAST, extra_delay_ms=500)
+        code, details = code_of(lambda: list(client.stub.Profile(request, timeout=30)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "extra_delay_ms" in details
+        for sha in ("\x00", "a" * 300, "../" * 30):
+            code, details = code_of(lambda: client.has_artifact(sha))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "64 lowercase hex digits" in details
         assert client.health() == "SERVING"
 
 

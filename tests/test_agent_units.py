@@ -118,12 +118,32 @@ def test_cache_evicts_least_recently_used_but_never_a_pinned_artifact(tmp_path):
 
 def test_cache_refuses_what_cannot_fit_and_keeps_nothing_half_written(tmp_path):
     cache = ArtifactCache(tmp_path, max_bytes=1000, max_artifact_bytes=5000)
+    assert cache.max_artifact_bytes == 1000  # what could never fit is over the limit, not a wait for room
     with pytest.raises(CacheError) as err:
         _put(cache, b"x" * 2000)
-    assert err.value.code == "RESOURCE_EXHAUSTED"
+    assert err.value.code == "INVALID_ARGUMENT" and "limit of 1000 bytes" in str(err.value)
     data = b"y" * 500
     upload = cache.begin(pb.ArtifactHeader(sha256="0" * 64, size_bytes=len(data)))
     cache.write(upload, data)
     with pytest.raises(CacheError, match="sha256 mismatch"):
         cache.commit(upload)
     assert cache.used_bytes() == 0 and not list((tmp_path / "incoming").iterdir())
+
+
+def test_the_cache_counts_and_evicts_only_its_own_files(tmp_path):
+    """A lost+found folder, a folder named like an artifact, a user's file: neither counted, found nor evicted."""
+    (tmp_path / "artifacts" / "lost+found").mkdir(parents=True)
+    (tmp_path / "artifacts" / ("ab" * 32)).mkdir()
+    (tmp_path / "artifacts" / "README").write_text("the user's own")
+    cache = ArtifactCache(tmp_path, max_bytes=2500, max_artifact_bytes=2500)
+    assert not cache.has("ab" * 32).present and cache.used_bytes() == 0
+    with pytest.raises(CacheError) as err:
+        with cache.pinned("ab" * 32):
+            pass
+    assert err.value.code == "NOT_FOUND"
+    first = _put(cache, b"1" * 1000)
+    _put(cache, b"2" * 1000)
+    third = _put(cache, b"3" * 1000)  # room is made by evicting the oldest artifact, past the odd entries
+    assert not cache.has(first).present and cache.has(third).present and cache.used_bytes() == 2000
+    assert (tmp_path / "artifacts" / "README").read_text() == "the user's own"
+    assert (tmp_path / "artifacts" / "lost+found").is_dir()
