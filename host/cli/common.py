@@ -43,6 +43,14 @@ def positive_int(text: str) -> int:
     return _number(text, int, "an integer", lambda v: v > 0, "must be positive")
 
 
+#: The largest batch a model is exported or counted for: beyond it, inputs alone would fill a host's memory.
+MAX_BATCH = 1024
+
+
+def batch_size(text: str) -> int:
+    return _number(text, int, "an integer", lambda v: 1 <= v <= MAX_BATCH, f"must be from 1 to {MAX_BATCH}")
+
+
 def positive_seconds(text: str) -> float:
     """A positive, finite number of seconds (timeouts, deadlines, give-up times)."""
     return _number(text, float, "a number of seconds", lambda v: 0 < v < float("inf"),

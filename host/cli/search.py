@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         with open_store(args.db, existing=args.resume is not None) as store:
             session, run_id = _search(store, args)
             _report(store, run_id, session, args.json)
-    except (EvaluationError, FarmError, StoreError, ValueError, KeyError) as exc:
+    except (EvaluationError, FarmError, StoreError, ValueError, KeyError, ImportError) as exc:
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
     return 0
 

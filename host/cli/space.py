@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import CliError, positive_int, print_json
+from .common import CliError, batch_size, non_negative_int, positive_int, print_json
+
+#: The most configs one `space sample` prints (each may be built to count its features).
+MAX_SAMPLE = 100_000
 
 
 def register(sub) -> None:
@@ -15,9 +18,9 @@ def register(sub) -> None:
     ls.set_defaults(handler=list_spaces)
     s = ssub.add_parser("sample", help="sample configs (with MACs, parameters, activation bytes where buildable)")
     s.add_argument("name", metavar="NAME", help="space id, as `fleetnas space list` shows it")
-    s.add_argument("--n", type=positive_int, default=5, help="how many configs (default 5)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--batch", type=positive_int, default=1, help="batch size the features are counted for")
+    s.add_argument("--n", type=positive_int, default=5, help=f"how many configs (default 5, at most {MAX_SAMPLE:,})")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    s.add_argument("--batch", type=batch_size, default=1, help="batch size the features are counted for")
     s.add_argument("--json", action="store_true", help="print one JSON array instead of one JSON object a line")
     s.set_defaults(handler=sample)
 
@@ -30,7 +33,7 @@ def load_supernet(name: str):
     try:
         return get_supernet(name)
     except ImportError as exc:
-        raise CliError(f"space {name!r} is registered but cannot be loaded: {exc}") from None
+        raise CliError(str(exc)) from None
 
 
 def list_spaces(args: argparse.Namespace) -> int:
@@ -40,36 +43,41 @@ def list_spaces(args: argparse.Namespace) -> int:
     for name in list_supernets():
         try:
             supernet = get_supernet(name)
-        except Exception as exc:  # noqa: BLE001 - one broken plug-in must not hide the others
-            rows.append({"id": name, "size": None, "kind": "unavailable", "description": f"{type(exc).__name__}: {exc}"})
+        except ImportError as exc:  # one broken plug-in must not hide the others
+            rows.append({"id": name, "size": None, "kind": "unavailable", "description": str(exc)})
             continue
-        rows.append({"id": name, "size": supernet.space.size, "variables": supernet.space.n_var,
-                     "kind": "table-only" if supernet.table_only else "buildable",
-                     "description": supernet.space.description})
+        space = supernet.space
+        rows.append({"id": name, "size": space.valid_size, "choices_product": space.size, "variables": space.n_var,
+                     "kind": "table-only" if supernet.table_only else "buildable", "description": space.description})
     if args.json:
         print_json(rows)
         return 0
     width = max((len(r["id"]) for r in rows), default=2)
     for r in rows:
-        size = f"{r['size']:.3g}" if r["size"] is not None else "-"
+        # A space with a validity rule too large to count shows its product of choices as an upper bound.
+        size = ("-" if r["kind"] == "unavailable" else f"{r['size']:.3g}" if r["size"] is not None
+                else f"≤{r['choices_product']:.3g}")
         print(f"{r['id']:<{width}}  {size:>9}  {r['kind']:<11}  {r['description']}")
     return 0
 
 
 def sample(args: argparse.Namespace) -> int:
+    if args.n > MAX_SAMPLE:
+        raise CliError(f"--n {args.n} is more than the {MAX_SAMPLE:,} configs one sample prints", 2)
     supernet = load_supernet(args.name)
-    configs = supernet.space.sample(args.n, args.seed)
-    rows = []
-    for config in configs:
-        row = {"config": config}
-        if not supernet.table_only:
-            from fleetnas.supernets.analytic import analytic_features
-
-            row.update(analytic_features(supernet, config, args.batch))
-        rows.append(row)
+    rows = (_sampled(supernet, config, args.batch) for config in supernet.space.sample(args.n, args.seed))
     if args.json:
-        print_json(rows)
+        print_json(list(rows))
     else:
-        for row in rows:
-            print(json.dumps(row, separators=(",", ":")))
+        for row in rows:  # one line as each is ready: a long sample shows its progress
+            print(json.dumps(row, separators=(",", ":")), flush=True)
     return 0
+
+
+def _sampled(supernet, config: dict, batch: int) -> dict:
+    row = {"config": config}
+    if not supernet.table_only:
+        from fleetnas.supernets.analytic import analytic_features
+
+        row.update(analytic_features(supernet, config, batch))
+    return row

@@ -64,8 +64,11 @@ class RunSpec:
         get_tactic(self.tactic)
         if self.budget <= 0:
             raise ValueError(f"--budget must be positive, got {self.budget}")
-        if self.budget > space.size:  # each configuration is evaluated once: the rest could never be spent
-            raise ValueError(f"--budget {self.budget} is more than the {space.size:g} configurations of {self.space}")
+        # Each configuration is evaluated once: the rest could never be spent, and a search would look forever.
+        available = space.valid_size or space.size
+        if self.budget > available:
+            raise ValueError(f"--budget {self.budget} is more than the {available:g} "
+                             f"{'valid ' if space.rule else ''}configurations of {self.space}")
 
 
 class StoreRecorder:

@@ -48,7 +48,17 @@ def list_supernets() -> list[str]:
 
 
 def get_supernet(space_id: str) -> SuperNetwork:
+    """The registered super-network `space_id`: KeyError when none is, ImportError (naming the space and the
+    cause) when its plug-in cannot be loaded or does not name a super-network."""
     points = _entry_points()
     if space_id not in points:
         raise KeyError(f"unknown space {space_id!r}; known: {', '.join(sorted(points)) or 'none'}")
-    return points[space_id].load()
+    try:
+        supernet = points[space_id].load()
+    except Exception as exc:  # noqa: BLE001 - a plug-in's module may fail in any way; say which and how
+        raise ImportError(f"space {space_id!r} is registered but cannot be loaded: {type(exc).__name__}: {exc}") \
+            from exc
+    if not isinstance(getattr(supernet, "space", None), SearchSpace):
+        raise ImportError(f"space {space_id!r} is registered as {points[space_id].value}, which is not a "
+                          "super-network (an object with a SearchSpace as .space)")
+    return supernet

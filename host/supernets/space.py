@@ -6,6 +6,8 @@ no torch needed to sample, encode or search.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -40,6 +42,10 @@ class Variable:
     @property
     def numeric(self) -> bool:
         return all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in self.choices)
+
+
+#: Spaces with a validity rule and up to this many configs have their valid ones counted (`valid_size`).
+COUNTED_UP_TO = 200_000
 
 
 class SearchSpace:
@@ -77,7 +83,19 @@ class SearchSpace:
 
     @property
     def size(self) -> float:
+        """The product of the choices: every config, or an upper bound on the valid ones where a rule narrows it."""
         return float(np.prod([float(len(v.choices)) for v in self.variables]))
+
+    @functools.cached_property
+    def valid_size(self) -> float | None:
+        """How many configs the rule accepts: `size` without a rule; counted one by one up to COUNTED_UP_TO
+        configs (a second or two); None (unknown) beyond."""
+        if self.rule is None:
+            return self.size
+        if self.size > COUNTED_UP_TO:
+            return None
+        indices = itertools.product(*(range(len(v.choices)) for v in self.variables))
+        return float(sum(self.rule(self.decode(np.array(x))) is None for x in indices))
 
     def variable(self, name: str) -> Variable:
         return self._by_name[name]
