@@ -206,7 +206,9 @@ def test_a_real_50_percent_slowdown_fires_drift_marks_stale_and_refits(calibrate
     report = json.loads(line)
     verdict = report["verdicts"][AGENT]
     assert verdict["drift"] and verdict["pairs"] == 10 and verdict["p_value"] < 0.01, verdict["reason"]
-    assert 0.3 < verdict["median_change"] < 0.8
+    # +50 % by the agent; a busy two-core machine stretches the busy-waited runs further (+85 % was seen while
+    # other tests ran), while no change, or a transient one, stays below +30 %.
+    assert 0.3 < verdict["median_change"] < 1.0
     assert report["stale_marked"] == {AGENT: SAMPLES} and report["refit"]["reason"] == "drift"
     assert f"drift on {AGENT}: +" in caplog.text and f"marked {SAMPLES} measurements stale" in caplog.text
     with SqliteStore(db) as store:
@@ -225,7 +227,7 @@ def test_a_real_50_percent_slowdown_fires_drift_marks_stale_and_refits(calibrate
             key = json.dumps(v.config, sort_keys=True)
             least_before[key] = min(v.value, least_before.get(key, np.inf))
     ratios = [v.value / least_before[json.dumps(v.config, sort_keys=True)] for v in values]
-    assert 1.3 < float(np.median(ratios)) < 1.8
+    assert 1.3 < float(np.median(ratios)) < 2.0  # against each config's least before: 1.87 was seen under load
 
 
 @pytest.mark.parametrize("args, message", [
@@ -248,3 +250,21 @@ def test_calibrate_refuses_bad_options_before_measuring(tmp_path, monkeypatch, c
         code = exc.code
     assert code != 0 and message in capsys.readouterr().err
     assert not Path("c.db").exists()
+
+
+def test_a_search_resumes_only_on_a_farm_that_measures_its_kinds_the_same_way(calibrated, tmp_path, capsys):
+    db = calibrated.copy_db(tmp_path)
+    search = ["search", "--space", "demo", "--objective", "macs:min", "--objective", f"latency@{KIND}:min",
+              "--tactic", "random", "--budget", "2", "--db", str(db), "--inventory", str(calibrated.inventory), *FLAGS]
+    assert main(search) == 0
+    with SqliteStore(db) as store:
+        [run] = store.runs()
+        assert run.settings["measured_with"] == {KIND: {"runtime": "onnxruntime", "threads": 1}}
+    entry = Inventory.load(calibrated.inventory).get(AGENT)
+    moved = tmp_path / "four-threads.toml"
+    Inventory(moved, [AgentEntry(AGENT, entry.address, KIND, "onnxruntime", threads=4)]).save()
+    capsys.readouterr()
+    assert main(["search", "--resume", str(run.id), "--db", str(db), "--inventory", str(moved)]) == 1
+    assert f"the inventory now measures {KIND} with onnxruntime, 4 thread(s); the run measured it with " \
+           "onnxruntime, 1" in capsys.readouterr().err
+    assert main(["search", "--resume", str(run.id), "--db", str(db), "--inventory", str(calibrated.inventory)]) == 0

@@ -301,6 +301,8 @@ if scale() > 1:
 
 @pytest.mark.parametrize("tactic", list(SEARCHES))
 def test_a_search_killed_mid_run_and_resumed_ends_exactly_where_an_uninterrupted_one_does(tmp_path, counts, tactic):
+    from fleetnas.search.live import accuracy_metric
+
     options, budget, kill_when = SEARCHES[tactic]
     command = [*COMMON, *options, "--budget", str(budget)]
     (tmp_path / "fleetnas_test_accuracy.py").write_text(ACCURACY)
@@ -339,7 +341,7 @@ def test_a_search_killed_mid_run_and_resumed_ends_exactly_where_an_uninterrupted
                                        for e in store.run_events(run_id, "prediction")]
     predictions = predicted(watcher, run.id)
     expected_predictions = predicted(reference_store, reference_store.runs()[0].id)
-    accuracy_rows = watcher.evaluations("demo", "accuracy")
+    accuracy_rows = watcher.evaluations("demo", accuracy_metric("fleetnas_test_accuracy:accuracy"))
     hv_events = watcher.run_events(run.id, "hypervolume")
     state = watcher.run(run.id).state
     watcher.close()

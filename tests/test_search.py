@@ -384,12 +384,19 @@ def test_runs_are_listed_with_their_state_and_found_by_name(tmp_path, capsys):
     assert main(["runs", "--db", str(db)]) == 0
     assert "interrupted" in capsys.readouterr().out
     assert main(["report", "baseline", "--db", str(db), "--out", str(tmp_path / "by-name")]) == 0
-    assert json.loads((tmp_path / "by-name" / "front.json").read_text())
+    front = json.loads((tmp_path / "by-name" / "front.json").read_text())
+    assert (front["state"], front["evaluations"], front["budget"], front["name"]) == ("finished", 36, 36, "baseline")
+    assert main(["report", "killed", "--db", str(db), "--out", str(tmp_path / "killed")]) == 0
+    assert json.loads((tmp_path / "killed" / "front.json").read_text())["state"] == "interrupted"
+    assert "state <b>interrupted</b>" in (tmp_path / "killed" / "index.html").read_text()
     for args, message in ((["report", "nameless", "--db", str(db)], "no search run named 'nameless'"),
                           (["search", "--resume", "nameless", "--db", str(db)], "no search run named 'nameless'"),
                           (["runs", "--db", str(tmp_path / "typo.db")], "no store at"),
                           (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
-                            "--name", "12", "--db", str(db)], "--name 12 is a number")):
+                            "--name", "12", "--db", str(db)], "--name 12 is a number"),
+                          (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
+                            "--name", " baseline ", "--db", str(db)], "has spaces around it"),
+                          (["report", "²", "--db", str(db)], "no search run named '²'")):
         assert main(args) != 0
         assert message in capsys.readouterr().err
     assert not (tmp_path / "typo.db").exists()
@@ -404,6 +411,49 @@ def test_a_search_resumes_by_its_name(tmp_path):
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["run"] == json.loads(first.stdout)["run"]
     assert json.loads(again.stdout)["evaluations"] == 4  # finished: nothing more to spend
+
+
+def test_a_resumed_run_that_diverges_from_its_record_never_spends_more_than_its_budget(tmp_path):
+    """What the store knew may change between a kill and a resume (a recalibration marks rows stale), and the
+    replay then asks for other configurations than it recorded: those recorded still count."""
+    with open_store(tmp_path / "d.db") as store:
+        run_id = start_run(store, _spec())
+        strangers = NB201.space.sample(20, 99)  # not what LINAS with seed 3 asks for first
+        store.add_run_members(run_id, [(c, dict(zip(["accuracy", "latency"], synthetic_values(c))), "measured")
+                                       for c in strangers])
+        resumed = CountingEvaluator()
+        session = execute_run(store, run_id, resumed)
+        members = store.run_members(run_id, "measured")
+        assert len(members) == 36 and resumed.calls == 36 - 20 and session.used == 36
+        assert len({json.dumps(m.config, sort_keys=True) for m in members}) == 36  # nothing evaluated twice
+        assert store.run(run_id).state == "finished"
+
+
+def test_the_run_lease_holds_through_a_symbolic_link_to_the_database(tmp_path):
+    with open_store(tmp_path / "real.db") as store:
+        run_id = start_run(store, _spec())
+    (tmp_path / "link.db").symlink_to(tmp_path / "real.db")
+    with open_store(tmp_path / "real.db") as store, run_lease(store, run_id):
+        with open_store(tmp_path / "link.db") as linked, pytest.raises(RunBusy):
+            with run_lease(linked, run_id):
+                pass
+
+
+def test_each_accuracy_evaluator_keeps_its_own_values(tmp_path):
+    from fleetnas.search.live import LiveEvaluator, accuracy_metric
+
+    objectives = [parse_objective("accuracy:max"), parse_objective("macs:min")]
+    configs = get_supernet("demo").space.sample(3, 0)
+    with open_store(tmp_path / "a.db") as store:
+        cifar = LiveEvaluator("demo", objectives, store=store, accuracy=lambda c: 0.1,
+                              accuracy_metric=accuracy_metric("evals:cifar"))
+        imagenet = LiveEvaluator("demo", objectives, store=store, accuracy=lambda c: 0.9,
+                                 accuracy_metric=accuracy_metric("evals:imagenet"))
+        assert cifar.evaluate(configs)[:, 0].tolist() == [0.1] * 3
+        assert imagenet.evaluate(configs)[:, 0].tolist() == [0.9] * 3  # not the other evaluator's stored values
+        assert cifar.evaluate(configs)[:, 0].tolist() == [0.1] * 3
+        later = store.evaluations("demo")[-1].created_at + 1
+        assert imagenet.known(before=later)["accuracy"][1] == [0.9] * 3
 
 
 def test_recorder_catches_up_hypervolume_after_a_crash_between_writes(tmp_path):

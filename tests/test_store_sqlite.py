@@ -241,3 +241,31 @@ def test_a_store_that_cannot_be_made_or_is_not_there_is_a_store_error(tmp_path):
     with pytest.raises(StoreError, match="no store at"):
         open_store(tmp_path / "typo.db", existing=True)
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_another_programs_database_is_refused_and_left_as_it_was(tmp_path):
+    path = tmp_path / "contacts.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE people (name TEXT)")
+    before = path.read_bytes()
+    for existing in (True, False):
+        with pytest.raises(StoreError, match="database of another program .*people"):
+            open_store(path, existing=existing)
+    assert path.read_bytes() == before and not (tmp_path / "contacts.sqlite-wal").exists()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_a_report_lists_every_device_that_measured_each_of_its_kinds(store):
+    """One machine (one device id) serving two kinds, one agent per thread count: both kinds list it."""
+    from fleetnas.report import _device_rows
+    from fleetnas.search.objectives import parse_objective
+
+    store.upsert_device("dev-1", "box", "cpu-ort-1t", {"cpu_model": "Xeon"})
+    store.upsert_device("dev-1", "box", "cpu-ort-2t", {"cpu_model": "Xeon"})  # the table keeps the latest kind
+    store.record_measurement(measurement(kind="cpu-ort-1t"))
+    store.record_measurement(measurement(kind="cpu-ort-2t", settings={**SETTINGS, "threads": 2}))
+    objectives = [parse_objective("latency@cpu-ort-1t:min"), parse_objective("latency@cpu-ort-2t:min")]
+    rows = _device_rows(store, "demo", objectives)
+    assert [(r["kind"], r["id"], r["cpu"]) for r in rows] == [("cpu-ort-1t", "dev-1", "Xeon"),
+                                                              ("cpu-ort-2t", "dev-1", "Xeon")]

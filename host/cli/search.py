@@ -76,7 +76,8 @@ def _search(store, args: argparse.Namespace):
 
     run_id = find_run(store, args.resume).id if args.resume is not None else None
     spec = load_spec(store, run_id) if run_id is not None else _new_spec(args)
-    with _evaluator(store, spec, args.inventory if run_id is not None else None) as evaluator:
+    with _evaluator(store, spec, args.inventory if run_id is not None else None, resuming=run_id is not None) \
+            as evaluator:
         if run_id is None:
             run_id = start_run(store, spec, name=args.name)
             print(f"search run {run_id} started in {store.path}", file=sys.stderr)
@@ -90,10 +91,8 @@ def _new_spec(args: argparse.Namespace):
 
     if not args.space or not args.objective:
         raise CliError("give --space and at least two --objective, or --resume RUN", 2)
-    if args.name is not None and not args.name.strip():
-        raise CliError("--name must not be empty", 2)
-    if args.name is not None and args.name.strip().isdigit():
-        raise CliError(f"--name {args.name} is a number, which names run ids; give a name with a letter in it", 2)
+    if args.name is not None:
+        _check_name(args.name)
     settings = {}
     if args.tactic != "random":
         settings["algorithm"] = args.algorithm
@@ -114,25 +113,55 @@ def _new_spec(args: argparse.Namespace):
     return spec
 
 
+def _check_name(name: str) -> None:
+    if not name.strip():
+        raise CliError("--name must not be empty", 2)
+    if name != name.strip() or not name.isprintable():
+        raise CliError(f"--name {name!r} has spaces around it or characters a terminal cannot show", 2)
+    if name.isascii() and name.isdigit():
+        raise CliError(f"--name {name} is a number, which names run ids; give a name with a letter in it", 2)
+
+
 @contextmanager
-def _evaluator(store, spec, inventory: str | None):
+def _evaluator(store, spec, inventory: str | None, resuming: bool = False):
     """The run's LiveEvaluator, with its farm open; `inventory` (a resume's --inventory) overrides the stored one,
-    for a farm whose inventory file has moved."""
-    from fleetnas.search.live import LiveEvaluator, resolve_accuracy
+    for a farm whose inventory file has moved. A new run notes how each device kind measures
+    (`spec.measured_with`); a resumed one must measure them the same way."""
+    from fleetnas.search.live import LiveEvaluator, accuracy_metric, resolve_accuracy
 
     objectives = spec.parsed_objectives()
     farm = None
-    if any(o.device_kind for o in objectives):
+    kinds = sorted({o.device_kind for o in objectives if o.device_kind})
+    if kinds:
         from fleetnas.farm import Farm
         farm = Farm.open(inventory or spec.inventory, db=store.path)
-        farm.require_answering({o.device_kind for o in objectives if o.device_kind})
+        try:
+            farm.require_answering(set(kinds))
+            _check_measured_with(farm, spec, kinds, resuming)
+        except BaseException:
+            farm.close()
+            raise
     needs_accuracy = any(o.metric == "accuracy" for o in objectives)
     try:
         yield LiveEvaluator(spec.space, objectives, farm=farm, store=store, stopping=spec.stopping,
-                            accuracy=resolve_accuracy(spec.space, spec.accuracy) if needs_accuracy else None)
+                            accuracy=resolve_accuracy(spec.space, spec.accuracy) if needs_accuracy else None,
+                            accuracy_metric=accuracy_metric(spec.accuracy))
     finally:
         if farm is not None:
             farm.close()
+
+
+def _check_measured_with(farm, spec, kinds: list[str], resuming: bool) -> None:
+    now = {kind: {"runtime": farm.settings_for(kind, farm.export_format(kind)).runtime,
+                  "threads": farm.settings_for(kind, farm.export_format(kind)).threads} for kind in kinds}
+    if not resuming:
+        spec.measured_with = now
+        return
+    for kind, then in (spec.measured_with or {}).items():  # runs started before this was kept have none
+        if now.get(kind) != then:
+            raise CliError(f"the inventory now measures {kind} with {now[kind]['runtime']}, {now[kind]['threads']} "
+                           f"thread(s); the run measured it with {then['runtime']}, {then['threads']}: one front "
+                           "would mix both. Restore the inventory's entry (or give --inventory), or start a new run")
 
 
 def _execute(store, run_id: int, spec, evaluator):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..search.hypervolume import non_dominated
 from ..search.objectives import minimised
-from ..search.run import load_spec, measured_front
+from ..search.run import load_spec, measured_front, run_state
 
 
 def write_report(store, run_id: int, out_dir: str | Path) -> Path:
@@ -30,6 +30,7 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
 
     spec = load_spec(store, run_id)  # an unknown run stops here, before any folder is made
     run = store.run(run_id)
+    state = run_state(store, run)  # "interrupted" where the stored "running" has no process behind it
     objectives = spec.parsed_objectives()
     members = store.run_members(run_id, source="measured")
     values = np.array([[m.objectives[o.name] for o in objectives] for m in members], dtype=float).reshape(-1, len(objectives))
@@ -53,12 +54,15 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     rows = [{"rank": k + 1, **{o.name: float(v) for o, v in zip(objectives, row)}, "config": json.dumps(c)}
             for k, (c, row) in enumerate(zip(front_configs, front_values))]
     _write_csv(out / "front.csv", rows, ["rank", *(o.name for o in objectives), "config"])
-    (out / "front.json").write_text(json.dumps({"run": run_id, "space": spec.space, "objectives": spec.objectives,
+    # State, budget and evaluations: a front read from an unfinished run must not pass for a final one.
+    (out / "front.json").write_text(json.dumps({"run": run_id, "name": run.name, "state": state,
+                                                "budget": spec.budget, "evaluations": len(members),
+                                                "space": spec.space, "objectives": spec.objectives,
                                                 "constraints": spec.constraints, "front": [
                                                     {**r, "config": c} for r, c in zip(rows, front_configs)]},
                                                indent=2))
     known = store.run_events(run_id, "known")
-    page = _page(run, spec, len(members), rows, figures, _device_rows(store, objectives),
+    page = _page(run, state, spec, len(members), rows, figures, _device_rows(store, spec.space, objectives),
                  known[0].payload if known else {})
     index = out / "index.html"
     index.write_text(page)
@@ -149,12 +153,18 @@ def _parity_figure(objectives, parity) -> bytes:
     return _png(fig)
 
 
-def _device_rows(store, objectives) -> list[dict]:
+def _device_rows(store, space: str, objectives) -> list[dict]:
+    """The devices that measured the space for each of the run's kinds, read from the measurements: one machine
+    may serve several kinds (one agent per thread count, say), and the devices table keeps only its latest."""
     rows = []
     for kind in sorted({o.device_kind for o in objectives if o.device_kind}):
-        for device in store.devices(kind):
-            d = device.description or {}
-            rows.append({"kind": kind, "label": device.label, "id": device.id,
+        agents = {}
+        for m in store.measurements(space=space, device_kind=kind, include_stale=True):
+            agents.setdefault(m.device_id, m.agent)
+        for device_id, agent in agents.items():
+            device = store.device(device_id)
+            d = (device.description if device else None) or {}
+            rows.append({"kind": kind, "label": agent or (device.label if device else ""), "id": device_id,
                          "cpu": d.get("cpu_model", ""), "os": d.get("os", ""),
                          "runtimes": ", ".join(f"{r['name']} {r.get('version', '')}" for r in d.get("runtimes", [])
                                                if r.get("available"))})
@@ -189,7 +199,7 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _page(run, spec, n_measured: int, front_rows, figures: dict[str, bytes], devices, known: dict) -> str:
+def _page(run, state: str, spec, n_measured: int, front_rows, figures: dict[str, bytes], devices, known: dict) -> str:
     images = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
                      f"<figcaption>{name}</figcaption></figure>" for name, png in figures.items())
     settings = html.escape(json.dumps({k: v for k, v in spec.__dict__.items() if v}, indent=1))
@@ -207,7 +217,7 @@ pre {{ background: #f6f7f9; padding: 0.75rem; font-size: 0.8rem; }}
 </style></head><body>
 <h1>FleetNAS search run {run.id}{f" ({html.escape(run.name)})" if run.name else ""}</h1>
 <p>Space <b>{html.escape(spec.space)}</b>, tactic <b>{html.escape(run.tactic)}</b>, {n_measured} real evaluations of a
-budget of {spec.budget}; state <b>{html.escape(run.state)}</b>.{learned}</p>
+budget of {spec.budget}; state <b>{html.escape(state)}</b>.{learned}</p>
 <h2>Best trade-offs (measured Pareto front)</h2>
 {_table(front_rows)}
 <h2>Figures</h2>

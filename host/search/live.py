@@ -23,6 +23,13 @@ class EvaluationError(RuntimeError):
     pass
 
 
+def accuracy_metric(spec: str | None) -> str:
+    """The store's metric name for an accuracy evaluator's values: the space's own evaluator's are "accuracy",
+    a user's are "accuracy:MODULE:CALLABLE". Each evaluator keeps its own, so that a run never reads, nor learns
+    from, another evaluator's numbers (another data set, another training recipe)."""
+    return f"accuracy:{spec}" if spec else "accuracy"
+
+
 def resolve_accuracy(space_id: str, spec: str | None) -> Callable[[Config], float] | None:
     """The accuracy evaluator: `module:callable` (a factory or a function of a config), or the demo's own."""
     if spec:
@@ -46,8 +53,10 @@ class LiveEvaluator:
     """Evaluates configs of one space for the given objectives; see the module docstring."""
 
     def __init__(self, space_id: str, objectives: Sequence[Objective], *, farm=None, store=None,
-                 accuracy: Callable[[Config], float] | None = None, stopping=None, on_progress=None):
+                 accuracy: Callable[[Config], float] | None = None, accuracy_metric: str = "accuracy",
+                 stopping=None, on_progress=None):
         self.space_id, self.objectives = space_id, list(objectives)
+        self.accuracy_metric = accuracy_metric  # the store's name for this evaluator's values
         self.supernet = get_supernet(space_id)
         self.farm, self.store, self.accuracy, self.stopping = farm, store, accuracy, stopping
         needs_module = [o for o in self.objectives if o.device_kind or o.metric in ANALYTIC]
@@ -89,7 +98,8 @@ class LiveEvaluator:
             if o.device_kind:
                 configs, values = self._known_measurements(o, before)
             elif o.metric == "accuracy" and self.store is not None:
-                records = [e for e in self.store.evaluations(self.space_id, "accuracy") if e.created_at <= before]
+                records = [e for e in self.store.evaluations(self.space_id, self.accuracy_metric)
+                           if e.created_at <= before]
                 configs, values = [e.config for e in records], [float(e.value) for e in records]
             else:
                 continue
@@ -118,11 +128,11 @@ class LiveEvaluator:
     def _accuracy(self, config: Config) -> float:
         """From the store when this config was evaluated before, else evaluated now and stored."""
         if self.store is not None:
-            for e in self.store.evaluations(self.space_id, "accuracy", config=config):
+            for e in self.store.evaluations(self.space_id, self.accuracy_metric, config=config):
                 return float(e.value)
         value = self._call_accuracy(config)
         if self.store is not None:
-            self.store.add_evaluation(self.space_id, config, "accuracy", value)
+            self.store.add_evaluation(self.space_id, config, self.accuracy_metric, value)
         return value
 
     def _call_accuracy(self, config: Config) -> float:

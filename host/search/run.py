@@ -22,7 +22,7 @@ from ..store import canonical_json
 from ..supernets import Config, get_supernet
 from .hypervolume import Normaliser, hypervolume, non_dominated
 from .objectives import Constraint, Objective, minimised, parse_constraint, parse_objective
-from .session import SearchSession
+from .session import BudgetExhausted, SearchSession
 from .tactics import LEARNING, get_tactic
 
 REF = 1.1
@@ -43,6 +43,9 @@ class RunSpec:
     inventory: str | None = None
     accuracy: str | None = None
     stopping: dict | None = None
+    #: How each device kind was measured when the run started ({kind: {"runtime", "threads"}}): a resume on a
+    #: farm whose inventory now measures a kind otherwise would mix two kinds of latency in one front.
+    measured_with: dict | None = None
 
     def parsed_objectives(self) -> list[Objective]:
         return [parse_objective(o) for o in self.objectives]
@@ -135,10 +138,11 @@ def start_run(store, spec: RunSpec, name: str | None = None) -> int:
 
 def find_run(store, ref: str | int):
     """A stored run (RunRecord) by its id, or by the --name it was started with."""
-    text = str(ref).strip()
-    run = store.run(int(text)) if text.isdigit() else store.run_by_name(text)
+    text = str(ref)
+    number = text.isascii() and text.isdigit()
+    run = store.run(int(text)) if number else store.run_by_name(text)
     if run is None:
-        what = f"run {text}" if text.isdigit() else f"run named {text!r}"
+        what = f"run {text}" if number else f"run named {text!r}"
         raise KeyError(f"no search {what} in this database (`fleetnas runs` lists them)")
     return run
 
@@ -178,6 +182,8 @@ def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int
         store.set_run_state(run_id, "running")
         try:
             get_tactic(spec.tactic)(session, seed=spec.seed, **spec.tactic_settings)
+        except BudgetExhausted:  # a diverged replay asked for more than its budget has left: it is spent
+            pass
         except BaseException:
             store.set_run_state(run_id, "failed")
             raise
@@ -209,7 +215,8 @@ def run_lease(store, run_id: int):
         return
     lease = ExitStack()
     try:
-        lease.enter_context(exclusive(f"{db}.run-{run_id}.lock", f"search run {run_id}"))
+        # Named after the resolved path: a symbolic link to the database must meet the same lock.
+        lease.enter_context(exclusive(f"{Path(db).resolve()}.run-{run_id}.lock", f"search run {run_id}"))
     except Busy as exc:
         raise RunBusy(f"{exc}; resume it once that one has stopped") from None
     with lease:

@@ -4,7 +4,9 @@ Every real evaluation goes through `SearchSession.evaluate`. It evaluates each c
 (the measurement is kept, so asking again costs nothing), stops at the budget, and hands every new result
 to a recorder (the store) before returning it. A session resumed from a recorder replays: the tactic,
 re-run with the same seed, asks for the same configurations in the same order and gets the recorded
-values without re-measuring, so a resumed search ends exactly where an uninterrupted one would.
+values without re-measuring, so a resumed search ends exactly where an uninterrupted one would. Should the
+replay diverge (what the store knew changed in between), the recorded evaluations still count against the
+budget (`_absorb_record`), and a request beyond it ends the run (BudgetExhausted).
 
 A session may also start with what was already known of single objectives (`known`): a device kind's
 calibration measurements, earlier runs' accuracy evaluations. Those values cost nothing from the budget and
@@ -12,12 +14,15 @@ never enter the measured front; tactics that fit predictors (LINAS) train on the
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from ..supernets.space import Config, SearchSpace
 from .objectives import Constraint, Objective, minimised
+
+log = logging.getLogger("fleetnas.search")
 
 
 class Evaluator(Protocol):
@@ -62,7 +67,7 @@ class SearchSession:
         for config, values in (recorder.load() if recorder else []):
             key = space.key(config)
             self._memo[key], self._configs[key] = np.asarray(values, dtype=float), config
-        self._recorded = len(self._memo)
+        self._recorded = list(self._memo)  # keys in the order they were recorded
         self._known = self._check_known(known or {})
 
     @property
@@ -76,6 +81,8 @@ class SearchSession:
     def evaluate(self, configs: Sequence[Config]) -> np.ndarray:
         """Values of `configs`; new ones beyond the remaining budget raise BudgetExhausted."""
         keys = [self.space.key(c) for c in configs]
+        if any(k not in self._memo for k in keys):
+            self._absorb_record()
         fresh = list(dict.fromkeys(k for k in keys if k not in self._consumed))
         if len(fresh) > self.remaining:
             raise BudgetExhausted(f"{len(fresh)} new configurations asked for, {self.remaining} left in the budget")
@@ -95,6 +102,20 @@ class SearchSession:
         if fresh and self.on_evaluation is not None:
             self.on_evaluation(self.used, self.budget)
         return np.stack([self._memo[k] for k in keys]) if keys else np.zeros((0, len(self.objectives)))
+
+    def _absorb_record(self) -> None:
+        """A resumed run asked for a configuration its record lacks while recorded ones are still unasked: its
+        replay has diverged from the first execution (what the store knew changed in between, say). The
+        recorded evaluations were paid for: they join the history and count against the budget from here on,
+        so the run never spends more than its budget."""
+        left = [k for k in self._recorded if k not in self._consumed]
+        if not left:
+            return
+        log.warning("the resumed run diverged from its record after %d of %d recorded evaluations; the other %d "
+                    "count against its budget and are learned from", len(self._order), len(self._recorded), len(left))
+        for k in left:
+            self._order.append(k)
+            self._consumed.add(k)
 
     def note_predictions(self, configs: Sequence[Config], mean: np.ndarray, std: np.ndarray) -> None:
         """What a predictor expected of configs about to be evaluated (kept for parity plots)."""

@@ -41,6 +41,7 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         try:
+            self._refuse_foreign()
             self._pragmas()
             self._migrate(migrations)
         except BaseException:
@@ -56,6 +57,14 @@ class SqliteStore(Store):
         if "not a database" in text or "malformed" in text:
             return StoreError(f"{self.path} is not a usable FleetNAS database: {text}")
         return StoreError(f"database {self.path}: {text}")
+
+    def _refuse_foreign(self) -> None:
+        """Another program's SQLite database (tables of its own, no schema_version) is left as it is: turning it
+        to write-ahead logging and adding FleetNAS's tables would change a file that is not ours."""
+        tables = {name for (name,) in self._read("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "schema_version" not in tables:
+            raise StoreError(f"{self.path} is a database of another program (tables {', '.join(sorted(tables)[:5])}),"
+                             " not a FleetNAS store; give --db another file")
 
     def _pragmas(self) -> None:
         try:
