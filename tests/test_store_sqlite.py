@@ -161,11 +161,32 @@ def test_runs_members_and_events(store):
 
 def test_evaluations_by_space_metric_and_config(store):
     store.add_evaluation("demo", {"width": 16, "depth": 2}, "top1", 0.71)
-    store.add_evaluation("demo", {"depth": 2, "width": 16}, "top1", 0.72)  # same config, other key order
+    again = store.add_evaluation("demo", {"depth": 2, "width": 16}, "top1", 0.72)  # same config, other key order
     store.add_evaluation("demo", {"depth": 3, "width": 16}, "top1", 0.75)
     same = store.evaluations("demo", "top1", config={"depth": 2, "width": 16})
-    assert [e.value for e in same] == [0.71, 0.72]
-    assert len(store.evaluations("demo")) == 3 and store.evaluations("demo", "top5") == []
+    assert [e.value for e in same] == [0.71] and again.value == 0.71  # the first value stays, and is returned
+    assert len(store.evaluations("demo")) == 2 and store.evaluations("demo", "top5") == []
+
+
+def test_runs_evaluating_one_config_at_once_keep_one_value(tmp_path):
+    """Eight writers, each with its own connection (as separate processes have), store one config's value."""
+    path = tmp_path / "shared.db"
+    SqliteStore(path).close()
+    returned, start = [], threading.Barrier(8)
+
+    def evaluate(value: float) -> None:
+        with SqliteStore(path) as own:
+            start.wait()
+            returned.append(own.add_evaluation("demo", {"depth": 2}, "accuracy", value).value)
+
+    writers = [threading.Thread(target=evaluate, args=(0.5 + i / 100,)) for i in range(8)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    with SqliteStore(path) as store:
+        [stored] = store.evaluations("demo", "accuracy")
+    assert returned == [stored.value] * 8
 
 
 def test_a_locked_database_fails_clearly_after_the_busy_timeout_and_loses_nothing(tmp_path):

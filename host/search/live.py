@@ -131,8 +131,8 @@ class LiveEvaluator:
             for e in self.store.evaluations(self.space_id, self.accuracy_metric, config=config):
                 return float(e.value)
         value = self._call_accuracy(config)
-        if self.store is not None:
-            self.store.add_evaluation(self.space_id, config, self.accuracy_metric, value)
+        if self.store is not None:  # another run may have stored this config's value meanwhile: one value wins
+            value = float(self.store.add_evaluation(self.space_id, config, self.accuracy_metric, value).value)
         return value
 
     def _call_accuracy(self, config: Config) -> float:

@@ -296,7 +296,9 @@ class Store(abc.ABC):
 
     # evaluations
     @abc.abstractmethod
-    def add_evaluation(self, supernet: str, config: dict, metric: str, value: float) -> EvaluationRecord: ...
+    def add_evaluation(self, supernet: str, config: dict, metric: str, value: float) -> EvaluationRecord:
+        """Stores a config's value of a metric, unless one is stored already: then that one is returned, and
+        `value` dropped. Two runs evaluating one config at once keep one value, which both then use."""
 
     @abc.abstractmethod
     def evaluations(self, supernet: str, metric: str | None = None,

@@ -266,12 +266,16 @@ class SqliteStore(Store):
 
     # ----- evaluations ----------------------------------------------------------------------------
     def add_evaluation(self, supernet: str, config: dict, metric: str, value: float) -> EvaluationRecord:
-        now = time.time()
-        with self._write() as c:
-            cursor = c.execute("INSERT INTO evaluations (supernet, config, metric, value, created_at) "
-                               "VALUES (?, ?, ?, ?, ?)", (supernet, canonical_json(config), metric, float(value), now))
-        return EvaluationRecord(cursor.lastrowid, supernet, json.loads(canonical_json(config)), metric, float(value),
-                                now)
+        now, key = time.time(), canonical_json(config)
+        with self._write() as c:  # looked up and inserted under one write lock: another process cannot interleave
+            first = c.execute("SELECT * FROM evaluations WHERE supernet = ? AND metric = ? AND config = ? "
+                              "ORDER BY id LIMIT 1", (supernet, metric, key)).fetchone()
+            if first is None:
+                cursor = c.execute("INSERT INTO evaluations (supernet, config, metric, value, created_at) "
+                                   "VALUES (?, ?, ?, ?, ?)", (supernet, key, metric, float(value), now))
+                first = (cursor.lastrowid, supernet, key, metric, float(value), now)
+        i, s, c_, m, v, t = first
+        return EvaluationRecord(i, s, json.loads(c_), m, v, t)
 
     def evaluations(self, supernet: str, metric: str | None = None,
                     config: dict | None = None) -> list[EvaluationRecord]:
