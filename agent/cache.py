@@ -115,6 +115,9 @@ class ArtifactCache:
             if _size(self.path(sha)) is not None:
                 self._touch(self.path(sha))
                 return None
+            if os.path.lexists(self.path(sha)):
+                raise CacheError("FAILED_PRECONDITION", f"the agent's cache holds {self.path(sha)}, which is not an "
+                                                        "artifact file (a folder or a link): remove it on the device")
             if sha in self._uploading:
                 raise CacheError("ABORTED", f"another upload of {sha} is in progress; retry when it ends")
             have = _size(part) or 0

@@ -103,11 +103,12 @@ def _check_tls(args: argparse.Namespace) -> None:
     import ssl
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(args.tls_cert, args.tls_key)
+    try:  # an empty password: an encrypted key fails here instead of prompting (gRPC cannot use one anyway)
+        context.load_cert_chain(args.tls_cert, args.tls_key, password=b"")
     except ssl.SSLError as exc:
         raise ValueError(f"--tls-cert {args.tls_cert} and --tls-key {args.tls_key} cannot serve TLS: "
-                         f"{exc.reason or exc} (a PEM certificate and the PEM key it was issued for)") from None
+                         f"{exc.reason or exc} (a PEM certificate and the unencrypted PEM key it was issued "
+                         "for)") from None
     if args.tls_client_ca:
         try:
             context.load_verify_locations(cafile=args.tls_client_ca)

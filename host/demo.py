@@ -57,7 +57,7 @@ def _run_demo(out: Path, spec, calibration_samples: int, seed: int, say: Callabl
     from .farm import AgentEntry, Farm, Inventory
     from .report import write_report
     from .search.live import LiveEvaluator
-    from .search.run import execute_run, known_summary, measured_front
+    from .search.run import execute_run, known_summary, measured_front, measurement_settings
     from .store import open_store
     from .supernets.demo import DemoEvaluator
 
@@ -73,6 +73,7 @@ def _run_demo(out: Path, spec, calibration_samples: int, seed: int, say: Callabl
         with open_store(out / "fleetnas.db") as store, Farm.open(inventory, db=out / "fleetnas.db",
                                                                  progress=True) as farm:
             calibration = _calibrate(farm, store, calibration_samples, seed, out, say)
+            spec.measured_with = measurement_settings(farm, [DEVICE_KIND])
             run_id = _resumable_run(store, spec)
             say(f"searching (LINAS, run {run_id}): {spec.budget} real evaluations of accuracy, latency and memory…")
             evaluator = LiveEvaluator("demo", spec.parsed_objectives(), farm=farm, store=store,
@@ -111,8 +112,9 @@ def _resumable_run(store, spec) -> int:
     measure other sub-networks)."""
     from .search.run import start_run
 
-    for run in reversed(store.runs()):
-        if run.settings == {**spec.__dict__}:
+    wanted = spec.__dict__
+    for run in reversed(store.runs()):  # a run stored before a setting existed lacks its key
+        if run.settings == {k: v for k, v in wanted.items() if k in run.settings}:
             return run.id
     return start_run(store, spec)
 

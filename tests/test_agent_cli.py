@@ -97,3 +97,19 @@ def test_serve_names_bad_tls_files_message_sizes_and_port_files(tmp_path):
     nowhere = _serve("--port", "0", "--cache-dir", str(tmp_path), "--port-file", str(tmp_path / "no" / "dir" / "p"))
     assert nowhere.returncode == 2 and "cannot write --port-file" in nowhere.stderr
     assert "serving on" not in nowhere.stdout  # nobody is told to connect to an agent that is gone
+
+
+def test_an_encrypted_tls_key_is_named_without_a_prompt(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    from certs import CertificateAuthority, _key
+
+    pem = CertificateAuthority().issue("localhost", server=True)
+    encrypted = _key().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.BestAvailableEncryption(b"secret"))
+    (tmp_path / "cert.pem").write_bytes(pem.cert)
+    (tmp_path / "enc.key").write_bytes(encrypted)
+    out = subprocess.run([sys.executable, "-m", "fleetnas_agent.cli", "serve", "--port", "0", "--cache-dir",
+                          str(tmp_path), "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "enc.key")],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2 and "cannot serve TLS" in out.stderr and "unencrypted" in out.stderr

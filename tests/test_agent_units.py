@@ -147,3 +147,6 @@ def test_the_cache_counts_and_evicts_only_its_own_files(tmp_path):
     assert not cache.has(first).present and cache.has(third).present and cache.used_bytes() == 2000
     assert (tmp_path / "artifacts" / "README").read_text() == "the user's own"
     assert (tmp_path / "artifacts" / "lost+found").is_dir()
+    with pytest.raises(CacheError) as err:  # the folder stands where that artifact would go: say so
+        cache.begin(pb.ArtifactHeader(sha256="ab" * 32, size_bytes=10))
+    assert err.value.code == "FAILED_PRECONDITION" and "not an artifact file" in str(err.value)

@@ -33,6 +33,9 @@ def test_demo_runs_the_whole_loop_and_a_second_run_measures_nothing_again(tmp_pa
         [(known,)] = c.execute("SELECT payload FROM run_events WHERE kind = 'known'").fetchall()
     assert {k.split("@")[0]: n for k, n in json.loads(known).items()} == {"latency": 16, "memory": 16}
     assert "also learned from what the store held before the run" in first.stderr
+    with sqlite3.connect(db) as c:  # how it measured, which a resume on another inventory must match
+        [(settings,)] = c.execute("SELECT settings FROM runs").fetchall()
+    assert json.loads(settings)["measured_with"] == {"local-onnx-1t": {"runtime": "onnxruntime", "threads": 1}}
     report = out / "report-1"
     page = (report / "index.html").read_text()
     assert page.count("data:image/png;base64") >= 3 and "16 values of <b>latency@" in page
@@ -65,3 +68,21 @@ def test_a_second_demo_in_the_same_folder_is_refused_while_the_first_runs(tmp_pa
         with pytest.raises(Busy, match="is being driven by process"):
             run_demo(tmp_path / "out", budget=5, calibration_samples=2, say=lambda _: None)
     assert not (tmp_path / "out" / "fleetnas.db").exists()
+
+
+def test_a_demo_replays_a_run_stored_before_a_setting_existed(tmp_path):
+    """A store from an earlier version lacks newer settings (measured_with): its demo run is still the one."""
+    from fleetnas.demo import _resumable_run
+    from fleetnas.search.run import RunSpec
+    from fleetnas.store import open_store
+
+    spec = RunSpec(space="demo", objectives=["accuracy:max", "macs:min"], budget=5,
+                   measured_with={"local-onnx-1t": {"runtime": "onnxruntime", "threads": 1}})
+    with open_store(tmp_path / "old.db") as store:
+        older = {k: v for k, v in spec.__dict__.items() if k != "measured_with"}
+        old_run = store.create_run(spec.tactic, older).id
+        assert _resumable_run(store, spec) == old_run
+        other = RunSpec(**{**spec.__dict__, "measured_with": {"local-onnx-1t": {"runtime": "onnxruntime",
+                                                                                 "threads": 2}}})
+        store.create_run(other.tactic, other.__dict__)
+        assert _resumable_run(store, spec) == old_run  # a run measured otherwise is not this one

@@ -12,7 +12,8 @@ from pymoo.indicators.hv import HV
 from fleetnas.search.hypervolume import Normaliser, hv_curve, hvi_2d, hypervolume, non_dominated
 from fleetnas.search.objectives import Objective, parse_constraint, parse_objective
 from fleetnas.search.replay import ReplayProblem, TableEvaluator, evaluations_to_reach
-from fleetnas.search.run import RunBusy, RunSpec, StoreRecorder, execute_run, measured_front, run_lease, start_run
+from fleetnas.search.run import (RunBusy, RunSpec, StoreRecorder, execute_run, measured_front, run_lease,
+                                 run_state, start_run)
 from fleetnas.search.session import BudgetExhausted, SearchSession
 from fleetnas.search.tactics import TACTICS
 from fleetnas.store import open_store
@@ -268,7 +269,9 @@ def test_a_killed_run_resumes_to_the_same_result_without_repeating_an_evaluation
             execute_run(store, run_id, CountingEvaluator(fail_after=15))
         # A batch is recorded when it returns; the farm and the accuracy evaluator keep their own results per
         # config, so what a killed batch had finished is not measured again either (tests/test_farm_*).
-        assert len(store.run_members(run_id, "measured")) == 12 and store.run(run_id).state == "failed"
+        # Stopped, not failed: with no process driving it, it shows as interrupted.
+        assert len(store.run_members(run_id, "measured")) == 12 and store.run(run_id).state == "running"
+        assert run_state(store, store.run(run_id)) == "interrupted"
         resumed = CountingEvaluator()
         execute_run(store, run_id, resumed)
         members = [m.config for m in store.run_members(run_id, "measured")]
@@ -396,7 +399,10 @@ def test_runs_are_listed_with_their_state_and_found_by_name(tmp_path, capsys):
                             "--name", "12", "--db", str(db)], "--name 12 is a number"),
                           (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
                             "--name", " baseline ", "--db", str(db)], "has spaces around it"),
-                          (["report", "²", "--db", str(db)], "no search run named '²'")):
+                          (["report", "²", "--db", str(db)], "no search run named '²'"),
+                          (["report", "9" * 20, "--db", str(db)], f"no search run {'9' * 20}"),
+                          (["export", "--run", "", "--db", str(db), "--format", "spec", "--out",
+                            str(tmp_path / "x.json")], "no search run named ''")):
         assert main(args) != 0
         assert message in capsys.readouterr().err
     assert not (tmp_path / "typo.db").exists()

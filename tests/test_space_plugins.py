@@ -24,6 +24,15 @@ class RuledNetwork(SuperNetwork):
 RULED = RuledNetwork()
 
 
+class NothingNetwork(SuperNetwork):
+    """A rule that no config meets."""
+    space = SearchSpace("never", [Variable("a", (0, 1))], rule=lambda config: "never valid")
+    table_only = True
+
+
+NEVER = NothingNetwork()
+
+
 @pytest.fixture
 def plugins(tmp_path, monkeypatch):
     """Registered spaces as pip would register them: the built-ins, a module that does not parse, an entry
@@ -34,7 +43,8 @@ def plugins(tmp_path, monkeypatch):
     builtin = base._entry_points()
     extra = {"broken": importlib.metadata.EntryPoint("broken", "broken_plugin:NET", group),
              "not_a_net": importlib.metadata.EntryPoint("not_a_net", "json:dumps", group),
-             "ruled": importlib.metadata.EntryPoint("ruled", f"{__name__}:RULED", group)}
+             "ruled": importlib.metadata.EntryPoint("ruled", f"{__name__}:RULED", group),
+             "never": importlib.metadata.EntryPoint("never", f"{__name__}:NEVER", group)}
     monkeypatch.setattr(base, "_entry_points", lambda: {**builtin, **extra})
 
 
@@ -56,3 +66,11 @@ def test_a_search_budget_counts_only_the_configs_a_rule_accepts(plugins):
     RunSpec(space="ruled", objectives=["accuracy:max", "latency:min"], tactic="random", budget=10).validate()
     with pytest.raises(ValueError, match="--budget 11 is more than the 10 valid configurations of ruled"):
         RunSpec(space="ruled", objectives=["accuracy:max", "latency:min"], tactic="random", budget=11).validate()
+
+
+def test_a_rule_that_no_config_meets_is_refused_not_searched(plugins, capsys):
+    assert NEVER.space.valid_size == 0
+    with pytest.raises(ValueError, match="--budget 1 is more than the 0 valid configurations of never"):
+        RunSpec(space="never", objectives=["accuracy:max", "latency:min"], tactic="random", budget=1).validate()
+    assert main(["space", "sample", "never", "--n", "1"]) == 1
+    assert "could not find a valid never config" in capsys.readouterr().err

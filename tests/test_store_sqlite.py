@@ -290,3 +290,24 @@ def test_a_report_lists_every_device_that_measured_each_of_its_kinds(store):
     rows = _device_rows(store, "demo", objectives)
     assert [(r["kind"], r["id"], r["cpu"]) for r in rows] == [("cpu-ort-1t", "dev-1", "Xeon"),
                                                               ("cpu-ort-2t", "dev-1", "Xeon")]
+
+
+def test_old_accuracy_rows_go_to_the_one_evaluator_their_space_was_searched_with(tmp_path):
+    """Before each evaluator kept its own values, all were "accuracy": the upgrade credits each space's rows to
+    the evaluator its accuracy searches used, and sets aside those of a space searched with several."""
+    path = tmp_path / "old.db"
+    with SqliteStore(path, migrations=MIGRATIONS[:2]) as old:
+        for space, accuracy, objectives in (("ofa_mbv3", "my:acc", ["accuracy:max", "latency@k:min"]),
+                                            ("demo", None, ["accuracy:max", "macs:min"]),
+                                            ("demo", "x:y", ["macs:min", "params:max"]),  # no accuracy objective
+                                            ("vit", "a:b", ["accuracy:max", "macs:min"]),
+                                            ("vit", "c:d", ["accuracy:max", "macs:min"])):
+            old.create_run("random", {"space": space, "objectives": objectives, "accuracy": accuracy})
+        for space in ("ofa_mbv3", "demo", "vit", "hat"):
+            old.add_evaluation(space, {"depth": 2}, "accuracy", 0.5)
+        old.add_evaluation("demo", {"depth": 2}, "top1", 0.4)
+    with SqliteStore(path) as store:
+        metrics = {(e.supernet, e.metric) for space in ("ofa_mbv3", "demo", "vit", "hat")
+                   for e in store.evaluations(space)}
+    assert metrics == {("ofa_mbv3", "accuracy:my:acc"), ("demo", "accuracy"), ("demo", "top1"),
+                       ("vit", "accuracy:unattributed"), ("hat", "accuracy:unattributed")}

@@ -85,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
 def _what_to_export(args: argparse.Namespace) -> tuple[str, dict | None]:
     """(space, config or None): a --run's space and front member; else --space, the config still to make."""
     for option, needs in (("seed", "sample"), ("rank", "run"), ("db", "run")):
-        if getattr(args, option) is not None and not getattr(args, needs):
+        if getattr(args, option) is not None and getattr(args, needs) in (None, False):
             raise CliError(f"--{option} goes with --{needs}", 2)
-    if not args.run:
+    if args.run is None:
         if not args.space:
             raise CliError("give --space NAME (or --run RUN, whose space is known)", 2)
         return args.space, None

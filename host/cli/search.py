@@ -152,8 +152,9 @@ def _evaluator(store, spec, inventory: str | None, resuming: bool = False):
 
 
 def _check_measured_with(farm, spec, kinds: list[str], resuming: bool) -> None:
-    now = {kind: {"runtime": farm.settings_for(kind, farm.export_format(kind)).runtime,
-                  "threads": farm.settings_for(kind, farm.export_format(kind)).threads} for kind in kinds}
+    from fleetnas.search.run import measurement_settings
+
+    now = measurement_settings(farm, kinds)
     if not resuming:
         spec.measured_with = now
         return

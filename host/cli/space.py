@@ -65,7 +65,11 @@ def sample(args: argparse.Namespace) -> int:
     if args.n > MAX_SAMPLE:
         raise CliError(f"--n {args.n} is more than the {MAX_SAMPLE:,} configs one sample prints", 2)
     supernet = load_supernet(args.name)
-    rows = (_sampled(supernet, config, args.batch) for config in supernet.space.sample(args.n, args.seed))
+    try:
+        configs = supernet.space.sample(args.n, args.seed)
+    except RuntimeError as exc:  # a validity rule that (nearly) nothing meets
+        raise CliError(str(exc)) from None
+    rows = (_sampled(supernet, config, args.batch) for config in configs)
     if args.json:
         print_json(list(rows))
     else:

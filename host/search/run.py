@@ -68,7 +68,7 @@ class RunSpec:
         if self.budget <= 0:
             raise ValueError(f"--budget must be positive, got {self.budget}")
         # Each configuration is evaluated once: the rest could never be spent, and a search would look forever.
-        available = space.valid_size or space.size
+        available = space.size if space.valid_size is None else space.valid_size
         if self.budget > available:
             raise ValueError(f"--budget {self.budget} is more than the {available:g} "
                              f"{'valid ' if space.rule else ''}configurations of {self.space}")
@@ -136,11 +136,20 @@ def start_run(store, spec: RunSpec, name: str | None = None) -> int:
     return store.create_run(spec.tactic, spec.__dict__, name=name).id
 
 
+def measurement_settings(farm, kinds) -> dict:
+    """How the farm measures each device kind now, as RunSpec.measured_with keeps it."""
+    settings = {kind: farm.settings_for(kind, farm.export_format(kind)) for kind in sorted(kinds)}
+    return {kind: {"runtime": s.runtime, "threads": s.threads} for kind, s in settings.items()}
+
+
 def find_run(store, ref: str | int):
     """A stored run (RunRecord) by its id, or by the --name it was started with."""
     text = str(ref)
     number = text.isascii() and text.isdigit()
-    run = store.run(int(text)) if number else store.run_by_name(text)
+    if number and int(text) >= 2 ** 63:  # beyond SQLite's integers: no such id
+        run = None
+    else:
+        run = store.run(int(text)) if number else store.run_by_name(text)
     if run is None:
         what = f"run {text}" if number else f"run named {text!r}"
         raise KeyError(f"no search {what} in this database (`fleetnas runs` lists them)")
@@ -184,6 +193,8 @@ def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int
             get_tactic(spec.tactic)(session, seed=spec.seed, **spec.tactic_settings)
         except BudgetExhausted:  # a diverged replay asked for more than its budget has left: it is spent
             pass
+        except KeyboardInterrupt:  # stopped, not failed: it stays "running", which `fleetnas runs` shows as
+            raise                  # interrupted once no process holds its lease
         except BaseException:
             store.set_run_state(run_id, "failed")
             raise

@@ -134,4 +134,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         "CREATE INDEX reference_rounds_lookup ON reference_rounds (space, device_kind, agent, role, id)",
     )),
+    # Accuracy evaluations were all stored as "accuracy", whichever evaluator made them; each evaluator now keeps
+    # its own (search.live.accuracy_metric: "accuracy" for a space's built-in one, "accuracy:MODULE:CALLABLE" for
+    # a user's). An old row goes to the one evaluator the runs on its space with an accuracy objective used; where
+    # they used several, or none is recorded, it is set aside as "accuracy:unattributed", read by no evaluator.
+    Migration(3, "accuracy evaluations credited to the evaluator that made them", (
+        """UPDATE evaluations SET metric = coalesce((
+            SELECT CASE WHEN count(DISTINCT coalesce(json_extract(r.settings, '$.accuracy'), '')) != 1 THEN NULL
+                        WHEN max(coalesce(json_extract(r.settings, '$.accuracy'), '')) = '' THEN 'accuracy'
+                        ELSE 'accuracy:' || max(json_extract(r.settings, '$.accuracy')) END
+            FROM runs AS r
+            WHERE json_extract(r.settings, '$.space') = evaluations.supernet
+              AND EXISTS (SELECT 1 FROM json_each(r.settings, '$.objectives') AS o WHERE o.value LIKE 'accuracy:%')
+        ), 'accuracy:unattributed')
+        WHERE metric = 'accuracy'""",
+    )),
 )
