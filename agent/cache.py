@@ -112,12 +112,16 @@ class ArtifactCache:
                                                  f"limit of {self.max_artifact_bytes} bytes")
         part = self.part_dir / f"{sha}.part"
         with self._lock:
-            if _size(self.path(sha)) is not None:
-                self._touch(self.path(sha))
-                return None
-            if os.path.lexists(self.path(sha)):
+            try:  # one look: another upload of the same artifact may be moving it into place right now
+                found = self.path(sha).lstat()
+            except FileNotFoundError:
+                found = None
+            if found is not None and not stat.S_ISREG(found.st_mode):
                 raise CacheError("FAILED_PRECONDITION", f"the agent's cache holds {self.path(sha)}, which is not an "
                                                         "artifact file (a folder or a link): remove it on the device")
+            if found is not None:
+                self._touch(self.path(sha))
+                return None
             if sha in self._uploading:
                 raise CacheError("ABORTED", f"another upload of {sha} is in progress; retry when it ends")
             have = _size(part) or 0

@@ -86,8 +86,9 @@ def median_ci(sorted_ms: np.ndarray) -> tuple[float, float]:
 def _lower_rank(n: int) -> int:
     """0-based index r of the interval [x_r, x_(n-1-r)], which misses the median with probability
     2·P(B <= r), B ~ Binomial(n, 1/2): the largest r with P(B <= r) <= 2.5 %."""
-    if n > EXACT_CI_MAX_RUNS:
-        return max(int(math.floor(n / 2 - Z95 * math.sqrt(n) / 2)), 0)
+    if n > EXACT_CI_MAX_RUNS:  # normal approximation, with the continuity correction: from 1,001 to 30,000 runs
+        # it never covers less than 95 %, and is one rank wider than the exact interval for 60 of those n
+        return int(math.floor(n / 2 - 0.5 - Z95 * math.sqrt(n) / 2))
     total, coefficient, below, r = 2 ** n, 1, 0, 0
     while 40 * (below + coefficient) <= total:  # P(B <= r) <= 2.5 %: try one rank further in
         below += coefficient

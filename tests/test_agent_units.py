@@ -21,7 +21,7 @@ def test_median_ci_brackets_the_median_with_order_statistics():
 def test_median_ci_is_the_exact_binomial_interval_and_needs_six_runs():
     from math import comb
 
-    for n in (6, 9, 20, 100, 1000):
+    for n in (6, 9, 20, 100, 1000, 1033, 5000):  # exact to 1000, normal approximation beyond
         low, high = median_ci(np.arange(n, dtype=float))
         r = int(low)
         miss = lambda r: 2 * sum(comb(n, i) for i in range(r + 1)) / 2 ** n  # noqa: E731

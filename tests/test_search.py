@@ -333,12 +333,25 @@ def test_a_run_driven_by_another_process_is_refused_until_that_one_stops(tmp_pat
         assert evaluator.calls == 36 and store.run(run_id).state == "finished"
 
 
-def test_constraints_keep_infeasible_points_off_the_front(tmp_path):
+def test_constraints_keep_infeasible_points_off_the_front_and_out_of_the_hypervolume(tmp_path):
     with open_store(tmp_path / "c.db") as store:
         run_id = start_run(store, _spec(constraints=["latency <= 4"]))
         execute_run(store, run_id, CountingEvaluator())
         configs, values, objectives = measured_front(store, run_id)
         assert len(configs) and np.all(values[:, 1] <= 4)
+        members = np.array([[m.objectives["accuracy"], m.objectives["latency"]]
+                            for m in store.run_members(run_id, "measured")])
+        events = store.run_events(run_id, "hypervolume")
+        F = np.column_stack([-members[:, 0], members[:, 1]])  # all minimised
+        first = F[:10]
+        scaled = (F - first.min(axis=0)) / (first.max(axis=0) - first.min(axis=0))
+        for e in events:  # each after-k value counts only the evaluations so far that meet the constraint
+            k = e.payload["evaluations"]
+            met = scaled[:k][members[:k, 1] <= 4]
+            assert e.payload["hv"] == pytest.approx(hypervolume(met, np.array([1.1, 1.1])) if len(met) else 0.0)
+        nothing = start_run(store, _spec(constraints=["latency <= 0"]))  # no configuration meets it
+        execute_run(store, nothing, CountingEvaluator())
+        assert [e.payload["hv"] for e in store.run_events(nothing, "hypervolume")] == [0.0] * 36
 
 
 def test_report_writes_its_own_files_and_refuses_what_it_cannot_write(tmp_path, capsys):

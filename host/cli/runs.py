@@ -56,8 +56,9 @@ def _print(rows: list[dict], where) -> None:
     from .devices import console
 
     table = Table(title=f"search runs in {where}",
-                  caption="HV: the hypervolume fraction on the run's own scale (the range of its first 10 "
-                          "evaluations), for following one run, not for comparing runs")
+                  caption="HV: the hypervolume of the run's feasible front, each objective scaled to the range of "
+                          "its first 10 evaluations (reference point 1.1): for following one run, not for comparing "
+                          "runs")
     for column in ("id", "name", "state", "space", "tactic", "objectives", "evaluated", "HV", "updated"):
         table.add_column(column, justify="right" if column in ("id", "evaluated", "HV") else "left")
     for r in rows:

@@ -77,8 +77,9 @@ class RunSpec:
 class StoreRecorder:
     """Keeps a run's evaluations, hypervolume and predictions in the store (see the module docstring)."""
 
-    def __init__(self, store, run_id: int, objectives: Sequence[Objective]):
+    def __init__(self, store, run_id: int, objectives: Sequence[Objective], constraints: Sequence[Constraint] = ()):
         self.store, self.run_id, self.objectives = store, run_id, list(objectives)
+        self.constraints = list(constraints)  # what breaks one is off the front, so it adds no hypervolume
         self._values: list[np.ndarray] = []
         self._normaliser: Normaliser | None = None
         self._hv_done = len(store.run_events(run_id, "hypervolume"))
@@ -121,10 +122,13 @@ class StoreRecorder:
                 return
             first = minimised(np.stack(self._values[:HV_REFERENCE_AFTER]), self.objectives)
             self._normaliser = Normaliser(first.min(axis=0), first.max(axis=0))
-        F = self._normaliser(minimised(np.stack(self._values), self.objectives))
+        values = np.stack(self._values)
+        F = self._normaliser(minimised(values, self.objectives))
+        ok = feasible(values, self.objectives, self.constraints)
         ref = np.full(F.shape[1], REF)
         for k in range(self._hv_done, n):
-            hv = hypervolume(F[:k + 1], ref)
+            met = F[:k + 1][ok[:k + 1]]
+            hv = hypervolume(met, ref) if len(met) else 0.0
             self.store.add_run_event(self.run_id, "hypervolume", {"evaluations": k + 1, "hv": hv,
                                                                   "ideal": self._normaliser.ideal.tolist(),
                                                                   "span": self._normaliser.span.tolist()})
@@ -179,7 +183,7 @@ def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int
     """Runs (or resumes) a stored run to the end of its budget; returns the session."""
     spec = load_spec(store, run_id)
     with run_lease(store, run_id):
-        recorder = StoreRecorder(store, run_id, spec.parsed_objectives())
+        recorder = StoreRecorder(store, run_id, spec.parsed_objectives(), spec.parsed_constraints())
         space = get_supernet(spec.space).space
         # Known before the run started, so that a resumed run is given the same and replays.
         learns = spec.tactic in LEARNING and hasattr(evaluator, "known")
