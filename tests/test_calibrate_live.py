@@ -173,7 +173,9 @@ def test_a_runtime_version_change_marks_old_measurements_stale_and_refits(calibr
         stale = store.count_measurements(include_stale=True) - store.count_measurements()
     verdict = report.verdicts[AGENT]
     assert verdict.version_change == {"runtime_version": ["1.0.0", real.platform["runtime_version"]]}
-    assert not verdict.drift and report.new_baselines == [AGENT]
+    # Named a version change whatever the latency did: a shared CI machine's own speed has moved by 12 % between
+    # the calibration and this round, which is drift by the numbers, but the upgrade is the cause a user acts on.
+    assert verdict.changed and verdict.cause == "version" and report.new_baselines == [AGENT]
     assert report.stale_marked == {AGENT: SAMPLES}  # the sample's rows; the reference rows were just re-measured
     assert report.refit is not None and report.refit.reason == "version" and report.refit.measured == SAMPLES
     assert [c.reason for c in calibrations] == ["requested", "version"]
