@@ -84,14 +84,19 @@ def run(request: dict, progress) -> dict:
     load_start = time.perf_counter()
     try:
         model = adapter.load(request["artifact"], request["threads"])
-        specs = inputs.resolve(model.input_specs(), request.get("inputs", []))
-        inputs.check_size(specs, request["max_input_bytes"])
-        model.set_inputs(inputs.generate(specs, request.get("seed", 0)))
     except MemoryError:
         raise
     except Exception as exc:  # any failure to load is the artifact's fault, reported to the client
         raise Failure("INVALID_ARGUMENT", f"cannot load the model with {request['runtime']}: "
                                           f"{type(exc).__name__}: {exc}") from exc
+    try:  # the request's input shapes, or what they add up to: the caller's to change, not the model's
+        specs = inputs.resolve(model.input_specs(), request.get("inputs", []))
+        inputs.check_size(specs, request["max_input_bytes"])
+        model.set_inputs(inputs.generate(specs, request.get("seed", 0)))
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise Failure("INVALID_ARGUMENT", f"bad inputs for the model: {type(exc).__name__}: {exc}") from exc
     load_ms = (time.perf_counter() - load_start) * 1000
 
     def on_progress(phase: str, runs: int, elapsed: float, rel: float) -> None:

@@ -148,6 +148,12 @@ def test_bad_profile_requests_get_clear_statuses(agent):
         huge = client.put_artifact(models.onnx_huge_input())
         code, details = code_of(lambda: client.profile(huge, stopping=FAST))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "bytes of inputs" in details
+        assert details.startswith("bad inputs for the model")  # the request's doing, not the model's
+        onnx = client.put_artifact(models.onnx_mlp(width=8, layers=1))
+        wrong = [pb.TensorSpec(name="nope", shape=[1, 8], dtype="float32")]
+        code, details = code_of(lambda: client.profile(onnx, stopping=FAST, inputs=wrong))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "bad inputs for the model" in details
+        assert "no input named 'nope'" in details
         code, details = code_of(lambda: client.profile(tflite, stopping=pb.StoppingRule(min_runs=10, max_runs=2)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_runs" in details
         code, details = code_of(lambda: client.profile(tflite, stopping=pb.StoppingRule(max_s=-1)))
