@@ -112,10 +112,8 @@ class ArtifactCache:
                                                  f"limit of {self.max_artifact_bytes} bytes")
         part = self.part_dir / f"{sha}.part"
         with self._lock:
-            try:  # one look: another upload of the same artifact may be moving it into place right now
-                found = self.path(sha).lstat()
-            except FileNotFoundError:
-                found = None
+            # One look: another upload of the same artifact may be moving it into place right now.
+            found = _lstat(self.path(sha))
             if found is not None and not stat.S_ISREG(found.st_mode):
                 raise CacheError("FAILED_PRECONDITION", f"the agent's cache holds {self.path(sha)}, which is not an "
                                                         "artifact file (a folder or a link): remove it on the device")
@@ -266,13 +264,8 @@ class ArtifactCache:
         found = []
         for directory in (self.done_dir, self.part_dir):
             for path in directory.iterdir():
-                if not ENTRY_RE.match(path.name):
-                    continue
-                try:
-                    st = path.lstat()
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISREG(st.st_mode):
+                st = _lstat(path) if ENTRY_RE.match(path.name) else None
+                if st is not None and stat.S_ISREG(st.st_mode):
                     found.append((path, st.st_size, st.st_mtime))
         return found
 
@@ -281,13 +274,18 @@ class ArtifactCache:
         os.utime(path)
 
 
-def _size(path: Path) -> int | None:
-    """The size of a regular file at `path`; None when there is none (nothing, or a folder or link there)."""
+def _lstat(path: Path) -> os.stat_result | None:
+    """What is at `path` itself (a link is not followed); None when nothing is, or it has just gone."""
     try:
-        st = path.lstat()
+        return path.lstat()
     except FileNotFoundError:
         return None
-    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _size(path: Path) -> int | None:
+    """The size of a regular file at `path`; None when there is none (nothing, or a folder or link there)."""
+    st = _lstat(path)
+    return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -22,6 +22,8 @@ import numpy as np
 Z95 = 1.959963984540054
 #: rel_ci_half_width when there is no interval (fewer than MIN_CI_RUNS runs, or a zero median).
 NO_INTERVAL = 1e9
+#: The largest max_s and warmup_min_s a stopping rule may ask for.
+MAX_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,8 @@ class StoppingRule:
             raise ValueError(f"max_s ({self.max_s}) is below min_s ({self.min_s})")
         if not 0 < self.target_rel_ci < 1:
             raise ValueError(f"target_rel_ci must be in (0, 1), got {self.target_rel_ci}")
-        if self.max_runs > 1_000_000 or self.max_s > 3600 or self.warmup_min_s > 3600:
-            raise ValueError("max_runs is capped at 1,000,000, and max_s and warmup_min_s at 3600 s")
+        if self.max_runs > 1_000_000 or self.max_s > MAX_SECONDS or self.warmup_min_s > MAX_SECONDS:
+            raise ValueError(f"max_runs is capped at 1,000,000, and max_s and warmup_min_s at {MAX_SECONDS} s")
 
 
 #: Below this many runs no pair of order statistics brackets the median with 95 % confidence: with 5 runs
@@ -100,16 +102,18 @@ def _lower_rank(n: int) -> int:
 def rel_half_width(samples_ms: np.ndarray) -> float:
     """The median's 95 % interval half-width over the median; infinite below MIN_CI_RUNS runs."""
     ordered = np.sort(samples_ms)
-    low, high = median_ci(ordered)
-    median = float(np.median(ordered))
-    return (high - low) / 2 / median if median > 0 and len(ordered) >= MIN_CI_RUNS else math.inf
+    return _relative(*median_ci(ordered), float(np.median(ordered)), len(ordered))
+
+
+def _relative(low: float, high: float, median: float, n: int) -> float:
+    return (high - low) / 2 / median if median > 0 and n >= MIN_CI_RUNS else math.inf
 
 
 def latency_stats(samples_ms: np.ndarray, rule: StoppingRule) -> dict:
     ordered = np.sort(np.asarray(samples_ms, dtype=np.float64))
     low, high = median_ci(ordered)
     median = float(np.median(ordered))
-    rel = rel_half_width(ordered)
+    rel = _relative(low, high, median, len(ordered))
     return {
         "n": int(len(ordered)),
         "mean_ms": float(ordered.mean()),

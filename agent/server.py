@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import device
 from .cache import ArtifactCache, CacheError, sniff_format
-from .measure import StoppingRule
+from .measure import MAX_SECONDS, StoppingRule
 from .profiler import DeviceQueue, ProfileError, run_child
 from .proto import agent_pb2 as pb
 from .proto import agent_pb2_grpc as pb_grpc
@@ -33,8 +33,16 @@ MIB = 1024 * 1024
 #: A cancelled upload's stream ends a moment before gRPC reports the cancel; a client that ended its stream
 #: on purpose is still waiting for the answer, so its call cannot end before the agent answers.
 CANCEL_GRACE_S = 0.5
-#: The longest a measurement may hold the device: twice the stopping rule's largest max_s, and slack to load.
-MAX_TIMEOUT_S = 2 * 3600 + 120
+
+
+def time_limit_s(max_s: float) -> float:
+    """How long a measurement whose rule caps its timed phase at `max_s` may hold the device: the warm-up may
+    take as long again, and loading gets two minutes."""
+    return 2 * max_s + 120
+
+
+#: The longest timeout_s a request may ask for: the limit of the longest rule.
+MAX_TIMEOUT_S = time_limit_s(MAX_SECONDS)
 
 
 @dataclass
@@ -173,7 +181,7 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
             "stopping": stopping, "slowdown": self.config.test_slowdown, "model_bytes": path.stat().st_size,
             # Inputs near free memory would only get the child killed by the OOM killer.
             "max_input_bytes": min(self.config.max_input_bytes, psutil.virtual_memory().available // 4),
-            "timeout_s": request.timeout_s or rule.max_s * 2 + 120,
+            "timeout_s": request.timeout_s or time_limit_s(rule.max_s),
         }
         return entry, child_request
 

@@ -17,19 +17,16 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fleetnas.report import write_report
+    from fleetnas.search.run import find_run
     from fleetnas.store import StoreError, open_store
 
-    from fleetnas.search.run import find_run
-
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise CliError(f"--out {args.out} is a file; give a folder")
     out = args.out
     try:
         with open_store(args.db, existing=True) as store:
             run_id = find_run(store, args.run).id
-            out = out or Path(f"fleetnas-report-{run_id}")
+            out = out or Path(f"fleetnas-report-{run_id}")  # the default names the id, known once the run is found
             if out.exists() and not out.is_dir():
-                raise CliError(f"{out} is a file; give --out a folder")
+                raise CliError(f"--out {out} is a file; give a folder")
             index = write_report(store, run_id, out)
     except (KeyError, StoreError) as exc:
         raise CliError(exc.args[0] if exc.args else str(exc)) from None

@@ -274,8 +274,7 @@ class SqliteStore(Store):
                 cursor = c.execute("INSERT INTO evaluations (supernet, config, metric, value, created_at) "
                                    "VALUES (?, ?, ?, ?, ?)", (supernet, key, metric, float(value), now))
                 first = (cursor.lastrowid, supernet, key, metric, float(value), now)
-        i, s, c_, m, v, t = first
-        return EvaluationRecord(i, s, json.loads(c_), m, v, t)
+        return _evaluation(first)
 
     def evaluations(self, supernet: str, metric: str | None = None,
                     config: dict | None = None) -> list[EvaluationRecord]:
@@ -287,7 +286,7 @@ class SqliteStore(Store):
             where.append("config = ?")
             params.append(canonical_json(config))
         rows = self._read(f"SELECT * FROM evaluations {_where(where)} ORDER BY id", params)
-        return [EvaluationRecord(i, s, json.loads(c), m, v, t) for i, s, c, m, v, t in rows]
+        return [_evaluation(row) for row in rows]
 
     # ----- runs -----------------------------------------------------------------------------------
     def create_run(self, tactic: str, settings: dict, name: str | None = None) -> RunRecord:
@@ -426,6 +425,11 @@ def _measurement(row) -> MeasurementRecord:
     return MeasurementRecord(mid, device_id, kind, agent, artifact, runtime, json.loads(settings), shash,
                              json.loads(stats), json.loads(memory), json.loads(env), json.loads(detail), bool(ok),
                              error, bool(stale), created)
+
+
+def _evaluation(row) -> EvaluationRecord:
+    i, supernet, config, metric, value, created_at = row
+    return EvaluationRecord(i, supernet, json.loads(config), metric, value, created_at)
 
 
 def _run(row) -> RunRecord:
