@@ -1,10 +1,21 @@
 """One process at a time: an exclusive advisory lock on a file, which the operating system drops when its
-holder dies, however it dies (so what a killed process held can be taken over at once)."""
+holder dies, however it dies (so what a killed process held can be taken over at once).
+
+The holder deletes the file when it lets go, so that locks taken once per search run do not pile up beside
+the database. Deleting a lock file races with a process that opened it just before: that process would then
+lock a file no longer at the path while a third process locks a new one there. So a process that got the lock
+checks that the file it locked is still the one at the path, and starts again if it is not.
+"""
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
 
 
 class Busy(ValueError):
@@ -16,26 +27,62 @@ def exclusive(path: str | Path, what: str, wait: bool = False):
     """Holds `path` locked while the block runs; `Busy("{what} is being driven by process N …")` if another
     process holds it, or, with `wait`, once that one lets go (for short edits such as an inventory's).
     Without advisory locks (Windows), one process at a time is the user's care."""
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
     if fcntl is None:
         yield
         return
-    with open(path, "a+") as handle:
+    handle = _lock(Path(path), what, wait)
+    try:
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        try:
+            os.unlink(path)  # still locked: whoever opens the path next gets a new file
+        except FileNotFoundError:
+            pass
+        handle.close()  # closing lets go of the lock
+
+
+def holder(path: str | Path) -> str | None:
+    """Who holds the lock at `path` ("process N"), or None when no process does. Only reads: it works where
+    the lock could not be taken, such as on read-only media (where no process can be holding it to write)."""
+    if fcntl is None:
+        return None
+    try:
+        handle = open(path)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        return None  # a file left by a holder that died before deleting it; closing unlocks it
+
+
+def _lock(path: Path, what: str, wait: bool):
+    """An open handle on `path`, locked and still the file at the path, truncated for the holder to sign."""
+    while True:
+        handle = open(path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise Busy(f"{what} is being driven by {holder}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            name = handle.read().strip() or "another process"
+            handle.close()
+            raise Busy(f"{what} is being driven by {name}") from None
+        except BaseException:
+            handle.close()
+            raise
+        if _still_at(handle, path):
+            handle.seek(0)
+            handle.truncate()
+            return handle
+        handle.close()  # its holder deleted it while this process waited: lock the new one
+
+
+def _still_at(handle, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False

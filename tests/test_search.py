@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -331,6 +332,7 @@ def test_a_run_driven_by_another_process_is_refused_until_that_one_stops(tmp_pat
         assert evaluator.calls == 0 and store.run_members(run_id, "measured") == []
         execute_run(store, run_id, evaluator)
         assert evaluator.calls == 36 and store.run(run_id).state == "finished"
+    assert not list(tmp_path.glob("*.lock"))  # a lease leaves no file behind
 
 
 def test_constraints_keep_infeasible_points_off_the_front_and_out_of_the_hypervolume(tmp_path):
@@ -419,6 +421,49 @@ def test_runs_are_listed_with_their_state_and_found_by_name(tmp_path, capsys):
         assert main(args) != 0
         assert message in capsys.readouterr().err
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_runs_and_report_read_a_store_on_read_only_media(tmp_path):
+    """An archived store (a read-only share, a mounted image) is read where nothing beside it can be written:
+    not the database's shared-memory file, not a run's lock file."""
+    if sys.platform != "linux" or shutil.which("unshare") is None:
+        pytest.skip("needs Linux's unshare to mount a folder read-only")
+    archive, mounted, out = tmp_path / "archive", tmp_path / "mounted", tmp_path / "out"
+    mounted.mkdir()
+    with open_store(archive / "a.db") as store:
+        finished = start_run(store, _spec(), name="kept")
+        execute_run(store, finished, CountingEvaluator())
+        start_run(store, _spec(), name="stopped")  # stored as running; nothing can be driving it here
+    db = mounted / "a.db"
+    commands = [f"{sys.executable} -m fleetnas.cli {args}" for args in (
+        f"runs --db {db} --json", f"report kept --db {db} --out {out}")]
+    script = f"mount --bind -o ro {archive} {mounted} && touch {mounted}/probe 2>/dev/null && exit 9; " + " && ".join(
+        commands)
+    done = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode != 0 and "mount" in done.stderr and "fleetnas" not in done.stderr:
+        pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(done.stdout[:done.stdout.rindex("]") + 1])
+    assert [(r["name"], r["state"], r["evaluations"]) for r in runs] == [("kept", "finished", 36),
+                                                                       ("stopped", "interrupted", 0)]
+    assert json.loads((out / "front.json").read_text())["state"] == "finished" and (out / "index.html").exists()
+    assert sorted(p.name for p in archive.iterdir()) == ["a.db"]  # nothing was written beside it
+
+
+def test_the_report_command_a_search_prints_runs_as_printed(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    from fleetnas.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "my runs" / "it's.db"
+    assert main(["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
+                 "--tactic", "random", "--budget", "2", "--db", str(db)]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]
+    command = shlex.split(hint.removeprefix("report: "))  # as a shell reads the line pasted
+    assert command[:2] == ["fleetnas", "report"]
+    assert main(command[1:]) == 0 and (tmp_path / f"fleetnas-report-{command[2]}" / "index.html").exists()
 
 
 def test_a_search_resumes_by_its_name(tmp_path):

@@ -95,7 +95,7 @@ def _what_to_export(args: argparse.Namespace) -> tuple[str, dict | None]:
     from fleetnas.store import StoreError, open_store
 
     try:
-        with open_store(args.db, existing=True) as store:
+        with open_store(args.db, read_only=True) as store:
             run_id = find_run(store, args.run).id
             space = load_spec(store, run_id).space
             configs, _, _ = measured_front(store, run_id)

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out
     try:
-        with open_store(args.db, existing=True) as store:
+        with open_store(args.db, read_only=True) as store:
             run_id = find_run(store, args.run).id
             out = out or Path(f"fleetnas-report-{run_id}")  # the default names the id, known once the run is found
             if out.exists() and not out.is_dir():

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from fleetnas.store import StoreError, open_store
 
     try:
-        with open_store(args.db, existing=True) as store:
+        with open_store(args.db, read_only=True) as store:
             rows = [_row(store, r) for r in store.runs()]
             where = store.path
     except StoreError as exc:

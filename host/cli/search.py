@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from contextlib import contextmanager
 
@@ -197,4 +198,4 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
     learned = known_summary(session)
     if learned:
         print(learned)
-    print(f"report: fleetnas report {run_id}" + (f" --db {store.path}" if store.path else ""))
+    print(f"report: fleetnas report {run_id}" + (f" --db {shlex.quote(str(store.path))}" if store.path else ""))

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..locks import Busy, exclusive
+from ..locks import Busy, exclusive, holder
 from ..store import canonical_json
 from ..supernets import Config, get_supernet
 from .hypervolume import Normaliser, hypervolume, non_dominated
@@ -165,11 +165,8 @@ def run_state(store, run) -> str:
     killed, or the machine went down) is "interrupted": `fleetnas search --resume` continues it."""
     if run.state != "running":
         return run.state
-    try:
-        with run_lease(store, run.id):
-            return "interrupted"
-    except RunBusy:
-        return "running"
+    path = _lease_path(store, run.id)
+    return "running" if path is not None and holder(path) else "interrupted"
 
 
 def load_spec(store, run_id: int) -> RunSpec:
@@ -222,20 +219,28 @@ class RunBusy(ValueError):
 @contextmanager
 def run_lease(store, run_id: int):
     """Holds an exclusive lock on `<database>.run-<id>.lock` while a run executes, so that two processes
-    resuming one run cannot both spend its budget (`fleetnas.locks.exclusive`). Only for a database file on
-    this machine."""
-    db = getattr(store, "path", None)
-    if db is None or str(db) == ":memory:":
+    resuming one run cannot both spend its budget (`fleetnas.locks.exclusive`; the file goes when the run
+    stops). Only for a database file on this machine."""
+    path = _lease_path(store, run_id)
+    if path is None:
         yield
         return
     lease = ExitStack()
     try:
-        # Named after the resolved path: a symbolic link to the database must meet the same lock.
-        lease.enter_context(exclusive(f"{Path(db).resolve()}.run-{run_id}.lock", f"search run {run_id}"))
+        lease.enter_context(exclusive(path, f"search run {run_id}"))
     except Busy as exc:
         raise RunBusy(f"{exc}; resume it once that one has stopped") from None
     with lease:
         yield
+
+
+def _lease_path(store, run_id: int) -> str | None:
+    """The run's lock file, named after the resolved path (a symbolic link to the database must meet the same
+    lock); None for a store that is no file on this machine."""
+    db = getattr(store, "path", None)
+    if db is None or str(db) == ":memory:":
+        return None
+    return f"{Path(db).resolve()}.run-{run_id}.lock"
 
 
 def measured_front(store, run_id: int) -> tuple[list[Config], np.ndarray, list[Objective]]:

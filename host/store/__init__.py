@@ -22,9 +22,12 @@ def default_location() -> str:
     return os.environ.get("FLEETNAS_DB") or DEFAULT_DB
 
 
-def open_store(location: str | Path | None = None, busy_timeout_s: float = 30.0, existing: bool = False) -> Store:
+def open_store(location: str | Path | None = None, busy_timeout_s: float = 30.0, existing: bool = False,
+               read_only: bool = False) -> Store:
     """The store at `location`; `existing=True` for readers (a report, a resume): a mistyped path is then an
-    error instead of a new, empty database."""
+    error instead of a new, empty database. `read_only` (which implies `existing`) for what only reads (a
+    report, a listing): it also reads a store on read-only media."""
+    existing = existing or read_only
     location = str(location or default_location())
     if "://" in location:
         scheme, _, rest = location.partition("://")
@@ -33,7 +36,7 @@ def open_store(location: str | Path | None = None, busy_timeout_s: float = 30.0,
         location = rest
     if existing and not Path(location).is_file():
         raise StoreError(f"no store at {location} (give --db PATH, or set FLEETNAS_DB)")
-    return SqliteStore(Path(location), busy_timeout_s=busy_timeout_s)
+    return SqliteStore(Path(location), busy_timeout_s=busy_timeout_s, read_only=read_only)
 
 
 __all__ = ["DEFAULT_DB", "MIGRATIONS", "ArtifactRecord", "CalibrationRecord", "DeviceRecord", "EvaluationRecord",

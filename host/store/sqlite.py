@@ -8,9 +8,11 @@ commit durable across a power cut, not only a crash: a measurement costs seconds
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -27,28 +29,56 @@ MEASUREMENT_COLUMNS = ("id, device_id, device_kind, agent, artifact, runtime, se
 
 class SqliteStore(Store):
     def __init__(self, path: str | Path, busy_timeout_s: float = 30.0,
-                 migrations: Sequence[Migration] = MIGRATIONS):
+                 migrations: Sequence[Migration] = MIGRATIONS, read_only: bool = False):
+        """`read_only` opens an existing database for reading (a report, a listing), which also works where
+        nothing can be written, such as a store archived on read-only media."""
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
+        self.read_only = read_only
         self._lock = threading.RLock()
+        if not read_only:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot make the folder of database {self.path}: {exc.strerror}") from None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot make the folder of database {self.path}: {exc.strerror}") from None
-        try:
-            self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(self._uri(), timeout=busy_timeout_s, isolation_level=None,
+                                         check_same_thread=False, uri=self.read_only)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         try:
             self._refuse_foreign()
-            self._pragmas()
-            self._migrate(migrations)
+            if read_only:
+                self._check_readable(migrations)
+            else:
+                self._pragmas()
+                self._migrate(migrations)
         except BaseException:
             self._conn.close()
             raise
 
     # ----- plumbing -------------------------------------------------------------------------------
+    def _uri(self) -> str:
+        if not self.read_only:
+            return str(self.path)
+        uri = "file://" + urllib.parse.quote(str(self.path.absolute()))  # an empty authority, then the path
+        # Reading a database in write-ahead-log mode needs its shared-memory file, which SQLite creates beside
+        # it. Where the folder cannot be written (read-only media) and no log is waiting to be merged, nothing
+        # can change the file, and SQLite may read it as immutable, without that file.
+        wal = Path(f"{self.path}-wal")
+        log_waiting = wal.exists() and wal.stat().st_size > 0
+        if os.access(self.path.parent, os.W_OK) or log_waiting:
+            return uri + "?mode=ro"
+        return uri + "?mode=ro&immutable=1"
+
+    def _check_readable(self, migrations: Sequence[Migration]) -> None:
+        latest = max((m.version for m in migrations), default=0)
+        current = self.schema_version
+        if current != latest:
+            raise StoreError(f"database {self.path} has schema version {current}, and this FleetNAS reads "
+                             f"version {latest}: open it once where it can be written (any fleetnas command that "
+                             f"writes, such as `fleetnas search --resume`, upgrades it), or use a matching FleetNAS")
+
     def _error(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
         if "locked" in text or "busy" in text:
