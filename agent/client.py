@@ -9,6 +9,7 @@ from typing import Callable
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .cache import sniff_format
@@ -171,17 +172,21 @@ def _retrying(call: Callable, also: frozenset = frozenset()):
 
 
 def result_to_dict(result: pb.ProfileResult) -> dict:
-    """The JSON shape the CLI prints and the store keeps: latency_ms, memory, env, runtime, device."""
-    as_dict = lambda m: json_format.MessageToDict(m, preserving_proto_field_name=True,  # noqa: E731
-                                                  always_print_fields_with_no_presence=True)
-    latency = as_dict(result.latency)
+    """The JSON shape the CLI prints and the store keeps: latency_ms, memory, env, runtime, device.
+
+    What the device could not tell is None (JSON null), never 0: a temperature without a sensor, a runtime's
+    arena size where it gives none, and every memory figure but the model's size where memory could not be
+    measured. A predictor or a search must not learn a 0 that was never measured."""
+    latency = _as_dict(result.latency)
     latency_ms = {key.removesuffix("_ms"): value for key, value in latency.items()}
+    memory = _as_dict(result.memory)
+    if not result.memory.measured:
+        memory.update({key: None for key in ("peak_bytes", "baseline_rss_bytes", "peak_rss_bytes")})
     return {
         "artifact_sha256": result.artifact_sha256,
         "latency_ms": latency_ms,
-        "memory": {key: int(value) if key.endswith("_bytes") else value
-                   for key, value in as_dict(result.memory).items()},
-        "env": {"before": as_dict(result.env_before), "after": as_dict(result.env_after),
+        "memory": memory,
+        "env": {"before": _as_dict(result.env_before), "after": _as_dict(result.env_after),
                 "throttled": result.throttled},
         "runtime": {"name": result.runtime.name, "version": result.runtime.version},
         "device": {"id": result.device.device_id, "label": result.device.label},
@@ -191,3 +196,30 @@ def result_to_dict(result: pb.ProfileResult) -> dict:
         "started_unix_s": result.started_unix_s,
         "finished_unix_s": result.finished_unix_s,
     }
+
+
+#: Field types that JSON (and so MessageToDict) writes as strings.
+WIDE_INTEGERS = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+                 FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+
+
+def _as_dict(message) -> dict:
+    """Every field by its proto name, 64-bit integers as numbers (not JSON's strings), and an `optional`
+    field the sender left unset (unknown) as None."""
+    as_dict = json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                        always_print_fields_with_no_presence=True)
+    _plain(message, as_dict)
+    return as_dict
+
+
+def _plain(message, as_dict: dict) -> None:
+    for field in message.DESCRIPTOR.fields:
+        if field.type == field.TYPE_MESSAGE:
+            inner = getattr(message, field.name)
+            for sub, sub_dict in zip(inner, as_dict.get(field.name, [])) if field.is_repeated else (
+                    [(inner, as_dict[field.name])] if field.name in as_dict else []):
+                _plain(sub, sub_dict)
+        elif field.name not in as_dict:
+            as_dict[field.name] = None  # only a field with presence is ever left out
+        elif field.type in WIDE_INTEGERS and not field.is_repeated:
+            as_dict[field.name] = int(as_dict[field.name])

@@ -106,7 +106,7 @@ def environment() -> pb.EnvironmentSnapshot:
     return pb.EnvironmentSnapshot(
         unix_s=time.time(),
         temperatures=temps,
-        cpu_temp_max_c=max(cpu_temps or [t.current_c for t in temps] or [0.0]),
+        cpu_temp_max_c=max(cpu_temps or [t.current_c for t in temps], default=None),
         cpu_freq_current_mhz=freq_now,
         cpu_freq_max_mhz=freq_max,
         load_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0,
@@ -131,18 +131,19 @@ def _temperatures() -> list[pb.TemperatureReading]:
                 continue
             name = f"{chip}/{entry.label}" if entry.label else chip
             readings.append(pb.TemperatureReading(sensor=name, current_c=entry.current,
-                                                  high_c=entry.high or 0.0, critical_c=entry.critical or 0.0))
+                                                  high_c=entry.high or None, critical_c=entry.critical or None))
     return readings
 
 
-def _frequencies() -> tuple[float, float]:
+def _frequencies() -> tuple[float | None, float | None]:
+    """(current, max) clock in MHz; None for what the platform does not report (psutil gives 0 for it)."""
     try:
         freq = psutil.cpu_freq()
     except (OSError, RuntimeError, NotImplementedError):
         freq = None
     if freq is None:
-        return 0.0, 0.0
-    return float(freq.current or 0.0), float(freq.max or 0.0)
+        return None, None
+    return float(freq.current or 0) or None, float(freq.max or 0) or None
 
 
 def _throttle_reasons(temps: list[pb.TemperatureReading]) -> list[str]:
@@ -152,7 +153,7 @@ def _throttle_reasons(temps: list[pb.TemperatureReading]) -> list[str]:
         value = int(bits, 16)
         reasons += [f"firmware: {text}" for bit, text in RPI_NOW_BITS.items() if value & bit]
     for t in temps:
-        limit = t.high_c if t.high_c > 0 else DEFAULT_HOT_C
+        limit = t.high_c if t.HasField("high_c") and t.high_c > 0 else DEFAULT_HOT_C
         if t.current_c >= limit:
             reasons.append(f"{t.sensor} at {t.current_c:.0f} °C (limit {limit:.0f} °C)")
     return reasons

@@ -243,3 +243,30 @@ def test_environment_reports_device_state(agent):
         env = client.environment()
     assert env.unix_s > 0 and env.memory_available_bytes > 0
     assert env.throttled == bool(env.throttle_reason)
+    # What this machine cannot tell is left unset, not sent as 0.
+    sensors = psutil.sensors_temperatures() if hasattr(psutil, "sensors_temperatures") else {}
+    assert env.HasField("cpu_temp_max_c") == any(e.current is not None for es in sensors.values() for e in es)
+    freq = psutil.cpu_freq()
+    assert env.HasField("cpu_freq_max_mhz") == bool(freq and freq.max)
+
+
+def test_what_a_device_cannot_tell_reads_as_none_never_as_zero():
+    """Unset optional fields (no temperature sensor, no arena figure) and unmeasured memory are None in the
+    dictionary the CLI prints and the store keeps; 64-bit counts are numbers, not JSON's strings."""
+    result = pb.ProfileResult(
+        latency=pb.LatencyStats(n=12, median_ms=1.5),
+        memory=pb.MemoryStats(measured=False, model_bytes=3000, note="no VmHWM here"),
+        env_before=pb.EnvironmentSnapshot(memory_available_bytes=2 ** 40, cpu_freq_current_mhz=1500.0,
+                                          temperatures=[pb.TemperatureReading(sensor="soc", current_c=41.0)]),
+        env_after=pb.EnvironmentSnapshot(cpu_temp_max_c=0.0))  # a real 0 °C is set, and stays 0
+    s = result_to_dict(result)
+    assert s["latency_ms"]["n"] == 12 and s["memory"]["model_bytes"] == 3000
+    assert [s["memory"][k] for k in ("peak_bytes", "baseline_rss_bytes", "peak_rss_bytes", "runtime_arena_bytes")] \
+        == [None] * 4
+    before, after = s["env"]["before"], s["env"]["after"]
+    assert before["memory_available_bytes"] == 2 ** 40 and before["cpu_freq_current_mhz"] == 1500.0
+    assert before["cpu_temp_max_c"] is None and before["cpu_freq_max_mhz"] is None
+    assert before["temperatures"] == [{"sensor": "soc", "current_c": 41.0, "high_c": None, "critical_c": None}]
+    assert after["cpu_temp_max_c"] == 0.0
+    measured = result_to_dict(pb.ProfileResult(memory=pb.MemoryStats(measured=True, peak_bytes=7)))["memory"]
+    assert measured["peak_bytes"] == 7 and measured["baseline_rss_bytes"] == 0

@@ -657,6 +657,28 @@ def test_an_accuracy_evaluator_that_misbehaves_is_named_with_the_config(accuracy
         evaluator.evaluate([config])
 
 
+def test_memory_a_device_could_not_measure_is_no_value_to_search_on(tmp_path):
+    """An agent that cannot measure memory reports it unknown (None): a memory objective is then an error that
+    says why, never a 0 that every configuration would win with."""
+    from fleetnas.farm.jobs import ArtifactSource, Job, JobResult, Settings
+    from fleetnas.search.live import EvaluationError, LiveEvaluator
+    from fleetnas.store import NewMeasurement
+
+    with open_store(tmp_path / "m.db") as store:
+        store.put_artifact("a" * 64, "onnx", 10, "demo", {"width": 1})
+        record, _ = store.record_measurement(NewMeasurement(
+            device_id="d", device_kind="k", artifact="a" * 64, runtime="onnxruntime", settings={"runtime": "onnxruntime"},
+            ok=True, stats={"median": 2.0}, agent="x",
+            memory={"measured": False, "peak_bytes": None, "model_bytes": 10, "note": "no peak on this platform"}))
+        assert store.metric_values("demo", "k", "onnxruntime", "latency_ms")[0].value == 2.0
+        assert store.metric_values("demo", "k", "onnxruntime", "peak_bytes") == []
+    job = Job(ArtifactSource("a" * 64, "onnx", 10, data=b"x" * 10), "k", Settings("onnxruntime"))
+    result = JobResult(job, record)
+    assert result.value("latency_ms") == 2.0 and np.isnan(result.value("peak_bytes"))
+    with pytest.raises(EvaluationError, match="memory@k:min: the device could not measure it .no peak on this"):
+        LiveEvaluator._farm_values(parse_objective("memory@k:min"), [result])
+
+
 def test_search_measures_with_the_stopping_rule_it_is_given(tmp_path, capsys):
     """The rule is part of a measurement's settings: a calibration taken with it is then known to the run."""
     from fleetnas.cli import main, parser

@@ -206,7 +206,7 @@ def _print_checks(results) -> None:
     problems = []
     for r in results:
         health = "[green]SERVING[/]" if r.healthy else f"[red]{r.status}[/]"
-        temperature = f"{r.cpu_temp_max_c:.0f}" if r.cpu_temp_max_c else "n/a"
+        temperature = f"{r.cpu_temp_max_c:.0f}" if r.cpu_temp_max_c is not None else "n/a"
         throttled = "" if r.throttled is None else (f"[red]yes: {r.throttle_reason}[/]" if r.throttled else "no")
         load = "" if r.load_1m is None else f"{r.load_1m:.2f}"
         reference = f"{r.reference_latency_ms:.3f}" if r.reference_latency_ms is not None else "n/a"

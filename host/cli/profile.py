@@ -131,7 +131,7 @@ def format_summary(name: str, s: dict) -> str:
                      f" MiB baseline; model file {mem['model_bytes'] / 2**20:.2f} MiB")
     else:
         lines.append(f"  memory   not measured: {mem['note']}")
-    temp = lambda e: f"{e['cpu_temp_max_c']:.0f} °C" if e["cpu_temp_max_c"] else "n/a"  # noqa: E731
+    temp = lambda e: f"{e['cpu_temp_max_c']:.0f} °C" if e["cpu_temp_max_c"] is not None else "n/a"  # noqa: E731
     lines.append(f"  device   temperature {temp(before)} → {temp(after)}, load {after['load_1m']:.2f}"
                  + ("  THROTTLED: " + (after["throttle_reason"] or before["throttle_reason"]) if s["env"]["throttled"]
                     else ""))

@@ -61,7 +61,7 @@ def check_agent(entry: AgentEntry, base_dir, timeout_s: float = 10.0, reference:
         result.healthy = result.status == "SERVING"
         result.device_id, result.label = description.device_id, description.label
         result.runtimes = [f"{r.name} {r.version}" for r in description.runtimes if r.available]
-        result.cpu_temp_max_c = env.cpu_temp_max_c or None
+        result.cpu_temp_max_c = env.cpu_temp_max_c if env.HasField("cpu_temp_max_c") else None
         result.throttled, result.throttle_reason, result.load_1m = env.throttled, env.throttle_reason, env.load_1m
         if store is not None:
             store.upsert_device(description.device_id, description.label or entry.name, entry.kind,

@@ -182,11 +182,13 @@ class JobResult:
         return self.measurement.memory if self.ok else {}
 
     def value(self, metric: str = "latency_ms") -> float:
-        """One number (store metric names: latency_ms = median, latency_ms.p90, peak_bytes, ...); NaN if failed."""
+        """One number (store metric names: latency_ms = median, latency_ms.p90, peak_bytes, ...); NaN if failed
+        or unknown (memory where the device could not measure it)."""
         group, name = parse_metric(metric)
         if not self.ok:
             return float("nan")
-        return float((self.measurement.stats if group == "stats" else self.measurement.memory)[name])
+        value = (self.measurement.stats if group == "stats" else self.measurement.memory).get(name)
+        return float("nan") if value is None else float(value)
 
     def to_dict(self) -> dict:
         """The JSON shape of `fleetnas profile --device-kind`: like the single-model profile, plus where."""

@@ -80,7 +80,7 @@ class LiveEvaluator:
         columns = []
         for o in self.objectives:
             if o.device_kind:
-                columns.append([r.value(FARM_VALUES[o.metric]) for r in measured[o.device_kind]])
+                columns.append(self._farm_values(o, measured[o.device_kind]))
             elif o.metric == "accuracy":
                 columns.append([self._accuracy(c) for c in configs])
             else:
@@ -116,6 +116,15 @@ class LiveEvaluator:
         configs, values, _ = training_set(self.store, self.space_id, o.device_kind, settings.runtime, settings.hash,
                                           FARM_VALUES[o.metric], before=before)
         return configs, values.tolist()
+
+    @staticmethod
+    def _farm_values(o: Objective, results: list) -> list[float]:
+        values = [r.value(FARM_VALUES[o.metric]) for r in results]
+        unknown = [r for r, v in zip(results, values) if not np.isfinite(v)]
+        if unknown:  # memory where the device cannot measure it: a 0 would be the best value, and a lie
+            raise EvaluationError(f"objective {o}: the device could not measure it "
+                                  f"({unknown[0].memory.get('note') or 'no figure reported'})")
+        return values
 
     def _measure(self, configs, kind: str) -> list:
         results = self.farm.measure(list(configs), kind, space=self.space_id, stopping=self.stopping)
