@@ -466,6 +466,22 @@ def test_the_report_command_a_search_prints_runs_as_printed(tmp_path, capsys, mo
     assert main(command[1:]) == 0 and (tmp_path / f"fleetnas-report-{command[2]}" / "index.html").exists()
 
 
+def test_a_constraint_nothing_meets_is_named_with_the_range_evaluated(tmp_path, capsys):
+    """`accuracy >= 30` for an evaluator that returns fractions empties the front: the search says so after its
+    first evaluations, while there is time to stop it, and again at the end."""
+    from fleetnas.cli import main
+
+    args = ["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--tactic", "linas",
+            "--budget", "24", "--db", str(tmp_path / "u.db")]
+    assert main([*args, "--constraint", "accuracy >= 30"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert [w.split(" (")[0] for w in warnings] == ["warning: none of 20 evaluations meets accuracy >= 30",
+                                                     "warning: none of 24 evaluations meets accuracy >= 30"]
+    assert warnings[-1].endswith("the evaluator returns fractions: `accuracy >= 30%` is 0.3")
+    assert main([*args, "--constraint", "accuracy >= 30%"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_search_resumes_by_its_name(tmp_path):
     db = str(tmp_path / "named.db")
     first = fleetnas("search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",

@@ -166,6 +166,10 @@ def _check_measured_with(farm, spec, kinds: list[str], resuming: bool) -> None:
                            "would mix both. Restore the inventory's entry (or give --inventory), or start a new run")
 
 
+#: After this many evaluations, a constraint that none has met is worth a warning: the run may be long.
+WARN_UNMET_AFTER = 10
+
+
 def _execute(store, run_id: int, spec, evaluator):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -174,7 +178,23 @@ def _execute(store, run_id: int, spec, evaluator):
     with Progress(TextColumn(f"run {run_id}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("search", total=spec.budget)
-        return execute_run(store, run_id, evaluator, lambda used, _: bar.update(task, completed=used))
+        checked = not spec.constraints
+
+        def progress(used: int, _total: int) -> None:  # called once per batch
+            nonlocal checked
+            bar.update(task, completed=used)
+            if not checked and WARN_UNMET_AFTER <= used < spec.budget:  # the end has its own word on it
+                checked = True
+                _warn_unmet(store, run_id)
+
+        return execute_run(store, run_id, evaluator, progress)
+
+
+def _warn_unmet(store, run_id: int) -> None:
+    from fleetnas.search.run import unmet_constraints
+
+    for line in unmet_constraints(store, run_id):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def _report(store, run_id: int, session, as_json: bool) -> None:
@@ -184,6 +204,8 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
     from fleetnas.search.run import known_summary, measured_front
 
     configs, values, objectives = measured_front(store, run_id)
+    if not configs:
+        _warn_unmet(store, run_id)
     if as_json:
         print_json({"run": run_id, "evaluations": session.used, "known": session.known_counts, "front": [
             {"config": c, **{o.name: float(v) for o, v in zip(objectives, row)}} for c, row in zip(configs, values)]})

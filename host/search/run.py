@@ -259,6 +259,28 @@ def measured_front(store, run_id: int) -> tuple[list[Config], np.ndarray, list[O
     return [configs[i] for i in np.where(mask)[0][order]], values[mask][order], objectives
 
 
+def unmet_constraints(store, run_id: int) -> list[str]:
+    """A line for each of the run's constraints that none of its evaluations meets, with the range they span.
+    A bound in another unit than the objective's (`accuracy >= 30` for an evaluator that returns fractions)
+    would otherwise empty the front without a word."""
+    spec = load_spec(store, run_id)
+    objectives = spec.parsed_objectives()
+    members = store.run_members(run_id, source="measured")
+    if not members:
+        return []
+    column = {o.name: j for j, o in enumerate(objectives)}
+    values = np.array([[m.objectives[o.name] for o in objectives] for m in members], dtype=float)
+    lines = []
+    for c in spec.parsed_constraints():
+        v = values[:, column[c.objective]]
+        if (c.violation(v) > 0).all():
+            line = f"none of {len(v)} evaluations meets {c} (they range from {v.min():.4g} to {v.max():.4g})"
+            if c.objective == "accuracy" and abs(c.value) > 1 >= np.abs(v).max():
+                line += f"; the evaluator returns fractions: `{c.objective} {c.op} {c.value:g}%` is {c.value / 100:g}"
+            lines.append(line)
+    return lines
+
+
 def feasible(values: np.ndarray, objectives: Sequence[Objective], constraints: Sequence[Constraint]) -> np.ndarray:
     column = {o.name: j for j, o in enumerate(objectives)}
     ok = np.ones(len(values), dtype=bool)
