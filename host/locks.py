@@ -9,6 +9,7 @@ checks that the file it locked is still the one at the path, and starts again if
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +17,10 @@ try:
     import fcntl
 except ImportError:  # Windows: no advisory locks
     fcntl = None
+
+
+#: How long a lock may stay taken before its taker is called busy (see `_lock_now`).
+BUSY_GRACE_S = 0.2
 
 
 class Busy(ValueError):
@@ -30,7 +35,8 @@ def exclusive(path: str | Path, what: str, wait: bool = False):
     if fcntl is None:
         yield
         return
-    handle = _lock(Path(path), what, wait)
+    path = Path(path).absolute()  # the block may change the working folder before the file is deleted
+    handle = _lock(path, what, wait)
     try:
         handle.write(f"process {os.getpid()}")
         handle.flush()
@@ -40,7 +46,8 @@ def exclusive(path: str | Path, what: str, wait: bool = False):
             os.unlink(path)  # still locked: whoever opens the path next gets a new file
         except FileNotFoundError:
             pass
-        handle.close()  # closing lets go of the lock
+        finally:
+            handle.close()  # closing lets go of the lock
 
 
 def holder(path: str | Path) -> str | None:
@@ -65,12 +72,10 @@ def _lock(path: Path, what: str, wait: bool):
     while True:
         handle = open(path, "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            name = handle.read().strip() or "another process"
-            handle.close()
-            raise Busy(f"{what} is being driven by {name}") from None
+            if wait:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            else:
+                _lock_now(handle, what)
         except BaseException:
             handle.close()
             raise
@@ -79,6 +84,21 @@ def _lock(path: Path, what: str, wait: bool):
             handle.truncate()
             return handle
         handle.close()  # its holder deleted it while this process waited: lock the new one
+
+
+def _lock_now(handle, what: str) -> None:
+    """Locks `handle` or raises Busy. A `holder` probe holds the lock for microseconds; a real holder keeps it
+    for as long as its work takes. So a lock still taken after BUSY_GRACE_S is a holder's."""
+    deadline = time.monotonic() + BUSY_GRACE_S
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.seek(0)
+                raise Busy(f"{what} is being driven by {handle.read().strip() or 'another process'}") from None
+            time.sleep(0.01)
 
 
 def _still_at(handle, path: Path) -> bool:

@@ -84,3 +84,28 @@ def _until_someone_waits_on(path, timeout_s: float = 30.0) -> None:
                 return
         time.sleep(0.01)
     raise AssertionError("the waiter never blocked on the lock")
+
+
+def test_probing_who_holds_a_lock_never_makes_a_taker_busy(tmp_path):
+    """`fleetnas runs` probes run leases while a resume may be taking one: the probe's brief hold is no holder."""
+    path, stop = tmp_path / "x.lock", tmp_path / "stop"
+    path.write_text("process 1")  # as a killed holder leaves it: the probe then finds a file to lock
+    prober = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, time\nfrom fleetnas.locks import holder\nprint('probing', flush=True)\n"
+                               "deadline = time.monotonic() + 60\n"
+                               "while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:\n"
+                               "    holder(sys.argv[1])", str(path), str(stop)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert prober.stdout.readline().strip() == "probing"
+        busy = 0
+        for _ in range(3000):
+            path.touch()  # the file the probe locks, as a stale one would be
+            try:
+                with exclusive(path, "the run"):
+                    pass
+            except Busy:
+                busy += 1
+        assert busy == 0, busy
+    finally:
+        stop.touch()
+        prober.wait(60)

@@ -1,10 +1,13 @@
 """Search: hypervolume, objectives, the session's budget and memo, tactics, resumable runs, replay benchmarks."""
 import csv
+import dataclasses
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -425,7 +428,8 @@ def test_runs_are_listed_with_their_state_and_found_by_name(tmp_path, capsys):
 
 def test_runs_and_report_read_a_store_on_read_only_media(tmp_path):
     """An archived store (a read-only share, a mounted image) is read where nothing beside it can be written:
-    not the database's shared-memory file, not a run's lock file."""
+    not the database's shared-memory file, not a run's lock file. A store a crash left with changes still in
+    its write-ahead log is read with them, through a symbolic link too."""
     if sys.platform != "linux" or shutil.which("unshare") is None:
         pytest.skip("needs Linux's unshare to mount a folder read-only")
     archive, mounted, out = tmp_path / "archive", tmp_path / "mounted", tmp_path / "out"
@@ -434,21 +438,40 @@ def test_runs_and_report_read_a_store_on_read_only_media(tmp_path):
         finished = start_run(store, _spec(), name="kept")
         execute_run(store, finished, CountingEvaluator())
         start_run(store, _spec(), name="stopped")  # stored as running; nothing can be driving it here
-    db = mounted / "a.db"
+    for name in ("b.db", "old.db"):
+        shutil.copy(archive / "a.db", archive / name)
+    crashed = ("import os, sys\nfrom fleetnas.store import open_store\nfrom fleetnas.search.run import RunSpec, start_run\n"
+               "store = open_store(sys.argv[1])\nstore._conn.execute('PRAGMA wal_autocheckpoint = 0')\n"
+               "start_run(store, RunSpec(space='demo', objectives=['macs:min', 'params:max'], budget=2), name='in-log')\n"
+               "os._exit(0)  # a crash: the log is never merged into the database")
+    subprocess.run([sys.executable, "-c", crashed, str(archive / "b.db")], check=True, timeout=120)
+    assert (archive / "b.db-wal").stat().st_size > 0
+    (archive / "latest.db").symlink_to("b.db")
+    with sqlite3.connect(archive / "old.db") as old:  # as a FleetNAS of the previous schema left it
+        old.execute("DELETE FROM schema_version WHERE version = (SELECT max(version) FROM schema_version)")
+    listed = archive.iterdir()
+    before = {p.name: p.read_bytes() for p in listed if p.is_file() and not p.is_symlink()}
     commands = [f"{sys.executable} -m fleetnas.cli {args}" for args in (
-        f"runs --db {db} --json", f"report kept --db {db} --out {out}")]
-    script = f"mount --bind -o ro {archive} {mounted} && touch {mounted}/probe 2>/dev/null && exit 9; " + " && ".join(
-        commands)
+        f"runs --db {mounted / 'a.db'} --json", f"report kept --db {mounted / 'a.db'} --out {out}",
+        f"runs --db {mounted / 'latest.db'} --json")]
+    script = (f"mount --bind -o ro {archive} {mounted} && touch {mounted}/probe 2>/dev/null && exit 9; "
+              + " && ".join(commands) + f"; {sys.executable} -m fleetnas.cli runs --db {mounted / 'old.db'}")
     done = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], capture_output=True,
                           text=True, timeout=600)
     if done.returncode != 0 and "mount" in done.stderr and "fleetnas" not in done.stderr:
         pytest.skip(f"cannot mount here: {done.stderr.strip()}")
-    assert done.returncode == 0, done.stderr
-    runs = json.loads(done.stdout[:done.stdout.rindex("]") + 1])
-    assert [(r["name"], r["state"], r["evaluations"]) for r in runs] == [("kept", "finished", 36),
-                                                                       ("stopped", "interrupted", 0)]
+    assert "older than this FleetNAS reads" in done.stderr and "cannot be upgraded where it is" in done.stderr
+    first, second = json.JSONDecoder().raw_decode(done.stdout)[0], _last_json_list(done.stdout)
+    assert [(r["name"], r["state"], r["evaluations"]) for r in first] == [("kept", "finished", 36),
+                                                                        ("stopped", "interrupted", 0)]
+    assert [r["name"] for r in second] == ["kept", "stopped", "in-log"]
     assert json.loads((out / "front.json").read_text())["state"] == "finished" and (out / "index.html").exists()
-    assert sorted(p.name for p in archive.iterdir()) == ["a.db"]  # nothing was written beside it
+    after = {p.name: p.read_bytes() for p in archive.iterdir() if p.is_file() and not p.is_symlink()}
+    assert after == before  # nothing was written, beside the stores or in them
+
+
+def _last_json_list(text: str) -> list:
+    return json.loads(text[text.rindex("\n[") + 1:]) if "\n[" in text else json.loads(text)
 
 
 def test_the_report_command_a_search_prints_runs_as_printed(tmp_path, capsys, monkeypatch):
@@ -457,9 +480,9 @@ def test_the_report_command_a_search_prints_runs_as_printed(tmp_path, capsys, mo
     from fleetnas.cli import main
 
     monkeypatch.chdir(tmp_path)
-    db = tmp_path / "my runs" / "it's.db"
+    db = Path("-my-runs") / "it's here.db"  # relative, and beginning like an option
     assert main(["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
-                 "--tactic", "random", "--budget", "2", "--db", str(db)]) == 0
+                 "--tactic", "random", "--budget", "2", f"--db={db}"]) == 0
     hint = capsys.readouterr().out.splitlines()[-1]
     command = shlex.split(hint.removeprefix("report: "))  # as a shell reads the line pasted
     assert command[:2] == ["fleetnas", "report"]
@@ -690,9 +713,12 @@ def test_memory_a_device_could_not_measure_is_no_value_to_search_on(tmp_path):
         assert store.metric_values("demo", "k", "onnxruntime", "peak_bytes") == []
     job = Job(ArtifactSource("a" * 64, "onnx", 10, data=b"x" * 10), "k", Settings("onnxruntime"))
     result = JobResult(job, record)
-    assert result.value("latency_ms") == 2.0 and np.isnan(result.value("peak_bytes"))
-    with pytest.raises(EvaluationError, match="memory@k:min: the device could not measure it .no peak on this"):
-        LiveEvaluator._farm_values(parse_objective("memory@k:min"), [result])
+    # An older host stored the unknown as 0, beside measured: false.
+    older = JobResult(job, dataclasses.replace(record, memory={**record.memory, "peak_bytes": 0}))
+    for r in (result, older):
+        assert r.value("latency_ms") == 2.0 and np.isnan(r.value("peak_bytes")) and r.value("memory.model_bytes") == 10
+        with pytest.raises(EvaluationError, match="memory@k:min: the device could not measure it .no peak on this"):
+            LiveEvaluator._farm_values(parse_objective("memory@k:min"), [r])
 
 
 def test_search_measures_with_the_stopping_rule_it_is_given(tmp_path, capsys):

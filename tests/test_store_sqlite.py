@@ -65,24 +65,24 @@ def test_a_file_that_is_not_a_database_gets_a_clear_error(tmp_path):
         assert s.schema_version >= 1
 
 
-def test_a_store_opened_for_reading_writes_nothing_and_names_an_older_schema(tmp_path):
+def test_a_store_opened_for_reading_writes_nothing_and_upgrades_an_older_schema_where_it_can(tmp_path):
     path = tmp_path / "old.db"
-    with SqliteStore(path, migrations=MIGRATIONS[:-1]):
-        pass
-    with pytest.raises(StoreError, match=f"has schema version {MIGRATIONS[-2].version}, and this FleetNAS reads "
-                                         f"version {MIGRATIONS[-1].version}: open it once where it can be written"):
-        SqliteStore(path, read_only=True)
     with SqliteStore(path, migrations=MIGRATIONS[:-1]) as s:
-        assert s.schema_version == MIGRATIONS[-2].version  # left as it was
-    with SqliteStore(path) as s:
         s.upsert_device("d1", "pi", "rpi4", {})
-    with SqliteStore(path, read_only=True) as s:
-        assert s.device("d1").kind == "rpi4"
+    with SqliteStore(path, read_only=True) as s:  # upgraded first, as any command that writes would
+        assert s.schema_version == MIGRATIONS[-1].version and s.device("d1").kind == "rpi4"
         with pytest.raises(StoreError, match="readonly"):
             s.upsert_device("d2", "pi", "rpi4", {})
+    with pytest.raises(StoreError, match=f"newer than this FleetNAS knows \\({MIGRATIONS[-2].version}\\): upgrade"):
+        SqliteStore(path, read_only=True, migrations=MIGRATIONS[:-1])
     with pytest.raises(StoreError, match="no store at"):
         open_store(tmp_path / "typo.db", read_only=True)
     assert not (tmp_path / "typo.db").exists()
+    odd = tmp_path / "a b?c#d%e\udcff.db"  # a name that is no valid UTF-8 too
+    SqliteStore(odd).close()
+    (tmp_path / "link.db").symlink_to(odd)
+    with SqliteStore(tmp_path / "link.db", read_only=True) as s:
+        assert s.schema_version == MIGRATIONS[-1].version
 
 
 def test_one_current_row_per_dedup_key(store):

@@ -220,4 +220,4 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
     learned = known_summary(session)
     if learned:
         print(learned)
-    print(f"report: fleetnas report {run_id}" + (f" --db {shlex.quote(str(store.path))}" if store.path else ""))
+    print(f"report: fleetnas report {run_id}" + (f" --db={shlex.quote(str(store.path))}" if store.path else ""))

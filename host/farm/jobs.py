@@ -187,6 +187,8 @@ class JobResult:
         group, name = parse_metric(metric)
         if not self.ok:
             return float("nan")
+        if group == "memory" and name != "model_bytes" and not self.measurement.memory.get("measured", True):
+            return float("nan")  # stored by an older host as 0
         value = (self.measurement.stats if group == "stats" else self.measurement.memory).get(name)
         return float("nan") if value is None else float(value)
 

@@ -12,7 +12,6 @@ import os
 import sqlite3
 import threading
 import time
-import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -36,48 +35,76 @@ class SqliteStore(Store):
         self.busy_timeout_s = busy_timeout_s
         self.read_only = read_only
         self._lock = threading.RLock()
-        if not read_only:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot make the folder of database {self.path}: {exc.strerror}") from None
+        if read_only:
+            self._conn = self._open_read_only(migrations)
+            return
         try:
-            self._conn = sqlite3.connect(self._uri(), timeout=busy_timeout_s, isolation_level=None,
-                                         check_same_thread=False, uri=self.read_only)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot make the folder of database {self.path}: {exc.strerror}") from None
+        self._conn = self._connect(str(self.path))
         try:
             self._refuse_foreign()
-            if read_only:
-                self._check_readable(migrations)
-            else:
-                self._pragmas()
-                self._migrate(migrations)
+            self._pragmas()
+            self._migrate(migrations)
         except BaseException:
             self._conn.close()
             raise
 
     # ----- plumbing -------------------------------------------------------------------------------
-    def _uri(self) -> str:
-        if not self.read_only:
-            return str(self.path)
-        uri = "file://" + urllib.parse.quote(str(self.path.absolute()))  # an empty authority, then the path
-        # Reading a database in write-ahead-log mode needs its shared-memory file, which SQLite creates beside
-        # it. Where the folder cannot be written (read-only media) and no log is waiting to be merged, nothing
-        # can change the file, and SQLite may read it as immutable, without that file.
-        wal = Path(f"{self.path}-wal")
-        log_waiting = wal.exists() and wal.stat().st_size > 0
-        if os.access(self.path.parent, os.W_OK) or log_waiting:
-            return uri + "?mode=ro"
-        return uri + "?mode=ro&immutable=1"
+    def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(target, timeout=self.busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False, uri=uri)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
 
-    def _check_readable(self, migrations: Sequence[Migration]) -> None:
+    def _open_read_only(self, migrations: Sequence[Migration]) -> sqlite3.Connection:
+        """A read-only connection, on a store at this FleetNAS's schema version: one older is upgraded first
+        where it can be written (as any command that opens it for writing would), else refused."""
+        real = self.path.resolve()  # SQLite follows a link: the files beside its target are the ones that count
         latest = max((m.version for m in migrations), default=0)
-        current = self.schema_version
-        if current != latest:
-            raise StoreError(f"database {self.path} has schema version {current}, and this FleetNAS reads "
-                             f"version {latest}: open it once where it can be written (any fleetnas command that "
-                             f"writes, such as `fleetnas search --resume`, upgrades it), or use a matching FleetNAS")
+        current = self._read_only_version(real)
+        if current < latest and os.access(real, os.W_OK) and os.access(real.parent, os.W_OK):
+            self._conn.close()
+            SqliteStore(real, self.busy_timeout_s, migrations).close()  # upgrades it
+            current = self._read_only_version(real)
+        if current == latest:
+            return self._conn
+        self._conn.close()
+        if current > latest:
+            raise StoreError(f"database {self.path} has schema version {current}, newer than this FleetNAS knows "
+                             f"({latest}): upgrade FleetNAS")
+        raise StoreError(f"database {self.path} has schema version {current}, older than this FleetNAS reads "
+                         f"({latest}), and cannot be upgraded where it is: copy it to a folder that can be written "
+                         "and open it there")
+
+    def _read_only_version(self, real: Path) -> int:
+        """Opens `self._conn` read-only on a FleetNAS store and returns its schema version."""
+        self._conn = self._connect_read_only(real)
+        try:
+            self._refuse_foreign()
+            return self.schema_version
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _connect_read_only(self, real: Path) -> sqlite3.Connection:
+        """Reading a database in write-ahead-log mode needs its shared-memory file, which SQLite makes beside
+        it. Where that cannot be made (read-only media) and no log waits to be merged, nothing can change the
+        file, and SQLite may read it as immutable, without one."""
+        conn = self._connect(real.as_uri() + "?mode=ro", uri=True)  # as_uri percent-encodes any file name
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.Error as exc:
+            conn.close()
+            wal = Path(f"{real}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise StoreError(f"database {self.path} has changes in its write-ahead log {wal} that cannot be "
+                                 f"read here ({exc}): copy the database with its -wal file to a folder that can "
+                                 "be written") from None
+        return self._connect(real.as_uri() + "?mode=ro&immutable=1", uri=True)
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
