@@ -218,6 +218,22 @@ def test_linas_beats_random_search_on_a_known_trade_off(problem):
     assert np.mean(linas) > 0.96
 
 
+def test_linas_predicts_accuracy_from_what_a_cell_computes_and_latency_from_what_it_runs(problem):
+    """Two NB201 cells that differ only on an edge off every input-to-output path compute one function: the
+    accuracy predictor reads them alike; the latency predictor does not (an eager device runs that edge)."""
+    from fleetnas.search.tactics.linas import Featurizer, Surrogates
+
+    base = {edge_name(t, s): "nor_conv_3x3" for t, s in EDGES}
+    base.update({edge_name(1, 0): "none", edge_name(2, 1): "none", edge_name(3, 1): "none"})  # node 1 is cut off
+    dead = {**base, edge_name(3, 1): "avg_pool_3x3"}  # node 1 still has no input: this edge computes nothing
+    assert NB201.canonical(base) == NB201.canonical(dead) != NB201.canonical({**base, edge_name(3, 0): "none"})
+    session = SearchSession(NB201.space, CountingEvaluator(), budget=1)
+    surrogates = Surrogates(session, Featurizer(NB201.space), "ridge", 0)
+    X = NB201.space.encode_many([base, dead])
+    accuracy, latency = surrogates.features(X, 0), surrogates.features(X, 1)
+    assert np.array_equal(accuracy[0], accuracy[1]) and not np.array_equal(latency[0], latency[1])
+
+
 def test_linas_fits_costs_by_relative_and_qualities_by_absolute_error(problem):
     from fleetnas.search.tactics.linas import Featurizer, Surrogates
 

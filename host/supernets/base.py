@@ -34,6 +34,13 @@ class SuperNetwork:
         """Cheap numeric features of a config for predictors (formulas, nothing built); none by default."""
         return {}
 
+    def canonical(self, config: Config) -> Config:
+        """A valid config that computes the same function as `config`, the same one for all such configs;
+        `config` itself by default. Predictors of quality (accuracy) see this instead: what a network learns
+        depends on its function alone, so configs differing only in parts that cannot change it get the same
+        features."""
+        return config
+
     def input_specs(self, config: Config, batch: int = 1) -> list[dict]:
         """The module's inputs: [{"name", "shape", "dtype"}]."""
         raise NotImplementedError(f"{self.id} is a table-only space: it has no inputs")
