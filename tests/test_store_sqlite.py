@@ -77,6 +77,14 @@ def test_a_store_opened_for_reading_writes_nothing_and_upgrades_an_older_schema_
         SqliteStore(path, read_only=True, migrations=MIGRATIONS[:-1])
     with pytest.raises(StoreError, match="no store at"):
         open_store(tmp_path / "typo.db", read_only=True)
+    (tmp_path / "empty.db").touch()
+    with sqlite3.connect(tmp_path / "bare.db") as bare:  # another program's database, no tables yet
+        bare.execute("PRAGMA user_version = 7")
+    for name in ("empty.db", "bare.db"):
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(StoreError, match="is not a FleetNAS store"):
+            open_store(tmp_path / name, read_only=True)
+        assert (tmp_path / name).read_bytes() == before and not (tmp_path / f"{name}-wal").exists()
     assert not (tmp_path / "typo.db").exists()
     odd = tmp_path / "a b?c#d%e\udcff.db"  # a name that is no valid UTF-8 too
     SqliteStore(odd).close()

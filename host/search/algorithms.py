@@ -100,11 +100,11 @@ def make_algorithm(name: str, space: SearchSpace, n_obj: int, pop_size: int = 10
         return UNSGA3(ref_dirs, pop_size=max(pop_size, len(ref_dirs)), **ops)
     if name == "ctaea":
         from pymoo.algorithms.moo.ctaea import CTAEA
-        ops.pop("eliminate_duplicates")
-        return CTAEA(ref_dirs, **ops)
+        # Its diversity archive loops forever when the first population has fewer members than reference
+        # directions, which removing duplicates causes on a small space (340 valid configs, say).
+        return CTAEA(ref_dirs, **{**ops, "eliminate_duplicates": False})
     if name == "moead":
         from pymoo.algorithms.moo.moead import MOEAD
         ops.pop("eliminate_duplicates")
-        ops.pop("repair")
         return MOEAD(ref_dirs, n_neighbors=min(15, len(ref_dirs)), prob_neighbor_mating=0.7, **ops)
     raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")

@@ -65,6 +65,10 @@ class SqliteStore(Store):
         real = self.path.resolve()  # SQLite follows a link: the files beside its target are the ones that count
         latest = max((m.version for m in migrations), default=0)
         current = self._read_only_version(real)
+        if current == 0:  # an empty file, or another program's database without tables: not to be written
+            self._conn.close()
+            raise StoreError(f"{self.path} is not a FleetNAS store (it has no schema_version table); "
+                             "give --db a store that a FleetNAS command created")
         if current < latest and os.access(real, os.W_OK) and os.access(real.parent, os.W_OK):
             self._conn.close()
             SqliteStore(real, self.busy_timeout_s, migrations).close()  # upgrades it
