@@ -63,7 +63,7 @@ def holder(path: str | Path) -> str | None:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return handle.read().strip() or "another process"
+            return _signature(handle)
         return None  # a file left by a holder that died before deleting it; closing unlocks it
 
 
@@ -96,9 +96,14 @@ def _lock_now(handle, what: str) -> None:
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                handle.seek(0)
-                raise Busy(f"{what} is being driven by {handle.read().strip() or 'another process'}") from None
+                raise Busy(f"{what} is being driven by {_signature(handle)}") from None
             time.sleep(0.01)
+
+
+def _signature(handle) -> str:
+    """What the lock's holder wrote into the file ("process N")."""
+    handle.seek(0)
+    return handle.read().strip() or "another process"
 
 
 def _still_at(handle, path: Path) -> bool:

@@ -243,14 +243,20 @@ def _lease_path(store, run_id: int) -> str | None:
     return f"{Path(db).resolve()}.run-{run_id}.lock"
 
 
-def measured_front(store, run_id: int) -> tuple[list[Config], np.ndarray, list[Objective]]:
-    """The run's non-dominated real evaluations that meet its constraints: configs and natural values."""
+def _measured(store, run_id: int) -> tuple[RunSpec, list[Objective], list, np.ndarray]:
+    """The run's spec, objectives, real evaluations (members) and their natural values (members × objectives)."""
     spec = load_spec(store, run_id)
     objectives = spec.parsed_objectives()
     members = store.run_members(run_id, source="measured")
-    if not members:
-        return [], np.zeros((0, len(objectives))), objectives
     values = np.array([[m.objectives[o.name] for o in objectives] for m in members], dtype=float)
+    return spec, objectives, members, values.reshape(len(members), len(objectives))
+
+
+def measured_front(store, run_id: int) -> tuple[list[Config], np.ndarray, list[Objective]]:
+    """The run's non-dominated real evaluations that meet its constraints: configs and natural values."""
+    spec, objectives, members, values = _measured(store, run_id)
+    if not members:
+        return [], values, objectives
     ok = feasible(values, objectives, spec.parsed_constraints())
     configs = [m.config for m, good in zip(members, ok) if good]
     values = values[ok]
@@ -263,13 +269,10 @@ def unmet_constraints(store, run_id: int) -> list[str]:
     """A line for each of the run's constraints that none of its evaluations meets, with the range they span.
     A bound in another unit than the objective's (`accuracy >= 30` for an evaluator that returns fractions)
     would otherwise empty the front without a word."""
-    spec = load_spec(store, run_id)
-    objectives = spec.parsed_objectives()
-    members = store.run_members(run_id, source="measured")
+    spec, objectives, members, values = _measured(store, run_id)
     if not members:
         return []
     column = {o.name: j for j, o in enumerate(objectives)}
-    values = np.array([[m.objectives[o.name] for o in objectives] for m in members], dtype=float)
     lines = []
     for c in spec.parsed_constraints():
         v = values[:, column[c.objective]]

@@ -77,8 +77,7 @@ class SqliteStore(Store):
             return self._conn
         self._conn.close()
         if current > latest:
-            raise StoreError(f"database {self.path} has schema version {current}, newer than this FleetNAS knows "
-                             f"({latest}): upgrade FleetNAS")
+            raise self._newer(current, latest)
         raise StoreError(f"database {self.path} has schema version {current}, older than this FleetNAS reads "
                          f"({latest}), and cannot be upgraded where it is: copy it to a folder that can be written "
                          "and open it there")
@@ -168,12 +167,9 @@ class SqliteStore(Store):
     def _migrate(self, migrations: Sequence[Migration]) -> None:
         """Applies the migrations this database lacks; an up-to-date database is opened without a write lock."""
         latest = max((m.version for m in migrations), default=0)
-        newer = StoreError(f"database {self.path} has a schema version newer than this FleetNAS knows ({latest}): "
-                           "upgrade FleetNAS")
         current = self.schema_version
         if current > latest:
-            raise StoreError(f"database {self.path} has schema version {current}, newer than this FleetNAS knows "
-                             f"({latest}): upgrade FleetNAS")
+            raise self._newer(current, latest)
         if current == latest:
             return
         with self._write() as c:
@@ -183,13 +179,17 @@ class SqliteStore(Store):
             with self._write() as c:  # re-read under the lock: another process may be migrating too
                 current = c.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
                 if current > latest:
-                    raise newer
+                    raise self._newer(current, latest)
                 if migration.version <= current:
                     continue
                 for statement in migration.statements:
                     c.execute(statement)
                 c.execute("INSERT INTO schema_version VALUES (?, ?, ?)",
                           (migration.version, migration.description, time.time()))
+
+    def _newer(self, current: int, latest: int) -> StoreError:
+        return StoreError(f"database {self.path} has schema version {current}, newer than this FleetNAS knows "
+                          f"({latest}): upgrade FleetNAS")
 
     @property
     def schema_version(self) -> int:

@@ -178,18 +178,26 @@ class Surrogates:
         at 100 rose from 0.9829 to 0.9843, on the hardest (ImageNet16 × Titan Xp) from 0.9556 to 0.9626, and at
         200 there from 0.9703 to 0.9797 (benchmarks/results/search.txt). Costs (latency) keep the config as it
         is: an eager device runs the edges a function does not need."""
-        if self.session.objectives[j].sign < 0 and hasattr(self.featurize, "canonical"):
-            X = self.featurize.canonical(X)
-        return self.featurize(X)
+        return self.featurize(self.featurize.canonical(X) if self._reads_canonical(j) else X)
+
+    def features_of_each(self, X: np.ndarray) -> list[np.ndarray]:
+        """`features(X, j)` for every objective j, each form of X (as run, canonical) computed once."""
+        forms: dict[bool, np.ndarray] = {}
+        for j in range(len(self.session.objectives)):
+            if self._reads_canonical(j) not in forms:
+                forms[self._reads_canonical(j)] = self.features(X, j)
+        return [forms[self._reads_canonical(j)] for j in range(len(self.session.objectives))]
+
+    def _reads_canonical(self, j: int) -> bool:
+        return self.session.objectives[j].sign < 0 and hasattr(self.featurize, "canonical")
 
     def fit(self, iteration: int) -> None:
         X, F = self.session.history_encoded()
         reselect = not self._chosen or len(X) >= 1.5 * self._selected_at
         self.predictors = []
-        for j, objective in enumerate(self.session.objectives):
+        for j, (objective, evaluated) in enumerate(zip(self.session.objectives, self.features_of_each(X))):
             # What was known of this objective before the run (a device's calibration) trains it too.
             known_X, known_F = self.session.known_encoded(j)
-            evaluated = self.features(X, j)
             features = np.vstack([evaluated, self.features(known_X, j)]) if len(known_X) else evaluated
             natural = np.concatenate([F[:, j], known_F]) * objective.sign
             models = self.models if reselect else self._chosen[j]
@@ -204,13 +212,13 @@ class Surrogates:
     def samples(self, X: np.ndarray) -> np.ndarray:
         """Ensemble members' all-minimise predictions, (members × rows × objectives)."""
         signs = np.array([o.sign for o in self.session.objectives])
-        per_objective = [p.predict_members(self.features(X, j)) for j, p in enumerate(self.predictors)]
+        per_objective = [p.predict_members(f) for p, f in zip(self.predictors, self.features_of_each(X))]
         k = min(len(m) for m in per_objective)
         return np.stack([m[:k] for m in per_objective], axis=2) * signs
 
     def predict_mean(self, X: np.ndarray) -> np.ndarray:
         signs = np.array([o.sign for o in self.session.objectives])
-        return np.stack([p.predict(self.features(X, j)) for j, p in enumerate(self.predictors)], axis=1) * signs
+        return np.stack([p.predict(f) for p, f in zip(self.predictors, self.features_of_each(X))], axis=1) * signs
 
 
 def _error_measure(objective) -> dict:
