@@ -20,6 +20,7 @@ import numpy as np
 from ..locks import Busy, exclusive, holder
 from ..store import canonical_json
 from ..supernets import Config, get_supernet
+from ..supernets.base import network_count, network_of
 from .hypervolume import Normaliser, hypervolume, non_dominated
 from .objectives import Constraint, Objective, minimised, parse_constraint, parse_objective
 from .session import BudgetExhausted, SearchSession
@@ -54,7 +55,7 @@ class RunSpec:
         return [parse_constraint(c) for c in self.constraints]
 
     def validate(self) -> None:
-        space = get_supernet(self.space).space  # KeyError names the known spaces
+        supernet = get_supernet(self.space)  # KeyError names the known spaces
         objectives = self.parsed_objectives()
         if len(objectives) < 2:
             raise ValueError("a multi-objective search needs at least two --objective")
@@ -67,11 +68,13 @@ class RunSpec:
         get_tactic(self.tactic)
         if self.budget <= 0:
             raise ValueError(f"--budget must be positive, got {self.budget}")
-        # Each configuration is evaluated once: the rest could never be spent, and a search would look forever.
-        available = space.size if space.valid_size is None else space.valid_size
+        # Each network is evaluated once: the rest could never be spent, and a search would look forever.
+        counted = network_count(supernet)
+        available = supernet.space.size if counted is None else counted
         if self.budget > available:
+            what = f"{'valid ' if supernet.space.rule else ''}configurations of {self.space}"
             raise ValueError(f"--budget {self.budget} is more than the {available:g} "
-                             f"{'valid ' if space.rule else ''}configurations of {self.space}")
+                             + (f"distinct networks that the {what} build" if network_of(supernet) else what))
 
 
 class StoreRecorder:
@@ -181,12 +184,13 @@ def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int
     spec = load_spec(store, run_id)
     with run_lease(store, run_id):
         recorder = StoreRecorder(store, run_id, spec.parsed_objectives(), spec.parsed_constraints())
-        space = get_supernet(spec.space).space
+        supernet = get_supernet(spec.space)
         # Known before the run started, so that a resumed run is given the same and replays.
         learns = spec.tactic in LEARNING and hasattr(evaluator, "known")
         known = evaluator.known(before=store.run(run_id).created_at) if learns else None
-        session = SearchSession(space, evaluator, spec.budget, recorder=recorder, known=known,
-                                constraints=spec.parsed_constraints(), on_evaluation=on_evaluation)
+        session = SearchSession(supernet.space, evaluator, spec.budget, recorder=recorder, known=known,
+                                constraints=spec.parsed_constraints(), on_evaluation=on_evaluation,
+                                network=network_of(supernet))
         if session.known_counts and not store.run_events(run_id, "known"):
             store.add_run_event(run_id, "known", session.known_counts)
         store.set_run_state(run_id, "running")

@@ -8,6 +8,10 @@ values without re-measuring, so a resumed search ends exactly where an uninterru
 replay diverge (what the store knew changed in between), the recorded evaluations still count against the
 budget (`_absorb_record`), and a request beyond it ends the run (BudgetExhausted).
 
+A session may be told which configurations build one network (`network`: a super-network's canonical form,
+where the parts it resets are never built). It then evaluates each network once: a second configuration of
+one network gets the first one's values, costs nothing and is not proposed again (`fresh`).
+
 A session may also start with what was already known of single objectives (`known`): a device kind's
 calibration measurements, earlier runs' accuracy evaluations. Those values cost nothing from the budget and
 never enter the measured front; tactics that fit predictors (LINAS) train on them as well.
@@ -49,7 +53,8 @@ class SearchSession:
     def __init__(self, space: SearchSpace, evaluator: Evaluator, budget: int, recorder: Recorder | None = None,
                  pool: np.ndarray | None = None, constraints: Sequence[Constraint] = (),
                  on_evaluation: Callable[[int, int], None] | None = None,
-                 known: dict[str, tuple[Sequence[Config], Sequence[float]]] | None = None):
+                 known: dict[str, tuple[Sequence[Config], Sequence[float]]] | None = None,
+                 network: Callable[[Config], Config] | None = None):
         if budget <= 0:
             raise ValueError(f"budget must be positive, got {budget}")
         self.space, self.evaluator, self.budget, self.recorder = space, evaluator, budget, recorder
@@ -59,14 +64,16 @@ class SearchSession:
         self.on_evaluation = on_evaluation
         #: Encodings of the only configs the evaluator can evaluate (a recorded table), or None for any.
         self.pool = pool
+        self._network = network
         self._memo: dict[str, np.ndarray] = {}
         self._order: list[str] = []          # keys in the order this execution consumed them
         self._consumed: set[str] = set()
         self._configs: dict[str, Config] = {}
         self.real_evaluations = 0            # evaluations paid for in this execution (not replayed)
         for config, values in (recorder.load() if recorder else []):
-            key = space.key(config)
-            self._memo[key], self._configs[key] = np.asarray(values, dtype=float), config
+            key = self.key(config)
+            if key not in self._memo:  # one network recorded twice (before networks were told apart): the first
+                self._memo[key], self._configs[key] = np.asarray(values, dtype=float), config
         self._recorded = list(self._memo)  # keys in the order they were recorded
         self._known = self._check_known(known or {})
 
@@ -80,13 +87,15 @@ class SearchSession:
 
     def evaluate(self, configs: Sequence[Config]) -> np.ndarray:
         """Values of `configs`; new ones beyond the remaining budget raise BudgetExhausted."""
-        keys = [self.space.key(c) for c in configs]
+        keys = [self.key(c) for c in configs]
         if any(k not in self._memo for k in keys):
             self._absorb_record()
         fresh = list(dict.fromkeys(k for k in keys if k not in self._consumed))
         if len(fresh) > self.remaining:
             raise BudgetExhausted(f"{len(fresh)} new configurations asked for, {self.remaining} left in the budget")
-        by_key = dict(zip(keys, configs))
+        by_key: dict[str, Config] = {}
+        for k, c in zip(keys, configs):
+            by_key.setdefault(k, c)  # a network asked for twice is evaluated as the config asked for first
         unknown = [k for k in fresh if k not in self._memo]
         if unknown:
             values = np.atleast_2d(np.asarray(self.evaluator.evaluate([by_key[k] for k in unknown]), dtype=float))
@@ -122,7 +131,7 @@ class SearchSession:
         if self.recorder is None:
             return
         for config, m, s in zip(configs, mean, std):
-            if self.space.key(config) not in self._memo:  # a replay must not record its predictions twice
+            if self.key(config) not in self._memo:  # a replay must not record its predictions twice
                 self.recorder.record_prediction(config, m, s)
 
     def note_predicted_front(self, configs: Sequence[Config], values: np.ndarray) -> None:
@@ -162,20 +171,25 @@ class SearchSession:
                 raise ValueError(f"known values of {name!r}, which is not an objective ({', '.join(sorted(names))})")
             if len(configs) != len(values):
                 raise ValueError(f"known values of {name!r}: {len(configs)} configs but {len(values)} values")
-            rows = {self.space.key(c): (self.space.encode(c), float(v)) for c, v in zip(configs, values)
+            rows = {self.key(c): (self.space.encode(c), float(v)) for c, v in zip(configs, values)
                     if np.isfinite(v) and self.space.is_valid(c)}
             if rows:
                 checked[name] = rows
         return checked
 
+    def key(self, config: Config) -> str:
+        """What identifies `config`'s evaluation: its network's key where the session was told networks apart."""
+        return self.space.key(self._network(config) if self._network else config)
+
     def keys(self) -> list[str]:
-        return list(self._order)
+        """The keys of the configs consumed so far, in order (each network's first config)."""
+        return [self.space.key(self._configs[k]) for k in self._order]
 
     def fresh(self, X: np.ndarray) -> np.ndarray:
         """The rows of X (integer encodings) not consumed yet, de-duplicated, in their first order."""
         out, seen = [], set(self._consumed)
         for row in np.atleast_2d(X):
-            key = self.space.key(self.space.decode(row))
+            key = self.key(self.space.decode(row))
             if key not in seen:
                 seen.add(key)
                 out.append(row)

@@ -8,9 +8,10 @@ loads it to build a sub-network from a spec, and must not pull in host-only pack
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
+import itertools
+from typing import Any, Callable
 
-from .space import Config, SearchSpace
+from .space import COUNTED_UP_TO, Config, SearchSpace
 
 ENTRY_POINT_GROUP = "fleetnas.supernets"
 
@@ -34,16 +35,54 @@ class SuperNetwork:
         """Cheap numeric features of a config for predictors (formulas, nothing built); none by default."""
         return {}
 
+    #: True where devices run the parts `unused` names, so that they cost time and memory: NAS-Bench-201's
+    #: recorded latencies come from graphs that run edges no output depends on. Costs then read a config as it
+    #: is, and configs with one canonical form stay distinct evaluations. False for super-networks that build
+    #: only the layers a config uses: one canonical form is then one network, measured once.
+    unused_parts_run: bool = False
+
+    def unused(self, config: Config) -> set[str]:
+        """The variables that could take their first choice without changing what `config` computes (those of
+        a stage's blocks beyond its depth, say); none by default."""
+        return set()
+
     def canonical(self, config: Config) -> Config:
-        """A valid config that computes the same function as `config`, the same one for all such configs;
-        `config` itself by default. Predictors of quality (accuracy) see this instead: what a network learns
-        depends on its function alone, so configs differing only in parts that cannot change it get the same
-        features."""
-        return config
+        """A valid config that computes the same function as `config`, the same one for all such configs: its
+        `unused` variables at their first choice. Predictors of quality (accuracy) read this form: what a
+        network learns depends on its function alone, so parts that cannot change it are noise to them."""
+        unused = self.unused(config)
+        if not unused:
+            return config
+        return self.space.validate({name: self.space.variable(name).choices[0] if name in unused else value
+                                    for name, value in self.space.validate(config).items()})
 
     def input_specs(self, config: Config, batch: int = 1) -> list[dict]:
         """The module's inputs: [{"name", "shape", "dtype"}]."""
         raise NotImplementedError(f"{self.id} is a table-only space: it has no inputs")
+
+
+def network_of(supernet) -> Callable[[Config], Config] | None:
+    """The map from a config to the one that stands for the network it builds (its canonical form), for
+    super-networks that build only what a config uses; None where devices run the unused parts too, or where
+    each config is its own network. A search evaluates each network once (`SearchSession(network=...)`)."""
+    if getattr(supernet, "unused_parts_run", False) or not callable(getattr(supernet, "canonical", None)):
+        return None
+    if isinstance(supernet, SuperNetwork) and type(supernet).canonical is SuperNetwork.canonical \
+            and type(supernet).unused is SuperNetwork.unused:
+        return None  # the identity
+    return supernet.canonical
+
+
+def network_count(supernet) -> float | None:
+    """How many distinct networks the valid configs build: `valid_size` where each config is its own network;
+    else counted one by one in spaces of up to COUNTED_UP_TO configs; None (unknown) beyond."""
+    space, network = supernet.space, network_of(supernet)
+    if network is None:
+        return space.valid_size
+    if space.size > COUNTED_UP_TO:
+        return None
+    configs = (space.decode(x) for x in itertools.product(*(range(len(v.choices)) for v in space.variables)))
+    return float(len({space.key(network(c)) for c in configs if space.rule is None or space.rule(c) is None}))
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:

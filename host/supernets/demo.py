@@ -194,6 +194,12 @@ def _load_weights(weights) -> dict:
 class DemoSuperNetwork(SuperNetwork):
     space = SPACE
 
+    def unused(self, config: Config) -> set[str]:
+        """The kernels and middle widths of each stage's blocks beyond its depth."""
+        config = SPACE.validate(config)
+        return {name(s, b) for s in range(len(STAGE_CHANNELS)) for b in range(config[_depth_name(s)], max(DEPTHS))
+                for name in (_kernel_name, _width_name)}
+
     def build(self, config: Config, weights: Any = None):
         """A standalone module for `config`: random weights, or sliced from the super-network's state dict.
 

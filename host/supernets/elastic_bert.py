@@ -220,6 +220,11 @@ class ElasticBertSuperNetwork(SuperNetwork):
     def architecture(self, config: Config) -> Architecture:
         return architecture(config)
 
+    def unused(self, config: Config) -> set[str]:
+        """The heads and intermediate sizes of the layers beyond num_layers."""
+        return {f"{key}_{i}" for i in range(SPACE.validate(config)["num_layers"], SUPER_LAYERS)
+                for key in ("num_attention_heads", "intermediate_size")}
+
     def build(self, config: Config, weights: Any = None, *, seed: int = 0):
         """A standalone sub-network: random weights (seeded), or sliced from a BERT-base state dict or
         checkpoint file with Hugging Face's BertForSequenceClassification names."""

@@ -159,6 +159,11 @@ class ElasticViTSuperNetwork(SuperNetwork):
     def architecture(self, config: Config) -> Architecture:
         return architecture(config)
 
+    def unused(self, config: Config) -> set[str]:
+        """The heads and MLP ratios of the blocks beyond depth."""
+        return {f"{key}_{i}" for i in range(SPACE.validate(config)["depth"], SUPER_DEPTH)
+                for key in ("num_heads", "mlp_ratio")}
+
     def build(self, config: Config, weights: Any = None, *, seed: int = 0):
         """A standalone sub-network: random weights (seeded), or sliced from a super-network state dict or
         checkpoint file of this layout and image size."""

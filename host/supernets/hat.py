@@ -369,6 +369,14 @@ class HatSuperNetwork(SuperNetwork):
     def architecture(self, config: Config) -> Architecture:
         return architecture(config, self.space)
 
+    def unused(self, config: Config) -> set[str]:
+        """The per-layer choices of the encoder and decoder layers beyond encoder_ and decoder_layer_num."""
+        config = self.space.validate(config)
+        return ({f"{key}_{i}" for i in range(config["encoder_layer_num"], SUPER_ENCODER_LAYERS)
+                 for key in ENCODER_LAYER_KEYS}
+                | {f"{key}_{i}" for i in range(config["decoder_layer_num"], SUPER_DECODER_LAYERS)
+                   for key in DECODER_LAYER_KEYS})
+
     def build(self, config: Config, weights: Any = None, *, seed: int = 0):
         """A standalone SubTransformer: random weights (seeded), or sliced from a SuperTransformer's state
         dict or checkpoint file (this module's names, or HAT's fairseq names)."""

@@ -171,6 +171,12 @@ class OFAMobileNetV3(ImageSuperNetwork):
     def predictor_features(self, config: Config) -> dict[str, float]:
         return plan_features(plan(config))
 
+    def unused(self, config: Config) -> set[str]:
+        """The kernels and expand ratios of each stage's blocks beyond its depth."""
+        config = SPACE.validate(config)
+        return {f"{key}_{stage * MAX_DEPTH + j}" for stage in range(N_STAGES)
+                for j in range(config[f"d_{stage}"], MAX_DEPTH) for key in ("ks", "e")}
+
 
 def plan_features(plan: Plan) -> dict[str, float]:
     """Aggregates of a block plan (blocks with cin, cout, kernel, stride, mid, se_mid at a `resolution`):

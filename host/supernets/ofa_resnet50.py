@@ -116,6 +116,17 @@ class OFAResNet50(ImageSuperNetwork):
 
         return ofa_nets.build_resnet(plan(config), weights)
 
+    def unused(self, config: Config) -> set[str]:
+        """The bottleneck ratios of each stage's blocks beyond its depth; and the stem's first width where it
+        rounds to the channels of the first choice (0.8 and 0.65 both give 24)."""
+        config = SPACE.validate(config)
+        firsts = [sum(MAX_BLOCKS[:s]) for s in range(4)]
+        unused = {f"e_{firsts[s] + j}" for s in range(4)
+                  for j in range(BASE_DEPTHS[s] + config[f"d_{s + 1}"], MAX_BLOCKS[s])}
+        if stem_widths(config["w_0"], config["w_1"]) == stem_widths(WIDTHS[0], config["w_1"]):
+            unused.add("w_0")
+        return unused
+
     def random_supernet_state_dict(self, seed: int = 0, layout: str = "nested") -> dict:
         """A full-size super-network state dict in OFA's layout, with random values (for tests)."""
         from . import ofa_nets

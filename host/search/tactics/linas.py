@@ -176,8 +176,9 @@ class Surrogates:
         and from 0.968 to 0.977 on two easier ones (CIFAR-100 × Gold 6226, CIFAR-10 × Pixel 3; 10 seeds); at
         100 it moved within noise (0.9694 to 0.9711; 0.9913 to 0.9924). Over all 12 pairs (10 seeds) the mean
         at 100 rose from 0.9829 to 0.9843, on the hardest (ImageNet16 × Titan Xp) from 0.9556 to 0.9626, and at
-        200 there from 0.9703 to 0.9797 (benchmarks/results/search.txt). Costs (latency) keep the config as it
-        is: an eager device runs the edges a function does not need."""
+        200 there from 0.9703 to 0.9797 (benchmarks/results/search.txt). Costs (latency) read the canonical
+        form too where the super-network builds only what a config uses (`SuperNetwork.unused_parts_run`
+        false); on NAS-Bench-201 they keep the config as it is: its tables' devices ran the dead edges."""
         return self.featurize(self.featurize.canonical(X) if self._reads_canonical(j) else X)
 
     def features_of_each(self, X: np.ndarray) -> list[np.ndarray]:
@@ -189,7 +190,10 @@ class Surrogates:
         return [forms[self._reads_canonical(j)] for j in range(len(self.session.objectives))]
 
     def _reads_canonical(self, j: int) -> bool:
-        return self.session.objectives[j].sign < 0 and hasattr(self.featurize, "canonical")
+        if not hasattr(self.featurize, "canonical"):
+            return False
+        quality = self.session.objectives[j].sign < 0
+        return quality or not getattr(getattr(self.featurize, "supernet", None), "unused_parts_run", False)
 
     def fit(self, iteration: int) -> None:
         X, F = self.session.history_encoded()
