@@ -56,7 +56,8 @@ class Table:
 def read_table(path: str | Path) -> Table:
     path = Path(path)
     try:
-        with path.open(newline="") as f:
+        # utf-8-sig: a byte-order mark (as spreadsheets write) is not part of the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, [])
             rows, lines = [], []
@@ -70,6 +71,11 @@ def read_table(path: str | Path) -> Table:
                 lines.append(reader.line_num)
     except OSError as exc:
         raise ValueError(f"cannot read table {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"table {path} is not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start} cannot be decoded; save it as UTF-8") from None
+    except csv.Error as exc:
+        raise ValueError(f"table {path} line {reader.line_num} is not CSV that can be read: {exc}") from None
     if not rows:
         raise ValueError(f"table {path} has no rows")
     return Table(path, rows, lines)

@@ -75,7 +75,7 @@ LAYERED = LayeredNetwork()
 
 class LayeredEvaluator:
     """Two objectives of the network alone (size up, cost down), and a count of the configs evaluated."""
-    objectives = [Objective("size", "size", "max"), Objective("cost", "cost", "min")]
+    objectives = [Objective("size", "max"), Objective("cost", "min")]
 
     def __init__(self):
         self.evaluated: list[dict] = []

@@ -386,17 +386,27 @@ def test_report_writes_its_own_files_and_refuses_what_it_cannot_write(tmp_path, 
     out = tmp_path / "report"
     out.mkdir()
     (out / "front_0_2.png").write_bytes(b"left by a report of three objectives")
-    (out / "notes.png").write_bytes(b"the user's own")
     assert main(["report", str(finished), "--db", str(db), "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
     assert {"index.html", "front.csv", "front.json", "front_0_1.png", "hypervolume.png", "parity.png"} <= names
-    assert "front_0_2.png" not in names and "notes.png" in names  # only its own stale figures go
+    assert "front_0_2.png" not in names  # its own stale figures go
+    assert main(["report", str(finished), "--db", str(db), "--out", str(out)]) == 0  # a report's folder is rewritten
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("front_door_2019.png", "parity.png"):
+        (photos / name).write_bytes(b"the user's own")
+    capsys.readouterr()
+    assert main(["report", str(finished), "--db", str(db), "--out", str(photos)]) != 0
+    assert "holds files that are not a FleetNAS report (front_door_2019.png)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == {
+        "front_door_2019.png": b"the user's own", "parity.png": b"the user's own"}  # nothing replaced or removed
     assert main(["report", str(empty), "--db", str(db), "--out", str(tmp_path / "empty")]) == 0
     assert (tmp_path / "empty" / "front.csv").read_text().splitlines() == ["rank,accuracy,latency,config"]
     capsys.readouterr()
     for args, message in ((["99", "--db", str(db), "--out", str(tmp_path / "r99")], "no search run 99"),
                           (["1", "--db", str(tmp_path / "typo.db")], "no store at"),
-                          (["1", "--db", str(db), "--out", str(db)], "is a file; give a folder")):
+                          (["1", "--db", str(db), "--out", str(db)], "is a file; give a folder"),
+                          (["1", "--db", str(db), "--out", ""], "--out must name a folder")):
         assert main(["report", *args]) != 0
         assert message in capsys.readouterr().err
     assert not (tmp_path / "r99").exists() and not (tmp_path / "typo.db").exists()
@@ -693,14 +703,22 @@ def test_a_resumed_search_keeps_its_settings_and_needs_its_store(tmp_path, capsy
 
     assert main(["search", "--resume", "1", "--budget", "50", "--db", str(tmp_path / "s.db")]) != 0
     assert "--budget cannot be given with it" in capsys.readouterr().err
+    for given in (["--budget", "100"], ["--tactic", "linas"], ["--seed", "0"], ["--max-seconds", "0"]):  # defaults too
+        assert main(["search", "--resume", "1", *given, "--db", str(tmp_path / "s.db")]) == 2
+        assert f"{given[0]} cannot be given with it" in capsys.readouterr().err
     assert main(["search", "--resume", "1", "--db", str(tmp_path / "typo.db")]) != 0
     assert "no store at" in capsys.readouterr().err and not (tmp_path / "typo.db").exists()
+
+
+def _exits(config):
+    raise SystemExit(3)
 
 
 @pytest.mark.parametrize("accuracy, message", [
     (lambda config: float("nan"), "returned nan"),
     (lambda config: "high", "returned 'high'"),
     (lambda config: 1 / 0, "failed on {'resolution'"),
+    (_exits, "_exits failed on {'resolution'.*SystemExit"),
 ])
 def test_an_accuracy_evaluator_that_misbehaves_is_named_with_the_config(accuracy, message):
     from fleetnas.search.live import EvaluationError, LiveEvaluator
@@ -773,3 +791,32 @@ def test_linas_runs_on_a_budget_of_one_and_unsga3_fills_its_reference_directions
     assert len(problem.run("linas", seed=0, budget=1)["evaluated"]) == 1  # room for one seed corner
     algorithm = make_algorithm("unsga3", NB201.space, n_obj=3, pop_size=100)
     assert algorithm.pop_size >= len(algorithm.ref_dirs)  # else pymoo warns on stdout, into --json
+
+
+def test_an_accuracy_evaluator_that_cannot_be_loaded_is_named_before_a_run_is_stored(tmp_path, monkeypatch):
+    from fleetnas.search.live import EvaluationError, resolve_accuracy
+
+    (tmp_path / "boom.py").write_text('raise RuntimeError("import boom")\n')
+    (tmp_path / "evaluators.py").write_text("class NeedsArgs:\n    def __init__(self, x): pass\nnot_callable = 5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for spec, message in (("boom:f", "cannot load .* RuntimeError: import boom"),
+                          ("evaluators:NeedsArgs", "cannot create .* TypeError"),
+                          ("evaluators:not_callable", "is a int, not a function of a config")):
+        with pytest.raises(EvaluationError, match=message):
+            resolve_accuracy("demo", spec)
+    from fleetnas.cli import main
+    db = tmp_path / "s.db"
+    assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "params:min",
+                 "--budget", "3", "--accuracy", "evaluators:not_callable", "--db", str(db)]) != 0
+    with open_store(db) as store:
+        assert store.runs() == []
+
+
+def test_a_run_refuses_a_seed_beyond_32_bits_and_moead_with_a_constraint():
+    RunSpec(space="demo", objectives=["macs:min", "params:min"], seed=2 ** 31 - 1).validate()
+    with pytest.raises(ValueError, match="--seed must be 0 to 2147483647, got 4294967295"):
+        RunSpec(space="demo", objectives=["macs:min", "params:min"], seed=2 ** 32 - 1).validate()
+    for tactic in ("linas", "evolutionary"):
+        with pytest.raises(ValueError, match="--algorithm moead cannot keep to a --constraint"):
+            RunSpec(space="demo", objectives=["macs:min", "params:min"], tactic=tactic, constraints=["params <= 20k"],
+                    tactic_settings={"algorithm": "moead"}).validate()

@@ -59,6 +59,8 @@ def test_rows_of_the_recorded_table_map_onto_configs_and_back(row):
     ({**ROWS[0], "r": "130"}, r"r=130"),
     ({k: v for k, v in ROWS[0].items() if k != "d"}, "'d'"),
     ({**ROWS[0], "d": "2 2 x 2 3"}, "integers"),
+    ({**ROWS[0], "r": "204.5"}, "r must be a whole number of pixels, not '204.5'"),  # never rounded down
+    ({**ROWS[0], "r": "inf"}, "r must be a whole number of pixels, not 'inf'"),
 ])
 def test_bad_rows_are_refused_naming_what_is_wrong(row, message):
     with pytest.raises(InvalidConfig, match=message):

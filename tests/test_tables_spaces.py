@@ -96,3 +96,24 @@ def test_a_table_names_the_line_of_a_ragged_row_or_a_value_that_is_not_a_number(
         read_table(path).column("b")
     with pytest.raises(ValueError, match=message):  # feature columns are read by the same rule
         read_table(path).features(["a", "b"])
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"a,b\n1,\xe9\n", r"t.csv is not UTF-8 text: byte 0xe9 at offset 6"),
+    (b"a,b\n1,\"" + b"x" * 200_000 + b"\"\n", r"t.csv line \d+ is not CSV that can be read: field larger"),
+])
+def test_a_table_that_is_not_utf8_csv_is_named(tmp_path, data, message):
+    from fleetnas.tables import read_table
+
+    path = tmp_path / "t.csv"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=message):
+        read_table(path)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    from fleetnas.tables import read_table
+
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbfcellstr,acc\nx,1\n")
+    assert read_table(path).columns[0] == "cellstr"

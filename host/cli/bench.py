@@ -109,6 +109,8 @@ def _table_features(args):
         raise CliError(str(exc)) from None
     if args.features:
         columns = [c.strip() for c in args.features.split(",") if c.strip()]
+        if not columns:
+            raise CliError(f"--features {args.features!r} names no column", 2)
         try:
             X = table.features(columns)
         except ValueError as exc:

@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     Console().print(table)
     for metric, fit in ((m, result.calibration.get(m)) for m in ("latency_ms", "peak_bytes")):
         if fit:
+            mape, tau = fit.get("cv_mape_pct"), fit.get("kendall_tau")  # None where undefined (a true value of 0)
             console.print(f"• calibrated {metric} predictor: {fit['model']} on {fit['rows']} measurements, "
-                          f"cross-validated MAPE {fit['cv_mape_pct']:.1f} %, Kendall τ {fit['kendall_tau']:.2f}")
+                          f"cross-validated MAPE {'n/a' if mape is None else f'{mape:.1f} %'}, "
+                          f"Kendall τ {'n/a' if tau is None else f'{tau:.2f}'}")
     print(f"report: {result.report}\nstore:  {result.db}", file=sys.stdout)
     return 0

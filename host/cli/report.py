@@ -11,16 +11,19 @@ def register(sub) -> None:
     p = sub.add_parser("report", help="write a search run's report (HTML, PNG, CSV, JSON)")
     p.add_argument("run", metavar="RUN", help="the run's id (which `fleetnas search` printed) or its --name")
     p.add_argument("--db", help="the store (default fleetnas.db or $FLEETNAS_DB)")
-    p.add_argument("--out", type=Path, help="output folder (default fleetnas-report-RUN)")
+    p.add_argument("--out", help="output folder: new, empty, or an earlier report's "
+                                                "(default fleetnas-report-RUN)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleetnas.report import write_report
+    from fleetnas.report import ForeignFolder, write_report
     from fleetnas.search.run import find_run
     from fleetnas.store import StoreError, open_store
 
-    out = args.out
+    if args.out == "":  # Path("") is the current folder: never the silent choice
+        raise CliError("--out must name a folder", 2)
+    out = Path(args.out) if args.out is not None else None
     try:
         with open_store(args.db, read_only=True) as store:
             run_id = find_run(store, args.run).id
@@ -30,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
             index = write_report(store, run_id, out)
     except (KeyError, StoreError) as exc:
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
+    except ForeignFolder as exc:
+        raise CliError(f"--out {exc}") from None
     except OSError as exc:
         raise CliError(f"cannot write the report to {out}: {exc.strerror}") from None
     print(index)

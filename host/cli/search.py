@@ -38,7 +38,9 @@ def register(sub) -> None:
     # The measurement settings are part of what a run learns from: a calibration taken with the same rule
     # (and runtime, threads) is known to the search, one taken with another is not.
     add_stopping_options(p)
-    p.set_defaults(handler=run)
+    # No option of a run has a parser default: None says it was not given, which --resume must know
+    # (`--budget 100` given with it is refused like any other budget); `_apply_defaults` fills them in.
+    p.set_defaults(handler=run, **{name: None for name in RUN_OPTIONS})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,17 +59,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-#: What a new run is started with; a resumed run keeps what it was started with.
+#: What a new run is started with where an option is not given; a resumed run keeps what it was started with.
 RUN_OPTIONS = {"space": None, "objective": [], "constraint": [], "tactic": "linas", "algorithm": "nsga2",
                "budget": 100, "batch": None, "seed": 0, "accuracy": None, "name": None,
                **{flag: 0 for flag in STOPPING_FLAGS}}
 
 
 def _refuse_options_with_resume(args: argparse.Namespace) -> None:
-    given = [name for name, default in RUN_OPTIONS.items() if getattr(args, name) != default]
+    given = [name for name in RUN_OPTIONS if getattr(args, name) is not None]
     if given:
         raise CliError(f"--resume {args.resume} continues the run with the settings it was started with; "
                        f"--{given[0].replace('_', '-')} cannot be given with it", 2)
+
+
+def _apply_defaults(args: argparse.Namespace) -> None:
+    for name, default in RUN_OPTIONS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, list(default) if isinstance(default, list) else default)
 
 
 def _search(store, args: argparse.Namespace):
@@ -90,6 +98,7 @@ def _new_spec(args: argparse.Namespace):
 
     from fleetnas.search.run import RunSpec
 
+    _apply_defaults(args)
     if not args.space or not args.objective:
         raise CliError("give --space and at least two --objective, or --resume RUN", 2)
     if args.name is not None:

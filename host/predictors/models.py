@@ -163,6 +163,7 @@ _LOADERS = {"ridge": RidgeModel.load, "svr": SVRModel.load, "mlp": MLPModel.load
 
 def fit_model(family: str, params: dict, X: np.ndarray, y: np.ndarray, seed: int = 0) -> Model:
     """Fits one family with one point of its grid."""
+    seed %= 2 ** 31  # callers derive seeds by adding to one (a search's iteration): keep them in int32
     if family == "ridge":
         xs = Standardiser.fit(X)
         Z, offset = xs(X), y.mean()

@@ -14,6 +14,7 @@ import csv
 import html
 import io
 import json
+import re
 from itertools import combinations
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     if parity:
         figures["parity.png"] = _parity_figure(objectives, parity)
     out = Path(out_dir)
+    _refuse_foreign_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_figures(out, figures)
     for name, png in figures.items():
@@ -171,13 +173,32 @@ def _device_rows(store, space: str, objectives) -> list[dict]:
     return rows
 
 
+#: The files a report writes: its figures (`front_I_J.png` for each pair of objectives), page and front.
+REPORT_FILE = re.compile(r"front_\d+_\d+\.png|hypervolume\.png|parity\.png|index\.html|front\.(csv|json)")
+
+
+class ForeignFolder(ValueError):
+    """The output folder holds files that no report wrote: writing there could replace or remove them."""
+
+
+def _refuse_foreign_folder(out: Path) -> None:
+    """A report goes to a new folder, an empty one, or one an earlier report wrote (it is rewritten): a user's
+    folder of other files is never written into, since a report replaces and prunes files by name."""
+    if not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if not REPORT_FILE.fullmatch(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ForeignFolder(f"{out} holds files that are not a FleetNAS report ({shown}); give a new or empty "
+                            "folder, or one an earlier report wrote")
+
+
 def _remove_stale_figures(out: Path, figures: dict[str, bytes]) -> None:
     """An earlier report in the same folder (another run, other objectives) may have left figures this one
-    does not draw; they would sit beside the new page as if they belonged to it. Only our own names go."""
-    for pattern in ("front_*_*.png", "hypervolume.png", "parity.png"):
-        for old in out.glob(pattern):
-            if old.name not in figures:
-                old.unlink()
+    does not draw; they would sit beside the new page as if they belonged to it."""
+    for old in out.glob("*.png"):
+        if REPORT_FILE.fullmatch(old.name) and old.name not in figures:
+            old.unlink()
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:

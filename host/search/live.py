@@ -38,11 +38,20 @@ def resolve_accuracy(space_id: str, spec: str | None) -> Callable[[Config], floa
             raise EvaluationError(f"the accuracy evaluator {spec!r} must look like MODULE:CALLABLE")
         if "" not in sys.path and os.getcwd() not in sys.path:  # as `python -m` would: a module beside the user
             sys.path.append(os.getcwd())
-        try:
+        try:  # the user's module may fail on import in any way (a SyntaxError, its own RuntimeError)
             target = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise EvaluationError(f"cannot load the accuracy evaluator {spec!r}: {exc}") from None
-        return target() if isinstance(target, type) else target
+        except Exception as exc:  # noqa: BLE001
+            raise EvaluationError(f"cannot load the accuracy evaluator {spec!r}: {type(exc).__name__}: {exc}") from None
+        if isinstance(target, type):
+            try:
+                target = target()
+            except Exception as exc:  # noqa: BLE001
+                raise EvaluationError(f"cannot create the accuracy evaluator {spec!r} (a class, called with no "
+                                      f"arguments): {type(exc).__name__}: {exc}") from None
+        if not callable(target):
+            raise EvaluationError(f"the accuracy evaluator {spec!r} is a {type(target).__name__}, not a function "
+                                  "of a config")
+        return target
     if space_id == "demo":
         from ..supernets.demo import DemoEvaluator
         return DemoEvaluator()
@@ -149,7 +158,7 @@ class LiveEvaluator:
         name = getattr(self.accuracy, "__qualname__", type(self.accuracy).__name__)
         try:
             returned = self.accuracy(config)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # an evaluator that calls sys.exit() must not end the search unsaid
             raise EvaluationError(f"the accuracy evaluator {name} failed on {config}: {exc!r}") from exc
         try:
             value = float(returned)

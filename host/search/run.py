@@ -30,6 +30,9 @@ REF = 1.1
 #: The hypervolume of a live run is measured against the range of its first evaluations, fixed from then
 #: on so that the curve is comparable along the run (a table replay uses the table's true front instead).
 HV_REFERENCE_AFTER = 10
+#: The largest --seed: tactics derive further seeds from it (LINAS adds its iteration), which must stay within
+#: the 32-bit signed seeds that LightGBM and scikit-learn take.
+MAX_SEED = 2 ** 31 - 1
 
 
 @dataclass
@@ -68,6 +71,11 @@ class RunSpec:
         get_tactic(self.tactic)
         if self.budget <= 0:
             raise ValueError(f"--budget must be positive, got {self.budget}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be 0 to {MAX_SEED}, got {self.seed}")
+        if self.constraints and self.tactic_settings.get("algorithm") == "moead":
+            raise ValueError("--algorithm moead cannot keep to a --constraint (pymoo's MOEA/D has no constraint "
+                             "handling); choose nsga2, agemoea, unsga3 or ctaea")
         # Each network is evaluated once: the rest could never be spent, and a search would look forever.
         counted = network_count(supernet)
         available = supernet.space.size if counted is None else counted

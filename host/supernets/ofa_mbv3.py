@@ -115,7 +115,7 @@ def config_from_row(row: dict, width_mult: float = 1.0) -> Config:
         ks = [int(v) for v in str(row["ks"]).split()]
         e = [int(v) for v in str(row["e"]).split()]
         d = [int(v) for v in str(row["d"]).split()]
-        r = int(float(row["r"]))
+        r = _whole_number(row["r"])
     except KeyError as exc:
         raise InvalidConfig(f"an ofa_mbv3 row needs columns ks, e, d and r; {exc} is missing") from None
     except ValueError as exc:
@@ -124,6 +124,14 @@ def config_from_row(row: dict, width_mult: float = 1.0) -> Config:
         raise InvalidConfig(f"an ofa_mbv3 row lists {N_BLOCKS} ks, {N_BLOCKS} e and {N_STAGES} d values, "
                             f"not {len(ks)}, {len(e)} and {len(d)}")
     return from_arch({"ks": ks, "e": e, "d": d, "r": r, "w": width_mult})
+
+
+def _whole_number(text) -> int:
+    """A resolution as tables write it ("204", "204.0"); 204.5, inf and nan are refused, never rounded."""
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError(f"r must be a whole number of pixels, not {text!r}")
+    return int(value)
 
 
 def row_from_config(config: Config) -> dict:
