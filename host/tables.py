@@ -71,14 +71,24 @@ def read_table(path: str | Path) -> Table:
                 lines.append(reader.line_num)
     except OSError as exc:
         raise ValueError(f"cannot read table {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"table {path} is not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset "
-                         f"{exc.start} cannot be decoded; save it as UTF-8") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"table {path} is not UTF-8 text: {_undecodable(path)}; save it as UTF-8") from None
     except csv.Error as exc:
         raise ValueError(f"table {path} line {reader.line_num} is not CSV that can be read: {exc}") from None
     if not rows:
         raise ValueError(f"table {path} has no rows")
     return Table(path, rows, lines)
+
+
+def _undecodable(path: Path) -> str:
+    """Where the first byte that is not UTF-8 lies (the reader's own error counts within its buffer)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f"line {line} holds byte {data[exc.start]:#04x}"
+    return "it cannot be decoded"
 
 
 def table_configs(table: Table, supernet: SuperNetwork, key: str) -> list[Config]:

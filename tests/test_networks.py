@@ -7,7 +7,7 @@ import pytest
 
 from fleetnas.search.objectives import Objective
 from fleetnas.search.run import RunSpec
-from fleetnas.search.session import SearchSession
+from fleetnas.search.session import BudgetExhausted, SearchSession
 from fleetnas.search.tactics import get_tactic
 from fleetnas.supernets import base, get_supernet
 from fleetnas.supernets.base import SuperNetwork, network_count, network_of
@@ -120,3 +120,72 @@ def test_a_budget_beyond_the_distinct_networks_is_refused(monkeypatch):
     RunSpec(space="layered", objectives=["accuracy:max", "latency:min"], tactic="random", budget=20).validate()
     with pytest.raises(ValueError, match="--budget 21 is more than the 20 distinct networks that the configurations"):
         RunSpec(space="layered", objectives=["accuracy:max", "latency:min"], tactic="random", budget=21).validate()
+
+
+class Recorded:
+    """A run's record as a store keeps it: here one written before networks were told apart."""
+
+    def __init__(self, rows):
+        self.rows, self.recorded = rows, []
+
+    def load(self):
+        return self.rows
+
+    def record(self, index, config, values):
+        self.recorded.append(config)
+
+    def record_prediction(self, config, mean, std):
+        pass
+
+    def record_predicted_front(self, configs, values):
+        pass
+
+
+def test_a_run_recorded_before_networks_were_told_apart_keeps_to_its_budget():
+    a = {"depth": 1, "width_1": 2, "width_2": 1}
+    rows = [(c, LayeredEvaluator().evaluate([c])[0]) for c in (a, {**a, "width_2": 3}, {**a, "width_1": 4})]
+    evaluator, recorder = LayeredEvaluator(), Recorded(rows)  # 3 evaluations paid, 2 networks
+    session = SearchSession(LAYERED.space, evaluator, budget=5, recorder=recorder, network=network_of(LAYERED))
+    assert session.used == 1 and session.remaining == 4  # the repeat was paid for; a replay never asks for it
+    try:
+        get_tactic("random")(session, seed=0)
+    except BudgetExhausted:  # the replay diverged and asked for more than is left, which ends a run
+        pass
+    assert session.used <= 5 and len(rows) + len(evaluator.evaluated) <= 5  # before: 6
+    assert evaluator.evaluated == recorder.recorded
+
+
+class OnlyCanonical(SuperNetwork):
+    """A plug-in written when canonical forms served accuracy alone: two configs, one function, two costs."""
+    space = LAYERED.space
+
+    def canonical(self, config):
+        return {**config, "width_2": 1} if config["depth"] == 1 else config
+
+
+def test_a_canonical_form_without_unused_is_read_by_accuracy_alone():
+    assert network_of(OnlyCanonical()) is None and network_count(OnlyCanonical()) == 32
+    assert network_of(LAYERED) is not None
+
+
+def test_an_accuracy_stored_for_one_config_of_a_network_serves_the_others(tmp_path):
+    from fleetnas.search.live import LiveEvaluator
+    from fleetnas.search.objectives import parse_objective
+    from fleetnas.store import open_store
+
+    demo = get_supernet("demo")
+    calls = []
+
+    def accuracy(config):
+        calls.append(config)
+        return 0.9
+
+    config = demo.space.sample(1, np.random.default_rng(3))[0]
+    config = {**config, "depth_s1": 1}
+    other = {**config, "kernel_s1b3": 5 if config["kernel_s1b3"] == 3 else 3}  # a block beyond the depth
+    with open_store(tmp_path / "a.db") as store:
+        for c in (config, other):  # as two runs would ask
+            evaluator = LiveEvaluator("demo", [parse_objective("accuracy:max"), parse_objective("params:min")],
+                                      store=store, accuracy=accuracy)
+            assert evaluator.evaluate([c])[0][0] == 0.9
+        assert calls == [config] and len(store.evaluations("demo", "accuracy")) == 1

@@ -384,22 +384,30 @@ def test_report_writes_its_own_files_and_refuses_what_it_cannot_write(tmp_path, 
         execute_run(store, finished, CountingEvaluator())
         empty = start_run(store, _spec())  # started, nothing evaluated yet
     out = tmp_path / "report"
-    out.mkdir()
-    (out / "front_0_2.png").write_bytes(b"left by a report of three objectives")
     assert main(["report", str(finished), "--db", str(db), "--out", str(out)]) == 0
+    (out / "front_0_2.png").write_bytes(b"left by a report of three objectives")
+    (out / ".DS_Store").write_bytes(b"a file manager's")
+    assert main(["report", str(finished), "--db", str(db), "--out", str(out)]) == 0  # a report's folder is rewritten
     names = {p.name for p in out.iterdir()}
     assert {"index.html", "front.csv", "front.json", "front_0_1.png", "hypervolume.png", "parity.png"} <= names
-    assert "front_0_2.png" not in names  # its own stale figures go
-    assert main(["report", str(finished), "--db", str(db), "--out", str(out)]) == 0  # a report's folder is rewritten
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in ("front_door_2019.png", "parity.png"):
-        (photos / name).write_bytes(b"the user's own")
+    assert "front_0_2.png" not in names and ".DS_Store" in names  # its own stale figures go, nothing else
     capsys.readouterr()
-    assert main(["report", str(finished), "--db", str(db), "--out", str(photos)]) != 0
-    assert "holds files that are not a FleetNAS report (front_door_2019.png)" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in photos.iterdir()} == {
-        "front_door_2019.png": b"the user's own", "parity.png": b"the user's own"}  # nothing replaced or removed
+    precious = tmp_path / "precious.csv"
+    precious.write_text("mine")
+    for folder, files, named in (("photos", {"front_door_2019.png": "x", "parity.png": "x"}, "front_door_2019.png"),
+                                 ("site", {"index.html": "<h1>my homepage</h1>"}, "index.html"),
+                                 ("linked", {}, "front.csv")):
+        user = tmp_path / folder
+        user.mkdir()
+        for name, text in files.items():
+            (user / name).write_text(text)
+        if folder == "linked":
+            (user / "front.csv").symlink_to(precious)
+        before = {p.name: p.read_text() for p in user.iterdir()}
+        assert main(["report", str(finished), "--db", str(db), "--out", str(user)]) != 0
+        assert f"holds files that are not a FleetNAS report ({named})" in capsys.readouterr().err
+        assert {p.name: p.read_text() for p in user.iterdir()} == before  # nothing replaced or removed
+    assert precious.read_text() == "mine"
     assert main(["report", str(empty), "--db", str(db), "--out", str(tmp_path / "empty")]) == 0
     assert (tmp_path / "empty" / "front.csv").read_text().splitlines() == ["rank,accuracy,latency,config"]
     capsys.readouterr()
@@ -797,9 +805,11 @@ def test_an_accuracy_evaluator_that_cannot_be_loaded_is_named_before_a_run_is_st
     from fleetnas.search.live import EvaluationError, resolve_accuracy
 
     (tmp_path / "boom.py").write_text('raise RuntimeError("import boom")\n')
+    (tmp_path / "exits.py").write_text('import sys\nsys.exit("no GPU here")\n')
     (tmp_path / "evaluators.py").write_text("class NeedsArgs:\n    def __init__(self, x): pass\nnot_callable = 5\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     for spec, message in (("boom:f", "cannot load .* RuntimeError: import boom"),
+                          ("exits:f", "cannot load .* SystemExit: no GPU here"),
                           ("evaluators:NeedsArgs", "cannot create .* TypeError"),
                           ("evaluators:not_callable", "is a int, not a function of a config")):
         with pytest.raises(EvaluationError, match=message):

@@ -99,7 +99,8 @@ def test_a_table_names_the_line_of_a_ragged_row_or_a_value_that_is_not_a_number(
 
 
 @pytest.mark.parametrize("data, message", [
-    (b"a,b\n1,\xe9\n", r"t.csv is not UTF-8 text: byte 0xe9 at offset 6"),
+    (b"a,b\n1,\xe9\n", r"t.csv is not UTF-8 text: line 2 holds byte 0xe9"),
+    (b"a,b\n" + b"1,2\n" * 9000 + b"3,\xe9\n", r"t.csv is not UTF-8 text: line 9002 holds byte 0xe9"),  # past a buffer
     (b"a,b\n1,\"" + b"x" * 200_000 + b"\"\n", r"t.csv line \d+ is not CSV that can be read: field larger"),
 ])
 def test_a_table_that_is_not_utf8_csv_is_named(tmp_path, data, message):

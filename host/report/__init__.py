@@ -49,13 +49,9 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     _refuse_foreign_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_figures(out, figures)
-    for name, png in figures.items():
-        (out / name).write_bytes(png)
-
     rows = [{"rank": k + 1, **{o.name: float(v) for o, v in zip(objectives, row)}, "config": json.dumps(c)}
             for k, (c, row) in enumerate(zip(front_configs, front_values))]
-    _write_csv(out / "front.csv", rows, ["rank", *(o.name for o in objectives), "config"])
+    # First, so that a report interrupted after it is still known for a report's folder and rewritten.
     # State, budget and evaluations: a front read from an unfinished run must not pass for a final one.
     (out / "front.json").write_text(json.dumps({"run": run_id, "name": run.name, "state": state,
                                                 "budget": spec.budget, "evaluations": len(members),
@@ -63,6 +59,10 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
                                                 "constraints": spec.constraints, "front": [
                                                     {**r, "config": c} for r, c in zip(rows, front_configs)]},
                                                indent=2))
+    _remove_stale_figures(out, figures)
+    for name, png in figures.items():
+        (out / name).write_bytes(png)
+    _write_csv(out / "front.csv", rows, ["rank", *(o.name for o in objectives), "config"])
     known = store.run_events(run_id, "known")
     page = _page(run, state, spec, len(members), rows, figures, _device_rows(store, spec.space, objectives),
                  known[0].payload if known else {})
@@ -183,14 +183,27 @@ class ForeignFolder(ValueError):
 
 def _refuse_foreign_folder(out: Path) -> None:
     """A report goes to a new folder, an empty one, or one an earlier report wrote (it is rewritten): a user's
-    folder of other files is never written into, since a report replaces and prunes files by name."""
+    folder of other files is never written into, since a report replaces and prunes files by name. An earlier
+    report's folder holds regular files with a report's names, its front.json a report's (written first);
+    hidden files (a file manager's .DS_Store) are neither judged nor touched."""
     if not out.is_dir():
         return
-    foreign = sorted(p.name for p in out.iterdir() if not REPORT_FILE.fullmatch(p.name))
+    entries = [p for p in out.iterdir() if not p.name.startswith(".")]
+    foreign = sorted(p.name for p in entries if p.is_symlink() or not p.is_file() or not REPORT_FILE.fullmatch(p.name))
+    if entries and not foreign and not _is_report_front(out / "front.json"):
+        foreign = sorted(p.name for p in entries)  # a user's index.html, say: names alone do not make a report
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise ForeignFolder(f"{out} holds files that are not a FleetNAS report ({shown}); give a new or empty "
                             "folder, or one an earlier report wrote")
+
+
+def _is_report_front(path: Path) -> bool:
+    try:
+        front = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(front, dict) and {"run", "front", "objectives"} <= front.keys()
 
 
 def _remove_stale_figures(out: Path, figures: dict[str, bytes]) -> None:

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..supernets import Config, get_supernet
+from ..supernets.base import network_of
 from .objectives import Objective
 
 ANALYTIC = ("macs", "params", "activation_bytes", "peak_activation_bytes")
@@ -38,9 +39,9 @@ def resolve_accuracy(space_id: str, spec: str | None) -> Callable[[Config], floa
             raise EvaluationError(f"the accuracy evaluator {spec!r} must look like MODULE:CALLABLE")
         if "" not in sys.path and os.getcwd() not in sys.path:  # as `python -m` would: a module beside the user
             sys.path.append(os.getcwd())
-        try:  # the user's module may fail on import in any way (a SyntaxError, its own RuntimeError)
+        try:  # the user's module may fail on import in any way (a SyntaxError, its own RuntimeError, sys.exit)
             target = getattr(importlib.import_module(module_name), attr)
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
             raise EvaluationError(f"cannot load the accuracy evaluator {spec!r}: {type(exc).__name__}: {exc}") from None
         if isinstance(target, type):
             try:
@@ -144,13 +145,16 @@ class LiveEvaluator:
         return results
 
     def _accuracy(self, config: Config) -> float:
-        """From the store when this config was evaluated before, else evaluated now and stored."""
+        """From the store when this config's network was evaluated before, else evaluated now and stored under
+        the config that stands for its network (`network_of`), where any config of that network finds it."""
+        network = network_of(self.supernet)
+        stored_as = network(config) if network else config
         if self.store is not None:
-            for e in self.store.evaluations(self.space_id, self.accuracy_metric, config=config):
+            for e in self.store.evaluations(self.space_id, self.accuracy_metric, config=stored_as):
                 return float(e.value)
         value = self._call_accuracy(config)
-        if self.store is not None:  # another run may have stored this config's value meanwhile: one value wins
-            value = float(self.store.add_evaluation(self.space_id, config, self.accuracy_metric, value).value)
+        if self.store is not None:  # another run may have stored this network's value meanwhile: one value wins
+            value = float(self.store.add_evaluation(self.space_id, stored_as, self.accuracy_metric, value).value)
         return value
 
     def _call_accuracy(self, config: Config) -> float:

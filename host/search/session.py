@@ -70,16 +70,21 @@ class SearchSession:
         self._consumed: set[str] = set()
         self._configs: dict[str, Config] = {}
         self.real_evaluations = 0            # evaluations paid for in this execution (not replayed)
+        #: Recorded evaluations of a network recorded before (by a run from before networks were told apart):
+        #: paid for, so they count against the budget, though a replay never asks for them again.
+        self._repeats = 0
         for config, values in (recorder.load() if recorder else []):
             key = self.key(config)
-            if key not in self._memo:  # one network recorded twice (before networks were told apart): the first
+            if key in self._memo:
+                self._repeats += 1
+            else:
                 self._memo[key], self._configs[key] = np.asarray(values, dtype=float), config
         self._recorded = list(self._memo)  # keys in the order they were recorded
         self._known = self._check_known(known or {})
 
     @property
     def used(self) -> int:
-        return len(self._order)
+        return len(self._order) + self._repeats
 
     @property
     def remaining(self) -> int:
@@ -107,7 +112,7 @@ class SearchSession:
             if k in unknown:
                 self.real_evaluations += 1
                 if self.recorder is not None:
-                    self.recorder.record(len(self._order) - 1, self._configs[k], self._memo[k])
+                    self.recorder.record(self.used - 1, self._configs[k], self._memo[k])
         if fresh and self.on_evaluation is not None:
             self.on_evaluation(self.used, self.budget)
         return np.stack([self._memo[k] for k in keys]) if keys else np.zeros((0, len(self.objectives)))

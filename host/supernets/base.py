@@ -63,13 +63,15 @@ class SuperNetwork:
 
 def network_of(supernet) -> Callable[[Config], Config] | None:
     """The map from a config to the one that stands for the network it builds (its canonical form), for
-    super-networks that build only what a config uses; None where devices run the unused parts too, or where
-    each config is its own network. A search evaluates each network once (`SearchSession(network=...)`)."""
+    super-networks that name what a config leaves unused (`unused`) and never build it; None where devices run
+    the unused parts too, and where each config is its own network. A `canonical` without `unused` (a plug-in
+    written when canonical forms served accuracy alone) says only that two configs compute one function, not
+    that they run alike: None too. A search evaluates each network once (`SearchSession(network=...)`)."""
     if getattr(supernet, "unused_parts_run", False) or not callable(getattr(supernet, "canonical", None)):
         return None
-    if isinstance(supernet, SuperNetwork) and type(supernet).canonical is SuperNetwork.canonical \
-            and type(supernet).unused is SuperNetwork.unused:
-        return None  # the identity
+    declared = getattr(type(supernet), "unused", None)
+    if declared is None or declared is SuperNetwork.unused:
+        return None
     return supernet.canonical
 
 

@@ -48,6 +48,7 @@ import numpy as np
 from ...predictors import fit_predictor, space_features
 from ...predictors.features import config_features, feature_views
 from ...supernets import get_supernet
+from ...supernets.base import network_of
 from ..algorithms import make_algorithm
 from ..hypervolume import Normaliser, hvi_2d, hypervolume, non_dominated
 from ..problem import PredictedProblem
@@ -177,8 +178,8 @@ class Surrogates:
         100 it moved within noise (0.9694 to 0.9711; 0.9913 to 0.9924). Over all 12 pairs (10 seeds) the mean
         at 100 rose from 0.9829 to 0.9843, on the hardest (ImageNet16 × Titan Xp) from 0.9556 to 0.9626, and at
         200 there from 0.9703 to 0.9797 (benchmarks/results/search.txt). Costs (latency) read the canonical
-        form too where the super-network builds only what a config uses (`SuperNetwork.unused_parts_run`
-        false); on NAS-Bench-201 they keep the config as it is: its tables' devices ran the dead edges."""
+        form too where it names the network a config builds (`network_of`); on NAS-Bench-201 they keep the
+        config as it is: its tables' devices ran the dead edges."""
         return self.featurize(self.featurize.canonical(X) if self._reads_canonical(j) else X)
 
     def features_of_each(self, X: np.ndarray) -> list[np.ndarray]:
@@ -193,7 +194,7 @@ class Surrogates:
         if not hasattr(self.featurize, "canonical"):
             return False
         quality = self.session.objectives[j].sign < 0
-        return quality or not getattr(getattr(self.featurize, "supernet", None), "unused_parts_run", False)
+        return quality or network_of(getattr(self.featurize, "supernet", None)) is not None
 
     def fit(self, iteration: int) -> None:
         X, F = self.session.history_encoded()
