@@ -3,6 +3,7 @@
 The measurements here are written through the store's API (no agents): what is tested is what the
 calibration does with them. tests/test_calibrate_live.py measures for real.
 """
+import dataclasses
 import hashlib
 import json
 
@@ -67,7 +68,9 @@ def test_throttled_measurements_are_left_out_of_fitting_unless_asked(store, tmp_
 def test_a_refit_writes_predictors_and_a_parity_png_and_records_the_calibration(store, tmp_path):
     result = refit(store, "demo", KIND, SETTINGS, reason="drift", sample={"n": 32, "seed": 5},
                    out_dir=tmp_path / "p", models="ridge", evidence={"a0": {"median_change": 0.2}})
-    assert result.plot_path == tmp_path / "p" / "demo" / KIND / "parity.png"
+    assert result.plot_path.parent == tmp_path / "p" / "demo" / KIND
+    assert result.plot_path.name.startswith("parity-") and result.plot_path.suffix == ".png"
+    assert store.calibrations("demo", KIND)[0].result["plot"] == str(result.plot_path)
     assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(result.fits) == {"latency_ms", "peak_bytes"}
     [calibration] = store.calibrations("demo", KIND)
@@ -161,3 +164,154 @@ def test_usage_errors_name_the_bad_value(inventory, tmp_path, capsys, args, mess
         code = exc.code
     assert code != 0
     assert message in capsys.readouterr().err
+
+
+# ----- predictor files stay what their calibration recorded --------------------------------------------
+def fit_rows(store, out_dir=None, **options):
+    return refit(store, "demo", KIND, SETTINGS, reason="requested", sample={"n": 1, "seed": 0}, out_dir=out_dir,
+                 models="ridge", **options)
+
+
+def filled_store(path, n, seed):
+    s = SqliteStore(path)
+    for config in SUPERNET.space.latin_hypercube(n, seed):
+        record(s, config, true_latency_ms(config))
+    return s
+
+
+def test_two_stores_in_one_folder_keep_their_own_predictors(tmp_path):
+    # Both calibrate into the default folder, predictors/ beside their databases.
+    with filled_store(tmp_path / "one.db", 15, 0) as one, filled_store(tmp_path / "two.db", 14, 1) as two:
+        first = fit_rows(one)
+        second = fit_rows(two)
+        assert first.fits["latency_ms"].predictor_path.parent == second.fits["latency_ms"].predictor_path.parent
+        for metric in ("latency_ms", "peak_bytes"):
+            assert latest_predictor(one, "demo", KIND, metric).training["rows"] == 15
+            assert latest_predictor(two, "demo", KIND, metric).training["rows"] == 14
+        assert first.plot_path != second.plot_path and first.plot_path.is_file()
+
+
+def test_a_calibration_that_fails_after_writing_a_file_leaves_the_recorded_ones_alone(store, tmp_path, monkeypatch):
+    fit_rows(store, tmp_path / "p")
+    recorded = {p: p.read_bytes() for p in (tmp_path / "p").rglob("*") if p.is_file()}
+    for config in SUPERNET.space.latin_hypercube(6, 42):  # new rows: the next fit differs
+        record(store, config, true_latency_ms(config))
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("killed after the predictors were written")
+    monkeypatch.setattr("fleetnas.calibrate.plot.parity_plot", broken_plot)
+    with pytest.raises(RuntimeError):
+        fit_rows(store, tmp_path / "p")
+    assert {p: p.read_bytes() for p in recorded} == recorded
+    assert latest_predictor(store, "demo", KIND).training["rows"] == 24
+
+
+def test_a_predictor_file_changed_since_it_was_recorded_is_refused(store, tmp_path):
+    from fleetnas.calibrate.calibration import _recorded_predictor
+
+    fit = fit_rows(store, tmp_path / "p").fits["latency_ms"]
+    recorded = store.latest_calibration("demo", KIND).result["metrics"]["latency_ms"]
+    assert recorded["sha256"] == hashlib.sha256(fit.predictor_path.read_bytes()).hexdigest()
+    other = fit_rows(store, tmp_path / "q", include_throttled=True).fits["latency_ms"].predictor_path
+    fit.predictor_path.write_bytes(other.read_bytes())  # what one shared file name used to allow
+    with pytest.raises(CalibrationError, match="latency_ms predictor .* has been overwritten since it was recorded"):
+        _recorded_predictor(1, recorded)
+
+
+def test_a_calibration_recorded_before_files_had_digests_still_loads(store, tmp_path):
+    result = fit_rows(store, tmp_path / "p")
+    old = json.loads(json.dumps(store.latest_calibration("demo", KIND).result))
+    for fit in old["metrics"].values():
+        del fit["sha256"]
+    store.add_calibration("demo", KIND, "onnxruntime", SETTINGS, "requested", old)
+    assert latest_predictor(store, "demo", KIND).training["rows"] == result.fits["latency_ms"].rows
+
+
+# ----- a true value of 0 (peak memory) -------------------------------------------------------------------
+def test_mape_leaves_out_zero_truths_and_is_nan_when_all_are_zero():
+    from fleetnas.predictors.metrics import figure, regression_metrics
+
+    m = regression_metrics([0.0, 1.0, 2.0], [0.5, 1.05, 2.0])
+    assert m["mape"] == pytest.approx(2.5) and m["within_10"] == pytest.approx(2 / 3)  # the zero still misses
+    assert np.isnan(regression_metrics([0.0, 0.0], [0.0, 1.0])["mape"])
+    assert figure(None) == "n/a" and figure(float("nan")) == "n/a" and figure(1.234) == "1.23"
+
+
+def test_a_stored_peak_of_zero_bytes_neither_crashes_the_fit_nor_its_summary(store, tmp_path):
+    from fleetnas.cli.calibrate import format_calibration
+
+    config = SUPERNET.space.latin_hypercube(1, 123)[0]
+    sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    store.put_artifact(sha, "onnx", 1000, "demo", config)
+    store.record_measurement(NewMeasurement(
+        device_id="dev-1", device_kind=KIND, artifact=sha, runtime="onnxruntime", settings=SETTINGS, ok=True,
+        stats={"median": 1.0, "rel_ci_half_width": 0.01}, memory={"peak_bytes": 0, "measured": True},
+        env={"throttled": False}, detail={"runtime_version": "1.32.0"}, agent="a0"))
+    result = fit_rows(store, tmp_path / "p")
+    assert np.isfinite(result.fits["peak_bytes"].cv_metrics["mape"])
+    # A figure that cannot be computed (stored as null) reads n/a, in the summary and the plot.
+    fits = {m: dataclasses.replace(f, cv_metrics={**f.cv_metrics, "mape": None, "kendall_tau": None})
+            for m, f in result.fits.items()}
+    text = format_calibration(dataclasses.replace(result, fits=fits), 1)
+    assert "CV MAPE n/a %" in text and "Kendall τ n/a" in text
+    assert result.summary()["peak_bytes"]["cv_mape_pct"] is not None
+    assert dataclasses.replace(result, fits=fits).summary()["peak_bytes"]["cv_mape_pct"] is None
+    from fleetnas.calibrate.plot import parity_plot
+    panels = [("peak_bytes", np.array([0.0, 1.0]), np.array([0.5, 1.0]), {"mape": None, "within_10": None})]
+    assert parity_plot(tmp_path / "n.png", panels, "t").is_file()
+
+
+# ----- refused up front -------------------------------------------------------------------------------
+def test_an_alpha_the_reference_set_cannot_reach_is_refused_naming_the_smallest(store, tmp_path):
+    from fleetnas.calibrate import REFERENCE_SIZE, min_pairs
+    from fleetnas.calibrate.drift import smallest_alpha
+
+    assert min_pairs(smallest_alpha(REFERENCE_SIZE)) == REFERENCE_SIZE == 10
+    farm = Farm(Inventory(tmp_path / "f.toml", [AgentEntry("a0", "127.0.0.1:9", KIND)]), store)
+    with pytest.raises(CalibrationError, match=r"the smallest usable alpha is 0\.001953125"):
+        next(watch(farm, farm.store, "demo", KIND, interval_s=0, rounds=1, alpha=0.001))
+
+
+def cli(inventory, tmp_path, *args):
+    try:
+        return main(["calibrate", "--space", "demo", "--device-kind", KIND, "--inventory", str(inventory),
+                     "--db", str(tmp_path / "x.db"), *args])
+    except SystemExit as exc:  # argparse's own errors
+        return exc.code
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--watch", "--alpha", "0.001"], "--alpha: alpha 0.001 needs 11 reference configs to ever detect drift, but "
+                                      "the reference set has 10: the smallest usable alpha is 0.001953125"),
+    (["--samples", "1000000000"], "--samples: must be from 1 to 100,000, got 1000000000"),
+    (["--samples", "2", "--out-dir", "{file}/sub", "--give-up", "5"],
+     "--out-dir {file}/sub cannot be written to: Not a directory"),
+], ids=["alpha", "samples", "out-dir"])
+def test_calibrate_refuses_before_measuring_or_opening_the_database(inventory, tmp_path, capsys, args, message):
+    args = [a.replace("{file}", str(inventory)) for a in args]
+    assert cli(inventory, tmp_path, *args) == 2
+    assert message.replace("{file}", str(inventory)) in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_the_smallest_usable_alpha_is_accepted(inventory, tmp_path, capsys):
+    assert cli(inventory, tmp_path, "--watch", "--alpha", "0.001953125") == 1
+    assert "demo has not been calibrated on cpu-synthetic yet" in capsys.readouterr().err
+
+
+def test_an_unwritable_default_predictors_folder_is_refused_before_measuring(inventory, tmp_path, capsys):
+    (tmp_path / "predictors").write_text("a file where the folder goes\n")
+    assert cli(inventory, tmp_path, "--samples", "2", "--give-up", "5") == 2
+    assert "the predictors' folder (--out-dir)" in capsys.readouterr().err
+
+
+def test_a_failure_to_write_the_predictors_is_a_calibration_error(store, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CalibrationError, match="cannot write the predictors to .*file/p: Not a directory"):
+        fit_rows(store, tmp_path / "file" / "p")
+
+
+def test_calibrate_refuses_at_once_when_no_agent_of_the_kind_answers(inventory, tmp_path, capsys):
+    # Nobody listens on 127.0.0.1:9. Without the check each batch would wait --give-up for an agent.
+    assert cli(inventory, tmp_path, "--samples", "2", "--give-up", "5") == 1
+    assert f"no agent of kind '{KIND}' answers: a0 at 127.0.0.1:9: UNAVAILABLE" in capsys.readouterr().err

@@ -158,3 +158,49 @@ def test_a_run_count_beyond_the_wire_format_is_a_usage_error(tmp_path, capsys):
     model.write_bytes(onnx_mlp(width=4, layers=1, seed=0))
     assert main(["profile", "--agent", "127.0.0.1:9", "--model", str(model), "--warmup-runs", "99999999999"]) == 2
     assert "--warmup-runs must be at most 4294967295" in capsys.readouterr().err
+
+
+def test_a_model_file_name_that_looks_like_markup_is_printed_as_it_is(tmp_path, farm, capsys):
+    inv, db = farm
+    model = tmp_path / "mk" / "w[/b]x.onnx"
+    model.parent.mkdir(parents=True)  # folder "mk/w[", file "b]x.onnx": "[/b]" closes a tag that was never opened
+    model.write_bytes(onnx_mlp(width=16, layers=1, seed=7))
+    capsys.readouterr()
+    assert main(["profile", "--device-kind", "cpu-ort-1t", "--model", str(model), "--inventory", str(inv),
+                 "--db", str(db), *FLAGS]) == 0
+    out = capsys.readouterr().out
+    assert "w[/b]x.onnx" in out.replace("\n", "").replace("│", "").replace(" ", "") and "1 measured" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["profile", "--device-kind", "k", "--reprobe", "1e300"],
+     "--reprobe: must be a positive number of seconds, at most 31622400 (a year), got 1e300"),
+    (["profile", "--device-kind", "k", "--give-up", "9e9"], "--give-up: must be a positive"),
+    (["profile", "--device-kind", "k", "--deadline", "8000"],
+     "--deadline: must be a positive number of seconds, at most 7320 (the agent's limit), got 8000"),
+    (["devices", "check", "--timeout", "1e10"], "--timeout: must be a positive number of seconds, at most"),
+    (["profile", "--device-kind", "k", "--space", "demo", "--sample", "1000000000"],
+     "--sample: must be from 1 to 100,000, got 1000000000"),
+], ids=["reprobe", "give-up", "deadline", "timeout", "sample"])
+def test_seconds_and_sample_counts_beyond_what_works_are_usage_errors(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_deadline_bound_is_the_agents_own():
+    from fleetnas.cli.common import AGENT_MAX_TIMEOUT_S
+    from fleetnas_agent.server import MAX_TIMEOUT_S
+
+    assert AGENT_MAX_TIMEOUT_S == MAX_TIMEOUT_S
+
+
+def test_profile_refuses_at_once_when_no_agent_of_the_kind_answers(tmp_path, capsys):
+    inv = tmp_path / "farm.toml"
+    assert main(["devices", "add", "gone", "--address", "127.0.0.1:9", "--kind", "k", "--inventory", str(inv)]) == 0
+    [model] = models(tmp_path, 1)
+    capsys.readouterr()
+    # --give-up 5 bounds the wait without the check: the jobs would fail after it, with another message
+    assert main(["profile", "--device-kind", "k", "--model", model, "--inventory", str(inv),
+                 "--db", str(tmp_path / "f.db"), "--give-up", "5"]) == 1
+    assert "no agent of kind 'k' answers: gone at 127.0.0.1:9: UNAVAILABLE" in capsys.readouterr().err

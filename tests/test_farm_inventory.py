@@ -148,3 +148,72 @@ def test_devices_check_reports_health_environment_and_reference_latency(tmp_path
         assert main(["devices", "check", "--inventory", str(inv), "--no-reference"]) == 0
         table = capsys.readouterr().out
         assert "local" in table and "SERVING" in table
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:²", "127.0.0.1:５００５１", "127.0.0.1:4710²", "h:-1", "h:+80"])
+def test_a_port_of_anything_but_ascii_digits_is_refused(tmp_path, address):
+    with pytest.raises(InventoryError, match="is not HOST:PORT"):
+        AgentEntry("pi", address, "k")
+    path = tmp_path / "farm.toml"
+    path.write_text(f'[agents.pi]\naddress = "{address}"\nkind = "k"\n')
+    with pytest.raises(InventoryError, match=f"{path}: agent 'pi': address .* is not HOST:PORT"):
+        Inventory.load(path)
+
+
+def test_devices_add_with_a_non_ascii_port_is_a_one_line_error(tmp_path, capsys):
+    assert main(["devices", "add", "pi", "--address", "127.0.0.1:²", "--kind", "k",
+                 "--inventory", str(tmp_path / "f.toml")]) == 1
+    err = capsys.readouterr().err
+    assert "address '127.0.0.1:²' is not HOST:PORT" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("field", ["name", "kind"])
+def test_names_and_kinds_ending_in_a_newline_are_refused(field):
+    fields = {"name": "pi", "address": "h:1", "kind": "k", field: "a\n"}
+    with pytest.raises(InventoryError, match=rf"{field} 'a\\n' must be 1-64 letters"):
+        AgentEntry(**fields)
+
+
+@pytest.mark.parametrize("inventory", [".", "", "/"])
+@pytest.mark.parametrize("action", [["add", "pi", "--address", "127.0.0.1:1", "--kind", "k"], ["remove", "pi"]])
+def test_an_inventory_that_is_a_folder_is_a_usage_error(tmp_path, monkeypatch, capsys, inventory, action):
+    monkeypatch.chdir(tmp_path)
+    assert main(["devices", *action, "--inventory", inventory]) == 2
+    assert f"--inventory {inventory or '.'} is a folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_editing_through_a_symbolic_link_updates_the_inventory_it_points_to(tmp_path, capsys):
+    real_dir, link_dir = tmp_path / "real", tmp_path / "links"
+    real_dir.mkdir()
+    link_dir.mkdir()
+    real, link = real_dir / "farm.toml", link_dir / "farm.toml"
+    (real_dir / "pi.token").write_text("t0ken\n")
+    assert main(["devices", "add", "a", "--address", "127.0.0.1:1", "--kind", "k", "--inventory", str(real)]) == 0
+    link.symlink_to(real)
+    assert main(["devices", "add", "b", "--address", "127.0.0.1:2", "--kind", "k", "--token-file",
+                 str(real_dir / "pi.token"), "--inventory", str(link)]) == 0
+    assert link.is_symlink() and sorted(e.name for e in Inventory.load(real).agents) == ["a", "b"]
+    # stored relative to the file itself, and read so through either path
+    assert Inventory.load(real).get("b").token_file == "pi.token"
+    for path in (real, link):
+        inventory = Inventory.load(path)
+        assert inventory.get("b").credentials(inventory.base_dir).token == "t0ken"
+    assert main(["devices", "remove", "a", "--inventory", str(link)]) == 0
+    assert link.is_symlink() and [e.name for e in Inventory.load(real).agents] == ["b"]
+
+
+def test_addresses_are_listed_as_they_are_not_as_markup(tmp_path, capsys):
+    inv = tmp_path / "farm[/x].toml"
+    for name, address in (("v6", "[fd00::1]:50051"), ("odd", "[/x]:1")):
+        assert main(["devices", "add", name, "--address", address, "--kind", "k", "--inventory", str(inv)]) == 0
+    capsys.readouterr()
+    assert main(["devices", "list", "--inventory", str(inv)]) == 0
+    out = capsys.readouterr().out
+    assert "[fd00::1]:50051" in out and "[/x]:1" in out and "farm[/x].toml" in "".join(out.split())  # title wraps
+    # check: the address cannot be resolved, and its row says so instead of failing to print
+    assert main(["devices", "remove", "v6", "--inventory", str(inv)]) == 0
+    capsys.readouterr()
+    assert main(["devices", "check", "--inventory", str(inv), "--no-reference", "--timeout", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "[/x]:1" in out.split("\n", 3)[3] and "UNAVAILABLE" in out

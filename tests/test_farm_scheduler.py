@@ -167,3 +167,26 @@ def test_explicit_jobs_with_their_own_settings(farm_of):
     results = farm.run(jobs)
     assert [r.measurement.settings["seed"] for r in results] == [0, 1]
     assert results[0].measurement.id != results[1].measurement.id
+
+
+def test_a_job_another_process_stored_first_counts_as_stored_not_measured(farm_of, tmp_path):
+    from fleetnas.store import NewMeasurement
+
+    farm = farm_of(1)
+    [artifact] = tiny(1)
+    settings = Settings("onnxruntime", 1, FAST)
+    theirs = []
+
+    def another_process_stores_it_meanwhile(*key):
+        # The race: the job is checked just before it is measured, and another host process stores it first.
+        with SqliteStore(tmp_path / "fleet.db") as other:
+            record, _ = other.record_measurement(NewMeasurement(
+                device_id="elsewhere", device_kind=KIND, artifact=artifact.sha256, runtime="onnxruntime",
+                settings=settings.to_dict(), ok=True, stats={"median": 1.0}, agent="other-host"))
+        theirs.append(record)
+        return None
+    farm.store.find_measurement = another_process_stores_it_meanwhile
+    [result] = farm.run([Job(artifact, KIND, settings)])
+    assert result.ok and result.from_store and result.measurement.id == theirs[0].id
+    assert farm.agents["live0"].jobs_done == 0
+    assert len(farm.store.measurements(device_kind=KIND)) == 1

@@ -4,16 +4,21 @@
         result = calibrate(farm, farm.store, "demo", "rpi4-ort-1t", samples=40)
         result.fits["latency_ms"].cv_metrics["mape"], result.fits["latency_ms"].predictor_path, result.plot_path
 
-Predictors are JSON files (fleetnas.predictors) at OUT_DIR/SPACE/KIND/METRIC.json, next to a
-parity plot (parity.png), both overwritten by each calibration; `latest_predictor(store, space, kind,
-metric)` loads the current one. Their features are `config_features(get_supernet(space), configs)`.
-Every fit is a row of the store's `calibrations` table, with its metrics and its reason (requested,
-drift, version): the history lives there, the files are the present.
+Predictors are JSON files (fleetnas.predictors) at OUT_DIR/SPACE/KIND/METRIC-DIGEST.json, next to a
+parity plot (parity-DIGEST.png); `latest_predictor(store, space, kind, metric)` loads the latest
+calibration's. Their features are `config_features(get_supernet(space), configs)`.
+Every fit is a row of the store's `calibrations` table, with its metrics, its reason (requested, drift,
+version), and the name and sha256 of each predictor file. A file is named by its content and never
+overwritten: another store's calibration into the same folder, or a calibration that failed before it
+was recorded, cannot change the files a recorded calibration names.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -49,11 +54,12 @@ class MetricFit:
     log_target: bool
     cv_metrics: dict           # out-of-fold: mape (%), within_5, within_10 (fractions), rmse, kendall_tau
     predictor_path: Path
+    sha256: str = ""           # of the predictor file's bytes: latest_predictor checks the file against it
 
     def to_dict(self) -> dict:
         return {"metric": self.metric, "rows": self.rows, "excluded_throttled": self.excluded_throttled,
                 "model": self.model, "log_target": self.log_target, "cv": self.cv_metrics,
-                "predictor": str(self.predictor_path)}
+                "predictor": str(self.predictor_path), "sha256": self.sha256}
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,9 @@ class CalibrationResult:
         """The headline figures, JSON-ready: per metric the model, rows, CV MAPE, ±10 % hit rate and Kendall tau."""
         return {"calibration_id": self.calibration_id, "space": self.space, "device_kind": self.device_kind,
                 "reason": self.reason, "measured": self.measured, "elapsed_s": round(self.elapsed_s, 1),
-                **{m: {"model": f.model, "rows": f.rows, "cv_mape_pct": round(f.cv_metrics["mape"], 2),
-                       "cv_within_10": round(f.cv_metrics["within_10"], 3), "kendall_tau": f.cv_metrics["kendall_tau"],
+                **{m: {"model": f.model, "rows": f.rows, "cv_mape_pct": _rounded(f.cv_metrics["mape"], 2),
+                       "cv_within_10": _rounded(f.cv_metrics["within_10"], 3),
+                       "kendall_tau": f.cv_metrics["kendall_tau"],
                        "predictor": str(f.predictor_path)} for m, f in self.fits.items()},
                 "plot": str(self.plot_path)}
 
@@ -87,6 +94,10 @@ class CalibrationResult:
                 "metrics": {m: f.to_dict() for m, f in self.fits.items()}, "plot": str(self.plot_path),
                 "measured": self.measured, "from_store": self.from_store, "failed": list(self.failed),
                 "baselines": dict(self.baselines), "elapsed_s": round(self.elapsed_s, 3)}
+
+
+def _rounded(value, digits: int):
+    return None if value is None else round(value, digits)  # None: a figure that could not be computed
 
 
 @dataclass(frozen=True)
@@ -286,8 +297,32 @@ def training_set(store: Store, space_id: str, device_kind: str, runtime: str, se
     return configs, np.asarray(values, dtype=np.float64), throttled
 
 
-def predictor_path(out_dir: str | Path, space_id: str, device_kind: str, metric: str) -> Path:
-    return Path(out_dir) / space_id / device_kind / f"{metric}.json"
+def predictor_path(out_dir: str | Path, space_id: str, device_kind: str, metric: str, digest: str = "") -> Path:
+    """Where a predictor goes: METRIC-DIGEST.json, named by the sha256 of its content (METRIC.json without
+    one: the name calibrations before content names used)."""
+    name = f"{metric}-{digest[:16]}.json" if digest else f"{metric}.json"
+    return Path(out_dir) / space_id / device_kind / name
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """`data` at `path`, all or nothing: a uniquely named temporary file, flushed to disk, then renamed."""
+    from ..export.artifact import temp_file_beside
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_file_beside(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a power cut only once the folder is on disk
+    finally:
+        os.close(folder)
 
 
 def default_out_dir(store: Store) -> Path:
@@ -319,11 +354,16 @@ def refit(store: Store, space_id: str, device_kind: str, settings: dict, *, reas
     folder = Path(out_dir) if out_dir is not None else default_out_dir(store)
     data = _Stored(store, device_kind, settings["runtime"], hash_of(settings), include_throttled)
     fits, panels = {}, []
-    for metric in METRICS:
-        fits[metric], out_of_fold = _fit_metric(supernet, metric, data, folder, models, seed)
-        panels.append((metric, out_of_fold[0], out_of_fold[1], fits[metric].cv_metrics))
-    plot = parity_plot(folder / space_id / device_kind / "parity.png", panels,
-                       f"{space_id} on {device_kind} ({settings['runtime']}): cross-validated predictions")
+    try:
+        for metric in METRICS:
+            fits[metric], out_of_fold = _fit_metric(supernet, metric, data, folder, models, seed)
+            panels.append((metric, out_of_fold[0], out_of_fold[1], fits[metric].cv_metrics))
+        # Named after the predictors it shows, so that it too stays what its calibration recorded.
+        digest = hashlib.sha256("".join(f.sha256 for f in fits.values()).encode()).hexdigest()
+        plot = parity_plot(folder / space_id / device_kind / f"parity-{digest[:16]}.png", panels,
+                           f"{space_id} on {device_kind} ({settings['runtime']}): cross-validated predictions")
+    except OSError as exc:
+        raise CalibrationError(f"cannot write the predictors to {folder}: {exc.strerror or exc}") from None
     result = CalibrationResult(0, space_id, device_kind, settings["runtime"], data.settings_hash, reason, fits,
                                plot, measured, from_store, list(failed), dict(baselines or {}),
                                time.monotonic() - started)
@@ -361,18 +401,19 @@ def _fit_metric(supernet, metric: str, data: _Stored, folder: Path, models, seed
         predictor = fit_predictor(X, y, models=models, seed=seed, feature_spec=spec, views=feature_views(names))
     except ValueError as exc:
         raise CalibrationError(f"cannot fit the {metric} predictor: {exc}") from None
-    path = predictor_path(folder, space_id, kind, metric)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    predictor.save(path)
+    text = json.dumps(predictor.to_dict(), allow_nan=False).encode()
+    digest = hashlib.sha256(text).hexdigest()
+    # A new name for new content: the files earlier calibrations recorded are never overwritten.
+    path = predictor_path(folder, space_id, kind, metric, digest)
+    write_durably(path, text)
     cv = json_safe({k: predictor.cv_metrics[k] for k in CV_FIGURES})
-    fit = MetricFit(metric, len(y), throttled, predictor.model_name, predictor.log_target, cv, path)
+    fit = MetricFit(metric, len(y), throttled, predictor.model_name, predictor.log_target, cv, path, digest)
     return fit, (y, predictor.out_of_fold)
 
 
 def latest_predictor(store: Store, space_id: str, device_kind: str, metric: str = "latency_ms"):
-    """The predictor of the latest calibration of `space_id` on `device_kind` (a fleetnas.predictors.Predictor)."""
-    from ..predictors import load_predictor
-
+    """The predictor of the latest calibration of `space_id` on `device_kind` (a fleetnas.predictors.Predictor),
+    checked against what that calibration recorded of its file."""
     calibration = store.latest_calibration(space_id, device_kind)
     if calibration is None:
         raise CalibrationError(f"{space_id} has not been calibrated on {device_kind}: run "
@@ -381,4 +422,23 @@ def latest_predictor(store: Store, space_id: str, device_kind: str, metric: str 
     if fit is None:
         raise CalibrationError(f"calibration {calibration.id} has no {metric} predictor; it has "
                                f"{', '.join(calibration.result['metrics'])}")
-    return load_predictor(fit["predictor"])
+    return _recorded_predictor(calibration.id, fit)
+
+
+def _recorded_predictor(calibration_id: int, fit: dict):
+    """The predictor file a calibration names, refused unless it is what the calibration recorded."""
+    from ..predictors import load_predictor
+
+    path = Path(fit["predictor"])
+    try:
+        predictor = load_predictor(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"calibration {calibration_id}: {exc}; calibrate again") from None
+    # A calibration recorded before files carried a digest: its row count is all there is to check.
+    changed = digest != fit["sha256"] if fit.get("sha256") else predictor.training.get("rows") != fit.get("rows")
+    if changed:
+        raise CalibrationError(f"calibration {calibration_id}'s {fit['metric']} predictor {path} has been "
+                               "overwritten since it was recorded (by another calibration into the same folder); "
+                               "calibrate again")
+    return predictor

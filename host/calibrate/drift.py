@@ -100,6 +100,19 @@ def min_pairs(alpha: float) -> int:
     return max(1, math.ceil(math.log2(2.0 / alpha)))
 
 
+def smallest_alpha(pairs: int) -> float:
+    """The least alpha that `pairs` pairs can ever reach (min_pairs' inverse: min_pairs of it is `pairs`)."""
+    return 2.0 / 2 ** pairs
+
+
+def check_alpha_reachable(alpha: float, pairs: int) -> None:
+    """Raises ValueError when `pairs` pairs can never reach `alpha`: every round would be inconclusive, and
+    drift detection silently off."""
+    if min_pairs(alpha) > pairs:
+        raise ValueError(f"alpha {alpha:g} needs {min_pairs(alpha)} reference configs to ever detect drift, but the "
+                         f"reference set has {pairs}: the smallest usable alpha is {smallest_alpha(pairs)!r}")
+
+
 def compare_rounds(baseline: Sequence[RoundEntry], current: Sequence[RoundEntry], *,
                    baseline_platform: dict | None = None, current_platform: dict | None = None,
                    threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA) -> DriftVerdict:

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..predictors.metrics import figure
+
 # metric -> (axis label, factor from the stored unit to the plotted one)
 UNITS = {"latency_ms": ("latency (ms)", 1.0), "peak_bytes": ("peak memory (MiB)", 1.0 / 2**20)}
 
@@ -29,7 +31,8 @@ def parity_plot(path: str | Path, panels: Sequence[tuple[str, np.ndarray, np.nda
         ax.plot(line, line, color="0.4", linewidth=1)
         ax.scatter(x, y, s=14, alpha=0.8)
         ax.set(xlim=tuple(line), ylim=tuple(line), xlabel=f"measured {label}", ylabel=f"predicted {label}, out of fold")
-        ax.set_title(f"{metric}: MAPE {cv['mape']:.2f} %, ±10 % {cv['within_10']:.0%}, n={len(x)}", fontsize=9)
+        ax.set_title(f"{metric}: MAPE {figure(cv['mape'])} %, ±10 % {figure(cv['within_10'], '.0%')}, n={len(x)}",
+                     fontsize=9)
         ax.legend(loc="upper left", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -21,11 +21,13 @@ from typing import Iterator, Sequence
 
 from fleetnas.store import Store
 
+from ..predictors.metrics import figure
 from .calibration import (CalibrationError, CalibrationResult, MeasuredRound, buildable_supernet,
                           enough_for_baseline, least_of, measure_reference_rounds, measure_sample,
                           measurement_settings, record_round, refit, space_reference)
-from .drift import DEFAULT_ALPHA, DEFAULT_THRESHOLD, DriftVerdict, RoundEntry, check_parameters, compare_rounds
-from .reference import ReferenceSet
+from .drift import (DEFAULT_ALPHA, DEFAULT_THRESHOLD, DriftVerdict, RoundEntry, check_alpha_reachable, check_parameters,
+                    compare_rounds)
+from .reference import REFERENCE_SIZE, ReferenceSet
 
 log = logging.getLogger("fleetnas.calibrate")
 CAUSE_WORDS = {"drift": "drift", "version": "version change"}
@@ -61,6 +63,10 @@ def watch(farm, store: Store, space_id: str, device_kind: str, *, interval_s: fl
     if interval_s < 0:
         raise CalibrationError(f"the interval must not be negative, got {interval_s!r} s")
     check_parameters(threshold, alpha)
+    try:
+        check_alpha_reachable(alpha, REFERENCE_SIZE)
+    except ValueError as exc:
+        raise CalibrationError(str(exc)) from None
     stop = stop or threading.Event()
     n = 0
     while rounds is None or n < rounds:
@@ -188,7 +194,7 @@ def _recalibrate(farm, store: Store, space_id: str, device_kind: str, calibratio
         log.error("refit of %s on %s after %s on %s failed: %s; trying again next round", space_id, device_kind,
                   reason, ", ".join(pending), exc)
         return
-    fits = ", ".join(f"{m} MAPE {f.cv_metrics['mape']:.1f} %" for m, f in report.refit.fits.items())
+    fits = ", ".join(f"{m} MAPE {figure(f.cv_metrics['mape'], '.1f')} %" for m, f in report.refit.fits.items())
     log.warning("re-measured %d of %d sampled sub-networks of %s on %s; refit (%s): %s; calibration %d",
                 measured["measured"], sample["n"], space_id, device_kind, reason, fits,
                 report.refit.calibration_id)

@@ -6,10 +6,12 @@ import json
 import logging
 import re
 import sys
+import tempfile
 from pathlib import Path
 
-from .common import (CliError, add_stopping_options, model_families, non_negative_int, positive_int, positive_seconds,
-                     print_json, stopping_from)
+from .common import (CliError, add_stopping_options, count_up_to, model_families, non_negative_int, positive_int,
+                     positive_seconds, print_json, stopping_from)
+from .space import MAX_SAMPLE
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d)?\s*$")
 UNIT_S = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -50,9 +52,9 @@ def register(sub) -> None:
                     "again and refits.")
     p.add_argument("--space", required=True, metavar="NAME", help="super-network space, e.g. demo or ofa_mbv3")
     p.add_argument("--device-kind", required=True, metavar="KIND", help="device kind from the inventory")
-    p.add_argument("--samples", type=positive_int, metavar="N",
-                   help="sub-networks to sample and measure (besides the reference set); needed unless --watch "
-                        "continues an earlier calibration")
+    p.add_argument("--samples", type=count_up_to(MAX_SAMPLE), metavar="N",
+                   help=f"sub-networks to sample and measure (besides the reference set, at most {MAX_SAMPLE:,}); "
+                        "needed unless --watch continues an earlier calibration")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling and model-selection seed (default 0)")
     p.add_argument("--inventory", type=Path, default=Path("fleetnas.toml"), metavar="FILE",
                    help="farm inventory (default: fleetnas.toml in the working directory)")
@@ -81,7 +83,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleetnas.calibrate import CalibrationError
+    from fleetnas.calibrate import CalibrationError, default_out_dir
     from fleetnas.farm import Farm, FarmError, Inventory, InventoryError, JobError
     from fleetnas.store import StoreError, open_store
 
@@ -97,8 +99,12 @@ def run(args: argparse.Namespace) -> int:
     if watch_only and not args.watch:
         raise CliError(f"{watch_only[0]} only applies with --watch", 2)
     models = model_families(args.models)
+    if args.watch:
+        _check_alpha(args.alpha)
     if args.out_dir is not None and args.out_dir.exists() and not args.out_dir.is_dir():
         raise CliError(f"--out-dir {args.out_dir} is a file; give a folder", 2)
+    if args.out_dir is not None:
+        writable_folder(args.out_dir, "--out-dir")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, datefmt="%Y-%m-%d %H:%M:%S",
                         format="%(asctime)s %(message)s" if args.watch else "fleetnas: %(message)s")
     # Watching, every round's verdict is news (INFO); a one-off calibration only says what went wrong.
@@ -109,6 +115,12 @@ def run(args: argparse.Namespace) -> int:
         store = open_store(args.db)
     except (InventoryError, StoreError) as exc:
         raise CliError(str(exc)) from None
+    if args.out_dir is None:
+        try:
+            writable_folder(default_out_dir(store), "the predictors' folder (--out-dir)")
+        except CliError:
+            store.close()
+            raise
     farm = Farm(inventory, store, give_up_s=args.give_up, progress=sys.stderr.isatty() and not args.json)
     try:
         with farm:
@@ -121,9 +133,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_alpha(alpha: float) -> None:
+    from fleetnas.calibrate import REFERENCE_SIZE
+    from fleetnas.calibrate.drift import check_alpha_reachable
+
+    try:
+        check_alpha_reachable(alpha, REFERENCE_SIZE)
+    except ValueError as exc:
+        raise CliError(f"--alpha: {exc}", 2) from None
+
+
+def writable_folder(folder: Path, what: str) -> None:
+    """Refuses a folder the predictors cannot be written to now, rather than after all the measuring."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise CliError(f"{what} {folder} cannot be written to: {exc.strerror or exc}", 2) from None
+
+
 def _calibrate(farm, args: argparse.Namespace, stopping: dict, models) -> None:
     from fleetnas.calibrate import calibrate
+    from fleetnas.calibrate.calibration import buildable_supernet
 
+    buildable_supernet(args.space)  # a bad space is named before the agents are
+    # Every agent of the kind down: refuse now, as `search` does, instead of waiting --give-up per batch.
+    farm.require_answering({args.device_kind})
     result = calibrate(farm, farm.store, args.space, args.device_kind, args.samples, seed=args.seed,
                        stopping=stopping, out_dir=args.out_dir, include_throttled=args.include_throttled,
                        models=models)
@@ -141,6 +177,8 @@ def _watch(farm, args: argparse.Namespace, models) -> None:
         "watching %s on %s: reference round every %g s%s; drift = median change ≥ %g %% at p ≤ %g", args.space,
         args.device_kind, args.interval, f", {args.rounds} round(s)" if args.rounds else "",
         args.threshold * 100, args.alpha)
+    if farm.store.latest_calibration(args.space, args.device_kind) is not None:  # else watch says to calibrate
+        farm.require_answering({args.device_kind})
     for report in watch(farm, farm.store, args.space, args.device_kind, interval_s=args.interval,
                         rounds=args.rounds, threshold=args.threshold, alpha=args.alpha, out_dir=args.out_dir,
                         include_throttled=args.include_throttled, models=models):
@@ -149,16 +187,18 @@ def _watch(farm, args: argparse.Namespace, models) -> None:
 
 
 def format_calibration(result, samples: int) -> str:
+    from fleetnas.predictors.metrics import figure
+
     baselines = f"; drift baseline of {', '.join(result.baselines)}" if result.baselines else ""
     lines = [f"calibrated {result.space} on {result.device_kind} ({result.runtime}, {result.reason}): {samples} "
              f"sampled sub-networks + the reference set, {result.measured} measured, {result.from_store} from the "
              f"database, {len(result.failed)} failed, {result.elapsed_s:.1f} s{baselines}"]
     for metric, fit in result.fits.items():
         cv = fit.cv_metrics
-        tau = f"{cv['kendall_tau']:.2f}" if cv.get("kendall_tau") is not None else "n/a"
         throttled = f" ({fit.excluded_throttled} throttled left out)" if fit.excluded_throttled else ""
         lines.append(f"  {metric:<11} {fit.model}{' on log(y)' if fit.log_target else ''}, {fit.rows} rows{throttled}:"
-                     f" CV MAPE {cv['mape']:.2f} %, within ±10 % {cv['within_10']:.0%}, Kendall τ {tau}"
+                     f" CV MAPE {figure(cv.get('mape'))} %, within ±10 % {figure(cv.get('within_10'), '.0%')},"
+                     f" Kendall τ {figure(cv.get('kendall_tau'))}"
                      f"  → {fit.predictor_path}")
     lines.append(f"  parity plot → {result.plot_path}")
     lines += [f"  failed: {error}" for error in result.failed[:5]]

@@ -51,10 +51,32 @@ def batch_size(text: str) -> int:
     return _number(text, int, "an integer", lambda v: 1 <= v <= MAX_BATCH, f"must be from 1 to {MAX_BATCH}")
 
 
+def count_up_to(maximum: int):
+    """An argparse type: a whole number from 1 to `maximum` (how many configs to sample, say)."""
+    def count(text: str) -> int:
+        return _number(text, int, "an integer", lambda v: 1 <= v <= maximum, f"must be from 1 to {maximum:,}")
+    return count
+
+
+#: The longest wait any option in seconds may ask for: a year. Beyond it a gRPC deadline overflows (every call
+#: fails at once with DEADLINE_EXCEEDED) and a thread's wait raises OverflowError.
+MAX_SECONDS = 366 * 86400.0
+
+#: The longest measurement deadline an agent accepts: fleetnas_agent.server.MAX_TIMEOUT_S, that is
+#: time_limit_s(measure.MAX_SECONDS) = 2 × 3600 + 120. Mirrored, as the host does not import the agent.
+AGENT_MAX_TIMEOUT_S = 7320.0
+
+
 def positive_seconds(text: str) -> float:
-    """A positive, finite number of seconds (timeouts, deadlines, give-up times)."""
-    return _number(text, float, "a number of seconds", lambda v: 0 < v < float("inf"),
-                   "must be a positive number of seconds")
+    """A positive number of seconds up to a year (timeouts, give-up and re-probe times)."""
+    return _number(text, float, "a number of seconds", lambda v: 0 < v <= MAX_SECONDS,
+                   f"must be a positive number of seconds, at most {MAX_SECONDS:.0f} (a year)")
+
+
+def deadline_seconds(text: str) -> float:
+    """A per-measurement deadline: positive, and no longer than an agent accepts (it would refuse every job)."""
+    return _number(text, float, "a number of seconds", lambda v: 0 < v <= AGENT_MAX_TIMEOUT_S,
+                   f"must be a positive number of seconds, at most {AGENT_MAX_TIMEOUT_S:g} (the agent's limit)")
 
 
 def model_families(text: str):

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from fleetnas.demo import run_demo
+    from fleetnas.predictors.metrics import figure
 
     console = Console(stderr=True)
     started = time.monotonic()
@@ -64,9 +65,8 @@ def run(args: argparse.Namespace) -> int:
     Console().print(table)
     for metric, fit in ((m, result.calibration.get(m)) for m in ("latency_ms", "peak_bytes")):
         if fit:
-            mape, tau = fit.get("cv_mape_pct"), fit.get("kendall_tau")  # None where undefined (a true value of 0)
             console.print(f"• calibrated {metric} predictor: {fit['model']} on {fit['rows']} measurements, "
-                          f"cross-validated MAPE {'n/a' if mape is None else f'{mape:.1f} %'}, "
-                          f"Kendall τ {'n/a' if tau is None else f'{tau:.2f}'}")
+                          f"cross-validated MAPE {figure(fit['cv_mape_pct'], '.1f')} %, "
+                          f"Kendall τ {figure(fit['kendall_tau'])}")
     print(f"report: {result.report}\nstore:  {result.db}", file=sys.stdout)
     return 0

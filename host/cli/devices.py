@@ -93,9 +93,14 @@ def editing_inventory(path: Path):
     from fleetnas.farm import InventoryError
     from fleetnas.locks import exclusive
 
+    if not path.name or path.is_dir():  # '.', '' and '/' have no file name to write, nor to lock beside
+        raise CliError(f"--inventory {path} is a folder; give the inventory's file, e.g. "
+                       f"{path / 'fleetnas.toml'}", 2)
+    # Locked beside the file itself: an edit through a symbolic link and one through its target exclude each other.
+    target = path.resolve()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive(path.with_name(path.name + ".lock"), f"inventory {path}", wait=True):
+        with exclusive(target.with_name(target.name + ".lock"), f"inventory {path}", wait=True):
             inventory = load_inventory(path)
             yield inventory
             inventory.save()
@@ -151,13 +156,15 @@ def list_agents(args: argparse.Namespace) -> int:
         print(f"no agents in {inventory.path}; add one with "
               "`fleetnas devices add NAME --address HOST:PORT --kind KIND`")
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=str(inventory.path))
+    # Plain text, escaped: "[fd00::1]:50051" is an address, not markup.
+    table = Table(title=escape(str(inventory.path)))
     for column in ("name", "kind", "address", "runtime", "threads", "credentials"):
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(row[c]) for c in ("name", "kind", "address", "runtime", "threads", "credentials")))
+        table.add_row(*(escape(str(row[c])) for c in ("name", "kind", "address", "runtime", "threads", "credentials")))
     console().print(table)
     return 0
 
@@ -196,6 +203,7 @@ def console():
 
 
 def _print_checks(results) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table()
@@ -205,12 +213,15 @@ def _print_checks(results) -> None:
                          no_wrap=column in ("name", "kind", "address", "health"))
     problems = []
     for r in results:
-        health = "[green]SERVING[/]" if r.healthy else f"[red]{r.status}[/]"
+        # What agents and the inventory say is plain text, escaped: only the colours here are markup.
+        health = "[green]SERVING[/]" if r.healthy else f"[red]{escape(r.status)}[/]"
         temperature = f"{r.cpu_temp_max_c:.0f}" if r.cpu_temp_max_c is not None else "n/a"
-        throttled = "" if r.throttled is None else (f"[red]yes: {r.throttle_reason}[/]" if r.throttled else "no")
+        throttled = ("" if r.throttled is None else f"[red]yes: {escape(r.throttle_reason)}[/]" if r.throttled
+                     else "no")
         load = "" if r.load_1m is None else f"{r.load_1m:.2f}"
         reference = f"{r.reference_latency_ms:.3f}" if r.reference_latency_ms is not None else "n/a"
-        table.add_row(r.name, r.kind, r.address, health, ", ".join(r.runtimes), temperature, throttled, load, reference)
+        table.add_row(escape(r.name), escape(r.kind), escape(r.address), health, escape(", ".join(r.runtimes)),
+                      temperature, throttled, load, reference)
         if r.detail:
             problems.append(f"{r.name}: {r.status}: {r.detail}")
         if r.reference_note:

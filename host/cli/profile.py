@@ -9,7 +9,9 @@ from pathlib import Path
 import grpc
 
 from .common import CliError, add_credential_options, add_stopping_options, agent_error, credentials_from
-from .common import agent_address, existing_file, non_negative_int, positive_int, positive_seconds, print_json, stopping_from
+from .common import (AGENT_MAX_TIMEOUT_S, agent_address, count_up_to, deadline_seconds, existing_file,
+                     non_negative_int, positive_int, positive_seconds, print_json, stopping_from)
+from .space import MAX_SAMPLE
 
 
 def register(sub) -> None:
@@ -26,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--model", nargs="+", type=existing_file, metavar="FILE",
                    help=".tflite or .onnx model (farm mode: one or more)")
     p.add_argument("--space", metavar="NAME", help="farm mode: a super-network's space to sample sub-networks from")
-    p.add_argument("--sample", type=positive_int, metavar="N", help="farm mode: how many sub-networks to sample")
+    p.add_argument("--sample", type=count_up_to(MAX_SAMPLE), metavar="N",
+                   help=f"farm mode: how many sub-networks to sample (at most {MAX_SAMPLE:,})")
     p.add_argument("--seed", type=non_negative_int, help="farm mode: sampling seed (default 0)")
     p.add_argument("--runtime", default="", help="litert, onnxruntime or torch (default: from the model's format; "
                                                  "farm mode: from the inventory)")
@@ -38,8 +41,8 @@ def register(sub) -> None:
                    help="farm inventory (default: fleetnas.toml in the working directory)")
     f.add_argument("--db", metavar="FILE", help="measurement database (default: fleetnas.db, or $FLEETNAS_DB)")
     f.add_argument("--remeasure", action="store_true", help="measure again even what the database already holds")
-    f.add_argument("--deadline", type=positive_seconds, metavar="SECONDS", help="per-job deadline (default: from the "
-                                                                     "stopping rule)")
+    f.add_argument("--deadline", type=deadline_seconds, metavar="SECONDS",
+                   help=f"per-job deadline, at most {AGENT_MAX_TIMEOUT_S:g} (default: from the stopping rule)")
     f.add_argument("--max-attempts", type=positive_int, help="agents one job may be tried on (default 3)")
     f.add_argument("--reprobe", type=positive_seconds, metavar="SECONDS",
                    help="how long an agent that failed waits before it is checked again (default 30)")
@@ -164,6 +167,8 @@ def run_farm(args: argparse.Namespace) -> int:
                 give_up_s=args.give_up, progress=sys.stderr.isatty())
     try:
         with farm:
+            # Every agent of the kind down: refuse now, as `search` does, instead of waiting --give-up.
+            farm.require_answering({args.device_kind})
             if configs is not None:
                 results = farm.measure(configs, args.device_kind, space=space, stopping=stopping_from(args),
                                        remeasure=args.remeasure)
@@ -198,20 +203,22 @@ def _configs(args: argparse.Namespace):
 
 
 def _print_farm_results(rows: list[dict], kind: str) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from .devices import console
 
-    table = Table(title=f"{len(rows)} job(s) on {kind}")
+    # Keys, file names, agent names and errors are plain text: escaped, "[/b]" in a file name is not markup.
+    table = Table(title=escape(f"{len(rows)} job(s) on {kind}"))
     for column in ("key", "agent", "median ms", "p90 ms", "peak MiB", "note"):
         table.add_column(column, justify="right" if column.endswith(("ms", "MiB")) else "left",
                          overflow="fold")
     for r in rows:
         lat, mem = r["latency_ms"], r["memory"]
         peak = f"{mem['peak_bytes'] / 2**20:.1f}" if mem.get("measured") else ""
-        note = ("[red]" + (r["error"] or "failed") + "[/]" if not r["ok"]
+        note = ("[red]" + escape(r["error"] or "failed") + "[/]" if not r["ok"]
                 else "stored before" if r["from_store"] else "throttled" if r["throttled"] else "")
-        table.add_row(r["key"], r["device"]["agent"] or "", f"{lat['median']:.3f}" if lat else "",
+        table.add_row(escape(r["key"]), escape(r["device"]["agent"] or ""), f"{lat['median']:.3f}" if lat else "",
                       f"{lat['p90']:.3f}" if lat else "", peak, note)
     console().print(table)
     measured = sum(r["ok"] and not r["from_store"] for r in rows)

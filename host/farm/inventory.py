@@ -21,7 +21,7 @@ from pathlib import Path
 
 DEFAULT_INVENTORY = "fleetnas.toml"
 RUNTIMES = ("", "litert", "onnxruntime", "torch")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # whole names only (fullmatch): "$" lets "a\n" through
 CREDENTIAL_FIELDS = ("token_file", "tls_ca", "tls_cert", "tls_key")
 
 
@@ -43,10 +43,10 @@ class AgentEntry:
     tls_server_name: str | None = None
 
     def __post_init__(self):
-        if not isinstance(self.name, str) or not NAME.match(self.name):
+        if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
             raise InventoryError(f"agent name {self.name!r} must be 1-64 letters, digits, '.', '_' or '-'")
         where = f"agent {self.name!r}"
-        if not isinstance(self.kind, str) or not NAME.match(self.kind):
+        if not isinstance(self.kind, str) or not NAME.fullmatch(self.kind):
             raise InventoryError(f"{where}: kind {self.kind!r} must be 1-64 letters, digits, '.', '_' or '-' "
                                  "(e.g. rpi4-litert-1t)")
         check_address(self.address, where)
@@ -91,7 +91,8 @@ def check_address(address, where: str = "address") -> None:
     if not isinstance(address, str):
         raise InventoryError(f"{where}: address must be a string HOST:PORT, got {address!r}")
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    # ASCII digits only: str.isdigit() also takes '²' (which int() refuses) and '５' (which gRPC does).
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise InventoryError(f"{where}: address {address!r} is not HOST:PORT with a port from 1 to 65535")
 
 
@@ -156,15 +157,17 @@ class Inventory:
         return inventory
 
     def save(self) -> None:
-        """Writes the file atomically (a temporary file renamed over it)."""
+        """Writes the file atomically (a temporary file renamed over it); through a symbolic link, the file it
+        points to (renaming over the link would replace it with a copy, and leave the real inventory as it was)."""
         import tomli_w
 
         body = tomli_w.dumps({"agents": {e.name: e.to_toml() for e in self._agents.values()}})
         text = "# FleetNAS device farm inventory: `fleetnas devices add|remove|list|check` edit and read it.\n" + body
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        target = self.path.resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(text)
-        tmp.replace(self.path)
+        tmp.replace(target)
 
     # ----- queries and edits ----------------------------------------------------------------------
     @property
@@ -173,7 +176,9 @@ class Inventory:
 
     @property
     def base_dir(self) -> Path:
-        return self.path.parent
+        """What relative credential paths are relative to: the folder of the file itself, also when it is
+        reached through a symbolic link (so the file means the same whichever way it is opened)."""
+        return self.path.resolve().parent
 
     def __len__(self) -> int:
         return len(self._agents)

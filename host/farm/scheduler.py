@@ -360,7 +360,9 @@ class Farm:
             if record is not None:  # another host process measured it meanwhile
                 return self._finish(agent, task, batch, JobResult(job, record, from_store=True))
             result = self._measure_on(agent, job)
-            record, _ = self.store.record_measurement(self._measurement(agent, job, result), supersede=fresh)
+            record, inserted = self.store.record_measurement(self._measurement(agent, job, result), supersede=fresh)
+            if not inserted:  # another host process stored it first: its row is the measurement, ours is dropped
+                return self._finish(agent, task, batch, JobResult(job, record, from_store=True))
             agent.jobs_done += 1
             agent.consecutive_failures = 0
             self._finish(agent, task, batch, JobResult(job, record, attempts=task.attempts + 1,

@@ -10,8 +10,10 @@ def regression_metrics(y_true, y_pred) -> dict[str, float]:
     """MAPE (%), share of predictions within ±5 % and ±10 % of the truth (fractions 0..1), RMSE (units of y)
     and Kendall's tau (rank agreement; NaN when either side is constant).
 
-    Relative figures divide by |y_true|; a zero truth counts as an infinite relative error unless the
-    prediction is exactly zero too.
+    Relative figures divide by |y_true|. MAPE leaves out the rows whose truth is zero (a peak memory of 0 B
+    above baseline is a real measurement): one such row would make it infinite, hiding how close every other
+    prediction is; RMSE still counts them. It is NaN when every truth is zero. In the ±5 % and ±10 % shares
+    a zero truth is a miss unless the prediction is exactly zero too.
     """
     from scipy.stats import kendalltau
 
@@ -31,7 +33,7 @@ def regression_metrics(y_true, y_pred) -> dict[str, float]:
     else:
         tau = float("nan")
     return {
-        "mape": float(np.mean(relative) * 100.0),
+        "mape": float(np.mean(relative[y_true != 0]) * 100.0) if np.any(y_true != 0) else float("nan"),
         "within_5": float(np.mean(relative <= 0.05)),
         "within_10": float(np.mean(relative <= 0.10)),
         "rmse": float(np.sqrt(np.mean(error ** 2))),
@@ -49,3 +51,10 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def figure(value, spec: str = ".2f") -> str:
+    """A metric as text, "n/a" when it could not be computed (None, as json_safe stores NaN and infinities)."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return format(value, spec)

@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .metrics import json_safe, regression_metrics
+from .metrics import figure, json_safe, regression_metrics
 from .models import FAMILIES, GRIDS, Model, fit_model
 
 FORMAT = "fleetnas-predictor"
@@ -68,7 +68,7 @@ class Predictor:
     def __repr__(self) -> str:
         cv = self.cv_metrics
         return (f"Predictor({self.model_name}{' on log(y)' if self.log_target else ''}, {self.training['rows']} rows, "
-                f"CV MAPE {cv.get('mape', float('nan')):.2f} %, within ±10 % {cv.get('within_10', float('nan')):.1%})")
+                f"CV MAPE {figure(cv.get('mape'))} %, within ±10 % {figure(cv.get('within_10'), '.1%')})")
 
     def predict(self, X) -> np.ndarray:
         return self._back(self.final.predict(self._check(X)))
