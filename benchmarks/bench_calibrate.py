@@ -28,6 +28,7 @@ from fleetnas.calibrate.calibration import least_of, measure_reference_rounds
 from fleetnas.calibrate.drift import RoundEntry
 from fleetnas.calibrate.reference import reference_set
 from fleetnas.farm import AgentEntry, Farm, Inventory
+from fleetnas.predictors.metrics import figure
 from fleetnas.store import open_store
 from fleetnas.supernets import get_supernet
 
@@ -91,8 +92,8 @@ def main() -> None:
                   f"{time.perf_counter() - started:.1f} s, {result.measured} measurements ({load()})")
             for metric, fit in result.fits.items():
                 cv = fit.cv_metrics
-                print(f"  {metric}: {fit.model}, {fit.rows} rows, CV MAPE {cv['mape']:.2f} %, "
-                      f"within ±10 % {cv['within_10']:.0%}, Kendall tau {cv['kendall_tau']:.2f}")
+                print(f"  {metric}: {fit.model}, {fit.rows} rows, CV MAPE {figure(cv['mape'])} %, "
+                      f"within ±10 % {figure(cv['within_10'], '.0%')}, Kendall tau {figure(cv['kendall_tau'])}")
             print(f"  parity plot: {result.plot_path}")
 
             changes, fired, looked = [], 0, 0
@@ -126,7 +127,7 @@ def main() -> None:
                 mape = report.refit.fits["latency_ms"].cv_metrics["mape"]
                 print(f"reaction to the last slowdown: {report.verdicts[AGENT].reason}; marked "
                       f"{report.stale_marked.get(AGENT, 0)} stale, re-measured {report.refit.measured}, refit "
-                      f"latency MAPE {mape:.2f} %: {time.perf_counter() - started:.1f} s ({load()})")
+                      f"latency MAPE {figure(mape)} %: {time.perf_counter() - started:.1f} s ({load()})")
             else:
                 print(f"no refit after the last slowdown: {report.verdicts[AGENT].reason}")
     finally:

@@ -315,3 +315,12 @@ def test_calibrate_refuses_at_once_when_no_agent_of_the_kind_answers(inventory, 
     # Nobody listens on 127.0.0.1:9. Without the check each batch would wait --give-up for an agent.
     assert cli(inventory, tmp_path, "--samples", "2", "--give-up", "5") == 1
     assert f"no agent of kind '{KIND}' answers: a0 at 127.0.0.1:9: UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_a_watch_keeps_going_while_every_agent_of_its_kind_is_down(inventory, tmp_path, caplog):
+    # A watcher started while the device reboots (by systemd, say) waits for it round after round.
+    with filled_store(tmp_path / "x.db", 16, 5) as s:
+        fit_rows(s, tmp_path / "p")
+    caplog.set_level("INFO", logger="fleetnas.calibrate")
+    assert cli(inventory, tmp_path, "--watch", "--rounds", "1", "--interval", "0", "--give-up", "1") == 0
+    assert "trying again next round" in caplog.text

@@ -51,6 +51,12 @@ def test_model_files_on_a_farm_then_again_from_the_database(tmp_path, farm, caps
     assert "0 measured, 3 already stored, 0 failed" in out and "stored before" in out
     assert main([*base, "--remeasure"]) == 0
     assert "3 measured, 0 already stored" in capsys.readouterr().out
+    down = tmp_path / "down.toml"  # the same kind, every agent down: what the store holds is still answered
+    assert main(["devices", "add", "gone", "--address", "127.0.0.1:9", "--kind", "cpu-ort-1t",
+                 "--inventory", str(down)]) == 0
+    capsys.readouterr()
+    assert main([str(down) if a == str(inv) else a for a in base]) == 0
+    assert "0 measured, 3 already stored, 0 failed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

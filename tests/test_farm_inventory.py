@@ -201,6 +201,10 @@ def test_editing_through_a_symbolic_link_updates_the_inventory_it_points_to(tmp_
         assert inventory.get("b").credentials(inventory.base_dir).token == "t0ken"
     assert main(["devices", "remove", "a", "--inventory", str(link)]) == 0
     assert link.is_symlink() and [e.name for e in Inventory.load(real).agents] == ["b"]
+    ahead = link_dir / "shared.toml"  # a link made before the inventory, or its folder, exists
+    ahead.symlink_to(tmp_path / "later" / "farm.toml")
+    assert main(["devices", "add", "c", "--address", "127.0.0.1:3", "--kind", "k", "--inventory", str(ahead)]) == 0
+    assert ahead.is_symlink() and [e.name for e in Inventory.load(tmp_path / "later" / "farm.toml").agents] == ["c"]
 
 
 def test_addresses_are_listed_as_they_are_not_as_markup(tmp_path, capsys):

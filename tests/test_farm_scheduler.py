@@ -186,7 +186,8 @@ def test_a_job_another_process_stored_first_counts_as_stored_not_measured(farm_o
         theirs.append(record)
         return None
     farm.store.find_measurement = another_process_stores_it_meanwhile
+    farm.agents["live0"].consecutive_failures = 1  # a fault before: a measurement that works clears it
     [result] = farm.run([Job(artifact, KIND, settings)])
     assert result.ok and result.from_store and result.measurement.id == theirs[0].id
-    assert farm.agents["live0"].jobs_done == 0
+    assert farm.agents["live0"].jobs_done == 0 and farm.agents["live0"].consecutive_failures == 0
     assert len(farm.store.measurements(device_kind=KIND)) == 1

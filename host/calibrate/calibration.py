@@ -351,7 +351,8 @@ def refit(store: Store, space_id: str, device_kind: str, settings: dict, *, reas
         raise CalibrationError(f"reason must be one of {', '.join(CALIBRATION_REASONS)}, got {reason!r}")
     started = time.monotonic() if started is None else started
     supernet = buildable_supernet(space_id)
-    folder = Path(out_dir) if out_dir is not None else default_out_dir(store)
+    # Absolute: the calibration records the files' paths, which must hold from any working folder.
+    folder = Path(out_dir).resolve() if out_dir is not None else default_out_dir(store)
     data = _Stored(store, device_kind, settings["runtime"], hash_of(settings), include_throttled)
     fits, panels = {}, []
     try:

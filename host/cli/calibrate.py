@@ -177,8 +177,6 @@ def _watch(farm, args: argparse.Namespace, models) -> None:
         "watching %s on %s: reference round every %g s%s; drift = median change ≥ %g %% at p ≤ %g", args.space,
         args.device_kind, args.interval, f", {args.rounds} round(s)" if args.rounds else "",
         args.threshold * 100, args.alpha)
-    if farm.store.latest_calibration(args.space, args.device_kind) is not None:  # else watch says to calibrate
-        farm.require_answering({args.device_kind})
     for report in watch(farm, farm.store, args.space, args.device_kind, interval_s=args.interval,
                         rounds=args.rounds, threshold=args.threshold, alpha=args.alpha, out_dir=args.out_dir,
                         include_throttled=args.include_throttled, models=models):

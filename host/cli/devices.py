@@ -99,7 +99,7 @@ def editing_inventory(path: Path):
     # Locked beside the file itself: an edit through a symbolic link and one through its target exclude each other.
     target = path.resolve()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)  # a link's target folder too, where it is not there yet
         with exclusive(target.with_name(target.name + ".lock"), f"inventory {path}", wait=True):
             inventory = load_inventory(path)
             yield inventory

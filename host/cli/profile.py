@@ -167,16 +167,16 @@ def run_farm(args: argparse.Namespace) -> int:
                 give_up_s=args.give_up, progress=sys.stderr.isatty())
     try:
         with farm:
-            # Every agent of the kind down: refuse now, as `search` does, instead of waiting --give-up.
-            farm.require_answering({args.device_kind})
+            # Every agent of the kind down while something is left to measure: refuse at once, as `search`
+            # does, instead of waiting --give-up; what the store holds is still answered with no agent up.
             if configs is not None:
                 results = farm.measure(configs, args.device_kind, space=space, stopping=stopping_from(args),
-                                       remeasure=args.remeasure)
+                                       remeasure=args.remeasure, answering_first=True)
                 names = keys
             else:
                 artifacts = [ArtifactSource.from_file(path) for path in args.model]
                 results = farm.measure_artifacts(artifacts, args.device_kind, stopping=stopping_from(args),
-                                                 remeasure=args.remeasure)
+                                                 remeasure=args.remeasure, answering_first=True)
                 names = [str(path) for path in args.model]
     except (FarmError, StoreError, JobError, InventoryError) as exc:
         raise CliError(str(exc)) from None

@@ -188,7 +188,8 @@ class Farm:
 
     # ----- the three ways in ----------------------------------------------------------------------
     def measure(self, configs: Sequence[dict], device_kind: str, *, space: str, stopping=None, seed: int = 0,
-                remeasure: bool = False, batch: int = 1, export_cache_dir=None) -> list[JobResult]:
+                remeasure: bool = False, batch: int = 1, export_cache_dir=None,
+                answering_first: bool = False) -> list[JobResult]:
         """Measures sub-networks of `space` on `device_kind`: exports each (cached), then run()."""
         from fleetnas.export import ExportError, export_artifact
 
@@ -200,15 +201,20 @@ class Farm:
             except (ExportError, ValueError, KeyError) as exc:  # KeyError: unknown space; ValueError: bad config
                 raise JobError(f"cannot export {space} config {config}: {exc.args[0] if exc.args else exc}") from exc
             artifacts.append(ArtifactSource.from_export(exported))
-        return self.run(self.jobs_for(artifacts, device_kind, stopping, seed), remeasure=remeasure)
+        return self.run(self.jobs_for(artifacts, device_kind, stopping, seed), remeasure=remeasure,
+                        answering_first=answering_first)
 
     def measure_artifacts(self, artifacts: Sequence[ArtifactSource], device_kind: str, *, stopping=None,
-                          seed: int = 0, remeasure: bool = False, agent: str | None = None) -> list[JobResult]:
+                          seed: int = 0, remeasure: bool = False, agent: str | None = None,
+                          answering_first: bool = False) -> list[JobResult]:
         """Measures any artifacts on `device_kind` (or on the one named `agent` of it: see Job.agent)."""
-        return self.run(self.jobs_for(artifacts, device_kind, stopping, seed, agent), remeasure=remeasure)
+        return self.run(self.jobs_for(artifacts, device_kind, stopping, seed, agent), remeasure=remeasure,
+                        answering_first=answering_first)
 
-    def run(self, jobs: Sequence[Job], remeasure: bool = False) -> list[JobResult]:
-        """Runs the jobs; returns one result per job, in order. Raises StoreError if results cannot be stored."""
+    def run(self, jobs: Sequence[Job], remeasure: bool = False, answering_first: bool = False) -> list[JobResult]:
+        """Runs the jobs; returns one result per job, in order. Raises StoreError if results cannot be stored.
+        `answering_first`: where something is left to measure once the store has answered, a kind none of
+        whose agents answers is a FarmError at once (`require_answering`), not a wait of give_up_s."""
         jobs = list(jobs)
         for kind in {job.device_kind for job in jobs}:
             self.agents_of(kind)
@@ -231,6 +237,8 @@ class Farm:
                     task.result = JobResult(task.job, stored[task.job.key], from_store=True)
             batch = _Batch([t for t in tasks.values() if t.result is None], remeasure)
             if not batch.closed:
+                if answering_first:
+                    self.require_answering(set(batch.pending))
                 self._run_batch(batch, from_store=len(tasks) - batch.total)
         return [dataclasses.replace(tasks[(*job.key, job.agent)].result, job=job) for job in jobs]
 
@@ -361,10 +369,10 @@ class Farm:
                 return self._finish(agent, task, batch, JobResult(job, record, from_store=True))
             result = self._measure_on(agent, job)
             record, inserted = self.store.record_measurement(self._measurement(agent, job, result), supersede=fresh)
+            agent.consecutive_failures = 0  # it measured: whoever stored first, the agent is well
             if not inserted:  # another host process stored it first: its row is the measurement, ours is dropped
                 return self._finish(agent, task, batch, JobResult(job, record, from_store=True))
             agent.jobs_done += 1
-            agent.consecutive_failures = 0
             self._finish(agent, task, batch, JobResult(job, record, attempts=task.attempts + 1,
                                                        elapsed_s=time.monotonic() - started))
         except grpc.RpcError as exc:
