@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -304,27 +303,6 @@ def predictor_path(out_dir: str | Path, space_id: str, device_kind: str, metric:
     return Path(out_dir) / space_id / device_kind / name
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """`data` at `path`, all or nothing: a uniquely named temporary file, flushed to disk, then renamed."""
-    from ..export.artifact import temp_file_beside
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file_beside(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a power cut only once the folder is on disk
-    finally:
-        os.close(folder)
-
-
 def default_out_dir(store: Store) -> Path:
     """`predictors/` beside the store's database file (else in the cache root)."""
     path = getattr(store, "path", None)
@@ -386,6 +364,7 @@ class _Stored(NamedTuple):
 
 def _fit_metric(supernet, metric: str, data: _Stored, folder: Path, models, seed: int):
     """(MetricFit, (measured, out-of-fold predicted)) of one metric; the predictor is saved under `folder`."""
+    from ..export.artifact import atomic_write
     from ..predictors import fit_predictor
     from ..predictors.features import config_features, feature_views
 
@@ -406,7 +385,8 @@ def _fit_metric(supernet, metric: str, data: _Stored, folder: Path, models, seed
     digest = hashlib.sha256(text).hexdigest()
     # A new name for new content: the files earlier calibrations recorded are never overwritten.
     path = predictor_path(folder, space_id, kind, metric, digest)
-    write_durably(path, text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, text, durable=True)
     cv = json_safe({k: predictor.cv_metrics[k] for k in CV_FIGURES})
     fit = MetricFit(metric, len(y), throttled, predictor.model_name, predictor.log_target, cv, path, digest)
     return fit, (y, predictor.out_of_fold)

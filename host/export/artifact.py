@@ -84,7 +84,7 @@ def export_artifact(space_id: str, config: dict, fmt: str = "onnx", batch: int =
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if fmt == "spec":
-        _atomic_write(path, formats.spec_bytes(space_id, config, inputs))
+        atomic_write(path, formats.spec_bytes(space_id, config, inputs))
         made = {}
     else:
         made = _export_module(supernet, config, inputs, fmt, path, seed)
@@ -94,7 +94,7 @@ def export_artifact(space_id: str, config: dict, fmt: str = "onnx", batch: int =
                         {**made, "tools": described["tools"], "fleetnas": __version__, "inputs": inputs,
                          "batch": batch, "seed": seed, "builder": described["builder"], "key": key,
                          "export_s": round(export_s, 4), "from_cache": False})
-    _atomic_write(folder / f"{key}.meta.json", json.dumps(artifact.to_dict(), sort_keys=True).encode())
+    atomic_write(folder / f"{key}.meta.json", json.dumps(artifact.to_dict(), sort_keys=True).encode())
     return artifact
 
 
@@ -142,10 +142,22 @@ def temp_file_beside(path: Path) -> Path:
     return Path(name)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
+    """`data` at `path`, all or nothing: a temporary file beside it, renamed into place. `durable`: flushed to
+    disk first, and the folder after the rename, so that the file survives a power cut too."""
     tmp = temp_file_beside(path)
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    if durable:
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself survives a power cut only once the folder is on disk
+        finally:
+            os.close(folder)

@@ -68,6 +68,7 @@ class LiveEvaluator:
         self.space_id, self.objectives = space_id, list(objectives)
         self.accuracy_metric = accuracy_metric  # the store's name for this evaluator's values
         self.supernet = get_supernet(space_id)
+        self._network = network_of(self.supernet)  # what an accuracy is stored under: its network's config
         self.farm, self.store, self.accuracy, self.stopping = farm, store, accuracy, stopping
         needs_module = [o for o in self.objectives if o.device_kind or o.metric in ANALYTIC]
         if self.supernet.table_only and needs_module:
@@ -147,8 +148,7 @@ class LiveEvaluator:
     def _accuracy(self, config: Config) -> float:
         """From the store when this config's network was evaluated before, else evaluated now and stored under
         the config that stands for its network (`network_of`), where any config of that network finds it."""
-        network = network_of(self.supernet)
-        stored_as = network(config) if network else config
+        stored_as = self._network(config) if self._network else config
         if self.store is not None:
             for e in self.store.evaluations(self.space_id, self.accuracy_metric, config=stored_as):
                 return float(e.value)

@@ -8,7 +8,6 @@ loads it to build a sub-network from a spec, and must not pull in host-only pack
 from __future__ import annotations
 
 import importlib.metadata
-import itertools
 from typing import Any, Callable
 
 from .space import COUNTED_UP_TO, Config, SearchSpace
@@ -50,11 +49,12 @@ class SuperNetwork:
         """A valid config that computes the same function as `config`, the same one for all such configs: its
         `unused` variables at their first choice. Predictors of quality (accuracy) read this form: what a
         network learns depends on its function alone, so parts that cannot change it are noise to them."""
+        config = self.space.validate(config)
         unused = self.unused(config)
         if not unused:
             return config
         return self.space.validate({name: self.space.variable(name).choices[0] if name in unused else value
-                                    for name, value in self.space.validate(config).items()})
+                                    for name, value in config.items()})
 
     def input_specs(self, config: Config, batch: int = 1) -> list[dict]:
         """The module's inputs: [{"name", "shape", "dtype"}]."""
@@ -83,8 +83,7 @@ def network_count(supernet) -> float | None:
         return space.valid_size
     if space.size > COUNTED_UP_TO:
         return None
-    configs = (space.decode(x) for x in itertools.product(*(range(len(v.choices)) for v in space.variables)))
-    return float(len({space.key(network(c)) for c in configs if space.rule is None or space.rule(c) is None}))
+    return float(len({space.key(network(c)) for c in space.valid_configs()}))
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:

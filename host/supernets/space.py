@@ -10,7 +10,7 @@ import functools
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -94,8 +94,14 @@ class SearchSpace:
             return self.size
         if self.size > COUNTED_UP_TO:
             return None
-        indices = itertools.product(*(range(len(v.choices)) for v in self.variables))
-        return float(sum(self.rule(self.decode(np.array(x))) is None for x in indices))
+        return float(sum(1 for _ in self.valid_configs()))
+
+    def valid_configs(self) -> Iterator[Config]:
+        """Every config the rule accepts, one by one: for spaces small enough to count (COUNTED_UP_TO)."""
+        for x in itertools.product(*(range(len(v.choices)) for v in self.variables)):
+            config = self.decode(x)
+            if self.rule is None or self.rule(config) is None:
+                yield config
 
     def variable(self, name: str) -> Variable:
         return self._by_name[name]
