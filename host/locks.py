@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Callable
 
 try:
     import fcntl
@@ -48,6 +49,31 @@ def exclusive(path: str | Path, what: str, wait: bool = False):
             pass
         finally:
             handle.close()  # closing lets go of the lock
+
+
+@contextmanager
+def lease(path: str | Path | None, what: str, busy: Callable[[Busy], Exception]):
+    """`exclusive(path, what)` for a long piece of work (a search run, a watch), whose Busy on entry becomes
+    `busy(exc)`, the caller's own error; nothing to hold where path is None (no file on this machine)."""
+    if path is None:
+        yield
+        return
+    held = ExitStack()
+    try:
+        held.enter_context(exclusive(path, what))
+    except Busy as exc:
+        raise busy(exc) from None
+    with held:  # Busy raised inside the block is the block's own, not this lock's
+        yield
+
+
+def beside_store(store, suffix: str) -> str | None:
+    """A lock file beside the store's database, `<database>.<suffix>.lock`, named after the resolved path (a
+    symbolic link to the database must meet the same lock); None for a store that is no file on this machine."""
+    db = getattr(store, "path", None)
+    if db is None or str(db) == ":memory:":
+        return None
+    return f"{Path(db).resolve()}.{suffix}.lock"
 
 
 def holder(path: str | Path) -> str | None:

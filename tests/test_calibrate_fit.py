@@ -6,11 +6,13 @@ calibration does with them. tests/test_calibrate_live.py measures for real.
 import dataclasses
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from fleetnas.calibrate import CalibrationError, latest_predictor, refit, training_set, watch
+from fleetnas.calibrate.watch import watch_lock
 from fleetnas.cli import main
 from fleetnas.cli.calibrate import duration_s
 from fleetnas.farm import AgentEntry, Farm, Inventory
@@ -126,6 +128,18 @@ def test_watching_needs_a_calibration_first(store, tmp_path):
         next(watch(farm, farm.store, "demo", KIND, interval_s=0, rounds=1))
 
 
+def test_one_watch_at_a_time_per_space_kind_and_store(store, tmp_path):
+    farm = Farm(Inventory(tmp_path / "f.toml", [AgentEntry("a0", "127.0.0.1:9", KIND)]), store)
+    with watch_lock(store, "demo", KIND):  # another watch of the same, as a second process would hold it
+        with pytest.raises(CalibrationError, match=r"a watch of demo on cpu-synthetic is being driven by process "
+                                                   r"\d+; stop that one first"):
+            next(watch(farm, farm.store, "demo", KIND, interval_s=0, rounds=1))
+    # A watch of another kind does not stand in the way, nor does a finished one: this one gets to its checks.
+    with watch_lock(store, "demo", "another-kind"):
+        with pytest.raises(CalibrationError, match="demo has not been calibrated on cpu-synthetic yet"):
+            next(watch(farm, farm.store, "demo", KIND, interval_s=0, rounds=1))
+
+
 @pytest.mark.parametrize("text, seconds", [("90", 90.0), ("30s", 30.0), ("10m", 600.0), ("1.5h", 5400.0),
                                            ("1d", 86400.0), ("0", 0.0)])
 def test_durations(text, seconds):
@@ -216,6 +230,24 @@ def test_a_predictor_file_changed_since_it_was_recorded_is_refused(store, tmp_pa
     fit.predictor_path.write_bytes(other.read_bytes())  # what one shared file name used to allow
     with pytest.raises(CalibrationError, match="latency_ms predictor .* has been overwritten since it was recorded"):
         _recorded_predictor(1, recorded)
+
+
+def test_a_store_moved_with_its_predictors_folder_keeps_its_calibrations(tmp_path):
+    (tmp_path / "farm").mkdir()
+    with filled_store(tmp_path / "farm" / "fleet.db", 15, 0) as s:
+        rows = fit_rows(s).fits["latency_ms"].rows  # into farm/predictors/, recorded by absolute path
+    (tmp_path / "farm").rename(tmp_path / "workstation")
+    with SqliteStore(tmp_path / "workstation" / "fleet.db") as s:
+        assert latest_predictor(s, "demo", KIND).training["rows"] == rows
+        for file in (tmp_path / "workstation" / "predictors").rglob("*.json"):
+            file.write_bytes(file.read_bytes().replace(b'"rows"', b'"rows" '))  # same name, other content
+        with pytest.raises(CalibrationError, match="has been overwritten since it was recorded"):
+            latest_predictor(s, "demo", KIND)
+        shutil.rmtree(tmp_path / "workstation" / "predictors")
+        with pytest.raises(CalibrationError, match=r"predictor latency_ms-\w+\.json is not in .*farm/predictors/demo/"
+                                                   r"cpu-synthetic nor in .*workstation/predictors/demo/cpu-synthetic "
+                                                   r"\(copy the store's predictors/"):
+            latest_predictor(s, "demo", KIND)
 
 
 def test_a_calibration_recorded_before_files_had_digests_still_loads(store, tmp_path):

@@ -403,14 +403,27 @@ def latest_predictor(store: Store, space_id: str, device_kind: str, metric: str 
     if fit is None:
         raise CalibrationError(f"calibration {calibration.id} has no {metric} predictor; it has "
                                f"{', '.join(calibration.result['metrics'])}")
-    return _recorded_predictor(calibration.id, fit)
+    return _recorded_predictor(calibration.id, fit,
+                               predictor_path(default_out_dir(store), space_id, device_kind, metric).parent)
 
 
-def _recorded_predictor(calibration_id: int, fit: dict):
-    """The predictor file a calibration names, refused unless it is what the calibration recorded."""
+def _recorded_predictor(calibration_id: int, fit: dict, beside_store: Path | None = None):
+    """The predictor file a calibration names, refused unless it is what the calibration recorded.
+
+    Where that path is gone, a file of the same name in `beside_store` (the store's own predictors/ folder) is
+    taken if it is what was recorded, as the recorded file itself must be: a store copied with its predictors/
+    folder to another machine or folder keeps its calibrations."""
     from ..predictors import load_predictor
 
     path = Path(fit["predictor"])
+    moved = beside_store / path.name if beside_store is not None else None
+    if not path.exists() and moved is not None and moved.is_file():
+        path = moved
+    elif not path.exists():
+        where = f" nor in {beside_store}" if beside_store is not None and beside_store != path.parent else ""
+        raise CalibrationError(f"calibration {calibration_id}'s {fit['metric']} predictor {path.name} is not in "
+                               f"{path.parent}{where} (copy the store's predictors/ folder along with it), or "
+                               "calibrate again (what the store has measured is not measured again)")
     try:
         predictor = load_predictor(path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()

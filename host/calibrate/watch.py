@@ -14,13 +14,16 @@ A change recorded but not yet refitted (the refit failed, the host stopped) is r
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from fleetnas.store import Store
 
+from ..locks import beside_store, lease
 from ..predictors.metrics import figure
 from .calibration import (CalibrationError, CalibrationResult, MeasuredRound, buildable_supernet,
                           enough_for_baseline, least_of, measure_reference_rounds, measure_sample,
@@ -57,7 +60,9 @@ def watch(farm, store: Store, space_id: str, device_kind: str, *, interval_s: fl
           include_throttled: bool = False, models: str | Sequence[str] = "auto",
           stop: threading.Event | None = None) -> Iterator[RoundReport]:
     """Yields a report per round, `rounds` of them (None: until `stop` is set), `interval_s` apart (start to
-    start). Needs an earlier calibration of the space on the kind: its settings, sample and seed are reused."""
+    start). Needs an earlier calibration of the space on the kind: its settings, sample and seed are reused.
+    One watch per space, kind and store at a time (`watch_lock`): a second would measure the same reference
+    set in parallel, loading the devices it judges, and mark stale and refit what the first refits."""
     if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
         raise CalibrationError(f"rounds must be a positive integer (or None: until stopped), got {rounds!r}")
     if interval_s < 0:
@@ -68,12 +73,27 @@ def watch(farm, store: Store, space_id: str, device_kind: str, *, interval_s: fl
     except ValueError as exc:
         raise CalibrationError(str(exc)) from None
     stop = stop or threading.Event()
+    with watch_lock(store, space_id, device_kind):
+        yield from _rounds(farm, store, space_id, device_kind, interval_s, rounds, stop, threshold=threshold,
+                           alpha=alpha, out_dir=out_dir, include_throttled=include_throttled, models=models)
+
+
+@contextmanager
+def watch_lock(store: Store, space_id: str, device_kind: str):
+    """Holds `<database>.watch-KIND-SPACE.lock` (`fleetnas.locks.exclusive`); CalibrationError naming the process
+    that already watches. A store that is no file on this machine is the caller's to keep to one watch."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{device_kind}-{space_id}")
+    with lease(beside_store(store, f"watch-{name}"), f"a watch of {space_id} on {device_kind}",
+               lambda busy: CalibrationError(f"{busy}; stop that one first, or let it keep watching")):
+        yield
+
+
+def _rounds(farm, store, space_id, device_kind, interval_s, rounds, stop, **settings) -> Iterator[RoundReport]:
     n = 0
     while rounds is None or n < rounds:
         started = time.monotonic()
         n += 1
-        yield watch_round(farm, store, space_id, device_kind, n, threshold=threshold, alpha=alpha,
-                          out_dir=out_dir, include_throttled=include_throttled, models=models)
+        yield watch_round(farm, store, space_id, device_kind, n, **settings)
         if (rounds is not None and n >= rounds) or stop.wait(max(0.0, interval_s - (time.monotonic() - started))):
             return
 

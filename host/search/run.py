@@ -10,14 +10,12 @@ event.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from ..locks import Busy, exclusive, holder
+from ..locks import beside_store, holder, lease
 from ..store import canonical_json
 from ..supernets import Config, get_supernet
 from ..supernets.base import network_count, network_of
@@ -228,31 +226,16 @@ class RunBusy(ValueError):
     """Another process is driving this run."""
 
 
-@contextmanager
 def run_lease(store, run_id: int):
     """Holds an exclusive lock on `<database>.run-<id>.lock` while a run executes, so that two processes
-    resuming one run cannot both spend its budget (`fleetnas.locks.exclusive`; the file goes when the run
+    resuming one run cannot both spend its budget (`fleetnas.locks.lease`; the file goes when the run
     stops). Only for a database file on this machine."""
-    path = _lease_path(store, run_id)
-    if path is None:
-        yield
-        return
-    lease = ExitStack()
-    try:
-        lease.enter_context(exclusive(path, f"search run {run_id}"))
-    except Busy as exc:
-        raise RunBusy(f"{exc}; resume it once that one has stopped") from None
-    with lease:
-        yield
+    return lease(_lease_path(store, run_id), f"search run {run_id}",
+                 lambda busy: RunBusy(f"{busy}; resume it once that one has stopped"))
 
 
 def _lease_path(store, run_id: int) -> str | None:
-    """The run's lock file, named after the resolved path (a symbolic link to the database must meet the same
-    lock); None for a store that is no file on this machine."""
-    db = getattr(store, "path", None)
-    if db is None or str(db) == ":memory:":
-        return None
-    return f"{Path(db).resolve()}.run-{run_id}.lock"
+    return beside_store(store, f"run-{run_id}")
 
 
 def _measured(store, run_id: int) -> tuple[RunSpec, list[Objective], list, np.ndarray]:
