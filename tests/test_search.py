@@ -133,10 +133,11 @@ def test_session_spends_each_evaluation_once_and_stops_at_the_budget():
     session.evaluate(configs[:3])
     session.evaluate(configs[:3])  # asking again costs nothing
     assert evaluator.calls == 3 and session.remaining == 2
-    with pytest.raises(BudgetExhausted):
-        session.evaluate(configs[3:6])
-    session.evaluate(configs[3:5])
+    with pytest.raises(BudgetExhausted, match="3 new configurations asked for, 2 left in the budget"):
+        session.evaluate(configs[3:6])  # the first two are evaluated: what is left is spent
     assert session.remaining == 0 and evaluator.calls == 5
+    assert np.array_equal(session.evaluate(configs[3:5]), [synthetic_values(c) for c in configs[3:5]])
+    assert evaluator.calls == 5
 
 
 def test_session_keeps_what_was_known_apart_from_its_budget_and_front():
@@ -566,6 +567,18 @@ def test_a_resumed_run_that_diverges_from_its_record_never_spends_more_than_its_
         assert store.run(run_id).state == "finished"
 
 
+def test_a_diverged_replay_that_asks_beyond_its_budget_spends_what_is_left(tmp_path):
+    with open_store(tmp_path / "d.db") as store:
+        run_id = start_run(store, _spec())
+        strangers = NB201.space.sample(30, 99)  # then LINAS's 12 seeds ask for more than the 6 left
+        store.add_run_members(run_id, [(c, dict(zip(["accuracy", "latency"], synthetic_values(c))), "measured")
+                                       for c in strangers])
+        resumed = CountingEvaluator()
+        session = execute_run(store, run_id, resumed)
+        assert resumed.calls == 6 and session.used == 36  # before: ended at 30 of 36
+        assert len(store.run_members(run_id, "measured")) == 36 and store.run(run_id).state == "finished"
+
+
 def test_the_run_lease_holds_through_a_symbolic_link_to_the_database(tmp_path):
     with open_store(tmp_path / "real.db") as store:
         run_id = start_run(store, _spec())
@@ -725,6 +738,8 @@ def _exits(config):
 @pytest.mark.parametrize("accuracy, message", [
     (lambda config: float("nan"), "returned nan"),
     (lambda config: "high", "returned 'high'"),
+    (lambda config: "0.9", "returned '0.9'"),  # text that reads as a number is still a bug in the evaluator
+    (lambda config: True, "returned True"),
     (lambda config: 1 / 0, "failed on {'resolution'"),
     (_exits, "_exits failed on {'resolution'.*SystemExit"),
 ])
@@ -736,6 +751,14 @@ def test_an_accuracy_evaluator_that_misbehaves_is_named_with_the_config(accuracy
     config = get_supernet("demo").space.sample(1, 0)[0]
     with pytest.raises(EvaluationError, match=message):
         evaluator.evaluate([config])
+
+
+@pytest.mark.parametrize("returned", [np.float32(0.75), np.array(0.75), 3 / 4, 0.75])
+def test_an_accuracy_evaluator_may_return_any_real_number(returned):
+    from fleetnas.search.live import LiveEvaluator
+
+    evaluator = LiveEvaluator("demo", [parse_objective("accuracy:max")], accuracy=lambda config: returned)
+    assert evaluator.evaluate(get_supernet("demo").space.sample(1, 0)) == [[0.75]]
 
 
 def test_memory_a_device_could_not_measure_is_no_value_to_search_on(tmp_path):

@@ -165,7 +165,8 @@ class LiveEvaluator:
         except (Exception, SystemExit) as exc:  # an evaluator that calls sys.exit() must not end the search unsaid
             raise EvaluationError(f"the accuracy evaluator {name} failed on {config}: {exc!r}") from exc
         try:
-            value = float(returned)
+            # Text and truth values convert to float, but one returned is a bug in the evaluator, not an accuracy.
+            value = float("nan") if isinstance(returned, (str, bytes, bool, np.bool_)) else float(returned)
         except (TypeError, ValueError):
             value = float("nan")
         if not np.isfinite(value):

@@ -6,7 +6,7 @@ to a recorder (the store) before returning it. A session resumed from a recorder
 re-run with the same seed, asks for the same configurations in the same order and gets the recorded
 values without re-measuring, so a resumed search ends exactly where an uninterrupted one would. Should the
 replay diverge (what the store knew changed in between), the recorded evaluations still count against the
-budget (`_absorb_record`), and a request beyond it ends the run (BudgetExhausted).
+budget (`_absorb_record`), and a request beyond it spends what is left and ends the run (BudgetExhausted).
 
 A session may be told which configurations build one network (`network`: a super-network's canonical form,
 where the parts it resets are never built). It then evaluates each network once: a second configuration of
@@ -91,13 +91,18 @@ class SearchSession:
         return self.budget - self.used
 
     def evaluate(self, configs: Sequence[Config]) -> np.ndarray:
-        """Values of `configs`; new ones beyond the remaining budget raise BudgetExhausted."""
+        """Values of `configs`. Asked for more new ones than the budget has left, it evaluates (and records) as
+        many as are left, in the order asked, and then raises BudgetExhausted."""
         keys = [self.key(c) for c in configs]
         if any(k not in self._memo for k in keys):
             self._absorb_record()
         fresh = list(dict.fromkeys(k for k in keys if k not in self._consumed))
+        beyond = None
         if len(fresh) > self.remaining:
-            raise BudgetExhausted(f"{len(fresh)} new configurations asked for, {self.remaining} left in the budget")
+            # The tactic sized its request before a diverged replay's record joined the budget: what is left
+            # is spent on the first of them, so the run ends with its budget spent, not short of it.
+            beyond = f"{len(fresh)} new configurations asked for, {self.remaining} left in the budget"
+            fresh = fresh[:max(self.remaining, 0)]
         by_key: dict[str, Config] = {}
         for k, c in zip(keys, configs):
             by_key.setdefault(k, c)  # a network asked for twice is evaluated as the config asked for first
@@ -115,6 +120,8 @@ class SearchSession:
                     self.recorder.record(self.used - 1, self._configs[k], self._memo[k])
         if fresh and self.on_evaluation is not None:
             self.on_evaluation(self.used, self.budget)
+        if beyond is not None:
+            raise BudgetExhausted(beyond)
         return np.stack([self._memo[k] for k in keys]) if keys else np.zeros((0, len(self.objectives)))
 
     def _absorb_record(self) -> None:
