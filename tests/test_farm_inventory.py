@@ -1,5 +1,8 @@
 """The farm inventory (TOML) and the `fleetnas devices` commands that edit and check it."""
 import json
+import shutil
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -221,3 +224,145 @@ def test_addresses_are_listed_as_they_are_not_as_markup(tmp_path, capsys):
     assert main(["devices", "check", "--inventory", str(inv), "--no-reference", "--timeout", "5"]) == 1
     out = capsys.readouterr().out
     assert "[/x]:1" in out.split("\n", 3)[3] and "UNAVAILABLE" in out
+
+
+# ----- editing keeps the file as the user wrote it ------------------------------------------------------------------
+EXAMPLE = Path(__file__).parents[1] / "devices" / "fleetnas.example.toml"
+
+
+def _table_text(text, name):
+    """The text of [agents.NAME] up to the next table header (or the end)."""
+    start = text.index(f"[agents.{name}]")
+    following = text.find("\n[", start)
+    return text[start:following + 1 if following >= 0 else len(text)]
+
+
+def test_editing_the_example_keeps_its_comments_and_untouched_agents(tmp_path, caplog):
+    path = tmp_path / "fleetnas.toml"
+    shutil.copyfile(EXAMPLE, path)
+    original = path.read_text()
+    inv = Inventory.load(path)
+    inv.remove("pi4-b")
+    inv.add(AgentEntry("pi4-c", "192.168.1.23:50051", "rpi4-litert-1t", runtime="litert", token_file="tokens/pi4-c"))
+    inv.save()
+    edited = path.read_text()
+    removed = _table_text(original, "pi4-b")
+    comments = [line for line in original.splitlines() if "#" in line and line not in removed.splitlines()]
+    assert comments and [line for line in comments if line not in edited.splitlines()] == []
+    assert "[agents.pi4-b]" not in edited and 'token_file = "tokens/pi4-b"' not in edited
+    for name in ("pi4-a", "pixel7", "orin"):
+        assert _table_text(original, name).rstrip("\n") in edited
+    assert edited.startswith(original[:original.index("[agents.")])  # the header, as it was
+    assert edited.index("[agents.orin]") < edited.index("[agents.pi4-c]")  # new agents go at the end
+    data = tomllib.loads(edited)["agents"]
+    assert list(data) == ["pi4-a", "pixel7", "orin", "pi4-c"]
+    assert data["pi4-c"] == {"address": "192.168.1.23:50051", "kind": "rpi4-litert-1t", "runtime": "litert",
+                             "token_file": "tokens/pi4-c"}
+    assert "rewriting it" not in caplog.text  # edited in place, not written anew
+    assert {name: table for name, table in data.items() if name != "pi4-c"} == \
+        {name: table for name, table in tomllib.loads(original)["agents"].items() if name != "pi4-b"}
+
+
+def test_loading_and_saving_without_changes_leaves_the_file_byte_identical(tmp_path):
+    path = tmp_path / "fleetnas.toml"
+    odd = EXAMPLE.read_bytes() + b"\n\n# a footer   \n[agents.z]  # spaced\n  address   =  'h:9'\nkind='k'\n"
+    path.write_bytes(odd)
+    Inventory.load(path).save()
+    assert path.read_bytes() == odd
+    crlf = EXAMPLE.read_bytes().replace(b"\n", b"\r\n")
+    path.write_bytes(crlf)
+    Inventory.load(path).save()
+    assert path.read_bytes() == crlf
+
+
+def test_changing_an_agent_edits_only_its_values(tmp_path):
+    path = tmp_path / "fleetnas.toml"
+    shutil.copyfile(EXAMPLE, path)
+    original = path.read_text()
+    inv = Inventory.load(path)
+    old = inv.get("orin")
+    inv.add(AgentEntry("orin", "192.168.1.61:50051", old.kind, old.runtime, old.threads, old.token_file,
+                       tls_server_name="orin.lab"), replace=True)  # as `devices add --replace` does
+    inv.save()
+    edited = path.read_text()
+    assert edited.replace(_table_text(edited, "orin"), "") == original.replace(_table_text(original, "orin"), "")
+    orin = _table_text(edited, "orin")
+    assert 'address = "192.168.1.61:50051"' in orin and 'tls_ca' not in orin
+    assert 'token_file = "tokens/orin"        # TLS encrypts; the token says who may call' in orin
+    assert Inventory.load(path).get("orin") == inv.get("orin")
+
+
+def test_removing_an_agent_takes_its_own_comments_and_leaves_its_neighbours(tmp_path):
+    path = tmp_path / "farm.toml"
+    path.write_text('# the farm\n\n'
+                    '# a: by the window\n[agents.a]\naddress = "h:1"  # fixed lease\nkind = "k"\n# a: new SD card\n'
+                    '\n# ---- lab 2 ----\n\n'
+                    '# b: on the desk\n[agents.b]\naddress = "h:2"\nkind = "k"\n\n'
+                    '# c: in the rack\n[agents.c]\naddress = "h:3"\nkind = "k"\n')
+    inv = Inventory.load(path)
+    inv.remove("b")
+    inv.save()
+    assert path.read_text() == ('# the farm\n\n'
+                                '# a: by the window\n[agents.a]\naddress = "h:1"  # fixed lease\nkind = "k"\n'
+                                '# a: new SD card\n\n# ---- lab 2 ----\n\n'
+                                '# c: in the rack\n[agents.c]\naddress = "h:3"\nkind = "k"\n')
+    inv.remove("a")  # the first agent: the file's opening comment is its header, and stays
+    inv.save()
+    assert path.read_text() == ('# the farm\n\n# ---- lab 2 ----\n\n'
+                                '# c: in the rack\n[agents.c]\naddress = "h:3"\nkind = "k"\n')
+    inv.remove("c")
+    inv.save()
+    assert path.read_text() == '# the farm\n\n# ---- lab 2 ----\n'
+    assert len(Inventory.load(path)) == 0
+
+
+@pytest.mark.parametrize("text", [
+    'agents.pi = {address = "h:1", kind = "k"}  # the pi\nagents.orin = {address = "h:2", kind = "o"}\n',
+    '[agents]\npi = {address = "h:1", kind = "k"}  # the pi\norin.address = "h:2"\norin.kind = "o"\n',
+])
+def test_inline_tables_and_dotted_keys_can_be_edited(tmp_path, text):
+    path = tmp_path / "farm.toml"
+    path.write_text(text)
+    inv = Inventory.load(path)
+    inv.add(AgentEntry("pi", "h:1", "k", threads=2), replace=True)
+    inv.remove("orin")
+    inv.add(AgentEntry("new", "h:3", "n"))
+    inv.save()
+    edited = path.read_text()
+    assert "# the pi" in edited and "orin" not in edited
+    assert tomllib.loads(edited)["agents"] == {"pi": {"address": "h:1", "kind": "k", "threads": 2},
+                                               "new": {"address": "h:3", "kind": "n"}}
+    assert Inventory.load(path).agents == inv.agents
+
+
+def test_a_new_file_gets_its_header_comment(tmp_path):
+    path = tmp_path / "sub" / "farm.toml"
+    inv = Inventory.load(path)
+    inv.add(AgentEntry("pi", "h:1", "k", runtime="litert"))
+    inv.add(AgentEntry("orin", "h:2", "o", threads=4))
+    inv.save()
+    assert path.read_text() == ("# FleetNAS device farm inventory: `fleetnas devices add|remove|list|check` edit "
+                                "and read it.\n"
+                                '[agents.pi]\naddress = "h:1"\nkind = "k"\nruntime = "litert"\n\n'
+                                '[agents.orin]\naddress = "h:2"\nkind = "o"\nthreads = 4\n')
+    inv.add(AgentEntry("third", "h:3", "k", runtime="litert"))  # saved again: edited, not duplicated
+    inv.save()
+    assert [e.name for e in Inventory.load(path).agents] == ["pi", "orin", "third"]
+    assert path.read_text().count("# FleetNAS device farm inventory") == 1
+
+
+def test_a_file_that_cannot_be_edited_in_place_is_still_written_whole(tmp_path, monkeypatch, caplog):
+    from fleetnas.farm import inventory as module
+
+    path = tmp_path / "farm.toml"
+    shutil.copyfile(EXAMPLE, path)
+    inv = Inventory.load(path)
+    inv.remove("orin")
+
+    def broken(*_):
+        raise RuntimeError("tomlkit could not")
+    monkeypatch.setattr(module, "_edited", broken)
+    inv.save()
+    assert "rewriting it without its comments" in caplog.text and "tomlkit could not" in caplog.text
+    assert path.read_text().startswith("# FleetNAS device farm inventory")
+    assert Inventory.load(path).agents == inv.agents

@@ -10,10 +10,14 @@ token_file = "tokens/rpi4-a" # optional credentials; relative paths are relative
 tls_ca = "ca.pem"
 ```
 Interchangeable means measured the same way: every agent of a kind must name the same runtime and threads.
+
+`fleetnas devices add|remove` edit the file in place: comments, key order and layout are kept, and only the
+tables of the agents that changed are touched (see Inventory.save).
 """
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import tomllib
 from dataclasses import asdict, dataclass, fields
@@ -23,6 +27,9 @@ DEFAULT_INVENTORY = "fleetnas.toml"
 RUNTIMES = ("", "litert", "onnxruntime", "torch")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # whole names only (fullmatch): "$" lets "a\n" through
 CREDENTIAL_FIELDS = ("token_file", "tls_ca", "tls_cert", "tls_key")
+HEADER = "# FleetNAS device farm inventory: `fleetnas devices add|remove|list|check` edit and read it.\n"
+
+log = logging.getLogger("fleetnas.farm")
 
 
 class InventoryError(ValueError):
@@ -116,6 +123,10 @@ class Inventory:
     def __init__(self, path: str | Path = DEFAULT_INVENTORY, agents: list[AgentEntry] = ()):
         self.path = Path(path)
         self._agents: dict[str, AgentEntry] = {}
+        # The file's text as last read or written, and its agents as they were then: save() edits that text
+        # (None: no file yet, save() writes a new one).
+        self._source: str | None = None
+        self._saved: dict[str, AgentEntry] = {}
         for entry in agents:
             self.add(entry)
 
@@ -126,7 +137,8 @@ class Inventory:
         if not path.exists():
             return cls(path)
         try:
-            data = tomllib.loads(path.read_text())
+            text = path.read_bytes().decode("utf-8")  # as it is: TOML is UTF-8, and CRLF line ends stay CRLF
+            data = tomllib.loads(text)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InventoryError(f"{path} is not valid TOML: {exc}") from None
         except OSError as exc:
@@ -154,20 +166,38 @@ class Inventory:
                 inventory.add(AgentEntry(name=name, **table))
             except InventoryError as exc:
                 raise InventoryError(f"{path}: {exc}") from None
+        inventory._source, inventory._saved = text, dict(inventory._agents)
         return inventory
 
     def save(self) -> None:
         """Writes the file atomically (a temporary file renamed over it); through a symbolic link, the file it
-        points to (renaming over the link would replace it with a copy, and leave the real inventory as it was)."""
-        import tomli_w
+        points to (renaming over the link would replace it with a copy, and leave the real inventory as it was).
 
-        body = tomli_w.dumps({"agents": {e.name: e.to_toml() for e in self._agents.values()}})
-        text = "# FleetNAS device farm inventory: `fleetnas devices add|remove|list|check` edit and read it.\n" + body
+        A loaded file is edited, not rewritten: the tables of removed agents go, those of changed agents are
+        updated value by value, new agents are appended as [agents.NAME] tables; everything else (comments,
+        blank lines, key order, unchanged agents) stays byte for byte. A new file gets a one-line header."""
+        text = self._new_text()
         target = self.path.resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", newline="")
         tmp.replace(target)
+        self._source, self._saved = text, dict(self._agents)
+
+    def _new_text(self) -> str:
+        fresh = _fresh(self._agents.values())
+        if self._source is None:
+            return fresh
+        try:
+            text = _edited(self._source, self._saved, self._agents)
+            if _read_back(text) == self._agents:
+                return text
+            problem = "the edited text does not read back as the inventory's agents"
+        except Exception as exc:  # a layout tomlkit cannot edit: the inventory itself must still be written
+            problem = f"{type(exc).__name__}: {exc}"
+        log.warning("%s: cannot edit the inventory in place (%s); rewriting it without its comments",
+                    self.path, problem)
+        return fresh
 
     # ----- queries and edits ----------------------------------------------------------------------
     @property
@@ -226,3 +256,222 @@ class Inventory:
         entry = self.get(name)
         del self._agents[name]
         return entry
+
+
+# ----- editing the file in place (tomlkit keeps comments and layout) ---------------------------------------------
+#
+# Which comments go with a removed agent. tomlkit stores the comment lines and blank lines that follow a table's
+# last value, up to the next [header], in that table, so a comment written directly above [agents.b] is stored at
+# the end of [agents.a]. Deleting a table as tomlkit holds it would therefore take the next agent's comment with
+# it, and leave the removed agent's own comment behind, above its neighbour. Instead, comment lines are grouped in
+# paragraphs (runs of comment lines between blank lines) and a removed agent takes:
+#   - its header, its values and the comments among them;
+#   - the paragraph directly under its last value (no blank line between), unless that paragraph also runs up to
+#     the next [header], which makes it that table's;
+#   - the paragraph directly above its [header], unless that is the file's opening paragraph (its header).
+# Every other comment and blank line stays where it was; the blank lines that separated the removed table from the
+# next one go, so that no double gap is left.
+
+
+def _edited(source: str, saved: dict[str, AgentEntry], agents: dict[str, AgentEntry]) -> str:
+    """`source` edited from the agents in `saved` to those in `agents`."""
+    import tomlkit
+
+    doc = tomlkit.parse(source)
+    for name in saved:
+        if name not in agents:
+            _remove_agent(doc, name)
+            doc = tomlkit.parse(doc.as_string())  # the next removal sees the layout as a file has it
+    for name, entry in agents.items():
+        if name not in saved:
+            _append_agent(doc, entry)
+        elif entry != saved[name]:
+            _update_agent(doc["agents"][name], entry)
+    text = doc.as_string()
+    if "\r\n" in source and "\n" not in source.replace("\r\n", ""):  # tomlkit writes new lines as \n
+        text = text.replace("\r\n", "\n").replace("\n", "\r\n")
+    return text
+
+
+def _fresh(entries) -> str:
+    """A new file: the header line, then one [agents.NAME] table per agent."""
+    import tomlkit
+
+    agents = tomlkit.table(is_super_table=True)
+    for entry in entries:
+        table = tomlkit.table()
+        table.update(entry.to_toml())
+        agents.append(entry.name, table)
+    doc = tomlkit.document()
+    doc.append("agents", agents)
+    return HEADER + doc.as_string()
+
+
+def _read_back(text: str) -> dict[str, AgentEntry]:
+    data = tomllib.loads(text)
+    if set(data) - {"agents"}:
+        raise ValueError(f"unexpected top-level key(s) {', '.join(sorted(set(data) - {'agents'}))}")
+    return {name: AgentEntry(name=name, **table) for name, table in data.get("agents", {}).items()}
+
+
+def _append_agent(doc, entry: AgentEntry) -> None:
+    import tomlkit
+    from tomlkit.items import InlineTable
+
+    agents = doc.get("agents")
+    if agents is None:
+        doc.append("agents", tomlkit.table(is_super_table=True))
+        agents = doc["agents"]
+    if isinstance(agents, InlineTable):  # agents = {pi = {...}}: a new agent joins it the same way
+        table = tomlkit.inline_table()
+    else:
+        table = tomlkit.table()
+    table.update(entry.to_toml())
+    agents[entry.name] = table
+
+
+def _update_agent(table, entry: AgentEntry) -> None:
+    """Changes the values of an agent's table (a table, an inline table or dotted keys) that differ from
+    `entry`; the lines of values that stay, and the comments after changed values, are kept."""
+    from tomlkit.items import Table
+
+    values = entry.to_toml()
+    for key in list(table):
+        if key in values:
+            if table[key] != values[key]:
+                table[key] = values[key]
+        elif table[key] != getattr(entry, key):  # a default written out (threads = 1) stays while it holds
+            del table[key]
+    missing = [key for key in values if key not in table]
+    if not missing:
+        return
+    # New values go after the last value, above the comments that end the table (tomlkit would append them after
+    # those, under a comment that introduces the next table).
+    tail = []
+    if isinstance(table, Table):
+        body = table.value.body
+        tail = [body[i][1] for i in _trailing(body)]
+        _drop(body, _trailing(body))
+    for key in missing:
+        table[key] = values[key]
+    for item in tail:
+        table.raw_append(None, item)
+
+
+def _remove_agent(doc, name: str) -> None:
+    """Removes agent `name`'s table with its own comments (see the note above)."""
+    from tomlkit.items import Table, Whitespace
+
+    agents = doc["agents"]
+    place = _own_table(agents, name)
+    if place is None:  # an inline table, dotted keys, a table split in parts: tomlkit's own removal
+        del agents[name]
+        return
+    body = agents.value.body
+    table = body[place][1]
+    later = any(key is not None for key, _ in body[place + 1:])
+    # Where the lines just above the table's header are stored: the end of the previous agent's table, or, for
+    # the first agent, the top of the file, whose first paragraph is its header.
+    above: tuple[list, list[int], bool] | None = None
+    before = [(key, item) for key, item in body[:place] if not _is_null(item)]
+    if before and isinstance(before[-1][1], Table) and _own_table(agents, before[-1][0].key) is not None:
+        previous = before[-1][1].value.body
+        above = previous, _trailing(previous), False
+    elif not before and agents.is_super_table() and _own_table(doc, "agents") is not None:
+        top = doc.body
+        at = next(i for i, (key, _) in enumerate(top) if key is not None and key.key == "agents")
+        region = []
+        for i in range(at - 1, -1, -1):
+            if top[i][0] is not None:
+                break
+            if not _is_null(top[i][1]):
+                region.insert(0, i)
+        above = top, region, True
+    if above is not None and "\n" not in table.trivia.indent:
+        container, region, header_first = above
+        paragraphs = _paragraphs(container, region)
+        if paragraphs and paragraphs[-1][-1] == region[-1] and not (header_first and len(paragraphs) == 1):
+            _drop(container, paragraphs[-1])  # the paragraph directly above the header: this agent's
+        if not later:  # the last table: the blank lines that separated it from the rest go too
+            region = [i for i in region if not _is_null(container[i][1])]
+            while region and _is_blank(container[region[-1]][1]):
+                _drop(container, [region.pop()])
+    own_body = table.value.body
+    region = _trailing(own_body)
+    paragraphs = _paragraphs(own_body, region)
+    gone = 0
+    if paragraphs and paragraphs[0][0] == region[0] and not (later and paragraphs[0][-1] == region[-1]):
+        gone = len(paragraphs[0])  # the paragraph directly under the last value: this agent's
+    kept = [own_body[i][1] for i in region[gone:]]
+    if later:  # (the last table's separation went above)
+        while kept and _is_blank(kept[0]):
+            kept.pop(0)
+    agents.remove(name)
+    if kept:  # in the table's place, as written (tomlkit reads them back as part of the table above)
+        body[place] = (None, Whitespace("".join(item.as_string() for item in kept)))
+
+
+def _own_table(container, name: str) -> int | None:
+    """Where in `container`'s body `name` is, when it is one [header] table (not dotted keys, not inline, not
+    split in parts); None otherwise."""
+    from tomlkit.container import Container
+    from tomlkit.items import Table
+
+    value = container.value if isinstance(container, Table) else container
+    if not isinstance(value, Container):
+        return None
+    places = [i for i, (key, _) in enumerate(value.body) if key is not None and key.key == name]
+    if len(places) != 1:
+        return None
+    key, item = value.body[places[0]]
+    if not isinstance(item, Table) or key.is_dotted():
+        return None
+    return places[0]
+
+
+def _trailing(body: list) -> list[int]:
+    """The places of the comments and blank lines after the last value of a table's body."""
+    places = []
+    for i in range(len(body) - 1, -1, -1):
+        if body[i][0] is not None:
+            break
+        if not _is_null(body[i][1]):
+            places.insert(0, i)
+    return places
+
+
+def _paragraphs(body: list, places: list[int]) -> list[list[int]]:
+    """`places` (comment lines and blank lines) in runs of lines between blank lines."""
+    runs, run = [], []
+    for i in places:
+        if _is_blank(body[i][1]):
+            if run:
+                runs.append(run)
+            run = []
+        else:
+            run.append(i)
+    if run:
+        runs.append(run)
+    return runs
+
+
+def _drop(body: list, places: list[int]) -> None:
+    """Empties keyless places (comments, blank lines) the way tomlkit itself removes: positions stay, so its
+    index of the keys stays right."""
+    from tomlkit.items import Null
+
+    for i in places:
+        assert body[i][0] is None
+        body[i] = (None, Null())
+
+
+def _is_null(item) -> bool:
+    from tomlkit.items import Null
+
+    return isinstance(item, Null)
+
+
+def _is_blank(item) -> bool:
+    from tomlkit.items import Whitespace
+
+    return isinstance(item, Whitespace) and "\n" in item.as_string()
