@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 CHILD_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 AGENT_PID_VAR = "FLEETNAS_AGENT_PID"  # tells the child which process it must not outlive
@@ -90,6 +90,44 @@ class DeviceQueue:
     def waiting(self) -> int:
         with self._cond:
             return len(self._waiting)
+
+
+class Outbox:
+    """What a measurement has to tell its client, handed from the thread that measures to the one that sends.
+
+    The measuring thread never waits for the client: a client that reads slowly (or not at all) must not stop
+    it from enforcing its deadline and releasing the device. Progress is a snapshot, so an unsent one is
+    replaced by a newer one of the same kind (phase); a change of phase is kept, so each phase is reported.
+    The outcome, put last, is never dropped, and replaces whatever progress is still unsent.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._pending: list[tuple[Hashable, Any]] = []
+        self._outcome: Any = None
+        self.closed = threading.Event()  # set by the sender once it sends no more: done, or its client left
+
+    def progress(self, kind: Hashable, event: Any) -> None:
+        with self._cond:
+            if self._pending and self._pending[-1][0] == kind:
+                self._pending[-1] = (kind, event)
+            else:
+                self._pending.append((kind, event))
+            self._cond.notify_all()
+
+    def finish(self, outcome: Any) -> None:
+        with self._cond:
+            self._outcome = outcome
+            self._cond.notify_all()
+
+    def take(self) -> tuple[bool, Any]:
+        """(True, the outcome) once there is one, else (False, the oldest unsent progress); waits for either."""
+        with self._cond:
+            while self._outcome is None and not self._pending:
+                self._cond.wait()
+            if self._outcome is not None:
+                return True, self._outcome
+            return False, self._pending.pop(0)[1]
 
 
 def run_child(request: dict, threads: int, timeout_s: float, cancelled: Callable[[], bool]) -> Iterator[dict]:

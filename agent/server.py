@@ -5,6 +5,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import queue
 import threading
 import time
 from concurrent import futures
@@ -19,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from . import device
 from .cache import ArtifactCache, CacheError, sniff_format
 from .measure import MAX_SECONDS, StoppingRule
-from .profiler import DeviceQueue, ProfileError, run_child
+from .profiler import DeviceQueue, Outbox, ProfileError, run_child
 from .proto import agent_pb2 as pb
 from .proto import agent_pb2_grpc as pb_grpc
 from .runtimes import RUNTIMES, describe_runtimes, resolve
@@ -33,6 +34,20 @@ MIB = 1024 * 1024
 #: A cancelled upload's stream ends a moment before gRPC reports the cancel; a client that ended its stream
 #: on purpose is still waiting for the answer, so its call cannot end before the agent answers.
 CANCEL_GRACE_S = 0.5
+
+
+#: A host that vanishes (power cut, cable pulled) sends no FIN: without pings the agent would notice only after
+#: TCP gives up, hours later, and until then keep its calls, upload reservations and queue places. A ping
+#: every minute, unanswered for 20 s, ends its connection and cancels its calls within a minute and a half.
+#: Pings go on while a call waits without data (queued, or blocked by a client that does not read).
+#: Hosts may ping too (keepalive on their channel), as often as every 10 s, even with no call open (without
+#: permit_without_calls, a server allows that only every two hours), and are not sent away for it (GOAWAY
+#: too_many_pings); this package's AgentClient sends none.
+KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
+                     ("grpc.http2.max_pings_without_data", 0),
+                     ("grpc.keepalive_permit_without_calls", 1),
+                     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                     ("grpc.http2.max_ping_strikes", 2)]
 
 
 def time_limit_s(max_s: float) -> float:
@@ -63,6 +78,11 @@ class AgentConfig:
     insecure: bool = False
     # Test aid: stretch every timed run by this fraction (simulates a device that got slower).
     test_slowdown: float = 0.0
+    # An upload that sends nothing for this long is stopped (its bytes kept for a resume): a stalled host
+    # would otherwise keep its artifact from every other host for as long as it lives.
+    upload_idle_s: float = 60.0
+    # A profile whose result is ready but not read for this long is cancelled, freeing its call slot.
+    result_unread_s: float = 300.0
 
 
 def is_loopback(host: str) -> bool:
@@ -104,15 +124,16 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
         call_ended = threading.Event()
         if not context.add_callback(call_ended.set):
             call_ended.set()
+        messages = _Messages(request_iterator, self.config.upload_idle_s)
         try:
-            first = next(request_iterator, None)
+            first = messages.next()
             if first is None or first.WhichOneof("payload") != "header":
                 raise CacheError("INVALID_ARGUMENT", "the first message of an upload must be its header")
             header = first.header
             upload = self.cache.begin(header)
             if upload is None:  # answered at once: the rest of the stream is not read, so not sent in vain
                 return pb.PutArtifactResponse(sha256=header.sha256, size_bytes=header.size_bytes, already_present=True)
-            for chunk in request_iterator:
+            while (chunk := messages.next()) is not None:
                 if chunk.WhichOneof("payload") != "data":
                     raise CacheError("INVALID_ARGUMENT", "only data chunks may follow the header")
                 self.cache.write(upload, chunk.data)
@@ -126,30 +147,75 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
             if upload is not None:
                 self.cache.abort(upload, keep_partial=False)
             _abort(context, exc.code, str(exc))
+        except UploadStalled as exc:
+            kept = 0
+            if upload is not None:
+                kept = upload.received
+                self.cache.abort(upload, keep_partial=True)  # the host may come back: it resumes from here
+            log.warning("upload from %s stopped: %s", context.peer(), exc)
+            _abort(context, "DEADLINE_EXCEEDED", f"{exc}; the upload was stopped ({kept} bytes kept for a resume)")
         except BaseException:  # the client went away mid-upload: keep what arrived, so that it can resume
             if upload is not None:
                 self.cache.abort(upload, keep_partial=True)
             raise
+        finally:
+            messages.close()
 
     def Profile(self, request, context):
+        """Relays a measurement that runs in a thread of its own (see `_profile_job`).
+
+        Sending an event blocks while the client does not read (HTTP/2 flow control); were the measurement run
+        here, a client that stops reading would hold the device with no deadline enforced.
+        """
+        outbox = Outbox()
         context.add_callback(self.queue.wake)
-        cancelled = lambda: not context.is_active()  # noqa: E731
+        cancelled = lambda: outbox.closed.is_set() or not context.is_active()  # noqa: E731
+        threading.Thread(target=self._profile_job, args=(request, context, outbox, cancelled), daemon=True,
+                         name=f"profile-{request.artifact_sha256[:12]}").start()
         try:
-            with self.cache.pinned(request.artifact_sha256) as path:
-                entry, child_request = self._child_request(request, path)
-                for ahead in self.queue.wait_turn(cancelled):
-                    yield _progress(pb.ProfileProgress.PHASE_QUEUED, queue_position=ahead)
-                started = time.time()
-                try:
-                    result = yield from self._measure(request, entry, child_request, cancelled)
-                    # Stamped before the lock is released: the next measurement's start comes after it.
-                    result.started_unix_s, result.finished_unix_s = started, time.time()
-                finally:
-                    self.queue.release()
-                yield pb.ProfileEvent(result=result)
+            while True:
+                final, event = outbox.take()
+                if isinstance(event, (CacheError, ProfileError)):
+                    _abort(context, event.code, str(event))
+                yield event
+                if final:
+                    return
+        finally:  # also when the client leaves mid-stream (GeneratorExit): the job stops at its next check
+            outbox.closed.set()
+            self.queue.wake()
+
+    def _profile_job(self, request, context, outbox: Outbox, cancelled) -> None:
+        """Measures and puts the outcome in `outbox`; the device lock is released here, whatever the client does."""
+        try:
+            outbox.finish(pb.ProfileEvent(result=self._profile(request, outbox, cancelled)))
         except (CacheError, ProfileError) as exc:
             log.warning("profile %s refused: %s: %s", request.artifact_sha256[:12], exc.code, exc)
-            _abort(context, exc.code, str(exc))
+            outbox.finish(exc)
+        except BaseException as exc:  # noqa: BLE001 - a bug of the agent's: answered, not left waiting for ever
+            log.exception("profile %s failed", request.artifact_sha256[:12])
+            outbox.finish(ProfileError("INTERNAL", f"the agent failed: {type(exc).__name__}: {exc}"))
+        # A client that never reads its result would hold one of the server's few call slots for ever.
+        if not outbox.closed.wait(self.config.result_unread_s):
+            log.warning("profile %s: the client did not read its result within %g s; call ended",
+                        request.artifact_sha256[:12], self.config.result_unread_s)
+            context.cancel()
+
+    def _profile(self, request, outbox: Outbox, cancelled) -> pb.ProfileResult:
+        def post(event: pb.ProfileEvent) -> None:
+            outbox.progress(event.progress.phase, event)
+
+        with self.cache.pinned(request.artifact_sha256) as path:
+            entry, child_request = self._child_request(request, path)
+            for ahead in self.queue.wait_turn(cancelled):
+                post(_progress(pb.ProfileProgress.PHASE_QUEUED, queue_position=ahead))
+            started = time.time()
+            try:
+                result = self._measure(request, entry, child_request, cancelled, post)
+                # Stamped before the lock is released: the next measurement's start comes after it.
+                result.started_unix_s, result.finished_unix_s = started, time.time()
+            finally:
+                self.queue.release()
+            return result
 
     def _child_request(self, request: pb.ProfileRequest, path: Path):
         with path.open("rb") as f:
@@ -185,35 +251,117 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
         }
         return entry, child_request
 
-    def _measure(self, request, entry, child_request, cancelled):
+    def _measure(self, request, entry, child_request, cancelled, post) -> pb.ProfileResult:
         timeout_s = child_request["timeout_s"]
         before = device.environment()
-        out = yield from _relay(run_child(child_request, child_request["threads"], timeout_s, cancelled))
+        out = _drain(run_child(child_request, child_request["threads"], timeout_s, cancelled), post)
         after = device.environment()
+        try:
+            return self._result(request, entry, child_request, out, before, after)
+        except (TypeError, ValueError, KeyError) as exc:
+            # A runtime's values that a message cannot hold (an input named by a number): refused by name, not
+            # left to escape from the stream as UNKNOWN.
+            what = f"it has no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ProfileError("INTERNAL", f"the {entry.name} runtime reported a result the agent cannot send: "
+                                           f"{what}") from None
+
+    def _result(self, request, entry, child_request, out: dict, before, after) -> pb.ProfileResult:
         info = entry.info()
-        info.version = out["runtime_version"] or info.version
-        return pb.ProfileResult(
+        if out["runtime_version"]:
+            info.MergeFrom(_message(pb.RuntimeInfo, "runtime", {"version": out["runtime_version"]}))
+        return _message(pb.ProfileResult, "result", dict(
             artifact_sha256=request.artifact_sha256, runtime=info,
             device=pb.DeviceRef(device_id=self.device_id, label=self.config.label),
             threads=child_request["threads"],
-            inputs=[pb.TensorSpec(**spec) for spec in out["inputs"]],
-            latency=pb.LatencyStats(**out["latency"]), memory=pb.MemoryStats(**out["memory"]),
+            inputs=[_message(pb.TensorSpec, "input spec", spec) for spec in out["inputs"]],
+            latency=_message(pb.LatencyStats, "latency", out["latency"]),
+            memory=_message(pb.MemoryStats, "memory", out["memory"]),
             env_before=before, env_after=after, throttled=before.throttled or after.throttled,
-            load_ms=out["load_ms"])
+            load_ms=out["load_ms"]))
 
 
 CHILD_PHASES = {"loading": pb.ProfileProgress.PHASE_LOADING, "warmup": pb.ProfileProgress.PHASE_WARMUP,
                 "measuring": pb.ProfileProgress.PHASE_MEASURING}
 
 
-def _relay(child_events):
-    """Turns the child's progress dicts into ProfileEvents; returns the child's result."""
+def _drain(child_events, post):
+    """Posts the child's progress dicts as ProfileEvents; returns the child's result."""
     while True:
         try:
             event = next(child_events)
         except StopIteration as done:
             return done.value
-        yield _progress(CHILD_PHASES.get(event.pop("phase"), 0), **event)
+        post(_progress(CHILD_PHASES.get(event.pop("phase"), 0), **event))
+
+
+def _message(kind, what: str, values: dict):
+    """`kind(**values)`; a ValueError naming the field whose value `kind` cannot hold (protobuf's own TypeError
+    says only "bad argument type for built-in operation")."""
+    try:
+        return kind(**values)
+    except (TypeError, ValueError) as exc:
+        fields = values.items() if isinstance(values, dict) else ()
+        bad = [f"{key}={value!r:.80}" for key, value in fields if not _holds(kind, key, value)]
+        raise ValueError(f"{what} {', '.join(bad) or repr(values)[:200]}: {exc}") from None
+
+
+def _holds(kind, key: str, value) -> bool:
+    try:
+        kind(**{key: value})
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+class UploadStalled(Exception):
+    """An upload's client sent nothing for longer than the agent waits."""
+
+
+class _Messages:
+    """A client stream read by a helper thread, so that the handler can stop waiting for a client that sends
+    nothing: gRPC's blocking read has no timeout, and a stalled upload holds its artifact's reservation."""
+
+    _END = object()
+
+    def __init__(self, request_iterator, idle_s: float):
+        self.idle_s = idle_s
+        # One message ahead at most: the reader does not take chunks faster than they are stored, so HTTP/2 flow
+        # control still paces the sender.
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._closed = threading.Event()
+        threading.Thread(target=self._read, args=(request_iterator,), daemon=True, name="upload-reader").start()
+
+    def _read(self, request_iterator) -> None:
+        try:
+            for message in request_iterator:
+                if self._closed.is_set():
+                    return
+                self._queue.put(message)
+            item = self._END
+        except BaseException as exc:  # noqa: BLE001 - the call was cancelled: re-raised by next()
+            item = exc
+        if not self._closed.is_set():
+            self._queue.put(item)
+
+    def next(self):
+        """The next message; None at the end of the stream. Raises UploadStalled after idle_s without one."""
+        try:
+            item = self._queue.get(timeout=self.idle_s)
+        except queue.Empty:
+            raise UploadStalled(f"no data for {self.idle_s:g} s") from None
+        if isinstance(item, BaseException):
+            raise item
+        return None if item is self._END else item
+
+    def close(self) -> None:
+        """Lets the reader end: it ends with the call, and a put it is blocked in (the handler is gone, no more
+        gets) is freed by taking the one message waiting. Each put is preceded by a look at `_closed`, so at
+        most one more happens after this, and the queue has room for it."""
+        self._closed.set()
+        try:
+            self._queue.get_nowait()
+        except queue.Empty:
+            pass
 
 
 def _progress(phase, **fields) -> pb.ProfileEvent:
@@ -285,7 +433,8 @@ def build_server(config: AgentConfig) -> tuple[grpc.Server, int]:
                ("grpc.max_send_message_length", config.max_message_bytes),
                # gRPC sets SO_REUSEPORT by default: a second agent on a busy port would start, and the kernel
                # would share the callers between the two (an upload to one, its profile to the other).
-               ("grpc.so_reuseport", 0)]
+               ("grpc.so_reuseport", 0),
+               *KEEPALIVE_OPTIONS]
     interceptors = [TokenAuth(config.token)] if config.token is not None else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent"),
                          interceptors=interceptors, options=options, maximum_concurrent_rpcs=workers)

@@ -1,5 +1,6 @@
 """The agent over a real socket: describe, upload, profile on each runtime, health, and bad input."""
 import hashlib
+import json
 import threading
 import time
 
@@ -12,8 +13,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import models
 import plugins
 from agents import running_agent
+from fleetnas_agent import server
 from fleetnas_agent.client import AgentClient, result_to_dict
 from fleetnas_agent.proto import agent_pb2 as pb
+from fleetnas_agent.proto.agent_pb2_grpc import ProfilerAgentStub
 
 FAST = pb.StoppingRule(warmup_min_runs=2, warmup_min_s=0.01, min_runs=5, min_s=0.05, max_s=0.5)
 
@@ -270,3 +273,105 @@ def test_what_a_device_cannot_tell_reads_as_none_never_as_zero():
     assert after["cpu_temp_max_c"] == 0.0
     measured = result_to_dict(pb.ProfileResult(memory=pb.MemoryStats(measured=True, peak_bytes=7)))["memory"]
     assert measured["peak_bytes"] == 7 and measured["baseline_rss_bytes"] == 0
+
+
+# ----- clients that stop reading or sending, and results a runtime cannot report ------------------------------
+SLOW_READER = [("grpc.http2.lookahead_bytes", 1), ("grpc.http2.bdp_probe", 0)]  # a tiny receive window
+
+
+def test_a_client_that_stops_reading_cannot_hold_the_device_past_its_timeout(tmp_path, caplog):
+    """Sending a progress event blocks while its client does not read; the measurement must still end at its
+    timeout_s and release the device, and the call whose result nobody reads is ended too."""
+    with running_agent(tmp_path / "cache", result_unread_s=2) as (address, _), AgentClient(address) as client, \
+            grpc.insecure_channel(address, options=SLOW_READER) as channel:
+        sha = client.put_artifact(models.onnx_mlp(width=16, layers=1))
+        # Would measure for a minute, sending progress every 0.5 s; allowed 3 s.
+        endless = pb.StoppingRule(warmup_min_s=0.01, min_runs=10**6, max_runs=10**6, min_s=60, max_s=60,
+                                  target_rel_ci=1e-6)
+        request = pb.ProfileRequest(artifact_sha256=sha, stopping=endless, timeout_s=3)
+        stalled = ProfilerAgentStub(channel).Profile(request)
+        assert next(stalled).progress.phase == pb.ProfileProgress.PHASE_LOADING  # then never read again
+        asked_at = time.time()
+        result = client.profile(sha, stopping=FAST, wait_s=30)
+        assert result.latency.n >= 5
+        assert result.started_unix_s - asked_at < 20  # the device came free at the 3 s timeout, not at the end
+        assert wait_for(lambda: any("did not read its result" in r.getMessage() for r in caplog.records))
+        with pytest.raises(grpc.RpcError) as err:
+            for event in stalled:
+                assert not event.HasField("result")
+        assert err.value.code() == grpc.StatusCode.CANCELLED
+    assert _children() == set()  # no measuring process outlived its timeout
+
+
+def test_a_stalled_upload_is_stopped_after_the_idle_limit_and_keeps_its_bytes(tmp_path):
+    data = models.onnx_mlp(width=256, layers=4)  # about 1 MiB: several chunks
+    sha = hashlib.sha256(data).hexdigest()
+    with running_agent(tmp_path / "cache", upload_idle_s=3) as (address, _), AgentClient(address) as client:
+        stall = threading.Event()
+
+        def stalling():  # sends part of the artifact, then nothing, without ending its stream
+            yield pb.ArtifactChunk(header=pb.ArtifactHeader(sha256=sha, size_bytes=len(data)))
+            yield pb.ArtifactChunk(data=data[:100_000])
+            stall.wait(60)
+
+        try:
+            call = client.stub.PutArtifact.future(stalling(), timeout=60)
+            assert wait_for(lambda: client.has_artifact(sha).resume_offset_bytes == 100_000)
+            resume = pb.ArtifactHeader(sha256=sha, size_bytes=len(data), offset_bytes=100_000)
+            code, details = code_of(lambda: _upload(client, resume, data[100_000:]))
+            assert code == grpc.StatusCode.ABORTED and "in progress" in details  # the stalled one holds it
+            assert wait_for(call.done, timeout_s=30)
+            assert call.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "no data for 3 s" in call.exception().details()
+            assert client.has_artifact(sha).resume_offset_bytes == 100_000  # kept for a resume
+            assert _upload(client, resume, data[100_000:]).sha256 == sha  # another host may now finish it
+            assert client.has_artifact(sha).present
+        finally:
+            stall.set()
+    assert hashlib.sha256((tmp_path / "cache" / "artifacts" / sha).read_bytes()).hexdigest() == sha
+
+
+def test_a_result_the_runtime_cannot_report_is_a_clear_error(tmp_path, monkeypatch, caplog, agent):
+    """Values a runtime reports that the result message cannot hold are named in an INTERNAL status, not left to
+    escape as UNKNOWN with a traceback; the device is free again afterwards."""
+    address, _ = agent
+    real_child = server.run_child
+    reported, missing = {}, object()
+
+    def child(request, threads, timeout_s, cancelled):
+        yield {"phase": "loading", "runs_done": 0, "elapsed_s": 0.0, "rel_ci_half_width": 0.0}
+        out = {"inputs": [{"name": "x", "shape": [1, 4], "dtype": "float32"}], "latency": {"n": 3},
+               "memory": {"measured": False}, "load_ms": 1.0, "runtime_version": "1", **reported}
+        return {key: value for key, value in out.items() if value is not missing}
+
+    monkeypatch.setattr(server, "run_child", child)
+    with AgentClient(address) as client:
+        sha = client.put_artifact(models.onnx_mlp(width=8, layers=1))
+        assert client.profile(sha).latency.n == 3  # the fake runtime's result goes through
+        for bad, named in [({"inputs": [{"name": 5, "shape": [1, 4], "dtype": "float32"}]}, "input spec name=5"),
+                           ({"latency": {"n": 3, "p50": 1.0}}, "latency p50=1.0"),
+                           ({"memory": {"peak_bytes": "lots"}}, "memory peak_bytes='lots'"),
+                           ({"load_ms": "slow"}, "result load_ms='slow'"), ({"runtime_version": 2}, "version=2"),
+                           ({"load_ms": missing}, "it has no 'load_ms'"), ({"inputs": None}, "NoneType")]:
+            reported.clear()
+            reported.update(bad)
+            code, details = code_of(lambda: client.profile(sha))
+            assert code == grpc.StatusCode.INTERNAL and "runtime reported a result" in details, details
+            assert named in details, details
+        reported.clear()
+        monkeypatch.setattr(server, "run_child", real_child)
+        assert client.profile(sha, stopping=FAST).latency.n >= 5  # the device lock was released each time
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_a_torch_spec_with_a_numeric_input_name_is_refused_by_name(tmp_path, monkeypatch, agent):
+    monkeypatch.setenv("PYTHONPATH", str(plugins.install_plugin(tmp_path / "plugin")))
+    address, _ = agent
+    spec = json.dumps({"space": "test-tiny", "config": {},
+                       "inputs": [{"name": 5, "shape": [1, 4], "dtype": "float32"}]}).encode()
+    with AgentClient(address) as client:
+        sha = client.put_artifact(spec)
+        code, details = code_of(lambda: client.profile(sha, runtime="torch", stopping=FAST))
+    # Refused by the runtime before measuring (INVALID_ARGUMENT), or, failing that, by the agent (INTERNAL).
+    assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL), (code, details)
+    assert "name" in details, details
