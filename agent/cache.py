@@ -27,6 +27,9 @@ ENTRY_RE = re.compile(r"^[0-9a-f]{64}(\.part)?$")
 # Interrupted uploads older than this are dropped: nobody is coming back for them.
 PARTIAL_MAX_AGE_S = 3600.0
 TFLITE_MAGIC = b"TFL3"
+#: The largest torch spec accepted. A spec is parsed whole in the agent's own process (json.loads takes ~27
+#: bytes of memory per byte of JSON), and real ones are about 1 KB.
+MAX_SPEC_BYTES = 1 << 20
 
 
 class CacheError(Exception):
@@ -110,6 +113,8 @@ class ArtifactCache:
         if header.size_bytes > self.max_artifact_bytes:
             raise CacheError("INVALID_ARGUMENT", f"artifact of {header.size_bytes} bytes exceeds this agent's "
                                                  f"limit of {self.max_artifact_bytes} bytes")
+        if header.format == pb.ARTIFACT_FORMAT_TORCH_SPEC:  # refused before a byte is sent
+            _check_spec_size(header.size_bytes)
         part = self.part_dir / f"{sha}.part"
         with self._lock:
             # One look: another upload of the same artifact may be moving it into place right now.
@@ -211,6 +216,7 @@ class ArtifactCache:
             raise CacheError("INVALID_ARGUMENT", f"declared format {pb.ArtifactFormat.Name(upload.format)} but the "
                                                  f"content looks like {pb.ArtifactFormat.Name(found)}")
         if found == pb.ARTIFACT_FORMAT_TORCH_SPEC:
+            _check_spec_size(upload.size_bytes)  # before it is read: parsing a large one could exhaust memory
             try:
                 spec = json.loads(upload.part.read_text())
             except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
@@ -272,6 +278,12 @@ class ArtifactCache:
     @staticmethod
     def _touch(path: Path) -> None:
         os.utime(path)
+
+
+def _check_spec_size(size_bytes: int) -> None:
+    if size_bytes > MAX_SPEC_BYTES:
+        raise CacheError("INVALID_ARGUMENT", f"a torch spec of {size_bytes} bytes exceeds the limit of "
+                                             f"{MAX_SPEC_BYTES} bytes for specs (they are about 1 KB)")
 
 
 def _lstat(path: Path) -> os.stat_result | None:

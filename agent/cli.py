@@ -15,6 +15,11 @@ from .client import read_token
 from .server import MIB, AgentConfig, build_server
 
 
+#: Bounds of the options Describe reports (Limits): a count is a uint32 on the wire, a size in bytes a uint64.
+MAX_UINT32 = 2**32 - 1
+MAX_MB_UINT64 = (2**64 - 1) // MIB
+
+
 def _positive(kind, at_most=None):
     def parse(text: str):
         try:
@@ -50,15 +55,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_port, default=50051, help="port (default 50051; 0 picks a free one)")
     s.add_argument("--label", default="", help="a name for this device, shown in the host's tables")
     s.add_argument("--cache-dir", type=Path, default=AgentConfig.cache_dir, help="artifact cache directory")
-    s.add_argument("--cache-max-mb", type=_positive(int), default=AgentConfig.cache_max_bytes // MIB,
+    s.add_argument("--cache-max-mb", type=_positive(int, at_most=MAX_MB_UINT64),
+                   default=AgentConfig.cache_max_bytes // MIB,
                    help="artifact cache size cap in MiB (least recently used evicted first)")
-    s.add_argument("--max-artifact-mb", type=_positive(int), default=AgentConfig.max_artifact_bytes // MIB,
-                   help="largest artifact accepted, in MiB")
+    s.add_argument("--max-artifact-mb", type=_positive(int, at_most=MAX_MB_UINT64),
+                   default=AgentConfig.max_artifact_bytes // MIB, help="largest artifact accepted, in MiB")
     s.add_argument("--max-message-mb", type=_positive(int, at_most=2047),  # gRPC's limit is a signed 32-bit int
                    default=AgentConfig.max_message_bytes // MIB, help="largest single gRPC message, in MiB")
     s.add_argument("--max-input-mb", type=_positive(int), default=AgentConfig.max_input_bytes // MIB,
                    help="largest total size of a model's generated inputs, in MiB")
-    s.add_argument("--max-queue", type=_positive(int), default=AgentConfig.max_queued,
+    s.add_argument("--max-queue", type=_positive(int, at_most=MAX_UINT32), default=AgentConfig.max_queued,
                    help="measurements allowed to wait for the device; more get RESOURCE_EXHAUSTED")
     s.add_argument("--token-file", type=_readable, help="require this bearer token (file holds the token)")
     s.add_argument("--tls-cert", type=_readable, help="server certificate (PEM) to serve TLS")

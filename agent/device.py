@@ -100,13 +100,14 @@ def describe(label: str, limits: pb.Limits, runtimes: list[pb.RuntimeInfo], stat
 def environment() -> pb.EnvironmentSnapshot:
     """Temperatures, clocks, load and whether the device is slowed down right now."""
     temps = _temperatures()
-    cpu_temps = [t.current_c for t in temps if any(h in t.sensor.lower() for h in CPU_SENSOR_HINTS)]
+    # Only CPU sensors: a hot disk or battery neither is the CPU's temperature nor slows the model down.
+    cpu = [t for t in temps if any(h in t.sensor.lower() for h in CPU_SENSOR_HINTS)]
     freq_now, freq_max = _frequencies()
-    reasons = _throttle_reasons(temps)
+    reasons = _throttle_reasons(cpu)
     return pb.EnvironmentSnapshot(
         unix_s=time.time(),
         temperatures=temps,
-        cpu_temp_max_c=max(cpu_temps or [t.current_c for t in temps], default=None),
+        cpu_temp_max_c=max((t.current_c for t in cpu), default=None),
         cpu_freq_current_mhz=freq_now,
         cpu_freq_max_mhz=freq_max,
         load_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0,
@@ -146,17 +147,23 @@ def _frequencies() -> tuple[float | None, float | None]:
     return float(freq.current or 0) or None, float(freq.max or 0) or None
 
 
-def _throttle_reasons(temps: list[pb.TemperatureReading]) -> list[str]:
-    reasons = []
-    bits = _read(RPI_THROTTLE_FILE).strip()
-    if bits:
-        value = int(bits, 16)
-        reasons += [f"firmware: {text}" for bit, text in RPI_NOW_BITS.items() if value & bit]
-    for t in temps:
+def _throttle_reasons(cpu_temps: list[pb.TemperatureReading]) -> list[str]:
+    value = _firmware_bits()
+    reasons = [f"firmware: {text}" for bit, text in RPI_NOW_BITS.items() if value & bit]
+    for t in cpu_temps:
         limit = t.high_c if t.HasField("high_c") and t.high_c > 0 else DEFAULT_HOT_C
         if t.current_c >= limit:
             reasons.append(f"{t.sensor} at {t.current_c:.0f} °C (limit {limit:.0f} °C)")
     return reasons
+
+
+def _firmware_bits() -> int:
+    """Raspberry Pi firmware's throttle bits; 0 (nothing known) where there are none or they do not parse."""
+    try:
+        value = int(_read(RPI_THROTTLE_FILE).strip() or "0", 16)
+    except ValueError:
+        return 0
+    return max(value, 0)  # "-1" parses, but is no set of bits
 
 
 def _read(path: Path) -> str:

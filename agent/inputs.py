@@ -5,6 +5,8 @@ import numpy as np
 
 # Integer inputs are usually indices (tokens, positions): keep them valid for any table of two or more rows.
 INT_HIGH = 2
+#: Elements drawn at a time for a float type filled in chunks: bounds the temporary (256 KiB of float32).
+CHUNK = 1 << 16
 
 
 def resolve(declared: list[dict], overrides: list[dict]) -> list[dict]:
@@ -42,16 +44,33 @@ def check_size(specs: list[dict], max_bytes: int) -> None:
 
 def generate(specs: list[dict], seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    arrays = {}
-    for spec in specs:
-        dtype = np.dtype(spec["dtype"])
-        shape = tuple(spec["shape"])
-        if dtype.kind == "f":
-            arrays[spec["name"]] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind in "iu":
-            arrays[spec["name"]] = rng.integers(0, INT_HIGH, size=shape).astype(dtype)
-        elif dtype.kind == "b":
-            arrays[spec["name"]] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            raise ValueError(f"input {spec['name']!r} has dtype {dtype.name}, which the agent cannot generate")
-    return arrays
+    return {spec["name"]: _array(rng, spec) for spec in specs}
+
+
+def _array(rng: np.random.Generator, spec: dict) -> np.ndarray:
+    """Drawn straight in the input's dtype: check_size bounds the inputs, and an int64 or float64 draw cast
+    afterwards would take up to 8 times that."""
+    dtype = np.dtype(spec["dtype"])
+    native = dtype.newbyteorder("=")  # numpy draws only in the machine's byte order
+    shape = tuple(spec["shape"])
+    if dtype.kind in "iub":
+        array = rng.integers(0, 2 if dtype.kind == "b" else INT_HIGH, size=shape, dtype=native)
+    elif native.type in (np.float32, np.float64):
+        array = rng.standard_normal(shape, dtype=native)
+    elif dtype.kind == "f":
+        array = _normal_in_chunks(rng, shape, native)
+    else:
+        raise ValueError(f"input {spec['name']!r} has dtype {dtype.name}, which the agent cannot generate")
+    if native != dtype:
+        array = array.byteswap(inplace=True).view(dtype)  # same values, swapped in place rather than copied
+    return array
+
+
+def _normal_in_chunks(rng: np.random.Generator, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """A float type numpy cannot draw in (float16, long double), filled a chunk at a time."""
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1)  # a view: np.empty is contiguous
+    source = np.float32 if dtype.itemsize <= 4 else np.float64
+    for start in range(0, flat.size, CHUNK):
+        flat[start:start + CHUNK] = rng.standard_normal(min(CHUNK, flat.size - start), dtype=source)
+    return out

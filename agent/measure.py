@@ -48,9 +48,12 @@ class StoppingRule:
             given["min_s"] = min(cls.min_s, given["max_s"])
         if "max_runs" in given and "min_runs" not in given:
             given["min_runs"] = min(cls.min_runs, given["max_runs"])
-        rule = cls(**given)
-        rule.validate()
-        return rule
+        if "max_s" in given and "warmup_min_s" not in given:  # the warm-up may take no longer than max_s
+            given["warmup_min_s"] = min(cls.warmup_min_s, given["max_s"])
+        return cls(**given)
+
+    def __post_init__(self):
+        self.validate()
 
     def validate(self) -> None:
         for f in fields(self):  # NaN passes every comparison below, and infinity would never stop
@@ -65,6 +68,9 @@ class StoppingRule:
             raise ValueError(f"target_rel_ci must be in (0, 1), got {self.target_rel_ci}")
         if self.max_runs > 1_000_000 or self.max_s > MAX_SECONDS or self.warmup_min_s > MAX_SECONDS:
             raise ValueError(f"max_runs is capped at 1,000,000, and max_s and warmup_min_s at {MAX_SECONDS} s")
+        if self.warmup_min_s > self.max_s:  # measure() caps the warm-up at max_s, and the deadlines assume it
+            raise ValueError(f"warmup_min_s ({self.warmup_min_s}) is above max_s ({self.max_s}), which caps the "
+                             "warm-up too")
 
 
 #: Below this many runs no pair of order statistics brackets the median with 95 % confidence: with 5 runs
@@ -151,6 +157,7 @@ def measure(run_once: Callable[[], None], rule: StoppingRule,
 
     warm_start = clock()
     warm_runs = 0
+    on_progress("warmup", 0, 0.0, math.inf)  # now: a long warm-up would otherwise look like loading
     while warm_runs < rule.warmup_min_runs or clock() - warm_start < rule.warmup_min_s:
         timed()
         warm_runs += 1

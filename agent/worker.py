@@ -14,7 +14,9 @@ import platform
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from . import inputs
 from .measure import StoppingRule, measure
@@ -79,16 +81,13 @@ def run(request: dict, progress) -> dict:
     except (TypeError, ValueError) as exc:
         raise Failure("INVALID_ARGUMENT", f"bad stopping rule: {exc}") from exc
     adapter = load_adapter(request["runtime"])
+    with _load_errors(request["runtime"]):  # what the model needs besides itself, imported before the baseline
+        source = adapter.prepare(request["artifact"]) if hasattr(adapter, "prepare") else request["artifact"]
     baseline = _reset_peak()
 
     load_start = time.perf_counter()
-    try:
-        model = adapter.load(request["artifact"], request["threads"])
-    except MemoryError:
-        raise
-    except Exception as exc:  # any failure to load is the artifact's fault, reported to the client
-        raise Failure("INVALID_ARGUMENT", f"cannot load the model with {request['runtime']}: "
-                                          f"{type(exc).__name__}: {exc}") from exc
+    with _load_errors(request["runtime"]):
+        model = adapter.load(source, request["threads"])
     try:  # the request's input shapes, or what they add up to: the caller's to change, not the model's
         specs = inputs.resolve(model.input_specs(), request.get("inputs", []))
         inputs.check_size(specs, request["max_input_bytes"])
@@ -113,6 +112,17 @@ def run(request: dict, progress) -> dict:
     memory.update(model.memory_figures())
     return {"latency": latency, "memory": memory, "inputs": specs, "load_ms": load_ms,
             "runtime_version": adapter.version()}
+
+
+@contextmanager
+def _load_errors(runtime: str) -> Iterator[None]:
+    """Any failure to load is the artifact's fault, reported to the client; running out of memory is not."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise Failure("INVALID_ARGUMENT", f"cannot load the model with {runtime}: {type(exc).__name__}: {exc}") from exc
 
 
 def _status_kib(field: str) -> int | None:

@@ -113,3 +113,20 @@ def test_an_encrypted_tls_key_is_named_without_a_prompt(tmp_path):
                           str(tmp_path), "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "enc.key")],
                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert out.returncode == 2 and "cannot serve TLS" in out.stderr and "unencrypted" in out.stderr
+
+
+def test_serve_refuses_limits_that_do_not_fit_the_wire_and_describes_the_largest_that_do(tmp_path):
+    """Limits go out in Describe as uint32 (a count) and uint64 (bytes): a larger value would break Describe."""
+    base = ["--port", "0", "--cache-dir", str(tmp_path / "cache")]
+    for option, value, bound in (("--max-queue", 2**32, 2**32 - 1),
+                                 ("--cache-max-mb", 2**44, 2**44 - 1),  # 2^44 MiB is 2^64 bytes
+                                 ("--max-artifact-mb", 20_000_000_000_000, 2**44 - 1)):
+        out = _serve(*base, option, str(value))
+        assert out.returncode == 2, (option, out.stderr)
+        assert f"argument {option}: must be at most {bound}, got {value}" in out.stderr
+    largest = ["--max-queue", str(2**32 - 1), "--cache-max-mb", str(2**44 - 1), "--max-artifact-mb", str(2**44 - 1)]
+    with AgentProcess(tmp_path / "cache", args=largest) as agent:
+        described = fleetnas("devices", "describe", agent.address, "--json")
+    assert described.returncode == 0, described.stderr
+    limits = json.loads(described.stdout)["limits"]
+    assert int(limits["max_queued_profiles"]) == 2**32 - 1 and int(limits["cache_max_bytes"]) == (2**44 - 1) * 2**20

@@ -1,5 +1,6 @@
 """The measurement method, input generation and the artifact cache, without a server."""
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -150,3 +151,171 @@ def test_the_cache_counts_and_evicts_only_its_own_files(tmp_path):
     with pytest.raises(CacheError) as err:  # the folder stands where that artifact would go: say so
         cache.begin(pb.ArtifactHeader(sha256="ab" * 32, size_bytes=10))
     assert err.value.code == "FAILED_PRECONDITION" and "not an artifact file" in str(err.value)
+
+
+def _spec_of_size(size: int) -> bytes:
+    """A well-formed torch spec of about `size` bytes, padded the way a hostile one would be."""
+    body = b'{"space":"demo","config":[' + b"{}," * (size // 3) + b'{}]}'
+    return body
+
+
+def test_a_large_torch_spec_is_refused_before_the_agent_parses_it(tmp_path):
+    cache = ArtifactCache(tmp_path, max_bytes=64 << 20, max_artifact_bytes=64 << 20)
+    small = _put(cache, _spec_of_size(1000))  # a real spec's size: stored
+    assert cache.has(small).present
+    big = _spec_of_size(4 << 20)  # sniffed as a spec at commit: json.loads would take ~100 MB for it
+    with pytest.raises(CacheError) as err:
+        _put(cache, big)
+    assert err.value.code == "INVALID_ARGUMENT"
+    assert f"of {len(big)} bytes" in str(err.value) and "limit of 1048576 bytes" in str(err.value)
+    assert not cache.has(hashlib.sha256(big).hexdigest()).present and not list((tmp_path / "incoming").iterdir())
+    with pytest.raises(CacheError) as err:  # declared a spec with its size: refused before a byte is sent
+        cache.begin(pb.ArtifactHeader(sha256="ab" * 32, size_bytes=2 << 20, format=pb.ARTIFACT_FORMAT_TORCH_SPEC))
+    assert err.value.code == "INVALID_ARGUMENT" and "limit of 1048576 bytes" in str(err.value)
+    assert cache.used_bytes() == len(_spec_of_size(1000)) and not list((tmp_path / "incoming").iterdir())
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "bool", "int64", "float16", "float32"])
+def test_inputs_are_drawn_in_their_own_dtype_without_a_wider_copy(dtype):
+    import tracemalloc
+
+    spec = {"name": "x", "shape": [4, 1024, 1024], "dtype": dtype}
+    size = 4 * 1024 * 1024 * np.dtype(dtype).itemsize
+    tracemalloc.start()  # numpy reports its array allocations to tracemalloc
+    try:
+        array = inputs.generate([spec], seed=5)["x"]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert array.dtype == np.dtype(dtype) and array.nbytes == size
+    assert peak <= 1.15 * size, f"{dtype}: peak {peak} bytes for a {size}-byte input"
+    assert np.array_equal(array, inputs.generate([spec], seed=5)["x"])  # still seeded
+    if dtype in ("uint8", "int64", "bool"):
+        assert set(np.unique(array).tolist()) == {0, 1}
+    else:
+        assert 0.95 < float(array.astype(np.float64).std()) < 1.05
+
+
+def _torch_request(tmp_path, spec: dict) -> dict:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    return {"artifact": str(path), "runtime": "torch", "threads": 1, "max_input_bytes": 1 << 20,
+            "stopping": {"warmup_min_runs": 1, "warmup_min_s": 0.001, "min_runs": 3, "min_s": 0.001, "max_s": 0.05}}
+
+
+def _demo_spec() -> dict:
+    """A spec the demo super-network builds: {"space", "config", "inputs": [{"name": "image", ...}]}."""
+    from fleetnas.supernets import demo
+
+    return {"space": "demo", "config": json.loads(demo.SPACE.to_json(demo.SMALLEST)),
+            "inputs": demo.SUPERNET.input_specs(demo.SMALLEST)}
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("name", 5, "inputs[0].name"),
+    ("name", "", "inputs[0].name"),
+    ("shape", [1, "1", 8, 8], "inputs[0].shape"),
+    ("shape", [1, 0, 8, 8], "inputs[0].shape"),
+    ("shape", [1, True, 8, 8], "inputs[0].shape"),
+    ("shape", "1x1x8x8", "inputs[0].shape"),
+    ("dtype", "complex64", "inputs[0].dtype"),
+    ("dtype", 32, "inputs[0].dtype"),
+    (None, [["image", [1, 1, 8, 8]]], "inputs[0]"),
+    (None, [{"name": "image", "shape": [1, 1, 8, 8]}, {"name": "image", "shape": [1, 1, 8, 8]}], "inputs[1].name"),
+    (None, {"image": [1, 1, 8, 8]}, "inputs must be a non-empty list"),
+])
+def test_a_wrongly_typed_torch_spec_is_refused_before_it_is_measured(tmp_path, field, value, named):
+    pytest.importorskip("torch")
+    from fleetnas_agent import worker
+
+    spec = _demo_spec()
+    if field is None:
+        spec["inputs"] = value
+    else:
+        spec["inputs"][0][field] = value
+    phases = []
+    with pytest.raises(worker.Failure) as err:
+        worker.run(_torch_request(tmp_path, spec), lambda **p: phases.append(p["phase"]))
+    assert err.value.code == "INVALID_ARGUMENT" and named in str(err.value), str(err.value)
+    assert phases == ["loading"]  # found while loading, not after a whole measurement
+
+
+def test_a_well_formed_torch_spec_is_measured(tmp_path):
+    pytest.importorskip("torch")
+    from fleetnas_agent import worker
+
+    spec = _demo_spec()
+    result = worker.run(_torch_request(tmp_path, spec), lambda **p: None)
+    assert result["inputs"] == spec["inputs"] and result["latency"]["n"] >= 3
+
+
+def test_what_a_runtime_prepares_is_not_counted_in_the_models_peak_memory(tmp_path, monkeypatch):
+    """torch imports the super-network's package in prepare(): before the baseline, so not the model's."""
+    from types import SimpleNamespace
+
+    from fleetnas_agent import worker
+
+    imported = []  # what an imported package would hold for the rest of the process
+
+    def prepare(path):
+        imported.append(b"p" * (64 << 20))  # bytes * n writes every page: resident at once
+        return "prepared"
+
+    def load(source, threads):
+        if source != "prepared":  # a worker that skips prepare() has the import happen here
+            prepare(source)
+        return SimpleNamespace(input_specs=lambda: [{"name": "x", "shape": [1], "dtype": "float32"}],
+                               set_inputs=lambda arrays: None, run=lambda: None, memory_figures=dict)
+
+    adapter = SimpleNamespace(prepare=prepare, load=load, version=lambda: "0")
+    monkeypatch.setattr("fleetnas_agent.runtimes.load_adapter", lambda name: adapter)
+    request = {**_torch_request(tmp_path, {}), "runtime": "fake"}
+    memory = worker.run(request, lambda **p: None)["memory"]
+    if not memory["measured"]:
+        pytest.skip("per-process peak memory is not readable here")
+    assert len(imported) == 1 and memory["peak_bytes"] < 32 << 20, memory
+
+
+def test_a_warm_up_longer_than_max_s_is_refused_and_announced_when_it_starts():
+    with pytest.raises(ValueError, match=r"warmup_min_s \(1.0\) is above max_s \(0.3\)"):
+        StoppingRule(warmup_min_s=1.0, max_s=0.3, min_s=0.1, max_runs=50, min_runs=10)
+    with pytest.raises(ValueError, match=r"warmup_min_s \(2.0\) is above max_s \(1.0\)"):
+        StoppingRule.from_message({"warmup_min_s": 2.0, "max_s": 1.0})
+    quick = StoppingRule.from_message({"max_s": 0.3})  # a cap given alone pulls the default warm-up down with it
+    assert quick.warmup_min_s == 0.3 and quick.min_s == 0.3
+    events = []
+    rule = StoppingRule(warmup_min_runs=2, warmup_min_s=0.0, min_runs=3, max_runs=3, min_s=0.0, max_s=5)
+    stats = measure(lambda: events.append("run"), rule, lambda phase, runs, *_: events.append((phase, runs)))
+    assert events[0] == ("warmup", 0)  # before the first warm-up run
+    assert events[1:4] == ["run", "run", ("warmup", 2)] and stats["n"] == 3
+
+
+def _sensors(monkeypatch, groups: dict) -> None:
+    from collections import namedtuple
+
+    from fleetnas_agent import device
+
+    shwtemp = namedtuple("shwtemp", "label current high critical")
+    monkeypatch.setattr(device.psutil, "sensors_temperatures",
+                        lambda: {chip: [shwtemp(*e) for e in entries] for chip, entries in groups.items()},
+                        raising=False)
+
+
+def test_only_cpu_sensors_give_the_cpu_temperature_and_throttling(tmp_path, monkeypatch):
+    from fleetnas_agent import device
+
+    firmware = tmp_path / "get_throttled"
+    monkeypatch.setattr(device, "RPI_THROTTLE_FILE", firmware)
+    _sensors(monkeypatch, {"nvme": [("Composite", 86.0, None, None)]})
+    env = device.environment()
+    assert [t.sensor for t in env.temperatures] == ["nvme/Composite"]  # still reported
+    assert not env.HasField("cpu_temp_max_c") and not env.throttled and env.throttle_reason == ""
+    _sensors(monkeypatch, {"nvme": [("Composite", 86.0, None, None)], "coretemp": [("Core 0", 81.0, 80.0, 100.0)]})
+    env = device.environment()
+    assert env.cpu_temp_max_c == 81.0 and env.throttled and "nvme" not in env.throttle_reason
+    assert "coretemp/Core 0 at 81 °C (limit 80 °C)" in env.throttle_reason
+    for garbage in ("throttled=0x50005", "0xzz", "-1", "\x00"):  # unexpected firmware content: unknown, no error
+        firmware.write_text(garbage)
+        assert "firmware" not in device.environment().throttle_reason
+    firmware.write_text("0x50005\n")
+    assert "firmware: under-voltage" in device.environment().throttle_reason

@@ -241,6 +241,9 @@ def test_a_real_50_percent_slowdown_fires_drift_marks_stale_and_refits(calibrate
     (["--samples", "2", "--models", "forest"], "--models: unknown model 'forest'"),
     (["--samples", "2", "--min-runs", "50", "--max-runs", "10"], "--min-runs 50 is above --max-runs 10"),
     (["--samples", "2", "--max-seconds", "inf"], "--max-seconds must be a finite number"),
+    (["--samples", "2", "--warmup-seconds", "40"],  # above the agent's default max_s
+     "bad stopping rule: --warmup-seconds (40.0) is above --max-seconds (30.0)"),
+    (["--samples", "2", "--max-runs", "2000000"], "bad stopping rule: --max-runs is capped at 1,000,000"),
     (["--samples", "2", "--out-dir", "inv.toml"], "--out-dir inv.toml is a file"),
 ])
 def test_calibrate_refuses_bad_options_before_measuring(tmp_path, monkeypatch, capsys, args, message):

@@ -2,8 +2,11 @@
 
 A runtime module offers `version() -> str` and `load(path, threads) -> Model`, where a Model has
 `input_specs()`, `set_inputs(arrays)`, `run()` (one inference, the thing that is timed) and
-`memory_figures()`. Runtime modules are imported only inside the measuring child process; the agent
-itself learns what is installed from package metadata, without importing anything.
+`memory_figures()`. A runtime module may also offer `prepare(path)`, whose result `load` then takes in
+place of the path: work a model needs that is not the model itself (torch: importing the super-network's
+package), done before the worker's memory baseline so that it is not counted in the model's peak.
+Runtime modules are imported only inside the measuring child process; the agent itself learns what is
+installed from package metadata, without importing anything.
 """
 from __future__ import annotations
 

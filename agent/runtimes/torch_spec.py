@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 ENTRY_POINT_GROUP = "fleetnas.supernets"
+#: The input dtypes a spec may name: those the agent generates and torch takes from numpy.
+DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
 
 
 def version() -> str:
@@ -30,24 +33,64 @@ def find_supernet(space: str):
     return points[space].load()
 
 
+@dataclass(frozen=True)
+class PreparedSpec:
+    """A checked spec and its super-network, whose package is imported: what comes before the model itself."""
+    spec: dict
+    supernet: object
+
+
+def prepare(path: str) -> PreparedSpec:
+    """Reads and checks the spec, and imports its super-network's package; the worker calls this before it
+    takes the memory baseline, so that the package's import is not counted as the model's."""
+    with open(path) as f:
+        spec = json.load(f)
+    check_spec(spec)
+    return PreparedSpec(spec, find_supernet(spec["space"]))
+
+
+def check_spec(spec) -> None:
+    """Raises ValueError naming the first wrongly typed field: found here, not after a whole measurement."""
+    if not isinstance(spec, dict) or not {"space", "config"} <= spec.keys():
+        raise ValueError('a torch spec is a JSON object with "space" and "config"')
+    if not isinstance(spec["space"], str) or not spec["space"]:
+        raise ValueError(f"spec field space must be a non-empty string, got {spec['space']!r:.80}")
+    declared = spec.get("inputs")
+    if not isinstance(declared, list) or not declared:
+        raise ValueError("the spec names no inputs: inputs must be a non-empty list")
+    names = set()
+    for i, given in enumerate(declared):
+        _check_input(f"inputs[{i}]", given)
+        if given["name"] in names:
+            raise ValueError(f"spec field inputs[{i}].name {given['name']!r} names an input twice")
+        names.add(given["name"])
+
+
+def _check_input(where: str, given) -> None:
+    if not isinstance(given, dict):
+        raise ValueError(f"spec field {where} must be an object with name, shape and dtype, got {given!r:.80}")
+    name, shape, dtype = given.get("name"), given.get("shape"), given.get("dtype", "float32")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"spec field {where}.name must be a non-empty string, got {name!r:.80}")
+    if not isinstance(shape, list) or not all(type(d) is int and d > 0 for d in shape):
+        raise ValueError(f"spec field {where}.shape must be a list of positive integers, got {shape!r:.80}")
+    if dtype not in DTYPES:
+        raise ValueError(f"spec field {where}.dtype must be one of {', '.join(DTYPES)}, got {dtype!r:.80}")
+
+
 class TorchModel:
-    def __init__(self, path: str, threads: int):
+    def __init__(self, prepared: PreparedSpec, threads: int):
         torch.set_num_threads(threads)
         try:
             torch.set_num_interop_threads(1)
         except RuntimeError:  # already fixed in this process (only possible once, before any parallel work)
             pass
-        with open(path) as f:
-            spec = json.load(f)
-        supernet = find_supernet(spec["space"])
+        spec = prepared.spec
         torch.manual_seed(0)  # random weights, as the host's exports use: latency does not depend on their values
-        self.module = supernet.build(spec["config"]).eval()
+        self.module = prepared.supernet.build(spec["config"]).eval()
         self._specs = [{"name": i["name"], "shape": list(i["shape"]), "dtype": i.get("dtype", "float32")}
-                       for i in spec.get("inputs", [])]
-        if not self._specs:
-            raise ValueError("the spec names no inputs")
+                       for i in spec["inputs"]]
         self._args: list[torch.Tensor] = []
-
     def input_specs(self) -> list[dict]:
         return self._specs
 
@@ -62,5 +105,6 @@ class TorchModel:
         return {}
 
 
-def load(path: str, threads: int) -> TorchModel:
-    return TorchModel(path, threads)
+def load(source: "str | PreparedSpec", threads: int) -> TorchModel:
+    """A model from a spec's path, or from what prepare() made of it."""
+    return TorchModel(source if isinstance(source, PreparedSpec) else prepare(source), threads)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -141,7 +142,23 @@ def stopping_from(args: argparse.Namespace) -> dict:
         if getattr(args, low) and getattr(args, high) and getattr(args, low) > getattr(args, high):
             raise CliError(f"--{low.replace('_', '-')} {getattr(args, low):g} is above "
                            f"--{high.replace('_', '-')} {getattr(args, high):g}", 2)
-    return {field: getattr(args, flag) for flag, field in STOPPING_FLAGS.items() if getattr(args, flag)}
+    rule = {field: getattr(args, flag) for flag, field in STOPPING_FLAGS.items() if getattr(args, flag)}
+    _check_with_the_agents_rule(rule)
+    return rule
+
+
+def _check_with_the_agents_rule(rule: dict) -> None:
+    """Refuses a rule the agent would refuse, one failed job at a time (a warm-up longer than max_s, say),
+    by the agent's own check, in the flags' names."""
+    from fleetnas_agent.measure import StoppingRule
+
+    try:
+        StoppingRule.from_message(rule)
+    except ValueError as exc:
+        message = str(exc)
+        for flag, field in STOPPING_FLAGS.items():
+            message = re.sub(rf"\b{field}\b", "--" + flag.replace("_", "-"), message)
+        raise CliError(f"bad stopping rule: {message}", 2) from None
 
 
 def add_credential_options(p: argparse.ArgumentParser) -> None:
