@@ -240,6 +240,16 @@ def test_a_wrongly_typed_torch_spec_is_refused_before_it_is_measured(tmp_path, f
     assert phases == ["loading"]  # found while loading, not after a whole measurement
 
 
+@pytest.mark.parametrize("dtype", ["float32", "single", "float", "half", "long", "int", "uint8", "bool"])
+def test_a_torch_spec_may_name_a_dtype_as_numpy_spells_it(dtype):
+    pytest.importorskip("torch")
+    from fleetnas_agent.runtimes.torch_spec import check_spec
+
+    spec = _demo_spec()
+    spec["inputs"][0]["dtype"] = dtype
+    check_spec(spec)  # as the agent drew such inputs before specs were checked
+
+
 def test_a_well_formed_torch_spec_is_measured(tmp_path):
     pytest.importorskip("torch")
     from fleetnas_agent import worker

@@ -140,6 +140,18 @@ def test_one_watch_at_a_time_per_space_kind_and_store(store, tmp_path):
             next(watch(farm, farm.store, "demo", KIND, interval_s=0, rounds=1))
 
 
+def test_a_watch_that_starts_with_a_calibration_is_refused_before_measuring(inventory, tmp_path, capsys):
+    with SqliteStore(tmp_path / "x.db") as s, watch_lock(s, "demo", KIND):
+        # Nobody answers at 127.0.0.1:9: refused for the watch, not (after trying to measure) for the agent.
+        assert cli(inventory, tmp_path, "--samples", "2", "--watch", "--rounds", "1", "--give-up", "1") == 1
+    assert "a watch of demo on cpu-synthetic is being driven by process" in capsys.readouterr().err
+
+
+def test_watch_locks_of_different_pairs_never_share_a_file(store):
+    with watch_lock(store, "vit", "rpi4-ort-1t"), watch_lock(store, "ort-1t-vit", "rpi4"):
+        pass
+
+
 @pytest.mark.parametrize("text, seconds", [("90", 90.0), ("30s", 30.0), ("10m", 600.0), ("1.5h", 5400.0),
                                            ("1d", 86400.0), ("0", 0.0)])
 def test_durations(text, seconds):

@@ -740,6 +740,8 @@ def _exits(config):
     (lambda config: "high", "returned 'high'"),
     (lambda config: "0.9", "returned '0.9'"),  # text that reads as a number is still a bug in the evaluator
     (lambda config: True, "returned True"),
+    (lambda config: np.array(True), "returned True"),
+    (lambda config: np.array("0.9"), "returned '0.9'"),
     (lambda config: 1 / 0, "failed on {'resolution'"),
     (_exits, "_exits failed on {'resolution'.*SystemExit"),
 ])

@@ -74,8 +74,15 @@ def _check_input(where: str, given) -> None:
         raise ValueError(f"spec field {where}.name must be a non-empty string, got {name!r:.80}")
     if not isinstance(shape, list) or not all(type(d) is int and d > 0 for d in shape):
         raise ValueError(f"spec field {where}.shape must be a list of positive integers, got {shape!r:.80}")
-    if dtype not in DTYPES:
+    if _numpy_name(dtype) not in DTYPES:  # numpy's spellings too ("long", "half"), as inputs are drawn by numpy
         raise ValueError(f"spec field {where}.dtype must be one of {', '.join(DTYPES)}, got {dtype!r:.80}")
+
+
+def _numpy_name(dtype) -> str | None:
+    try:
+        return np.dtype(dtype).name if isinstance(dtype, str) else None
+    except TypeError:
+        return None
 
 
 class TorchModel:

@@ -13,11 +13,13 @@ A change recorded but not yet refitted (the refit failed, the host stopped) is r
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -58,11 +60,12 @@ class RoundReport:
 def watch(farm, store: Store, space_id: str, device_kind: str, *, interval_s: float = 600.0, rounds: int | None = None,
           threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA, out_dir=None,
           include_throttled: bool = False, models: str | Sequence[str] = "auto",
-          stop: threading.Event | None = None) -> Iterator[RoundReport]:
+          stop: threading.Event | None = None, lock: bool = True) -> Iterator[RoundReport]:
     """Yields a report per round, `rounds` of them (None: until `stop` is set), `interval_s` apart (start to
     start). Needs an earlier calibration of the space on the kind: its settings, sample and seed are reused.
     One watch per space, kind and store at a time (`watch_lock`): a second would measure the same reference
-    set in parallel, loading the devices it judges, and mark stale and refit what the first refits."""
+    set in parallel, loading the devices it judges, and mark stale and refit what the first refits. `lock`
+    False: the caller holds that lock already (the CLI, around the calibration a watch starts with)."""
     if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
         raise CalibrationError(f"rounds must be a positive integer (or None: until stopped), got {rounds!r}")
     if interval_s < 0:
@@ -73,7 +76,7 @@ def watch(farm, store: Store, space_id: str, device_kind: str, *, interval_s: fl
     except ValueError as exc:
         raise CalibrationError(str(exc)) from None
     stop = stop or threading.Event()
-    with watch_lock(store, space_id, device_kind):
+    with watch_lock(store, space_id, device_kind) if lock else nullcontext():
         yield from _rounds(farm, store, space_id, device_kind, interval_s, rounds, stop, threshold=threshold,
                            alpha=alpha, out_dir=out_dir, include_throttled=include_throttled, models=models)
 
@@ -82,8 +85,10 @@ def watch(farm, store: Store, space_id: str, device_kind: str, *, interval_s: fl
 def watch_lock(store: Store, space_id: str, device_kind: str):
     """Holds `<database>.watch-KIND-SPACE.lock` (`fleetnas.locks.exclusive`); CalibrationError naming the process
     that already watches. A store that is no file on this machine is the caller's to keep to one watch."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{device_kind}-{space_id}")
-    with lease(beside_store(store, f"watch-{name}"), f"a watch of {space_id} on {device_kind}",
+    # Readable, and unique by the digest: "a-b" on "c" and "a" on "b-c" must not share a file.
+    pair = json.dumps([device_kind, space_id])
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{device_kind}-{space_id}")[:64]
+    with lease(beside_store(store, f"watch-{name}-{hashlib.sha256(pair.encode()).hexdigest()[:12]}"), f"a watch of {space_id} on {device_kind}",
                lambda busy: CalibrationError(f"{busy}; stop that one first, or let it keep watching")):
         yield
 

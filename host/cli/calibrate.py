@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 from .common import (CliError, add_stopping_options, count_up_to, model_families, non_negative_int, positive_int,
@@ -84,6 +85,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fleetnas.calibrate import CalibrationError, default_out_dir
+    from fleetnas.calibrate.watch import watch_lock
     from fleetnas.farm import Farm, FarmError, Inventory, InventoryError, JobError
     from fleetnas.store import StoreError, open_store
 
@@ -123,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
             raise
     farm = Farm(inventory, store, give_up_s=args.give_up, progress=sys.stderr.isatty() and not args.json)
     try:
-        with farm:
+        # A watch holds its lock from the start: the calibration it may begin with takes its drift baseline.
+        with farm, watch_lock(farm.store, args.space, args.device_kind) if args.watch else nullcontext():
             if args.samples is not None:
                 _calibrate(farm, args, stopping, models)
             if args.watch:
@@ -179,7 +182,7 @@ def _watch(farm, args: argparse.Namespace, models) -> None:
         args.threshold * 100, args.alpha)
     for report in watch(farm, farm.store, args.space, args.device_kind, interval_s=args.interval,
                         rounds=args.rounds, threshold=args.threshold, alpha=args.alpha, out_dir=args.out_dir,
-                        include_throttled=args.include_throttled, models=models):
+                        include_throttled=args.include_throttled, models=models, lock=False):
         if args.json:  # JSON Lines: one object per round, so a reader can follow the rounds as they come
             print(json.dumps(report.to_dict()), flush=True)
 

@@ -164,9 +164,11 @@ class LiveEvaluator:
             returned = self.accuracy(config)
         except (Exception, SystemExit) as exc:  # an evaluator that calls sys.exit() must not end the search unsaid
             raise EvaluationError(f"the accuracy evaluator {name} failed on {config}: {exc!r}") from exc
+        if isinstance(returned, (np.ndarray, np.generic)) and np.ndim(returned) == 0:
+            returned = returned.item()  # numpy's scalars and 0-d arrays as the Python values they hold
         try:
             # Text and truth values convert to float, but one returned is a bug in the evaluator, not an accuracy.
-            value = float("nan") if isinstance(returned, (str, bytes, bool, np.bool_)) else float(returned)
+            value = float("nan") if isinstance(returned, (str, bytes, bool)) else float(returned)
         except (TypeError, ValueError):
             value = float("nan")
         if not np.isfinite(value):
