@@ -316,6 +316,63 @@ def test_removing_an_agent_takes_its_own_comments_and_leaves_its_neighbours(tmp_
     assert len(Inventory.load(path)) == 0
 
 
+def test_removing_an_agent_from_tables_out_of_order_takes_its_own_comments(tmp_path, caplog):
+    path = tmp_path / "farm.toml"
+    path.write_text('# lab farm\n\n'
+                    '# Pi 4 on the shelf, fan broken\n[agents.pi]\naddress = "10.0.0.1:50051"\nkind = "rpi4"\n\n'
+                    '# Orin on the bench: token rotated monthly\n[agents.orin]\naddress = "10.0.0.2:50051"\n'
+                    'kind = "orin"\n\n'
+                    '[agents]\npixel = { address = "10.0.0.3:50051", kind = "pixel7" }  # phone via adb forward\n')
+    inv = Inventory.load(path)
+    inv.remove("pi")  # [agents] after [agents.NAME]: tomlkit holds the agents in two places
+    inv.save()
+    assert path.read_text() == (
+        '# lab farm\n\n'
+        '# Orin on the bench: token rotated monthly\n[agents.orin]\naddress = "10.0.0.2:50051"\nkind = "orin"\n\n'
+        '[agents]\npixel = { address = "10.0.0.3:50051", kind = "pixel7" }  # phone via adb forward\n')
+    inv.remove("orin")
+    inv.save()
+    assert path.read_text() == ('# lab farm\n\n'
+                                '[agents]\npixel = { address = "10.0.0.3:50051", kind = "pixel7" }  # phone via adb '
+                                'forward\n')
+    assert "rewriting it" not in caplog.text
+
+
+def test_an_opening_comment_touching_the_first_agent_is_that_agents(tmp_path, caplog):
+    path = tmp_path / "farm.toml"
+    path.write_text('# Pi 4 in the lab, fan broken\n[agents.pi]\naddress = "h:1"\nkind = "k"\n\n'
+                    '# Orin on the bench\n[agents.orin]\naddress = "h:2"\nkind = "o"\n')
+    inv = Inventory.load(path)
+    inv.remove("pi")  # no blank line under the opening comment: it is pi's, not the file's header
+    inv.save()
+    assert path.read_text() == '# Orin on the bench\n[agents.orin]\naddress = "h:2"\nkind = "o"\n'
+    path.write_text('# the farm\n\n# Pi 4 in the lab\n[agents.pi]\naddress = "h:1"\nkind = "k"\n\n'
+                    '# Orin on the bench\n[agents.orin]\naddress = "h:2"\nkind = "o"\n')
+    inv = Inventory.load(path)
+    inv.remove("pi")  # a header, and the next agent's comment: both stay, a blank line between them
+    inv.save()
+    assert path.read_text() == '# the farm\n\n# Orin on the bench\n[agents.orin]\naddress = "h:2"\nkind = "o"\n'
+    assert "rewriting it" not in caplog.text
+
+
+def test_agents_written_as_dotted_keys_are_edited_in_place(tmp_path, caplog):
+    path = tmp_path / "farm.toml"
+    path.write_text('# farm\nagents.pi.address = "10.0.0.1:1"  # the pi\nagents.pi.kind = "k"\n')
+    inv = Inventory.load(path)
+    inv.add(AgentEntry("new", "10.0.0.3:1", "n"))  # a table at the end, not among pi's keys
+    inv.save()
+    assert path.read_text() == ('# farm\nagents.pi.address = "10.0.0.1:1"  # the pi\nagents.pi.kind = "k"\n\n'
+                                '[agents.new]\naddress = "10.0.0.3:1"\nkind = "n"\n')
+    inv.add(AgentEntry("pi", "10.0.0.2:1", "k"), replace=True)  # as `devices add --replace` does
+    inv.save()
+    assert path.read_text() == ('# farm\nagents.pi.address = "10.0.0.2:1"  # the pi\nagents.pi.kind = "k"\n\n'
+                                '[agents.new]\naddress = "10.0.0.3:1"\nkind = "n"\n')
+    inv.remove("pi")
+    inv.save()
+    assert path.read_text() == '# farm\n\n[agents.new]\naddress = "10.0.0.3:1"\nkind = "n"\n'
+    assert "rewriting it" not in caplog.text
+
+
 @pytest.mark.parametrize("text", [
     'agents.pi = {address = "h:1", kind = "k"}  # the pi\nagents.orin = {address = "h:2", kind = "o"}\n',
     '[agents]\npi = {address = "h:1", kind = "k"}  # the pi\norin.address = "h:2"\norin.kind = "o"\n',

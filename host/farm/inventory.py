@@ -174,8 +174,9 @@ class Inventory:
         points to (renaming over the link would replace it with a copy, and leave the real inventory as it was).
 
         A loaded file is edited, not rewritten: the tables of removed agents go, those of changed agents are
-        updated value by value, new agents are appended as [agents.NAME] tables; everything else (comments,
-        blank lines, key order, unchanged agents) stays byte for byte. A new file gets a one-line header."""
+        updated value by value, new agents are appended at its end as [agents.NAME] tables; everything else
+        (comments, blank lines, key order, unchanged agents) stays byte for byte. A new file gets a one-line
+        header."""
         text = self._new_text()
         target = self.path.resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +186,7 @@ class Inventory:
         self._source, self._saved = text, dict(self._agents)
 
     def _new_text(self) -> str:
-        fresh = _fresh(self._agents.values())
+        fresh = HEADER + _tables(self._agents.values())
         if self._source is None:
             return fresh
         try:
@@ -268,7 +269,9 @@ class Inventory:
 #   - its header, its values and the comments among them;
 #   - the paragraph directly under its last value (no blank line between), unless that paragraph also runs up to
 #     the next [header], which makes it that table's;
-#   - the paragraph directly above its [header], unless that is the file's opening paragraph (its header).
+#   - the paragraph directly above its [header] (no blank line between). The file's opening paragraph is its
+#     header only when a blank line separates it from the first table; one touching the first header is that
+#     agent's.
 # Every other comment and blank line stays where it was; the blank lines that separated the removed table from the
 # next one go, so that no double gap is left.
 
@@ -276,6 +279,7 @@ class Inventory:
 def _edited(source: str, saved: dict[str, AgentEntry], agents: dict[str, AgentEntry]) -> str:
     """`source` edited from the agents in `saved` to those in `agents`."""
     import tomlkit
+    from tomlkit.items import InlineTable
 
     doc = tomlkit.parse(source)
     for name in saved:
@@ -283,18 +287,26 @@ def _edited(source: str, saved: dict[str, AgentEntry], agents: dict[str, AgentEn
             _remove_agent(doc, name)
             doc = tomlkit.parse(doc.as_string())  # the next removal sees the layout as a file has it
     for name, entry in agents.items():
-        if name not in saved:
-            _append_agent(doc, entry)
-        elif entry != saved[name]:
+        if name in saved and entry != saved[name]:
             _update_agent(doc["agents"][name], entry)
+    new = [entry for name, entry in agents.items() if name not in saved]
+    if isinstance(doc.get("agents"), InlineTable):  # agents = {pi = {...}}: a new agent joins it the same way
+        for entry in new:
+            table = tomlkit.inline_table()
+            table.update(entry.to_toml())
+            doc["agents"][entry.name] = table
+        new = []
     text = doc.as_string()
+    if new:  # [agents.NAME] tables at the end of the file (valid after any layout of the others), a blank line above
+        ends = text[len(text.rstrip("\r\n")):].count("\n")
+        text += "\n" * (max(0, 2 - ends) if text.strip() else 0) + _tables(new)
     if "\r\n" in source and "\n" not in source.replace("\r\n", ""):  # tomlkit writes new lines as \n
         text = text.replace("\r\n", "\n").replace("\n", "\r\n")
     return text
 
 
-def _fresh(entries) -> str:
-    """A new file: the header line, then one [agents.NAME] table per agent."""
+def _tables(entries) -> str:
+    """One [agents.NAME] table per agent, a blank line between them."""
     import tomlkit
 
     agents = tomlkit.table(is_super_table=True)
@@ -304,7 +316,7 @@ def _fresh(entries) -> str:
         agents.append(entry.name, table)
     doc = tomlkit.document()
     doc.append("agents", agents)
-    return HEADER + doc.as_string()
+    return doc.as_string()
 
 
 def _read_back(text: str) -> dict[str, AgentEntry]:
@@ -312,22 +324,6 @@ def _read_back(text: str) -> dict[str, AgentEntry]:
     if set(data) - {"agents"}:
         raise ValueError(f"unexpected top-level key(s) {', '.join(sorted(set(data) - {'agents'}))}")
     return {name: AgentEntry(name=name, **table) for name, table in data.get("agents", {}).items()}
-
-
-def _append_agent(doc, entry: AgentEntry) -> None:
-    import tomlkit
-    from tomlkit.items import InlineTable
-
-    agents = doc.get("agents")
-    if agents is None:
-        doc.append("agents", tomlkit.table(is_super_table=True))
-        agents = doc["agents"]
-    if isinstance(agents, InlineTable):  # agents = {pi = {...}}: a new agent joins it the same way
-        table = tomlkit.inline_table()
-    else:
-        table = tomlkit.table()
-    table.update(entry.to_toml())
-    agents[entry.name] = table
 
 
 def _update_agent(table, entry: AgentEntry) -> None:
@@ -347,120 +343,94 @@ def _update_agent(table, entry: AgentEntry) -> None:
         return
     # New values go after the last value, above the comments that end the table (tomlkit would append them after
     # those, under a comment that introduces the next table).
-    tail = []
-    if isinstance(table, Table):
-        body = table.value.body
-        tail = [body[i][1] for i in _trailing(body)]
-        _drop(body, _trailing(body))
+    tail = _trailing(table.value.body) if isinstance(table, Table) else []
+    items = [body[i][1] for body, i in tail]
+    _drop(tail)
     for key in missing:
         table[key] = values[key]
-    for item in tail:
+    for item in items:
         table.raw_append(None, item)
 
 
 def _remove_agent(doc, name: str) -> None:
-    """Removes agent `name`'s table with its own comments (see the note above)."""
+    """Removes agent `name`'s table with its own comments (see the note above). tomlkit's index of the keys is
+    left behind: parse the text again before the next edit."""
     from tomlkit.items import Table, Whitespace
 
-    agents = doc["agents"]
-    place = _own_table(agents, name)
-    if place is None:  # an inline table, dotted keys, a table split in parts: tomlkit's own removal
-        del agents[name]
+    flat = list(_walk(doc.body))  # every item, in the file's order
+    mine = [n for n, (path, b, i) in enumerate(flat)
+            if path == ("agents", name) and isinstance(b[i][1], Table) and not b[i][0].is_dotted()]
+    if not mine:  # an inline table, dotted keys: tomlkit's own removal
+        del doc["agents"][name]
         return
-    body = agents.value.body
+    n = mine[0]  # its [agents.NAME] table, wherever tomlkit holds it ([agents] tables out of order too)
+    _, body, place = flat[n]
     table = body[place][1]
-    later = any(key is not None for key, _ in body[place + 1:])
-    # Where the lines just above the table's header are stored: the end of the previous agent's table, or, for
-    # the first agent, the top of the file, whose first paragraph is its header.
-    above: tuple[list, list[int], bool] | None = None
-    before = [(key, item) for key, item in body[:place] if not _is_null(item)]
-    if before and isinstance(before[-1][1], Table) and _own_table(agents, before[-1][0].key) is not None:
-        previous = before[-1][1].value.body
-        above = previous, _trailing(previous), False
-    elif not before and agents.is_super_table() and _own_table(doc, "agents") is not None:
-        top = doc.body
-        at = next(i for i, (key, _) in enumerate(top) if key is not None and key.key == "agents")
-        region = []
-        for i in range(at - 1, -1, -1):
-            if top[i][0] is not None:
-                break
-            if not _is_null(top[i][1]):
-                region.insert(0, i)
-        above = top, region, True
-    if above is not None and "\n" not in table.trivia.indent:
-        container, region, header_first = above
-        paragraphs = _paragraphs(container, region)
-        if paragraphs and paragraphs[-1][-1] == region[-1] and not (header_first and len(paragraphs) == 1):
-            _drop(container, paragraphs[-1])  # the paragraph directly above the header: this agent's
-        if not later:  # the last table: the blank lines that separated it from the rest go too
-            region = [i for i in region if not _is_null(container[i][1])]
-            while region and _is_blank(container[region[-1]][1]):
-                _drop(container, [region.pop()])
-    own_body = table.value.body
-    region = _trailing(own_body)
-    paragraphs = _paragraphs(own_body, region)
-    gone = 0
-    if paragraphs and paragraphs[0][0] == region[0] and not (later and paragraphs[0][-1] == region[-1]):
-        gone = len(paragraphs[0])  # the paragraph directly under the last value: this agent's
-    kept = [own_body[i][1] for i in region[gone:]]
-    if later:  # (the last table's separation went above)
-        while kept and _is_blank(kept[0]):
-            kept.pop(0)
-    agents.remove(name)
-    if kept:  # in the table's place, as written (tomlkit reads them back as part of the table above)
-        body[place] = (None, Whitespace("".join(item.as_string() for item in kept)))
+    above = []  # the comment and blank lines between the previous line of TOML and the header
+    for _, b, i in reversed(flat[:n]):
+        k, item = b[i]
+        if k is None:
+            above.insert(0, (b, i))
+        elif not (isinstance(item, Table) and item.is_super_table() and not k.is_dotted()):
+            break  # (a table made by [agents.NAME] headers alone has no line of its own)
+    touching = _paragraph(above[::-1])  # the paragraph directly above the header: this agent's
+    _drop(touching)
+    del above[len(above) - len(touching):]
+    own = table.value.body
+    later = any(b[i][0] is not None for _, b, i in flat[n + 1:] if b is not own)
+    if not later:  # the last table: the blank lines that separated it from the rest go too
+        while above and _is_blank(above[-1]):
+            _drop([above.pop()])
+    after = _trailing(own)
+    under = _paragraph(after)  # the paragraph directly under the last value: this agent's, unless it is the next's
+    if not (later and len(under) == len(after)):
+        after = after[len(under):]
+    while later and after and _is_blank(after[0]):  # (the last table's separation went above)
+        after.pop(0)
+    # in the table's place, as written (tomlkit reads them back as part of the table above)
+    body[place] = (None, Whitespace("".join(b[i][1].as_string() for b, i in after)))
 
 
-def _own_table(container, name: str) -> int | None:
-    """Where in `container`'s body `name` is, when it is one [header] table (not dotted keys, not inline, not
-    split in parts); None otherwise."""
-    from tomlkit.container import Container
+def _walk(body: list, path: tuple = ()):
+    """(key path, body, place) of each item of `body` and of the tables in it, in the order of the file; the path
+    of a comment or blank line is None."""
     from tomlkit.items import Table
 
-    value = container.value if isinstance(container, Table) else container
-    if not isinstance(value, Container):
-        return None
-    places = [i for i, (key, _) in enumerate(value.body) if key is not None and key.key == name]
-    if len(places) != 1:
-        return None
-    key, item = value.body[places[0]]
-    if not isinstance(item, Table) or key.is_dotted():
-        return None
-    return places[0]
+    for place, (key, item) in enumerate(body):
+        if not _is_null(item):
+            here = None if key is None else (*path, key.key)
+            yield here, body, place
+            if isinstance(item, Table):
+                yield from _walk(item.value.body, here)
 
 
-def _trailing(body: list) -> list[int]:
-    """The places of the comments and blank lines after the last value of a table's body."""
+def _trailing(body: list) -> list[tuple[list, int]]:
+    """The comments and blank lines after the last value of a table's body, as (body, place)."""
     places = []
     for i in range(len(body) - 1, -1, -1):
         if body[i][0] is not None:
             break
         if not _is_null(body[i][1]):
-            places.insert(0, i)
+            places.insert(0, (body, i))
     return places
 
 
-def _paragraphs(body: list, places: list[int]) -> list[list[int]]:
-    """`places` (comment lines and blank lines) in runs of lines between blank lines."""
-    runs, run = [], []
-    for i in places:
-        if _is_blank(body[i][1]):
-            if run:
-                runs.append(run)
-            run = []
-        else:
-            run.append(i)
-    if run:
-        runs.append(run)
-    return runs
+def _paragraph(lines: list) -> list:
+    """The comment lines that `lines` (a list of (body, place)) start with, up to the first blank line."""
+    run = []
+    for line in lines:
+        if _is_blank(line):
+            break
+        run.append(line)
+    return run
 
 
-def _drop(body: list, places: list[int]) -> None:
+def _drop(lines: list) -> None:
     """Empties keyless places (comments, blank lines) the way tomlkit itself removes: positions stay, so its
     index of the keys stays right."""
     from tomlkit.items import Null
 
-    for i in places:
+    for body, i in lines:
         assert body[i][0] is None
         body[i] = (None, Null())
 
@@ -471,7 +441,8 @@ def _is_null(item) -> bool:
     return isinstance(item, Null)
 
 
-def _is_blank(item) -> bool:
+def _is_blank(line) -> bool:
     from tomlkit.items import Whitespace
 
-    return isinstance(item, Whitespace) and "\n" in item.as_string()
+    body, i = line
+    return isinstance(body[i][1], Whitespace) and "\n" in body[i][1].as_string()
