@@ -305,6 +305,32 @@ def test_a_killed_run_resumes_to_the_same_result_without_repeating_an_evaluation
         assert store.run_members(run_id, "predicted")
 
 
+def test_a_run_killed_before_its_predicted_front_was_stored_stores_it_when_resumed(tmp_path, monkeypatch):
+    spec = dataclasses.replace(_spec(), budget=18)  # the 12 of the seed sample and one batch of 6
+    with open_store(tmp_path / "reference.db") as store:
+        reference = start_run(store, spec)
+        execute_run(store, reference, CountingEvaluator())
+        expected = [(m.config, m.objectives) for m in store.run_members(reference, "predicted")]
+    assert expected
+    with open_store(tmp_path / "killed.db") as store:
+        run_id = start_run(store, spec)
+
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt("the host was killed")  # after the last evaluation was recorded
+
+        with monkeypatch.context() as m:
+            m.setattr(StoreRecorder, "record_predicted_front", killed)
+            with pytest.raises(KeyboardInterrupt):
+                execute_run(store, run_id, CountingEvaluator())
+        assert len(store.run_members(run_id, "measured")) == 18 and not store.run_members(run_id, "predicted")
+        resumed = CountingEvaluator()
+        execute_run(store, run_id, resumed)  # its budget is spent: a pure replay
+        assert resumed.calls == 0 and store.run(run_id).state == "finished"
+        assert [(m.config, m.objectives) for m in store.run_members(run_id, "predicted")] == expected
+        execute_run(store, run_id, CountingEvaluator())  # replayed again: the front is not stored twice
+        assert len(store.run_members(run_id, "predicted")) == len(expected)
+
+
 class KnowingEvaluator(CountingEvaluator):
     """Also says what the store held before a time, as LiveEvaluator.known does: here, latencies stored at t=0."""
 
@@ -577,6 +603,23 @@ def test_a_diverged_replay_that_asks_beyond_its_budget_spends_what_is_left(tmp_p
         session = execute_run(store, run_id, resumed)
         assert resumed.calls == 6 and session.used == 36  # before: ended at 30 of 36
         assert len(store.run_members(run_id, "measured")) == 36 and store.run(run_id).state == "finished"
+
+
+def test_a_replay_that_diverges_after_its_seeds_still_stores_its_predicted_front(tmp_path):
+    with open_store(tmp_path / "reference.db") as store:
+        reference = start_run(store, _spec())
+        execute_run(store, reference, CountingEvaluator())
+        seeds = [m.config for m in store.run_members(reference, "measured")][:12]
+    with open_store(tmp_path / "d.db") as store:
+        run_id = start_run(store, _spec())
+        taken = {json.dumps(c, sort_keys=True) for c in seeds}
+        strangers = [c for c in NB201.space.sample(40, 99) if json.dumps(c, sort_keys=True) not in taken][:20]
+        store.add_run_members(run_id, [(c, dict(zip(["accuracy", "latency"], synthetic_values(c))), "measured")
+                                       for c in seeds + strangers])  # the seeds replay; the first batch diverges
+        resumed = CountingEvaluator()
+        session = execute_run(store, run_id, resumed)
+        assert resumed.calls == 4 and session.used == 36  # the record's 32, then what was left of the batch
+        assert store.run_members(run_id, "predicted") and store.run(run_id).state == "finished"
 
 
 def test_the_run_lease_holds_through_a_symbolic_link_to_the_database(tmp_path):

@@ -1,4 +1,5 @@
 """The SQLite store: schema and migrations, dedup, queries, runs, and behaviour under locks and concurrency."""
+import re
 import sqlite3
 import subprocess
 import sys
@@ -231,6 +232,58 @@ def test_a_locked_database_fails_clearly_after_the_busy_timeout_and_loses_nothin
         other.execute("COMMIT")
         _, inserted = s.record_measurement(measurement(artifact=SHA_A, kind="other-kind"))
         assert inserted and len(s.measurements()) == 2
+
+
+class _NotingWalTries(SqliteStore):
+    """A store that calls `on_wal_try(n)` as its connection starts its n-th `PRAGMA journal_mode = WAL`."""
+
+    def __init__(self, path, on_wal_try, **kw):
+        self._on_wal_try, self._wal_tries = on_wal_try, 0
+        super().__init__(path, **kw)
+
+    def _connect(self, target, uri=False):
+        conn = super()._connect(target, uri)
+        conn.set_trace_callback(self._traced)
+        return conn
+
+    def _traced(self, statement: str) -> None:
+        if statement.startswith("PRAGMA journal_mode"):
+            self._wal_tries += 1
+            self._on_wal_try(self._wal_tries)
+
+
+def test_a_new_store_waits_for_another_process_creating_it_to_let_go_of_the_write_lock(tmp_path):
+    """Another process holds the write lock of the new, still rollback-journal database: SQLite fails the switch
+    to WAL at once (no busy handler), so the store tries again within its busy timeout."""
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE placeholder (x)")  # what the other process is writing
+
+    def let_go_on_the_second_try(n: int) -> None:
+        if n == 2:  # the first try failed while the lock was held: this one is a retry
+            other.execute("ROLLBACK")
+
+    with _NotingWalTries(path, let_go_on_the_second_try, busy_timeout_s=30) as store:
+        assert store._wal_tries >= 2
+        assert store._read("PRAGMA journal_mode")[0][0] == "wal" and store.schema_version == MIGRATIONS[-1].version
+    other.close()
+
+
+def test_a_new_store_whose_write_lock_stays_held_gives_up_after_its_busy_timeout_and_says_so(tmp_path):
+    path = tmp_path / "held.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE placeholder (x)")
+    start = time.monotonic()
+    message = r"locked by another process; gave up after ([\d.]+) s \(busy timeout 0\.2 s\)"
+    with pytest.raises(StoreLocked, match=message) as raised:
+        SqliteStore(path, busy_timeout_s=0.2)
+    elapsed = time.monotonic() - start
+    said = float(re.search(r"gave up after ([\d.]+) s", str(raised.value)).group(1))
+    assert 0.2 <= said <= elapsed < 5  # it waited out its timeout, no longer, and says how long it waited
+    other.execute("ROLLBACK")
+    other.close()
 
 
 def test_threads_share_one_store(store):

@@ -17,25 +17,33 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleetnas.report import ForeignFolder, write_report
     from fleetnas.search.run import find_run
     from fleetnas.store import StoreError, open_store
 
     if args.out == "":  # Path("") is the current folder: never the silent choice
         raise CliError("--out must name a folder", 2)
-    out = Path(args.out) if args.out is not None else None
     try:
         with open_store(args.db, read_only=True) as store:
             run_id = find_run(store, args.run).id
-            out = out or Path(f"fleetnas-report-{run_id}")  # the default names the id, known once the run is found
-            if out.exists() and not out.is_dir():
-                raise CliError(f"--out {out} is a file; give a folder")
-            index = write_report(store, run_id, out)
+            # The default names the id, known once the run is found.
+            out = Path(args.out) if args.out is not None else Path(f"fleetnas-report-{run_id}")
+            index = _write(store, run_id, out)
     except (KeyError, StoreError) as exc:
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
+    print(index)
+    return 0
+
+
+def _write(store, run_id: int, out: Path) -> Path:
+    """Writes the report into `out`. Only here is an OSError the output folder's: one from opening the store
+    (a --db name too long, say) is the store's, and open_store names it."""
+    from fleetnas.report import ForeignFolder, write_report
+
+    try:
+        if out.exists() and not out.is_dir():
+            raise CliError(f"--out {out} is a file; give a folder")
+        return write_report(store, run_id, out)
     except ForeignFolder as exc:
         raise CliError(f"--out {exc}") from None
     except OSError as exc:
-        raise CliError(f"cannot write the report to {out}: {exc.strerror}") from None
-    print(index)
-    return 0
+        raise CliError(f"cannot write the report to {out}: {exc.strerror or exc}") from None

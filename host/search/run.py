@@ -116,6 +116,11 @@ class StoreRecorder:
                                                              "std": self._named(std)})
 
     def record_predicted_front(self, configs: Sequence[Config], values: np.ndarray) -> None:
+        """Stores the front once: a resumed run that replays to its end notes it again, and one killed before
+        it was stored (after its last evaluation, say) stores it now. What the store holds decides, not
+        whether this execution evaluated anything."""
+        if self.store.run_members(self.run_id, source="predicted"):
+            return
         self.store.add_run_members(self.run_id, [(c, self._named(v), "predicted") for c, v in zip(configs, values)])
 
     def finish(self) -> None:
@@ -175,7 +180,13 @@ def run_state(store, run) -> str:
     if run.state != "running":
         return run.state
     path = _lease_path(store, run.id)
-    return "running" if path is not None and holder(path) else "interrupted"
+    if path is not None and holder(path):
+        return "running"
+    # `run` may have been read just before its driver stored its end and let go of its lock (execute_run stores
+    # the end first): read the state again, now that no process holds the lock, before calling it interrupted.
+    now = store.run(run.id)
+    state = run.state if now is None else now.state
+    return "interrupted" if state == "running" else state
 
 
 def load_spec(store, run_id: int) -> RunSpec:

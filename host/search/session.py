@@ -42,7 +42,8 @@ class Recorder(Protocol):
     def load(self) -> list[tuple[Config, np.ndarray]]: ...
     def record(self, index: int, config: Config, values: np.ndarray) -> None: ...
     def record_prediction(self, config: Config, mean: np.ndarray, std: np.ndarray) -> None: ...
-    def record_predicted_front(self, configs: Sequence[Config], values: np.ndarray) -> None: ...
+    def record_predicted_front(self, configs: Sequence[Config], values: np.ndarray) -> None:
+        """Keeps the run's predicted front, unless it holds one already (a resumed run notes it again)."""
 
 
 class BudgetExhausted(Exception):
@@ -147,7 +148,10 @@ class SearchSession:
                 self.recorder.record_prediction(config, m, s)
 
     def note_predicted_front(self, configs: Sequence[Config], values: np.ndarray) -> None:
-        if self.recorder is not None and self.real_evaluations:  # a pure replay stored it already
+        """The front the predictors believed in at the end. Handed to the recorder even by a pure replay: a run
+        killed after its last evaluation but before its front was kept has none yet, and only the recorder
+        knows whether it holds one (it keeps the first)."""
+        if self.recorder is not None:
             self.recorder.record_predicted_front(configs, values)
 
     # ----- what tactics read ---------------------------------------------------------------------

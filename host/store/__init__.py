@@ -34,9 +34,27 @@ def open_store(location: str | Path | None = None, busy_timeout_s: float = 30.0,
         if scheme != "sqlite":
             raise StoreError(f"unsupported store {location!r}: only sqlite:///PATH or a file path")
         location = rest
-    if existing and not Path(location).is_file():
+    found = _is_file(location)  # also for a new store: the OS's reason beats SQLite's "unable to open"
+    if existing and not found:
         raise StoreError(f"no store at {location} (give --db PATH, or set FLEETNAS_DB)")
-    return SqliteStore(Path(location), busy_timeout_s=busy_timeout_s, read_only=read_only)
+    try:
+        return SqliteStore(Path(location), busy_timeout_s=busy_timeout_s, read_only=read_only)
+    except OSError as exc:  # a look-up beside the database (its -wal file, its real path) that the OS refused
+        raise _unusable(location, exc) from None
+
+
+def _is_file(location: str) -> bool:
+    """Whether a file is at `location`. Path.is_file answers False only for a path that is not there; one the
+    OS cannot look up at all (a name too long, a folder this user may not search) raises, and that is the
+    user's --db to name, with the reason, rather than a traceback."""
+    try:
+        return Path(location).is_file()
+    except OSError as exc:
+        raise _unusable(location, exc) from None
+
+
+def _unusable(location: str, exc: OSError) -> StoreError:
+    return StoreError(f"cannot open store {location}: {exc.strerror or exc} (check --db or FLEETNAS_DB)")
 
 
 __all__ = ["DEFAULT_DB", "MIGRATIONS", "ArtifactRecord", "CalibrationRecord", "DeviceRecord", "EvaluationRecord",

@@ -109,11 +109,13 @@ class SqliteStore(Store):
                                  "be written") from None
         return self._connect(real.as_uri() + "?mode=ro&immutable=1", uri=True)
 
-    def _error(self, exc: sqlite3.Error) -> StoreError:
+    def _error(self, exc: sqlite3.Error, waited_s: float | None = None) -> StoreError:
+        """`waited_s`: how long the failed step waited for the lock, where that is not the busy timeout."""
         text = str(exc)
-        if "locked" in text or "busy" in text:
+        if _is_busy(exc):
+            waited = self.busy_timeout_s if waited_s is None else waited_s
             return StoreLocked(f"database {self.path} is locked by another process; gave up after "
-                               f"{self.busy_timeout_s:g} s (busy timeout). Nothing was written.")
+                               f"{waited:g} s (busy timeout {self.busy_timeout_s:g} s). Nothing was written.")
         if "not a database" in text or "malformed" in text:
             return StoreError(f"{self.path} is not a usable FleetNAS database: {text}")
         return StoreError(f"database {self.path}: {text}")
@@ -128,14 +130,41 @@ class SqliteStore(Store):
 
     def _pragmas(self) -> None:
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            self._set_busy_timeout(self.busy_timeout_s)
+            mode = self._journal_mode_wal()
             self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise self._error(exc) from None
         if mode.lower() != "wal":
             raise StoreError(f"database {self.path} cannot use write-ahead logging (journal mode {mode})")
+
+    def _set_busy_timeout(self, seconds: float) -> None:
+        self._conn.execute(f"PRAGMA busy_timeout = {max(int(seconds * 1000), 0)}")
+
+    def _journal_mode_wal(self) -> str:
+        """Turns a new database to write-ahead logging, waiting up to the busy timeout for other processes.
+
+        SQLite's busy handler does not always apply here: while another connection holds the write lock of a
+        database still in rollback mode (another process creating the same new store), the switch fails with
+        SQLITE_BUSY at once, since waiting could deadlock inside SQLite. So the switch is retried until the busy
+        timeout runs out, each try's own busy wait limited to what is left of it."""
+        start = time.monotonic()
+        deadline = start + self.busy_timeout_s
+        pause = 0.005
+        try:
+            while True:
+                try:
+                    return self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                except sqlite3.OperationalError as exc:
+                    left = deadline - time.monotonic()
+                    if not _is_busy(exc) or left <= 0:
+                        raise self._error(exc, waited_s=round(time.monotonic() - start, 3)) from None
+                time.sleep(min(pause, left))  # a back-off between tries, not a synchronisation
+                pause = min(pause * 2, 0.1)
+                self._set_busy_timeout(deadline - time.monotonic())
+        finally:
+            self._set_busy_timeout(self.busy_timeout_s)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -508,3 +537,9 @@ def _round(row) -> ReferenceRound:
     (rid, space, kind, agent, device_id, runtime, shash, reference, role, entries, platform, verdict, created) = row
     return ReferenceRound(rid, space, kind, agent, device_id, runtime, shash, reference, role, json.loads(entries),
                           json.loads(platform), json.loads(verdict), created)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds a lock this one needs."""
+    text = str(exc)
+    return "locked" in text or "busy" in text

@@ -52,7 +52,7 @@ from ...supernets.base import network_of
 from ..algorithms import make_algorithm
 from ..hypervolume import Normaliser, hvi_2d, hypervolume, non_dominated
 from ..problem import PredictedProblem
-from ..session import SearchSession
+from ..session import BudgetExhausted, SearchSession
 
 REF = 1.1
 #: The fewest rows a predictor is fitted on (fit_predictor's cross-validation needs 4).
@@ -82,8 +82,11 @@ def run(session: SearchSession, seed: int = 0, n_init: int = 20, batch: int = 5,
         configs = [space.decode(candidates[i]) for i in chosen]
         signs = np.array([o.sign for o in session.objectives])
         session.note_predictions(configs, mean[chosen] * signs, std[chosen])
-        session.evaluate(configs)
         last = (candidates, mean)
+        try:
+            session.evaluate(configs)
+        except BudgetExhausted:  # a diverged replay's record filled the budget: it ends with its predicted front
+            break
     if last is not None:
         _note_predicted_front(session, *last)
 
