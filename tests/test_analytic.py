@@ -12,6 +12,7 @@ from torch import nn
 from fleetnas.supernets import InvalidConfig, get_supernet, list_supernets, ofa_mbv3
 from fleetnas.supernets import analytic
 from fleetnas.supernets.analytic import analytic_features, count_module
+from fleetnas.supernets.base import SuperNetwork
 from fleetnas.supernets.ofa_nets import Bottleneck, Classifier, ConvLayer, ResNet
 
 torch.set_num_threads(1)  # two threads on two busy cores stall (PACKAGES.md); the tests need no speed-up
@@ -99,6 +100,68 @@ def test_features_scale_with_batch_except_parameters():
     one, four = (analytic_features(supernet, config, b, cache=False) for b in (1, 4))
     assert four["macs"] == 4 * one["macs"] and four["activation_bytes"] == 4 * one["activation_bytes"]
     assert four["params"] == one["params"]
+
+
+def test_counts_at_batch_k_are_k_times_batch_1_and_what_a_pass_at_batch_k_counts():
+    """The ground truth of extending small batches' counts: on the demo space, a real forward pass at batch 4
+    (how every batch used to be counted) counts exactly 4 x batch 1, parameters aside."""
+    supernet = get_supernet("demo")
+    for config in supernet.space.sample(3, 4):
+        one = analytic_features(supernet, config, 1, cache=False)
+        four = analytic_features(supernet, config, 4, cache=False)
+        module = supernet.build(config)
+        real_pass = count_module(module, [torch.zeros(s["shape"]) for s in supernet.input_specs(config, 4)])
+        assert four == real_pass
+        assert four == {**{k: 4 * v for k, v in one.items()}, "params": one["params"]}
+
+
+class _Tiny(nn.Module):
+    """A token embedding plus a position embedding (its output has no batch dimension, as BERT's does), then
+    a linear layer; with `pairwise`, a leaf whose output grows as batch x batch."""
+
+    def __init__(self, pairwise: bool):
+        super().__init__()
+        self.tokens, self.positions, self.linear = nn.Embedding(10, 8), nn.Embedding(6, 8), nn.Linear(8, 4)
+        self.pairwise = _Pairwise() if pairwise else None
+
+    def forward(self, ids):
+        x = self.linear(self.tokens(ids) + self.positions(torch.arange(ids.shape[1])))
+        return self.pairwise(x) if self.pairwise is not None else x
+
+
+class _Pairwise(nn.Module):
+    def forward(self, x):
+        flat = x.flatten(1)
+        return flat @ flat.T
+
+
+class _TinySuperNetwork(SuperNetwork):
+    def __init__(self, pairwise: bool):
+        from fleetnas.supernets.space import SearchSpace, Variable
+
+        self.space = SearchSpace(f"tiny_{pairwise}", [Variable("length", (6,))])
+        self.pairwise, self.batches = pairwise, []
+
+    def build(self, config, weights=None):
+        return _Tiny(self.pairwise).eval()
+
+    def input_specs(self, config, batch=1):
+        self.batches.append(batch)
+        return [{"name": "ids", "shape": [batch, config["length"]], "dtype": "int64"}]
+
+
+@pytest.mark.parametrize("pairwise", [False, True])
+def test_a_large_batch_is_extended_from_small_ones_not_run(pairwise):
+    """`space sample --batch 1024` used to run a forward pass at batch 1024 (GBs for an image network). Counts
+    are affine in the batch (the position embedding's part is not multiplied), so batches 1 to 3 suffice;
+    a module whose counts are not affine (batch x batch) is still counted right, at the batch itself."""
+    supernet = _TinySuperNetwork(pairwise)
+    got = analytic_features(supernet, {"length": 6}, 1024, cache=False)
+    want = count_module(_Tiny(pairwise).eval(), [torch.zeros(1024, 6, dtype=torch.int64)])
+    assert got == want
+    assert max(supernet.batches) == (1024 if pairwise else 3)
+    assert want["activation_bytes"] != 1024 * analytic_features(supernet, {"length": 6}, 1, cache=False)[
+        "activation_bytes"]
 
 
 # ----- whole networks ----------------------------------------------------------------------------------------

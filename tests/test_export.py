@@ -300,6 +300,35 @@ def test_a_config_file_that_is_not_text_is_named(capsys, tmp_path):
     assert "is not UTF-8 text" in capsys.readouterr().err
 
 
+def test_a_config_nested_too_deeply_is_named_not_a_traceback(capsys, tmp_path):
+    """json's parser recurses once per level: 100 000 nested arrays used to end in a RecursionError."""
+    deep = '{"resolution": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    (tmp_path / "deep.json").write_text(deep)
+    base = ["export", "--space", "demo", "--format", "spec", "--out", str(tmp_path / "m.json")]
+    assert cli([*base, "--config", f"@{tmp_path / 'deep.json'}"]) == 1
+    assert f"--config file '{tmp_path / 'deep.json'}' nests its JSON too deeply" in capsys.readouterr().err
+    assert cli([*base, "--config", deep]) == 1
+    assert "--config nests its JSON too deeply" in capsys.readouterr().err
+    with pytest.raises(InvalidConfig, match="nested too deeply"):
+        get_supernet("demo").space.from_json(deep)
+
+
+def test_a_refused_export_leaves_no_out_folders_behind(capsys, tmp_path):
+    """--out's missing folders are made only once the export succeeded (they used to be made first)."""
+    out = tmp_path / "new" / "deeper" / "m.json"
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    refused = [(["--space", "demo", "--config", '{"resolution": 8}'], "bad config for demo"),
+               (["--space", "demo", "--config", f"@{tmp_path / 'absent.json'}"], "cannot read --config file"),
+               (["--space", "nb201", "--sample"], "table-only"),
+               (["--space", "nope", "--sample"], "unknown space 'nope'")]
+    for extra, message in refused:
+        assert cli(["export", *extra, "--format", "spec", "--out", str(out), *cache]) == 1
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "new").exists(), extra
+    assert cli(["export", "--space", "demo", "--sample", "--format", "spec", "--out", str(out), *cache]) == 0
+    assert json.loads(out.read_text())["space"] == "demo"
+
+
 def test_a_search_runs_front_member_is_exported_by_run_and_rank(capsys, tmp_path):
     from fleetnas.search.live import LiveEvaluator
     from fleetnas.search.objectives import parse_objective

@@ -72,6 +72,26 @@ def test_invalid_configs_are_rejected_naming_the_variable(change, named):
             call(bad)
 
 
+def test_json_booleans_are_not_taken_for_numbers():
+    """`True == 1` in Python: a JSON true must not pass for the width 1.0 (nor false for 0)."""
+    from fleetnas.supernets.space import Variable
+
+    assert demo.LARGEST["width_s1"] == 1.0 and demo.LARGEST["depth_s1"] == 3
+    for name, value in (("width_s1", True), ("mid_width_s2b1", True), ("depth_s1", True)):
+        with pytest.raises(InvalidConfig, match=rf"{name}=True is not allowed \(a boolean is not a number"):
+            demo.SPACE.validate({**demo.LARGEST, name: value})
+    text = demo.SPACE.to_json(demo.LARGEST).replace('"width_s1": 1.0', '"width_s1": true')
+    with pytest.raises(InvalidConfig, match="width_s1=True"):
+        demo.SPACE.from_json(text)
+    assert demo.SPACE.validate({**demo.LARGEST, "width_s1": 1}) == demo.LARGEST  # 1 and 1.0 are one choice
+    flags = Variable("flag", (False, True))  # booleans stay booleans where the choices are booleans
+    assert (flags.index(True), flags.index(False)) == (1, 0)
+    with pytest.raises(InvalidConfig, match="flag=1 is not allowed"):
+        flags.index(1)
+    with pytest.raises(InvalidConfig, match=r"pair=\(True, 2\)"):
+        Variable("pair", ((1, 2), (3, 4))).index((True, 2))
+
+
 def test_a_config_lacking_a_variable_is_rejected_naming_it():
     bad = dict(demo.SMALLEST)
     del bad["width_s2"]

@@ -256,3 +256,55 @@ def test_resnet_sub_networks_are_sliced_from_the_checkpoint(resnet_checkpoint):
     again = RESNET.build(config, flat).state_dict()
     assert all(torch.equal(v, again[k]) for k, v in net.state_dict().items())
     assert torch.isfinite(net(torch.randn(1, 3, 128, 128))).all()
+
+
+def _block_key(config: dict, block: int) -> str:
+    """The nested-layout key prefix of the plan's `block`-th block (its index in the super-network)."""
+    return f"blocks.{ofa_mbv3.plan(config).blocks[block].index}.mobile_inverted_conv"
+
+
+def test_a_checkpoint_tensor_of_the_wrong_shape_is_refused_naming_both_shapes(mbv3_checkpoint):
+    """Every dimension is checked, not only the leading ones: a 1x1 kernel used to broadcast silently into a
+    3x3 one, a 2-D bias to fail with torch's RuntimeError, a too-small depthwise kernel with an IndexError."""
+    _, state = mbv3_checkpoint
+    config = {**first_choices(MBV3.space), "ks_0": 7}
+    dw = _block_key(config, 1) + ".depth_conv.conv.conv.weight"
+    cases = [
+        ("first_conv.conv.weight", state["first_conv.conv.weight"][:, :, :1, :1].clone(),
+         r"'first_conv\.conv\.weight' has shape \(16, 3, 1, 1\); this sub-network needs \(≥16, ≥3, 3, 3\)"),
+        ("classifier.linear.bias", torch.zeros(1000, 3),
+         r"'classifier\.linear\.bias' has shape \(1000, 3\); this sub-network needs \(≥1000,\)"),
+        (dw, state[dw][:, :, 2:5, 2:5].clone(),
+         r"has shape \(\d+, 1, 3, 3\); this sub-network needs \(≥\d+, 1, 7, 7\)"),
+        (dw, state[dw].expand(-1, 2, -1, -1).clone(), r"has shape \(\d+, 2, 7, 7\)"),
+    ]
+    for key, tensor, message in cases:
+        with pytest.raises(ValueError, match=message):
+            MBV3.build(config, {**state, key: tensor})
+    small_kernel = {**config, "ks_0": 3}  # goes through both kernel-transform matrices
+    matrix = _block_key(small_kernel, 1) + ".depth_conv.conv.5to3_matrix"
+    with pytest.raises(ValueError, match=r"5to3_matrix' has shape \(9, 8\); this sub-network needs \(9, 9\)"):
+        MBV3.build(small_kernel, {**state, matrix: state[matrix][:, :8].clone()})
+
+
+def test_checkpoint_files_that_are_not_tensor_dicts_are_refused_naming_the_path(tmp_path):
+    """Each case is a clear error naming the path; torch's own message (which suggests weights_only=False,
+    exactly what must not be done with a file from anywhere) never reaches the user."""
+    import argparse
+
+    config = first_choices(MBV3.space)
+    pickled, listed, tensorless = tmp_path / "pickled.pth", tmp_path / "listed.pth", tmp_path / "tensorless.pth"
+    torch.save({"state_dict": {}, "args": argparse.Namespace(arch="ofa")}, pickled)
+    torch.save([torch.zeros(2)], listed)
+    torch.save({"epoch": 3}, tensorless)
+    cases = [(pickled, ValueError, "cannot be read as tensors alone"),
+             (listed, ValueError, "holds a list, not a state dict"),
+             (tensorless, ValueError, "hold no tensors"),
+             (tmp_path / "absent.pth", FileNotFoundError, "no ofa_mbv3 checkpoint file at"),
+             (tmp_path, IsADirectoryError, "is a directory")]
+    for path, error, message in cases:
+        with pytest.raises(error, match=message) as caught:
+            MBV3.build(config, path)
+        assert str(path) in str(caught.value) and "weights_only=False" not in str(caught.value)
+    with pytest.raises(TypeError, match="a state dict or a path to a checkpoint, got int"):
+        RESNET.build(first_choices(RESNET.space), 42)

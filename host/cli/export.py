@@ -33,20 +33,29 @@ def register(sub) -> None:
 
 
 def parse_config(text: str) -> dict:
+    """The --config JSON object, given inline or as @FILE; a CliError naming the file (or --config) if it is not one."""
+    where = "--config"
     if text.startswith("@"):
-        try:
-            text = Path(text[1:]).read_text()
-        except OSError as exc:
-            raise CliError(f"cannot read --config file {text[1:]!r}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise CliError(f"--config file {text[1:]!r} is not UTF-8 text") from None
+        where = f"--config file {text[1:]!r}"
+        text = _read_config_file(text[1:])
     try:
         config = json.loads(text)
     except ValueError as exc:
-        raise CliError(f"--config is not JSON ({exc}): {text!r:.200}") from None
+        raise CliError(f"{where} is not JSON ({exc}): {text!r:.200}") from None
+    except RecursionError:  # json's parser recurses once per level: a few thousand nested [ exhaust the stack
+        raise CliError(f"{where} nests its JSON too deeply to read (a config is one flat JSON object)") from None
     if not isinstance(config, dict):
-        raise CliError(f"--config must be a JSON object, got {type(config).__name__}")
+        raise CliError(f"{where} must hold a JSON object, got {type(config).__name__}")
     return config
+
+
+def _read_config_file(name: str) -> str:
+    try:
+        return Path(name).read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read --config file {name!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"--config file {name!r} is not UTF-8 text") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,20 +63,15 @@ def run(args: argparse.Namespace) -> int:
     from fleetnas.supernets import InvalidConfig
 
     out = args.out
-    if out.is_dir():
-        raise CliError(f"--out {str(out)!r} is a directory; give a file name")
-    if out.exists() and not out.is_file():
-        raise CliError(f"--out {str(out)!r} exists and is not a regular file")
-    try:  # checked before the export, which may take a while
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"cannot write --out {str(out)!r}: {exc.strerror}") from None
+    _check_out(out)  # before the export, which may take a while; it creates nothing
     args.space, config = _what_to_export(args)
     supernet = load_supernet(args.space)
     if config is None:
         config = supernet.space.sample(1, args.seed or 0)[0] if args.sample else parse_config(args.config)
     try:
         artifact = export_artifact(args.space, config, args.fmt, args.batch, args.cache_dir)
+        # --out's folders only now, the export done: a refused config or export leaves nothing behind.
+        out.parent.mkdir(parents=True, exist_ok=True)
         _copy_into_place(artifact.path, out)
     except InvalidConfig as exc:
         raise CliError(f"bad config for {args.space}: {exc}") from None
@@ -80,6 +84,32 @@ def run(args: argparse.Namespace) -> int:
           f"{made}; cached at {artifact.path})")
     print(json.dumps(supernet.space.validate(config), separators=(",", ":")))
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """Refuses an --out that cannot be written, without creating anything: its nearest existing folder must be
+    a writable directory (the folders missing below it are made once the export is done)."""
+    try:
+        problem = _out_problem(out)
+    except OSError as exc:  # a folder on the way that cannot be looked into, say
+        problem = f"cannot write --out {str(out)!r}: {exc.strerror or exc}"
+    if problem:
+        raise CliError(problem)
+
+
+def _out_problem(out: Path) -> str | None:
+    if out.is_dir():
+        return f"--out {str(out)!r} is a directory; give a file name"
+    if out.exists() and not out.is_file():
+        return f"--out {str(out)!r} exists and is not a regular file"
+    folder = out.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"cannot write --out {str(out)!r}: {str(folder)!r} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write --out {str(out)!r}: {str(folder)!r} is not writable"
+    return None
 
 
 def _what_to_export(args: argparse.Namespace) -> tuple[str, dict | None]:

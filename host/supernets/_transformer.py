@@ -11,11 +11,10 @@ the same few ONNX operators under every opset and exporter, and ONNX Runtime run
 from __future__ import annotations
 
 import contextlib
-import os
-import pickle
-from pathlib import Path
 
 import torch
+
+from ._checkpoint import read_weights
 
 
 def multi_head_attention(q, k, v, heads: int, mask=None):
@@ -45,30 +44,6 @@ def causal_mask(length_like, dtype=torch.float32):
     positions = torch.arange(length_like.shape[1], device=length_like.device)
     future = positions[None, :] > positions[:, None]
     return future.to(dtype) * torch.finfo(dtype).min
-
-
-def read_weights(weights, owner: str) -> dict:
-    """A state dict from a dict or from a checkpoint file (read with torch.load(weights_only=True)).
-
-    Checkpoints that nest the state dict under "model" (fairseq, HAT) or "state_dict" are unwrapped.
-    """
-    if isinstance(weights, (str, os.PathLike)):
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"no {owner} checkpoint at {path}")
-        try:
-            weights = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, IndexError) as exc:
-            # torch's own message suggests weights_only=False, which is exactly what must not be done here.
-            raise ValueError(f"{path} cannot be read as tensors alone (torch.load with weights_only=True raised "
-                             f"{type(exc).__name__}): it is not a torch checkpoint, or it holds more than tensors "
-                             f"(then save its state dict alone)") from None
-    if not isinstance(weights, dict):
-        raise TypeError(f"{owner} weights must be a state dict or a checkpoint path, got {type(weights).__name__}")
-    for key in ("model", "state_dict"):
-        if isinstance(weights.get(key), dict):
-            weights = weights[key]
-    return weights
 
 
 def slice_state_dict(module, full: dict, owner: str) -> dict:

@@ -15,8 +15,10 @@ What is counted (for one forward pass at the config's input shapes, `batch` samp
   that layer alone needs, a lower bound of the real peak.
 
 Counting builds the module on the `meta` device (no weight initialisation), gives it zeroed CPU storage and
-runs one real forward pass on the CPU, with attention forced through its plain matmul path so that the
-counter sees its products; a builder that cannot be built on `meta` is built on the CPU as usual.
+runs real forward passes on the CPU, with attention forced through its plain matmul path so that the
+counter sees its products; a builder that cannot be built on `meta` is built on the CPU as usual. Passes run
+at batches 1 to 3 only: a larger batch's figures are extended from theirs, every count being affine in the
+batch (`_count_at`), so that counting for batch 1024 takes no more memory than for batch 3.
 Results are cached in memory and on disk (`<cache root>/analytic/<space>-<builder fingerprint>-b<batch>.jsonl`);
 the fingerprint hashes the builder's source, so a changed builder never reads stale figures.
 """
@@ -37,6 +39,8 @@ from .space import Config
 
 ANALYTIC_VERSION = 1
 FEATURES = ("macs", "params", "activation_bytes", "peak_activation_bytes")
+#: The batches a forward pass is counted at; a larger batch's features are extended from them (`_count_at`).
+SMALL_BATCHES = (1, 2, 3)
 
 _lock = threading.Lock()
 _memory: dict[Path, dict[str, dict]] = {}
@@ -75,20 +79,26 @@ def analytic_features_many(supernet_or_space_id: SuperNetwork | str, configs: It
 
 def count_module(module, inputs: list) -> dict:
     """Counts one forward pass of `module` on `inputs` (tensors on any device, `meta` included)."""
+    counts = _count_calls(module, inputs)
+    return {"macs": counts["macs"], "params": counts["params"], "activation_bytes": counts["activation_bytes"],
+            "peak_activation_bytes": max(counts["calls"], default=0)}
+
+
+def _count_calls(module, inputs: list) -> dict:
+    """`count_module`'s figures, with the (inputs + outputs) bytes of each leaf call in order ("calls") in place
+    of their maximum: what extending counts from small batches to a large one needs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    totals = {"activation_bytes": 0, "peak_activation_bytes": 0}
-
-    def tensor_bytes(value) -> tuple[int, set]:
-        tensors = list(_tensors(value))
-        return sum(t.numel() * t.element_size() for t in tensors), {id(t) for t in tensors}
+    calls: list[int] = []
+    totals = {"activation_bytes": 0}
 
     def hook(_module, args, output):
-        in_bytes, in_ids = tensor_bytes(args)
+        in_tensors = list(_tensors(args))
+        in_ids = {id(t) for t in in_tensors}
         out_bytes = sum(t.numel() * t.element_size() for t in _tensors(output) if id(t) not in in_ids)
         totals["activation_bytes"] += out_bytes
-        totals["peak_activation_bytes"] = max(totals["peak_activation_bytes"], in_bytes + out_bytes)
+        calls.append(sum(t.numel() * t.element_size() for t in in_tensors) + out_bytes)
 
     leaves = [m for m in module.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -100,7 +110,7 @@ def count_module(module, inputs: list) -> dict:
         for h in handles:
             h.remove()
     params = sum(p.numel() for p in module.parameters())
-    return {"macs": int(counter.get_total_flops()) // 2, "params": int(params), **totals}
+    return {"macs": int(counter.get_total_flops()) // 2, "params": int(params), **totals, "calls": calls}
 
 
 def builder_fingerprint(supernet: SuperNetwork) -> str:
@@ -169,10 +179,9 @@ def _read_table(path: Path) -> dict[str, dict]:
 
 def _compute(supernet: SuperNetwork, config: Config, batch: int) -> dict:
     """Builds on the `meta` device (no weight initialisation), then gives the module zeroed CPU storage and counts
-    a real forward pass; a builder that cannot be built on `meta` is built on the CPU as usual."""
+    it (`_count_at`); a builder that cannot be built on `meta` is built on the CPU as usual."""
     import torch
 
-    inputs = [torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"])) for s in supernet.input_specs(config, batch)]
     try:
         with torch.device("meta"):
             module = supernet.build(config)
@@ -180,10 +189,55 @@ def _compute(supernet: SuperNetwork, config: Config, batch: int) -> dict:
         with torch.no_grad():
             for tensor in (*module.parameters(), *module.buffers()):
                 tensor.zero_()
-        return count_module(module, inputs)
+        return _count_at(supernet, module, config, batch)
     except Exception:  # noqa: BLE001 - e.g. a builder that keeps unregistered tensors: count it built normally
         pass
-    return count_module(supernet.build(config), inputs)
+    return _count_at(supernet, supernet.build(config), config, batch)
+
+
+def _count_at(supernet: SuperNetwork, module, config: Config, batch: int) -> dict:
+    """The features of one forward pass at `batch`, without running one at a large batch.
+
+    A pass at batch 1024 would hold every activation of 1024 samples at once (GBs for an image network at
+    224). Every tensor a forward pass makes has either a batch dimension or none (a position embedding's
+    output), so each count is affine in the batch: a + b·batch. Counts at batches 1, 2 and 3 fix a and b and
+    check that; `peak_activation_bytes` is extended call by call, as the largest call may change with the
+    batch. A module whose counts are not affine (one that compares every sample with every other, say) is
+    counted at `batch` itself."""
+    if batch <= max(SMALL_BATCHES):
+        return count_module(module, _zeros(supernet.input_specs(config, batch)))
+    small = [_count_calls(module, _zeros(supernet.input_specs(config, b))) for b in SMALL_BATCHES]
+    extended = _extend(small, batch)
+    if extended is None:
+        return count_module(module, _zeros(supernet.input_specs(config, batch)))
+    return extended
+
+
+def _extend(counts: list[dict], batch: int) -> dict | None:
+    """The features at `batch` from `_count_calls` at SMALL_BATCHES (1, 2, 3); None where a count is not affine
+    in the batch (or the calls differ from one batch to the next)."""
+    def at_batch(values: list[int]) -> int | None:
+        first, second, third = values
+        if second - first != third - second:
+            return None
+        return first + (batch - 1) * (second - first)
+
+    if len({len(c["calls"]) for c in counts}) != 1 or len({c["params"] for c in counts}) != 1:
+        return None
+    features = {"params": counts[0]["params"]}
+    for name in ("macs", "activation_bytes"):
+        features[name] = at_batch([c[name] for c in counts])
+    calls = [at_batch(list(call)) for call in zip(*(c["calls"] for c in counts))]
+    if None in features.values() or None in calls:
+        return None
+    features["peak_activation_bytes"] = max(calls, default=0)
+    return {name: features[name] for name in FEATURES}
+
+
+def _zeros(specs: list[dict]) -> list:
+    import torch
+
+    return [torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"])) for s in specs]
 
 
 @contextlib.contextmanager

@@ -179,16 +179,10 @@ def _slice(full, shape):
 
 
 def _load_weights(weights) -> dict:
-    import torch
+    """A state dict given as such or read from a checkpoint file as tensors alone, each failure naming the path."""
+    from ._checkpoint import read_weights
 
-    if isinstance(weights, (str, os.PathLike)):
-        loaded = torch.load(weights, map_location="cpu", weights_only=True)
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{weights} holds a {type(loaded).__name__}, not a state dict")
-        return loaded
-    if isinstance(weights, dict):
-        return weights
-    raise TypeError(f"weights must be a state dict or a path to one, got {type(weights).__name__}")
+    return read_weights(weights, "demo")
 
 
 class DemoSuperNetwork(SuperNetwork):

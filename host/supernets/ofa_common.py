@@ -8,6 +8,7 @@ every spelling to one: `mobile_inverted_conv` becomes `conv`, and a segment that
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .base import SuperNetwork
@@ -44,20 +45,21 @@ def collapse_key(key: str) -> str:
     return ".".join(parts)
 
 
-def load_state_dict(weights: Any) -> dict:
-    """A checkpoint's tensors under canonical keys, from a path (read with weights_only=True) or a mapping."""
+def load_state_dict(weights: Any, owner: str) -> dict:
+    """A checkpoint's tensors under canonical keys, from a mapping or a path (read as tensors alone, never
+    otherwise: `_checkpoint.read_weights` names the path when the file is missing, a directory or not tensors)."""
     import torch
+
+    from ._checkpoint import read_weights
 
     if weights is None:
         raise ValueError("no weights given")
-    if not hasattr(weights, "keys"):
-        weights = torch.load(weights, map_location="cpu", weights_only=True)
-    if "state_dict" in weights and hasattr(weights["state_dict"], "keys"):
-        weights = weights["state_dict"]
-    out = {}
-    for key, value in weights.items():
-        if isinstance(value, torch.Tensor):
-            out[canonical_key(key)] = value
+    state = read_weights(weights, owner)
+    out = {canonical_key(key): value for key, value in state.items()
+           if isinstance(key, str) and isinstance(value, torch.Tensor)}
+    if not out:
+        where = f" in {weights}" if isinstance(weights, (str, os.PathLike)) else ""
+        raise ValueError(f"the {owner} weights{where} hold no tensors: not an OFA super-network checkpoint")
     return out
 
 

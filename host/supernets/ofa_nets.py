@@ -166,22 +166,22 @@ def ofa_resnet(p: ofa_resnet50.Plan) -> ResNet:
 
 # ----- building, with or without a checkpoint ------------------------------------------------------
 def build_mbv3(p: ofa_mbv3.Plan, weights: Any = None) -> MobileNetV3:
-    return _with_weights(MobileNetV3(p), p, weights, _slice_mbv3)
+    return _with_weights(MobileNetV3(p), p, weights, _slice_mbv3, "ofa_mbv3")
 
 
 def build_resnet(p: ofa_resnet50.Plan, weights: Any = None) -> ResNet:
-    return _with_weights(ofa_resnet(p), p, weights, _slice_resnet)
+    return _with_weights(ofa_resnet(p), p, weights, _slice_resnet, "ofa_resnet50")
 
 
-def _with_weights(net: nn.Module, p, weights: Any, slicer) -> nn.Module:
+def _with_weights(net: nn.Module, p, weights: Any, slicer, owner: str) -> nn.Module:
     if weights is not None:
         with torch.no_grad():
-            slicer(net, p, _Checkpoint(load_state_dict(weights)))
+            slicer(net, p, _Checkpoint(load_state_dict(weights, owner)))
     return net.eval()
 
 
 class _Checkpoint:
-    """Tensors by canonical key, sliced with a clear error when the checkpoint lacks a key or is too small."""
+    """Tensors by canonical key, sliced with a clear error when the checkpoint lacks a key or a shape does not fit."""
 
     def __init__(self, tensors: dict):
         self.tensors = tensors
@@ -192,21 +192,27 @@ class _Checkpoint:
             raise ValueError(f"the checkpoint has no tensor {key!r} (is it the right super-network?)")
         return self.tensors[key]
 
-    def sliced(self, key: str, *sizes: int) -> torch.Tensor:
+    def sliced(self, key: str, shape: tuple[int, ...], cut: int) -> torch.Tensor:
+        """The checkpoint tensor `key` as a tensor of `shape`: its first `cut` dimensions (channels, which OFA
+        orders by importance) cut to their leading `shape[:cut]`; every other dimension (a fixed kernel's) must
+        be `shape[cut:]` already. Checking all of them matters: copy_ would silently broadcast a 1x1 kernel
+        into a 3x3 one, and a leading-corner cut of a larger kernel is not OFA's (that is a centre crop)."""
         t = self.get(key)
-        if t.dim() < len(sizes) or any(have < want for have, want in zip(t.shape, sizes)):
-            raise ValueError(f"checkpoint tensor {canonical_key(key)!r} has shape {tuple(t.shape)}; "
-                             f"this sub-network needs at least {sizes}")
-        return t[tuple(slice(0, n) for n in sizes)]
+        have, want = tuple(t.shape), tuple(shape)
+        if len(have) != len(want) or have[cut:] != want[cut:] or any(h < w for h, w in zip(have, want[:cut])):
+            raise ValueError(f"checkpoint tensor {canonical_key(key)!r} has shape {have}; this sub-network needs "
+                             f"{_needed(want, cut)}")
+        return t[tuple(slice(0, n) for n in want[:cut])]
 
     def conv(self, conv: nn.Conv2d, key: str) -> None:
-        conv.weight.copy_(self.sliced(key + ".weight", conv.out_channels, conv.weight.shape[1]))
+        # The output and input channels are elastic; the kernel is not (depthwise kernels go through `depthwise`).
+        conv.weight.copy_(self.sliced(key + ".weight", conv.weight.shape, 2))
         if conv.bias is not None:
-            conv.bias.copy_(self.sliced(key + ".bias", conv.out_channels))
+            conv.bias.copy_(self.sliced(key + ".bias", conv.bias.shape, 1))
 
     def bn(self, bn: nn.BatchNorm2d, key: str) -> None:
         for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(bn, name).copy_(self.sliced(f"{key}.{name}", bn.num_features))
+            getattr(bn, name).copy_(self.sliced(f"{key}.{name}", (bn.num_features,), 1))
 
     def conv_layer(self, layer: ConvLayer, key: str) -> None:
         self.conv(layer.conv, key + ".conv")
@@ -214,29 +220,37 @@ class _Checkpoint:
             self.bn(layer.bn, key + ".bn")
 
     def linear(self, linear: nn.Linear, key: str) -> None:
-        linear.weight.copy_(self.sliced(key + ".weight", linear.out_features, linear.in_features))
-        linear.bias.copy_(self.sliced(key + ".bias", linear.out_features))
+        linear.weight.copy_(self.sliced(key + ".weight", linear.weight.shape, 2))
+        linear.bias.copy_(self.sliced(key + ".bias", linear.bias.shape, 1))
 
     def depthwise(self, conv: nn.Conv2d, key: str, kernel_sizes: tuple[int, ...]) -> None:
         """OFA's DynamicSeparableConv2d.get_active_filter: centre crops through the kernel-transform matrices."""
         channels, kernel = conv.out_channels, conv.kernel_size[0]
-        filters = self.sliced(key + ".weight", channels)
-        largest = filters.shape[-1]
-        ladder = sorted(k for k in kernel_sizes if kernel <= k <= largest)
-        if ladder[-1] != largest or ladder[0] != kernel:
+        largest = max(kernel_sizes)  # what the super-network stores: every smaller kernel is derived from it
+        filters = self.sliced(key + ".weight", (channels, 1, largest, largest), 1)
+        ladder = sorted(k for k in kernel_sizes if kernel <= k)
+        if not ladder or ladder[0] != kernel:
             raise ValueError(f"cannot derive a {kernel}x{kernel} kernel from {canonical_key(key)!r} "
                              f"({largest}x{largest}) through kernel sizes {kernel_sizes}")
         for src, dst in zip(reversed(ladder), reversed(ladder[:-1])):
             start = (src - dst) // 2
             crop = filters[:, :, start:start + dst, start:start + dst].reshape(-1, dst * dst)
-            filters = F.linear(crop, self.get(f"{key}.{src}to{dst}_matrix"))
-            filters = filters.reshape(channels, 1, dst, dst)
+            # A transform maps a flattened dst x dst crop to a dst x dst kernel: exactly (dst², dst²).
+            matrix = self.sliced(f"{key}.{src}to{dst}_matrix", (dst * dst, dst * dst), 0)
+            filters = F.linear(crop, matrix).reshape(channels, 1, dst, dst)
         conv.weight.copy_(filters)
+
+
+def _needed(shape: tuple[int, ...], cut: int) -> str:
+    """`(≥16, ≥3, 3, 3)`: the first `cut` sizes at least (channels, cut to their first ones), the rest exactly."""
+    sizes = [f"≥{n}" if i < cut else str(n) for i, n in enumerate(shape)]
+    text = f"({', '.join(sizes)}{',' if len(sizes) == 1 else ''})"
+    return text + (": at least the sizes marked ≥, exactly the others" if 0 < cut < len(shape) else "")
 
 
 def _slice_mbv3(net: MobileNetV3, p: ofa_mbv3.Plan, ck: _Checkpoint) -> None:
     first = ck.get("first_conv.conv.weight")
-    if first.shape[0] != p.widths[0]:
+    if first.dim() and first.shape[0] != p.widths[0]:  # a 0-d tensor is refused, with its shape, by conv_layer
         raise ValueError(f"the checkpoint's first conv has {first.shape[0]} channels but this sub-network's width "
                          f"needs {p.widths[0]}: use the super-network checkpoint of the config's width multiplier")
     ck.conv_layer(net.first_conv, "first_conv")

@@ -33,11 +33,25 @@ class Variable:
             raise ValueError(f"variable {self.name!r} repeats a choice: {self.choices}")
 
     def index(self, value) -> int:
+        """The position of the choice equal to `value`; InvalidConfig naming the variable and value if none is.
+
+        Python has `True == 1` and `False == 0`, so equality alone would take a JSON true for the choice 1 (or
+        1.0): a choice matches only when it and `value` also agree on being booleans. Choices are distinct
+        (`__post_init__`), so the first equal one is the only candidate.
+        """
         try:
-            return self.choices.index(value)
+            i = self.choices.index(value)
         except ValueError:
-            raise InvalidConfig(f"{self.name}={value!r} is not allowed; choose one of "
-                                f"{', '.join(map(repr, self.choices))}") from None
+            i = None
+        if i is None or not _same_kind(self.choices[i], value):
+            raise InvalidConfig(self._refusal(value))
+        return i
+
+    def _refusal(self, value) -> str:
+        hint = (" (a boolean is not a number here)" if _is_bool(value) and not any(map(_is_bool, self.choices))
+                else "")
+        return (f"{self.name}={_shown(value)} is not allowed{hint}; choose one of "
+                f"{', '.join(map(repr, self.choices))}")
 
     @property
     def numeric(self) -> bool:
@@ -168,7 +182,7 @@ class SearchSpace:
     def from_key(self, key: str) -> Config:
         try:
             values = json.loads(key)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the interpreter's stack
             raise InvalidConfig(f"{key!r:.80} is not a {self.id} key") from None
         if not isinstance(values, list) or len(values) != self.n_var:
             raise InvalidConfig(f"a {self.id} key lists {self.n_var} values")
@@ -182,6 +196,9 @@ class SearchSpace:
             config = json.loads(text)
         except ValueError as exc:
             raise InvalidConfig(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidConfig("JSON nested too deeply to read (deeper than the interpreter's recursion limit)") \
+                from None
         return self.validate(config)
 
     def describe(self) -> dict:
@@ -243,3 +260,23 @@ class SearchSpace:
 def _plain(value):
     """JSON round-trips turn tuples into lists; choices compare as tuples."""
     return tuple(value) if isinstance(value, list) else value
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _same_kind(choice, value) -> bool:
+    """Whether two equal values also agree on being booleans, element by element inside tuples."""
+    if isinstance(choice, tuple) and isinstance(value, tuple):
+        return all(_same_kind(c, v) for c, v in zip(choice, value))
+    return _is_bool(choice) == _is_bool(value)
+
+
+def _shown(value, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters: a user's config may hold any JSON, however large or deep."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to show>"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
