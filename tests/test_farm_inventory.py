@@ -8,6 +8,7 @@ import pytest
 
 from fleetnas.cli import main
 from fleetnas.farm import AgentEntry, Inventory, InventoryError
+from fleetnas.farm.inventory import HEADER
 from agents import running_agent
 
 
@@ -390,6 +391,18 @@ def test_inline_tables_and_dotted_keys_can_be_edited(tmp_path, text):
     assert tomllib.loads(edited)["agents"] == {"pi": {"address": "h:1", "kind": "k", "threads": 2},
                                                "new": {"address": "h:3", "kind": "n"}}
     assert Inventory.load(path).agents == inv.agents
+
+
+def test_removing_the_first_agent_of_a_file_it_wrote_keeps_its_header(tmp_path):
+    path = tmp_path / "farm.toml"
+    inv = Inventory.load(path)
+    inv.add(AgentEntry("a", "10.0.0.1:1", "k"))
+    inv.add(AgentEntry("b", "10.0.0.2:1", "k"))
+    inv.save()
+    inv = Inventory.load(path)
+    inv.remove("a")
+    inv.save()
+    assert path.read_text() == HEADER + '[agents.b]\naddress = "10.0.0.2:1"\nkind = "k"\n'
 
 
 def test_a_new_file_gets_its_header_comment(tmp_path):

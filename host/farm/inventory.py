@@ -270,8 +270,8 @@ class Inventory:
 #   - the paragraph directly under its last value (no blank line between), unless that paragraph also runs up to
 #     the next [header], which makes it that table's;
 #   - the paragraph directly above its [header] (no blank line between). The file's opening paragraph is its
-#     header only when a blank line separates it from the first table; one touching the first header is that
-#     agent's.
+#     header only when a blank line separates it from the first table (or when it is HEADER, which a new file
+#     has right above its first agent); one touching the first header is that agent's.
 # Every other comment and blank line stays where it was; the blank lines that separated the removed table from the
 # next one go, so that no double gap is left.
 
@@ -374,6 +374,8 @@ def _remove_agent(doc, name: str) -> None:
         elif not (isinstance(item, Table) and item.is_super_table() and not k.is_dotted()):
             break  # (a table made by [agents.NAME] headers alone has no line of its own)
     touching = _paragraph(above[::-1])  # the paragraph directly above the header: this agent's
+    if "".join(b[i][1].as_string() for b, i in touching).strip() == HEADER.strip():
+        touching = []  # the header FleetNAS writes on a new file, right above its first agent: the file's
     _drop(touching)
     del above[len(above) - len(touching):]
     own = table.value.body
