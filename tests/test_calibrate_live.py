@@ -1,5 +1,5 @@
 """Calibration against a real agent process on 127.0.0.1: the command end to end, quiet rounds, a version
-change, and a real 50 % slowdown (the agent restarted with --test-slowdown 0.5).
+change, and a real doubling of latency (the agent restarted with --test-slowdown 1.0).
 
 One calibration (4 sampled demo sub-networks + the 10 reference configs, measured twice for the baseline)
 is made once for the module; each test works on its own copy of that database. Every measurement spawns
@@ -192,13 +192,15 @@ def test_a_runtime_version_change_marks_old_measurements_stale_and_refits(calibr
                                                                  abs=0.01)
 
 
-def test_a_real_50_percent_slowdown_fires_drift_marks_stale_and_refits(calibrated, tmp_path, capsys, caplog):
-    # 50 %, not the 20 % that test_calibrate_drift detects every time: this test is about the whole path, and
-    # a shared two-core CI machine's own speed has moved by 10 % between two rounds seconds apart (+21.6 %,
-    # then +9.8 % under a 20 % slowdown), which a 20 % margin over the 10 % threshold does not survive.
+def test_a_real_slowdown_to_twice_the_latency_fires_drift_marks_stale_and_refits(calibrated, tmp_path, capsys,
+                                                                                  caplog):
+    # Twice the latency, not the 20 % that test_calibrate_drift detects every time: this test is about the whole
+    # path, and a shared two-core CI machine's own speed has moved by 10-20 % between two rounds seconds apart
+    # (+21.6 %, then +9.8 % under a 20 % slowdown; a 50 % slowdown's confirming round read +32.9 % with p = 0.027),
+    # which a small margin over the 10 % threshold does not survive.
     caplog.set_level(logging.INFO, logger="fleetnas.calibrate")
     db = calibrated.copy_db(tmp_path)
-    calibrated.restart(slowdown=0.5)
+    calibrated.restart(slowdown=1.0)
     try:
         code = main(calibrated.argv(db, tmp_path / "p", "--watch", "--interval", "0", "--rounds", "1", "--json"))
     finally:
@@ -208,10 +210,10 @@ def test_a_real_50_percent_slowdown_fires_drift_marks_stale_and_refits(calibrate
     report = json.loads(line)
     verdict = report["verdicts"][AGENT]
     assert verdict["drift"] and verdict["pairs"] == 10 and verdict["p_value"] < 0.01, verdict["reason"]
-    # +50 % by the agent; a busy two-core machine stretches the busy-waited runs further (+85 % was seen while
-    # other tests ran), while no change, or a transient one, stays below +30 %. The upper bounds here and below
-    # catch a wrong unit or a runaway (×1000), not load.
-    assert 0.3 < verdict["median_change"] < 3.0
+    # +100 % by the agent; a busy two-core machine stretches the busy-waited runs further, or a baseline measured
+    # under load shrinks the change (+85 % and +28 % were seen under a 50 % slowdown), while no change, or a
+    # transient one, stays below +30 %. The upper bounds here and below catch a wrong unit or a runaway (×1000).
+    assert 0.3 < verdict["median_change"] < 5.0
     assert report["stale_marked"] == {AGENT: SAMPLES} and report["refit"]["reason"] == "drift"
     assert f"drift on {AGENT}: +" in caplog.text and f"marked {SAMPLES} measurements stale" in caplog.text
     with SqliteStore(db) as store:
@@ -222,7 +224,7 @@ def test_a_real_50_percent_slowdown_fires_drift_marks_stale_and_refits(calibrate
     assert after.reason == "drift" and after.result["evidence"][AGENT]["drift"]
     assert drifted.verdict["baseline_round"] == baseline.id  # the slow rounds are the device's new normal
     # What the refit learned from is the slowed device: every current row was measured after the change,
-    # about 50 % slower than the least that config measured before it.
+    # about twice the least that config measured before it.
     assert min(v.created_at for v in values) > before.created_at and len(values) == SAMPLES + 10
     least_before = {}
     for v in old:
@@ -230,7 +232,7 @@ def test_a_real_50_percent_slowdown_fires_drift_marks_stale_and_refits(calibrate
             key = json.dumps(v.config, sort_keys=True)
             least_before[key] = min(v.value, least_before.get(key, np.inf))
     ratios = [v.value / least_before[json.dumps(v.config, sort_keys=True)] for v in values]
-    assert 1.3 < float(np.median(ratios)) < 4.0  # against each config's least before: 2.04 was seen under load
+    assert 1.3 < float(np.median(ratios)) < 6.0  # against each config's least before (2.04 under load at +50 %)
 
 
 @pytest.mark.parametrize("args, message", [
