@@ -178,13 +178,6 @@ def _slice(full, shape):
     return full[tuple(index)]
 
 
-def _load_weights(weights) -> dict:
-    """A state dict given as such or read from a checkpoint file as tensors alone, each failure naming the path."""
-    from ._checkpoint import read_weights
-
-    return read_weights(weights, "demo")
-
-
 class DemoSuperNetwork(SuperNetwork):
     space = SPACE
 
@@ -202,9 +195,11 @@ class DemoSuperNetwork(SuperNetwork):
         """
         import torch
 
+        from ._checkpoint import read_weights
+
         module = _nn()(architecture(config))
         if weights is not None:
-            full = _load_weights(weights)
+            full = read_weights(weights, "demo")  # a state dict, or a file read as tensors alone
             own = module.state_dict()
             for name, t in own.items():
                 if name not in full or full[name].dim() != t.dim() or any(
