@@ -441,6 +441,11 @@ def test_wrong_weights_are_rejected_with_the_reason(supernet_weights, tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         elastic_vit.ElasticViTSuperNetwork(image_size=48, num_classes=10).build(
             elastic_vit.SMALLEST, weights=supernet_weights["vit"])
+    # Weights for 32×32 patches would otherwise be cut to their top-left 16×16 corner.
+    weight = supernet_weights["vit"]["patch_embed.proj.weight"]
+    big_patch = {**supernet_weights["vit"], "patch_embed.proj.weight": weight.repeat(1, 1, 2, 2)}
+    with pytest.raises(ValueError, match=r"'patch_embed.proj.weight' has sizes 3×32×32 .* 16×16 patches"):
+        vit_net.build(elastic_vit.SMALLEST, weights=big_patch)
     # Sizes that are not elastic are never sliced: a bigger vocabulary is a different model.
     with pytest.raises(ValueError, match="vocab_size"):
         hat.HatSuperNetwork(vocab_size=40).build(hat.SMALLEST, weights=supernet_weights["hat"])

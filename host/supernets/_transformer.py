@@ -62,13 +62,20 @@ def slice_state_dict(module, full: dict, owner: str) -> dict:
 
 
 def check_fixed_sizes(state: dict, owner: str, fixed: dict) -> None:
-    """Sizes that are not elastic (a vocabulary, the classes) must match: slicing them would load a
-    wrong model silently. `fixed` maps a tensor name to (dimension, expected size, the builder argument)."""
-    for name, (dim, expected, argument) in fixed.items():
+    """Sizes that are not elastic (a vocabulary, the classes, a patch) must match: slicing them would load a
+    wrong model silently. `fixed` maps a tensor name to (dimension, expected size, what fixes that size), or to
+    (dimensions, expected sizes, what fixes them)."""
+    for name, (dims, expected, source) in fixed.items():
         tensor = state.get(name)
-        if torch.is_tensor(tensor) and tensor.dim() > dim and tensor.shape[dim] != expected:
-            raise ValueError(f"{owner} weights: {name!r} has {tensor.shape[dim]} rows along dimension {dim}, this "
-                             f"super-network {expected}; build it with {argument} to match the weights")
+        dims, expected = (dims, expected) if isinstance(dims, tuple) else ((dims,), (expected,))
+        if not torch.is_tensor(tensor) or tensor.dim() <= max(dims):
+            continue  # a missing or differently shaped tensor is named by slice_state_dict
+        found = tuple(tensor.shape[d] for d in dims)
+        if found != expected:
+            what = f"{found[0]} rows along dimension {dims[0]}" if len(dims) == 1 else \
+                f"sizes {'×'.join(map(str, found))} along dimensions {', '.join(map(str, dims))}"
+            raise ValueError(f"{owner} weights: {name!r} has {what}, this super-network "
+                             f"{'×'.join(map(str, expected))}; {source}")
 
 
 def build_module(make, weights, owner: str, seed: int, prepare=None):

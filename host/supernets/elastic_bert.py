@@ -234,8 +234,8 @@ class ElasticBertSuperNetwork(SuperNetwork):
 
         def prepare(module, state: dict) -> dict:
             check_fixed_sizes(state, SPACE_ID, {
-                "bert.embeddings.word_embeddings.weight": (0, self.vocab_size, "vocab_size"),
-                "classifier.weight": (0, self.num_labels, "num_labels")})
+                "bert.embeddings.word_embeddings.weight": (0, self.vocab_size, "build it with vocab_size to match the weights"),
+                "classifier.weight": (0, self.num_labels, "build it with num_labels to match the weights")})
             return state
 
         return build_module(lambda: _nn()(arch, self.vocab_size, self.num_labels), weights, SPACE_ID, seed, prepare)

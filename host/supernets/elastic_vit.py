@@ -172,8 +172,13 @@ class ElasticViTSuperNetwork(SuperNetwork):
         arch = architecture(config)
 
         def prepare(module, state: dict) -> dict:
-            check_fixed_sizes(state, SPACE_ID, {"pos_embed": (1, module.pos_embed.shape[1], "the image_size"),
-                                                "head.weight": (0, self.num_classes, "num_classes")})
+            check_fixed_sizes(state, SPACE_ID, {
+                "pos_embed": (1, module.pos_embed.shape[1], "build it with the image_size to match the weights"),
+                "head.weight": (0, self.num_classes, "build it with num_classes to match the weights"),
+                # Patches are 16×16 pixels of 3 channels in every sub-network: weights for other patches
+                # would be cut to their corner, not refused.
+                "patch_embed.proj.weight": ((1, 2, 3), (IN_CHANNELS, PATCH_SIZE, PATCH_SIZE),
+                                            f"{SPACE_ID} takes {PATCH_SIZE}×{PATCH_SIZE} patches of {IN_CHANNELS}-channel images")})
             return state
 
         return build_module(lambda: _nn()(arch, self.image_size, self.num_classes), weights, SPACE_ID, seed, prepare)

@@ -387,7 +387,7 @@ class HatSuperNetwork(SuperNetwork):
         def prepare(module, state: dict) -> dict:
             if any(k.endswith("in_proj_weight") for k in state):
                 state = split_fused_projections(state)
-            check_fixed_sizes(state, SPACE_ID, {"embed_tokens.weight": (0, self.vocab_size, "vocab_size")})
+            check_fixed_sizes(state, SPACE_ID, {"embed_tokens.weight": (0, self.vocab_size, "build it with vocab_size to match the weights")})
             if module.encoder_embed_extra is not None and "embed_tokens.weight" in state:
                 # The encoder's columns beyond the decoder's: not a leading corner, so taken here.
                 state = {**state, "encoder_embed_extra":
