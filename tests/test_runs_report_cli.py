@@ -84,3 +84,41 @@ def test_run_state_reads_the_state_again_once_no_process_holds_the_lock(tmp_path
         store.set_run_state(ended, "finished")  # it ended after it was read
         assert run_state(store, read_before) == "finished"
         assert run_state(store, store.run(stopped)) == "interrupted"  # stored as running, nothing drives it
+
+
+def _damage(db, table: str, column: str, text: str) -> None:
+    """Writes `text` into the first row's JSON column, as a hand edit or another tool would."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = (SELECT min(rowid) FROM {table})", (text,))
+    conn.close()
+
+
+@pytest.mark.parametrize("table, column, text, problem", [
+    ("runs", "settings", "{bad", "run 1: its settings is not valid JSON"),
+    ("runs", "settings", "[1]", "run 1: its settings holds a JSON list, not an object"),
+    ("run_events", "payload", "{bad", "run event 1: its payload is not valid JSON"),
+])
+def test_a_damaged_json_column_is_an_error_naming_the_row_in_runs_report_and_resume(
+        tmp_path, capsys, table, column, text, problem):
+    db = tmp_path / "edited.db"
+    with open_store(db) as store:  # a run that resumes without a farm or an evaluator: analytic objectives
+        run_id = start_run(store, RunSpec(space="demo", objectives=["macs:min", "params:max"], tactic="random",
+                                          budget=5))
+        store.add_run_event(run_id, "hypervolume", {"evaluated": 1, "hv": 0.5})
+    _damage(db, table, column, text)
+    for command in (["runs"], ["report", "1", "--out", str(tmp_path / "out")], ["search", "--resume", "1"]):
+        assert main([*command, "--db", str(db)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("fleetnas: error: the store's " + problem) and "edited or damaged" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_stored_settings_that_are_no_search_run_are_named_on_resume(tmp_path, capsys):
+    db = tmp_path / "edited.db"
+    with open_store(db) as store:
+        start_run(store, _spec())
+    _damage(db, "runs", "settings", '{"space": "nb201", "objectives": [], "speed": "fast"}')
+    assert main(["search", "--resume", "1", "--db", str(db)]) == 1
+    assert "run 1's stored settings do not describe a search run" in capsys.readouterr().err

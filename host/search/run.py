@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..locks import beside_store, holder, lease
-from ..store import canonical_json
+from ..store import StoreError, canonical_json
 from ..supernets import Config, get_supernet
 from ..supernets.base import network_count, network_of
 from .hypervolume import Normaliser, hypervolume, non_dominated
@@ -193,7 +193,11 @@ def load_spec(store, run_id: int) -> RunSpec:
     run = store.run(run_id)
     if run is None:
         raise KeyError(f"no search run {run_id} in this database")
-    return RunSpec(**run.settings)
+    try:
+        return RunSpec(**run.settings)
+    except TypeError as exc:  # FleetNAS stores what RunSpec holds: this row was written by something else
+        raise StoreError(f"search run {run_id}'s stored settings do not describe a search run ({exc}): the "
+                         "database was edited or damaged outside FleetNAS") from None
 
 
 def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int], None] | None = None) -> SearchSession:

@@ -269,7 +269,7 @@ class SqliteStore(Store):
         if not rows:
             return None
         sha, fmt, supernet, config, size, created = rows[0]
-        return ArtifactRecord(sha, fmt, supernet, None if config is None else json.loads(config), size, created)
+        return ArtifactRecord(sha, fmt, supernet, None if config is None else _json(config, 'artifact', sha, 'config'), size, created)
 
     # ----- measurements ---------------------------------------------------------------------------
     def record_measurement(self, m: NewMeasurement, supersede: bool = False) -> tuple[MeasurementRecord, bool]:
@@ -342,7 +342,7 @@ class SqliteStore(Store):
                                      m.created_at
                               FROM measurements m JOIN artifacts a ON a.sha256 = m.artifact
                               {_where(where)} ORDER BY m.id""", params)
-        return [MetricValue(json.loads(config) if config else {}, float(value), mid, device, artifact, created)
+        return [MetricValue(_json(config, 'artifact', artifact, 'config') if config else {}, float(value), mid, device, artifact, created)
                 for config, value, mid, device, artifact, created in rows if value is not None]
 
     def mark_stale(self, device_kind: str, *, device_id: str | None = None, before: float | None = None,
@@ -433,7 +433,7 @@ class SqliteStore(Store):
             where.append("source = ?")
             params.append(source)
         rows = self._read(f"SELECT * FROM run_members {_where(where)} ORDER BY id", params)
-        return [RunMember(i, r, json.loads(c), json.loads(o), s, t) for i, r, c, o, s, t in rows]
+        return [RunMember(i, r, _json(c, 'run member', i, 'config'), _json(o, 'run member', i, 'objectives'), s, t) for i, r, c, o, s, t in rows]
 
     def add_run_event(self, run_id: int, kind: str, payload: dict) -> RunEvent:
         now = time.time()
@@ -450,7 +450,7 @@ class SqliteStore(Store):
             where.append("kind = ?")
             params.append(kind)
         rows = self._read(f"SELECT * FROM run_events {_where(where)} ORDER BY id", params)
-        return [RunEvent(i, r, k, json.loads(p), t) for i, r, k, p, t in rows]
+        return [RunEvent(i, r, k, _json(p, 'run event', i, 'payload'), t) for i, r, k, p, t in rows]
 
 
     # ----- calibrations ---------------------------------------------------------------------------
@@ -504,39 +504,60 @@ def _where(conditions: list[str]) -> str:
     return "WHERE " + " AND ".join(conditions) if conditions else ""
 
 
+def _json(text, record: str, key, column: str):
+    """A JSON column's value: an object, or a list for reference rounds' entries. FleetNAS writes only those
+    (`canonical_json`), so anything else is a row edited or damaged outside it: a StoreError that names the
+    row, not a traceback in a listing."""
+    expected = list if column == "entries" else dict
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        problem = f"is not valid JSON ({exc})"
+    else:
+        if isinstance(value, expected):
+            return value
+        problem = f"holds a JSON {type(value).__name__}, not {'a list' if expected is list else 'an object'}"
+    raise StoreError(f"the store's {record} {key}: its {column} {problem}; the database was edited or damaged "
+                     "outside FleetNAS")
+
+
 def _device(row) -> DeviceRecord:
     device_id, label, kind, description, first_seen, last_seen = row
-    return DeviceRecord(device_id, label, kind, json.loads(description), first_seen, last_seen)
+    return DeviceRecord(device_id, label, kind, _json(description, 'device', device_id, 'description'), first_seen,
+                        last_seen)
 
 
 def _measurement(row) -> MeasurementRecord:
     (mid, device_id, kind, agent, artifact, runtime, settings, shash, stats, memory, env, detail, ok, error, stale,
      created) = row
-    return MeasurementRecord(mid, device_id, kind, agent, artifact, runtime, json.loads(settings), shash,
-                             json.loads(stats), json.loads(memory), json.loads(env), json.loads(detail), bool(ok),
-                             error, bool(stale), created)
+    settings, stats, memory, env, detail = (_json(text, "measurement", mid, column) for text, column in (
+        (settings, "settings"), (stats, "stats"), (memory, "memory"), (env, "env"), (detail, "detail")))
+    return MeasurementRecord(mid, device_id, kind, agent, artifact, runtime, settings, shash, stats, memory, env,
+                             detail, bool(ok), error, bool(stale), created)
 
 
 def _evaluation(row) -> EvaluationRecord:
     i, supernet, config, metric, value, created_at = row
-    return EvaluationRecord(i, supernet, json.loads(config), metric, value, created_at)
+    return EvaluationRecord(i, supernet, _json(config, 'evaluation', i, 'config'), metric, value, created_at)
 
 
 def _run(row) -> RunRecord:
     run_id, name, tactic, settings, state, created, updated = row
-    return RunRecord(run_id, name, tactic, json.loads(settings), state, created, updated)
+    return RunRecord(run_id, name, tactic, _json(settings, 'run', run_id, 'settings'), state, created, updated)
 
 
 def _calibration(row) -> CalibrationRecord:
     cid, space, kind, runtime, settings, shash, reason, result, created = row
-    return CalibrationRecord(cid, space, kind, runtime, json.loads(settings), shash, reason, json.loads(result),
-                             created)
+    return CalibrationRecord(cid, space, kind, runtime, _json(settings, "calibration", cid, "settings"), shash,
+                             reason, _json(result, "calibration", cid, "result"), created)
 
 
 def _round(row) -> ReferenceRound:
     (rid, space, kind, agent, device_id, runtime, shash, reference, role, entries, platform, verdict, created) = row
-    return ReferenceRound(rid, space, kind, agent, device_id, runtime, shash, reference, role, json.loads(entries),
-                          json.loads(platform), json.loads(verdict), created)
+    return ReferenceRound(rid, space, kind, agent, device_id, runtime, shash, reference, role,
+                          _json(entries, "reference round", rid, "entries"),
+                          _json(platform, "reference round", rid, "platform"),
+                          _json(verdict, "reference round", rid, "verdict"), created)
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
