@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 from fleetnas.cli import main
@@ -122,3 +123,132 @@ def test_stored_settings_that_are_no_search_run_are_named_on_resume(tmp_path, ca
     _damage(db, "runs", "settings", '{"space": "nb201", "objectives": [], "speed": "fast"}')
     assert main(["search", "--resume", "1", "--db", str(db)]) == 1
     assert "run 1's stored settings do not describe a search run" in capsys.readouterr().err
+
+
+# ----- the report's figures, files and words ---------------------------------------------------------------
+def _analytic_run(store, budget: int = 12, constraints=(), name=None) -> int:
+    """A finished run on analytic objectives: no farm, no evaluator."""
+    from fleetnas.search.live import LiveEvaluator
+    from fleetnas.search.run import execute_run
+
+    spec = RunSpec(space="demo", objectives=["macs:min", "params:max"], tactic="random", budget=budget,
+                   constraints=list(constraints))
+    run_id = start_run(store, spec, name=name)
+    execute_run(store, run_id, LiveEvaluator("demo", spec.parsed_objectives()))
+    return run_id
+
+
+@pytest.mark.parametrize("x_dir, y_dir, where, corners", [
+    ("min", "min", "post", [(2, 3), (3, 2)]),  # each corner worse in both than the points it joins
+    ("min", "max", "post", [(2, 1), (3, 2)]),
+    ("max", "min", "pre", [(1, 2), (2, 3)]),
+    ("max", "max", "pre", [(1, 2), (2, 1)]),
+])
+def test_the_front_staircase_turns_on_the_dominated_side_for_every_pair_of_directions(x_dir, y_dir, where, corners):
+    from fleetnas.report import staircase
+    from fleetnas.search.objectives import parse_objective
+
+    y = {"min": [3, 2, 1], "max": [1, 2, 3]}[y_dir] if x_dir == "min" else {"min": [1, 2, 3], "max": [3, 2, 1]}[y_dir]
+    x = [1, 2, 3]
+    xs, ys, got = staircase(np.array(x, float), np.array(y, float), parse_objective(f"x:{x_dir}"),
+                            parse_objective(f"y:{y_dir}"))
+    assert got == where and list(xs) == x and list(ys) == y
+    # matplotlib's "post" holds y until the next x, "pre" takes the next y at once
+    drawn = [(xs[k + 1], ys[k]) if where == "post" else (xs[k], ys[k + 1]) for k in range(2)]
+    assert drawn == corners
+
+
+def test_the_front_figure_draws_its_staircase_from_evaluations_that_meet_the_constraints(tmp_path, monkeypatch):
+    import fleetnas.report as report
+    from fleetnas.search.run import load_spec
+
+    drawn = []
+    real = report.staircase
+    monkeypatch.setattr(report, "staircase", lambda x, *rest: drawn.append(x.copy()) or real(x, *rest))
+    with open_store(tmp_path / "c.db") as store:
+        run_id = _analytic_run(store, budget=16, constraints=["macs <= 400k"])
+        report.write_report(store, run_id, tmp_path / "out")
+        macs = [m.objectives["macs"] for m in store.run_members(run_id, "measured")]
+        assert load_spec(store, run_id).constraints == ["macs <= 400k"]
+    assert max(macs) > 4e5 and min(macs) <= 4e5  # some evaluations break it, some meet it
+    assert len(drawn) == 1 and drawn[0].max() <= 4e5
+
+
+def test_the_report_is_utf8_and_whole_whatever_the_locale(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "u.db"
+    with open_store(db) as store:
+        _analytic_run(store, name="τ-run é 实验")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, "-m", "fleetnas.cli", "report", "1", "--db", str(db), "--out",
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "τ-run é 实验" in (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert (tmp_path / "out" / "front.csv").read_text(encoding="utf-8").startswith("rank,macs,params,config")
+
+
+def test_runs_shows_paths_and_names_as_they_are(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "300")
+    for folder in ("exp [old]", "exp[/b]"):  # the second is "exp[" holding "b]": a closing tag in Rich markup
+        (tmp_path / folder).mkdir(parents=True)
+        with open_store(tmp_path / folder / "f.db") as store:
+            start_run(store, _spec(), name="trail\\")
+        assert main(["runs", "--db", str(tmp_path / folder / "f.db")]) == 0
+        out = capsys.readouterr().out
+        assert f"{folder}/f.db" in out and " trail\\ " in out and "trail\\\\" not in out
+
+
+def test_a_run_is_updated_whenever_it_records_something(tmp_path):
+    with open_store(tmp_path / "s.db") as store:
+        run_id = start_run(store, _spec())
+        [member] = store.add_run_members(run_id, [({"edge_1_0": "none"}, {"accuracy": 1.0, "latency": 2.0},
+                                                   "measured")])
+        assert store.run(run_id).updated_at == member.created_at
+        event = store.add_run_event(run_id, "hypervolume", {"evaluations": 1, "hv": 0.0})
+        assert store.run(run_id).updated_at == event.created_at
+
+
+@pytest.mark.parametrize("objectives, problem", [
+    ('{"macs": 3.0}', "has no value for 'params'"),
+    ('{"macs": 3.0, "params": "big"}', "has 'big', not a finite number, for 'params'"),
+    ('{"macs": 3.0, "params": NaN}', "has nan, not a finite number, for 'params'"),
+])
+def test_a_member_without_a_finite_value_is_named_by_report(tmp_path, capsys, objectives, problem):
+    db = tmp_path / "m.db"
+    with open_store(db) as store:
+        _analytic_run(store)
+    _damage(db, "run_members", "objectives", objectives)
+    assert main(["report", "1", "--db", str(db), "--out", str(tmp_path / "out")]) == 1
+    assert f"the store's run member 1 (run 1) {problem}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_report_with_an_empty_front_says_which_constraint_nothing_met(tmp_path):
+    from fleetnas.report import write_report
+
+    with open_store(tmp_path / "c.db") as store:
+        run_id = _analytic_run(store, budget=6, constraints=["macs <= 1"])
+        page = write_report(store, run_id, tmp_path / "out").read_text(encoding="utf-8")
+    assert "<p>none</p>" in page and "none of 6 evaluations meets macs &lt;= 1" in page
+
+
+def test_a_folder_the_report_cannot_use_is_refused_before_any_figure_is_drawn(tmp_path, monkeypatch):
+    import fleetnas.report as report
+
+    with open_store(tmp_path / "f.db") as store:
+        run_id = _analytic_run(store, budget=4)
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "notes.txt").write_text("mine")
+        monkeypatch.setattr(report, "_front_figure", lambda *a: pytest.fail("drew a figure for a folder it refuses"))
+        with pytest.raises(report.ForeignFolder, match="notes.txt"):
+            report.write_report(store, run_id, tmp_path / "mine")
+
+
+def test_an_objective_alike_in_the_first_evaluations_is_scaled_by_its_magnitude():
+    from fleetnas.search.hypervolume import Normaliser
+
+    normaliser = Normaliser(np.array([5e6, 0.0, -2.0]), np.array([5e6, 0.0, 1.0]))
+    assert list(normaliser.span) == [5e6, 1.0, 3.0]
+    assert normaliser(np.array([2.5e6, 1.0, 1.0])).tolist() == [[-0.5, 1.0, 1.0]]

@@ -890,6 +890,66 @@ def test_an_accuracy_evaluator_that_cannot_be_loaded_is_named_before_a_run_is_st
         assert store.runs() == []
 
 
+def test_a_user_evaluator_named_like_a_stdlib_module_cannot_edit_the_run_print_into_json_or_overflow(
+        tmp_path, monkeypatch, capsys):
+    """`test` is also the standard library's package: the evaluator beside the user must win, as with
+    `python -m`. It edits its config and prints, as training code does; neither may reach the run."""
+    import sys
+
+    from fleetnas.cli import main
+
+    (tmp_path / "test.py").write_text("def editor(config):\n    print('training', config['resolution'])\n"
+                                      "    config['resolution'] = 'edited'\n    return 0.5 + config['depth_s1'] / 10\n"
+                                      "def huge(config):\n    return 10 ** 400\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "s.db"
+    args = ["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--tactic",
+            "random", "--budget", "4", "--db", str(db)]
+    try:
+        assert main([*args, "--accuracy", "test:editor", "--json"]) == 0
+        out = capsys.readouterr()
+        assert len(json.loads(out.out)["front"]) >= 1 and out.err.count("training") == 4
+        with open_store(db) as store:
+            assert all(m.config["resolution"] != "edited" for m in store.run_members(1, "measured"))
+        # A resume from another folder finds the module in the folder the run was started in.
+        sys.modules.pop("test", None)
+        sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        assert main(["search", "--resume", "1", "--db", str(db), "--json"]) == 0
+        capsys.readouterr()
+        assert main([*args, "--accuracy", "test:huge"]) == 1
+        err = capsys.readouterr().err
+        assert "returned 1000" in err and "it must return a finite number" in err
+        assert "run 2 keeps what it evaluated: `fleetnas search --resume 2` continues it" in err
+    finally:
+        sys.modules.pop("test", None)
+    assert main(["search", "--space", "demo", "--objective", "params:max", "--objective", "macs:min",
+                 "--accuracy", "test:editor", "--db", str(db)]) == 2
+    assert "--accuracy test:editor evaluates an accuracy objective" in capsys.readouterr().err
+
+
+def test_a_fraction_bound_that_percentages_always_meet_is_warned_about(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from fleetnas.cli import main
+
+    (tmp_path / "percent_eval.py").write_text("def accuracy(config):\n    return 80.0 + config['resolution']\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
+                     "--tactic", "random", "--budget", "12", "--db", str(tmp_path / "p.db"),
+                     "--accuracy", "percent_eval:accuracy", "--constraint", "accuracy >= 95%"]) == 0
+    finally:
+        sys.modules.pop("percent_eval", None)
+    err = capsys.readouterr().err
+    assert "every one of 12 evaluations meets accuracy >= 0.95" in err
+    assert "the evaluator returns percentages, and a bound of 0.95 is none; write `accuracy >= 95`" in err
+
+
 def test_a_run_refuses_a_seed_beyond_32_bits_and_moead_with_a_constraint():
     RunSpec(space="demo", objectives=["macs:min", "params:min"], seed=2 ** 31 - 1).validate()
     with pytest.raises(ValueError, match="--seed must be 0 to 2147483647, got 4294967295"):

@@ -24,12 +24,15 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--out must name a folder", 2)
     try:
         with open_store(args.db, read_only=True) as store:
-            run_id = find_run(store, args.run).id
+            try:
+                run_id = find_run(store, args.run).id
+            except KeyError as exc:  # only here: a KeyError from deeper down is no missing run
+                raise CliError(exc.args[0]) from None
             # The default names the id, known once the run is found.
             out = Path(args.out) if args.out is not None else Path(f"fleetnas-report-{run_id}")
             index = _write(store, run_id, out)
-    except (KeyError, StoreError) as exc:
-        raise CliError(exc.args[0] if exc.args else str(exc)) from None
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
     print(index)
     return 0
 

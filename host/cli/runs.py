@@ -52,10 +52,11 @@ def _row(store, record) -> dict:
 def _print(rows: list[dict], where) -> None:
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from .devices import console
 
-    table = Table(title=f"search runs in {where}",
+    table = Table(title=Text(f"search runs in {where}"),  # Text: a path's "[old]" is no markup
                   caption="HV: the hypervolume of the run's feasible front, each objective scaled to the range of "
                           "its first 10 evaluations (reference point 1.1): for following one run, not for comparing "
                           "runs")
@@ -65,7 +66,7 @@ def _print(rows: list[dict], where) -> None:
         state = {"interrupted": "[yellow]interrupted[/]", "failed": "[red]failed[/]"}.get(r["state"], r["state"])
         constraints = [f"[dim]{escape(c)}[/]" for c in r["constraints"]]
         objectives = ", ".join([escape(o) for o in r["objectives"]] + constraints)
-        table.add_row(str(r["id"]), escape(r["name"] or ""), state, r["space"], r["tactic"], objectives,
+        table.add_row(str(r["id"]), Text(r["name"] or ""), state, r["space"], r["tactic"], objectives,
                       f"{r['evaluations']}/{r['budget']}",
                       "" if r["hypervolume"] is None else f"{r['hypervolume']:.4f}",
                       datetime.fromtimestamp(r["updated_unix_s"]).strftime("%Y-%m-%d %H:%M"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from contextlib import contextmanager
@@ -81,6 +82,8 @@ def _apply_defaults(args: argparse.Namespace) -> None:
 def _search(store, args: argparse.Namespace):
     """(session, run id): a new run is stored only once its evaluator could be set up (farm, accuracy), so a
     mistake there leaves no run behind."""
+    from fleetnas.farm.scheduler import FarmError
+    from fleetnas.search.live import EvaluationError
     from fleetnas.search.run import find_run, load_spec, start_run
 
     run_id = find_run(store, args.resume).id if args.resume is not None else None
@@ -90,7 +93,11 @@ def _search(store, args: argparse.Namespace):
         if run_id is None:
             run_id = start_run(store, spec, name=args.name)
             print(f"search run {run_id} started in {store.path}", file=sys.stderr)
-        return _execute(store, run_id, spec, evaluator), run_id
+        try:
+            return _execute(store, run_id, spec, evaluator), run_id
+        except (EvaluationError, FarmError) as exc:  # a device or an evaluator failed: say how to go on
+            raise CliError(f"{exc.args[0] if exc.args else exc}\nrun {run_id} keeps what it evaluated: "
+                           f"`fleetnas search --resume {run_id}` continues it") from None
 
 
 def _new_spec(args: argparse.Namespace):
@@ -118,8 +125,12 @@ def _new_spec(args: argparse.Namespace):
     inventory = str(Path(args.inventory or "fleetnas.toml").resolve()) if on_devices else None
     spec = RunSpec(space=args.space, objectives=args.objective, tactic=args.tactic, budget=args.budget,
                    seed=args.seed, constraints=args.constraint, tactic_settings=settings, inventory=inventory,
-                   accuracy=args.accuracy, stopping=stopping or None)
+                   accuracy=args.accuracy, accuracy_folder=os.getcwd() if args.accuracy else None,
+                   stopping=stopping or None)
     spec.validate()
+    if args.accuracy and not any(o.metric == "accuracy" for o in spec.parsed_objectives()):
+        raise CliError(f"--accuracy {args.accuracy} evaluates an accuracy objective, and no --objective is "
+                       "accuracy:max", 2)
     return spec
 
 
@@ -154,7 +165,8 @@ def _evaluator(store, spec, inventory: str | None, resuming: bool = False):
     needs_accuracy = any(o.metric == "accuracy" for o in objectives)
     try:
         yield LiveEvaluator(spec.space, objectives, farm=farm, store=store, stopping=spec.stopping,
-                            accuracy=resolve_accuracy(spec.space, spec.accuracy) if needs_accuracy else None,
+                            accuracy=resolve_accuracy(spec.space, spec.accuracy, spec.accuracy_folder)
+                            if needs_accuracy else None,
                             accuracy_metric=accuracy_metric(spec.accuracy))
     finally:
         if farm is not None:
@@ -194,15 +206,15 @@ def _execute(store, run_id: int, spec, evaluator):
             bar.update(task, completed=used)
             if not checked and WARN_UNMET_AFTER <= used < spec.budget:  # the end has its own word on it
                 checked = True
-                _warn_unmet(store, run_id)
+                _warn_about_constraints(store, run_id)
 
         return execute_run(store, run_id, evaluator, progress)
 
 
-def _warn_unmet(store, run_id: int) -> None:
-    from fleetnas.search.run import unmet_constraints
+def _warn_about_constraints(store, run_id: int) -> None:
+    from fleetnas.search.run import constraint_warnings
 
-    for line in unmet_constraints(store, run_id):
+    for line in constraint_warnings(store, run_id):
         print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
@@ -213,8 +225,7 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
     from fleetnas.search.run import known_summary, measured_front
 
     configs, values, objectives = measured_front(store, run_id)
-    if not configs:
-        _warn_unmet(store, run_id)
+    _warn_about_constraints(store, run_id)  # the run's last word on them, after any warning on the way
     if as_json:
         print_json({"run": run_id, "evaluations": session.used, "known": session.known_counts, "front": [
             {"config": c, **{o.name: float(v) for o, v in zip(objectives, row)}} for c, row in zip(configs, values)]})

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..search.hypervolume import non_dominated
 from ..search.objectives import minimised
-from ..search.run import load_spec, measured_front, run_state
+from ..search.run import (HV_REFERENCE_AFTER, feasible, load_spec, measured_front, member_values, run_state,
+                          constraint_warnings)
 
 
 def write_report(store, run_id: int, out_dir: str | Path) -> Path:
@@ -30,45 +31,50 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     matplotlib.use("Agg")
 
     spec = load_spec(store, run_id)  # an unknown run stops here, before any folder is made
+    out = Path(out_dir)
+    _refuse_foreign_folder(out)  # before the figures: a large run's take tens of seconds to draw
     run = store.run(run_id)
     state = run_state(store, run)  # "interrupted" where the stored "running" has no process behind it
     objectives = spec.parsed_objectives()
     members = store.run_members(run_id, source="measured")
-    values = np.array([[m.objectives[o.name] for o in objectives] for m in members], dtype=float).reshape(-1, len(objectives))
-    predicted = store.run_members(run_id, source="predicted")
-    predicted_values = np.array([[m.objectives[o.name] for o in objectives] for m in predicted], dtype=float)
+    values = member_values(members, objectives)
+    predicted_values = member_values(store.run_members(run_id, source="predicted"), objectives)
+    met = values[feasible(values, objectives, spec.parsed_constraints())]
     front_configs, front_values, _ = measured_front(store, run_id)
 
     figures = {}
     for i, j in combinations(range(len(objectives)), 2):
-        figures[f"front_{i}_{j}.png"] = _front_figure(objectives, i, j, values, front_values, predicted_values)
+        figures[f"front_{i}_{j}.png"] = _front_figure(objectives, i, j, values, met, front_values, predicted_values)
     figures["hypervolume.png"] = _hypervolume_figure(store.run_events(run_id, "hypervolume"))
     parity = _parity_pairs(store, run_id, members, objectives)
     if parity:
         figures["parity.png"] = _parity_figure(objectives, parity)
-    out = Path(out_dir)
-    _refuse_foreign_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [{"rank": k + 1, **{o.name: float(v) for o, v in zip(objectives, row)}, "config": json.dumps(c)}
             for k, (c, row) in enumerate(zip(front_configs, front_values))]
     # First, so that a report interrupted after it is still known for a report's folder and rewritten.
     # State, budget and evaluations: a front read from an unfinished run must not pass for a final one.
-    (out / "front.json").write_text(json.dumps({"run": run_id, "name": run.name, "state": state,
-                                                "budget": spec.budget, "evaluations": len(members),
-                                                "space": spec.space, "objectives": spec.objectives,
-                                                "constraints": spec.constraints, "front": [
-                                                    {**r, "config": c} for r, c in zip(rows, front_configs)]},
-                                               indent=2))
+    _write_text(out / "front.json", json.dumps({
+        "run": run_id, "name": run.name, "state": state, "budget": spec.budget, "evaluations": len(members),
+        "space": spec.space, "objectives": spec.objectives, "constraints": spec.constraints,
+        "front": [{**r, "config": c} for r, c in zip(rows, front_configs)]}, indent=2, allow_nan=False))
     _remove_stale_figures(out, figures)
     for name, png in figures.items():
         (out / name).write_bytes(png)
     _write_csv(out / "front.csv", rows, ["rank", *(o.name for o in objectives), "config"])
     known = store.run_events(run_id, "known")
-    page = _page(run, state, spec, len(members), rows, figures, _device_rows(store, spec.space, objectives),
-                 known[0].payload if known else {})
-    index = out / "index.html"
-    index.write_text(page)
-    return index
+    warnings = constraint_warnings(store, run_id)
+    page = _page(run, state, spec, len(members), rows, warnings, figures,
+                 _device_rows(store, spec.space, objectives), known[0].payload if known else {})
+    return _write_text(out / "index.html", page)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    """UTF-8 whatever the locale (the page says so), and whole or not at all: a failed write leaves the old file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+    return path
 
 
 def _png(fig) -> bytes:
@@ -80,7 +86,9 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _front_figure(objectives, i, j, values, front, predicted) -> bytes:
+def _front_figure(objectives, i, j, values, met, front, predicted) -> bytes:
+    """Objective i against objective j (x): every measured point, the staircase of those that meet the
+    constraints (`met`), the run's front numbered, and the predictors' final front."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -88,12 +96,9 @@ def _front_figure(objectives, i, j, values, front, predicted) -> bytes:
     if len(predicted):
         ax.scatter(predicted[:, j], predicted[:, i], s=10, marker="x", color="#e39b3b", alpha=0.7,
                    label="predicted front (final predictors)")
-    if len(values):  # the staircase of this pair alone; with more objectives the front has points off it
-        pair = values[:, [i, j]]
-        pair = pair[non_dominated(minimised(pair, [objectives[i], objectives[j]]))]
-        order = np.argsort(pair[:, 1])
-        ax.step(pair[order, 1], pair[order, 0], where="post" if objectives[i].direction == "max" else "pre",
-                color="#1f5fa8", lw=1.2, alpha=0.6)
+    if len(met):  # the staircase of this pair alone; with more objectives the front has points off it
+        x, y, where = staircase(met[:, j], met[:, i], objectives[j], objectives[i])
+        ax.step(x, y, where=where, color="#1f5fa8", lw=1.2, alpha=0.6)
     if len(front):
         ax.scatter(front[:, j], front[:, i], s=36, color="#1f5fa8", zorder=3, label=f"measured front ({len(front)})")
         for k, (x, y) in enumerate(zip(front[:, j], front[:, i])):
@@ -106,6 +111,16 @@ def _front_figure(objectives, i, j, values, front, predicted) -> bytes:
     return _png(fig)
 
 
+def staircase(x: np.ndarray, y: np.ndarray, x_objective, y_objective) -> tuple[np.ndarray, np.ndarray, str]:
+    """The front of the points (x, y) as matplotlib's `step` draws it: its points in x order, and `where` its
+    corners go. They lie on the dominated side, whatever the directions: after each point when x is minimised
+    (the next point is worse in x), before it when x is maximised."""
+    pair = np.column_stack([x, y])
+    pair = pair[non_dominated(minimised(pair, [x_objective, y_objective]))]
+    order = np.argsort(pair[:, 0], kind="stable")
+    return pair[order, 0], pair[order, 1], "post" if x_objective.direction == "min" else "pre"
+
+
 def _hypervolume_figure(events) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -114,6 +129,9 @@ def _hypervolume_figure(events) -> bytes:
         # markers as well as the line: a run of one evaluation is one point, which a line alone does not draw
         ax.plot([e.payload["evaluations"] for e in events], [e.payload["hv"] for e in events], color="#1f5fa8",
                 marker="o", markersize=3)
+    else:
+        ax.text(0.5, 0.5, f"no hypervolume yet: it is recorded from the {HV_REFERENCE_AFTER}th real evaluation on,\n"
+                "or when a run ends", transform=ax.transAxes, ha="center", va="center", color="#666")
     ax.set_xlabel("real evaluations")
     ax.set_ylabel("hypervolume (normalised)")
     ax.grid(alpha=0.3)
@@ -215,7 +233,7 @@ def _remove_stale_figures(out: Path, figures: dict[str, bytes]) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with path.open("w", newline="") as f:  # the header even with no rows: readers expect the columns
+    with path.open("w", newline="", encoding="utf-8") as f:  # the header even with no rows: readers expect it
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -233,7 +251,8 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _page(run, state: str, spec, n_measured: int, front_rows, figures: dict[str, bytes], devices, known: dict) -> str:
+def _page(run, state: str, spec, n_measured: int, front_rows, warnings: list[str], figures: dict[str, bytes], devices,
+          known: dict) -> str:
     images = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
                      f"<figcaption>{name}</figcaption></figure>" for name, png in figures.items())
     settings = html.escape(json.dumps({k: v for k, v in spec.__dict__.items() if v}, indent=1))
@@ -253,7 +272,7 @@ pre {{ background: #f6f7f9; padding: 0.75rem; font-size: 0.8rem; }}
 <p>Space <b>{html.escape(spec.space)}</b>, tactic <b>{html.escape(run.tactic)}</b>, {n_measured} real evaluations of a
 budget of {spec.budget}; state <b>{html.escape(state)}</b>.{learned}</p>
 <h2>Best trade-offs (measured Pareto front)</h2>
-{_table(front_rows)}
+{_table(front_rows)}{"".join(f"<p>warning: {html.escape(line)}</p>" for line in warnings)}
 <h2>Figures</h2>
 {images}
 <h2>Devices</h2>

@@ -59,12 +59,16 @@ def hvi_2d(candidates: np.ndarray, front: np.ndarray, ref: np.ndarray) -> np.nda
 
 
 class Normaliser:
-    """Maps objectives so that `ideal` -> 0 and `nadir` -> 1 (all-minimise form)."""
+    """Maps objectives so that `ideal` -> 0 and `nadir` -> 1 (all-minimise form).
+
+    An objective with no span (every value alike so far) is scaled by its own magnitude instead: a span of
+    1 in its unit would make a hypervolume's scale depend on that unit (bytes or MACs against fractions)."""
 
     def __init__(self, ideal: np.ndarray, nadir: np.ndarray):
         self.ideal = np.asarray(ideal, dtype=float)
         span = np.asarray(nadir, dtype=float) - self.ideal
-        self.span = np.where(span > 0, span, 1.0)
+        magnitude = np.abs(self.ideal)
+        self.span = np.where(span > 0, span, np.where(magnitude > 0, magnitude, 1.0))
 
     def __call__(self, F: np.ndarray) -> np.ndarray:
         return (np.atleast_2d(F) - self.ideal) / self.span

@@ -2,6 +2,8 @@
 MACs and parameters counted from the built module. Every value lands in the store before it is used."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib
 import os
 import sys
@@ -31,18 +33,22 @@ def accuracy_metric(spec: str | None) -> str:
     return f"accuracy:{spec}" if spec else "accuracy"
 
 
-def resolve_accuracy(space_id: str, spec: str | None) -> Callable[[Config], float] | None:
-    """The accuracy evaluator: `module:callable` (a factory or a function of a config), or the demo's own."""
+def resolve_accuracy(space_id: str, spec: str | None, folder: str | None = None) -> Callable[[Config], float] | None:
+    """The accuracy evaluator: `module:callable` (a factory or a function of a config), or the demo's own.
+    MODULE is looked up first in `folder` (the one the run was started in; default the current one), as
+    `python -m` would: a user's `test.py` there must not lose to the standard library's `test`."""
     if spec:
         module_name, _, attr = spec.partition(":")
         if not module_name or not attr:
             raise EvaluationError(f"the accuracy evaluator {spec!r} must look like MODULE:CALLABLE")
-        if "" not in sys.path and os.getcwd() not in sys.path:  # as `python -m` would: a module beside the user
-            sys.path.append(os.getcwd())
+        folder = folder or os.getcwd()
+        if sys.path[:1] != [folder]:
+            sys.path.insert(0, folder)
         try:  # the user's module may fail on import in any way (a SyntaxError, its own RuntimeError, sys.exit)
             target = getattr(importlib.import_module(module_name), attr)
         except (Exception, SystemExit) as exc:  # noqa: BLE001
-            raise EvaluationError(f"cannot load the accuracy evaluator {spec!r}: {type(exc).__name__}: {exc}") from None
+            raise EvaluationError(f"cannot load the accuracy evaluator {spec!r} from {folder}: {type(exc).__name__}: "
+                                  f"{exc}") from None
         if isinstance(target, type):
             try:
                 target = target()
@@ -161,7 +167,10 @@ class LiveEvaluator:
         """The user's evaluator, whose failures name it and the config: a search may run for hours before one."""
         name = getattr(self.accuracy, "__qualname__", type(self.accuracy).__name__)
         try:
-            returned = self.accuracy(config)
+            # A copy: an evaluator that edits its config must not change what the run records. Its prints go
+            # to stderr: stdout may be carrying `--json`.
+            with contextlib.redirect_stdout(sys.stderr):
+                returned = self.accuracy(copy.deepcopy(config))
         except (Exception, SystemExit) as exc:  # an evaluator that calls sys.exit() must not end the search unsaid
             raise EvaluationError(f"the accuracy evaluator {name} failed on {config}: {exc!r}") from exc
         if isinstance(returned, (np.ndarray, np.generic)) and np.ndim(returned) == 0:
@@ -169,7 +178,7 @@ class LiveEvaluator:
         try:
             # Text and truth values convert to float, but one returned is a bug in the evaluator, not an accuracy.
             value = float("nan") if isinstance(returned, (str, bytes, bool)) else float(returned)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond any float (10**400)
             value = float("nan")
         if not np.isfinite(value):
             raise EvaluationError(f"the accuracy evaluator {name} returned {returned!r} for {config}; "

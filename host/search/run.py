@@ -44,6 +44,8 @@ class RunSpec:
     tactic_settings: dict = field(default_factory=dict)
     inventory: str | None = None
     accuracy: str | None = None
+    #: The folder the run was started in, where --accuracy's MODULE was found: a resume may run from another.
+    accuracy_folder: str | None = None
     stopping: dict | None = None
     #: How each device kind was measured when the run started ({kind: {"runtime", "threads"}}): a resume on a
     #: farm whose inventory now measures a kind otherwise would mix two kinds of latency in one front.
@@ -97,7 +99,7 @@ class StoreRecorder:
 
     def load(self) -> list[tuple[Config, np.ndarray]]:
         members = self.store.run_members(self.run_id, source="measured")
-        loaded = [(m.config, np.array([m.objectives[o.name] for o in self.objectives], dtype=float)) for m in members]
+        loaded = list(zip((m.config for m in members), member_values(members, self.objectives)))
         self._values = [v for _, v in loaded]
         self._record_hypervolume()  # catches up if the previous process died between member and event
         return loaded
@@ -258,8 +260,23 @@ def _measured(store, run_id: int) -> tuple[RunSpec, list[Objective], list, np.nd
     spec = load_spec(store, run_id)
     objectives = spec.parsed_objectives()
     members = store.run_members(run_id, source="measured")
-    values = np.array([[m.objectives[o.name] for o in objectives] for m in members], dtype=float)
-    return spec, objectives, members, values.reshape(len(members), len(objectives))
+    return spec, objectives, members, member_values(members, objectives)
+
+
+def member_values(members, objectives: Sequence[Objective]) -> np.ndarray:
+    """The members' values of the objectives, (members × objectives). A search stores a finite number for
+    each, so a value missing or not one is a row written by something else: a StoreError naming it, where it
+    would otherwise stop a report with a bare KeyError or put NaN on its front."""
+    values = np.empty((len(members), len(objectives)))
+    for i, m in enumerate(members):
+        for j, o in enumerate(objectives):
+            value = m.objectives.get(o.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                problem = "has no value" if value is None else f"has {value!r}, not a finite number,"
+                raise StoreError(f"the store's run member {m.id} (run {m.run_id}) {problem} for {o.name!r}; the "
+                                 "database was edited or damaged outside FleetNAS")
+            values[i, j] = value
+    return values
 
 
 def measured_front(store, run_id: int) -> tuple[list[Config], np.ndarray, list[Objective]]:
@@ -275,10 +292,11 @@ def measured_front(store, run_id: int) -> tuple[list[Config], np.ndarray, list[O
     return [configs[i] for i in np.where(mask)[0][order]], values[mask][order], objectives
 
 
-def unmet_constraints(store, run_id: int) -> list[str]:
-    """A line for each of the run's constraints that none of its evaluations meets, with the range they span.
-    A bound in another unit than the objective's (`accuracy >= 30` for an evaluator that returns fractions)
-    would otherwise empty the front without a word."""
+def constraint_warnings(store, run_id: int) -> list[str]:
+    """A line for each of the run's constraints that none of its evaluations meets, with the range they span,
+    and for an accuracy bound written as a fraction that every evaluation meets in percent. A bound in another
+    unit than the evaluator's would otherwise empty the front (`accuracy >= 30` against fractions) or be no
+    bound at all (`accuracy >= 95%`, which is 0.95, against percentages) without a word."""
     spec, objectives, members, values = _measured(store, run_id)
     if not members:
         return []
@@ -286,11 +304,15 @@ def unmet_constraints(store, run_id: int) -> list[str]:
     lines = []
     for c in spec.parsed_constraints():
         v = values[:, column[c.objective]]
+        span = f"they range from {v.min():.4g} to {v.max():.4g}"
         if (c.violation(v) > 0).all():
-            line = f"none of {len(v)} evaluations meets {c} (they range from {v.min():.4g} to {v.max():.4g})"
+            line = f"none of {len(v)} evaluations meets {c} ({span})"
             if c.objective == "accuracy" and abs(c.value) > 1 >= np.abs(v).max():
                 line += f"; the evaluator returns fractions: `{c.objective} {c.op} {c.value:g}%` is {c.value / 100:g}"
             lines.append(line)
+        elif c.objective == "accuracy" and abs(c.value) <= 1 < np.abs(v).min() and len(v) > 1:
+            lines.append(f"every one of {len(v)} evaluations meets {c} ({span}): the evaluator returns percentages, "
+                         f"and a bound of {c.value:g} is none; write `{c.objective} {c.op} {c.value * 100:g}`")
     return lines
 
 

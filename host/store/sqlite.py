@@ -269,7 +269,8 @@ class SqliteStore(Store):
         if not rows:
             return None
         sha, fmt, supernet, config, size, created = rows[0]
-        return ArtifactRecord(sha, fmt, supernet, None if config is None else _json(config, 'artifact', sha, 'config'), size, created)
+        return ArtifactRecord(sha, fmt, supernet, None if config is None else _json(config, "artifact", sha, "config"),
+                              size, created)
 
     # ----- measurements ---------------------------------------------------------------------------
     def record_measurement(self, m: NewMeasurement, supersede: bool = False) -> tuple[MeasurementRecord, bool]:
@@ -342,7 +343,8 @@ class SqliteStore(Store):
                                      m.created_at
                               FROM measurements m JOIN artifacts a ON a.sha256 = m.artifact
                               {_where(where)} ORDER BY m.id""", params)
-        return [MetricValue(_json(config, 'artifact', artifact, 'config') if config else {}, float(value), mid, device, artifact, created)
+        return [MetricValue(_json(config, "artifact", artifact, "config") if config else {}, float(value), mid, device,
+                            artifact, created)
                 for config, value, mid, device, artifact, created in rows if value is not None]
 
     def mark_stale(self, device_kind: str, *, device_id: str | None = None, before: float | None = None,
@@ -417,8 +419,7 @@ class SqliteStore(Store):
         now = time.time()
         ids = []
         with self._write() as c:
-            if c.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
-                raise StoreError(f"no run with id {run_id} in {self.path}")
+            self._touch_run(c, run_id, now)
             for config, objectives, source in members:
                 ids.append(c.execute("INSERT INTO run_members (run_id, config, objectives, source, created_at) "
                                      "VALUES (?, ?, ?, ?, ?)",
@@ -427,19 +428,24 @@ class SqliteStore(Store):
         return [RunMember(i, run_id, json.loads(canonical_json(cfg)), json.loads(canonical_json(obj)), src, now)
                 for i, (cfg, obj, src) in zip(ids, members)]
 
+    def _touch_run(self, c: sqlite3.Connection, run_id: int, now: float) -> None:
+        """A run's updated_at is its last activity (a member, an event, a state), which `fleetnas runs` shows."""
+        if c.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (now, run_id)).rowcount == 0:
+            raise StoreError(f"no run with id {run_id} in {self.path}")
+
     def run_members(self, run_id: int, source: str | None = None) -> list[RunMember]:
         where, params = ["run_id = ?"], [run_id]
         if source is not None:
             where.append("source = ?")
             params.append(source)
         rows = self._read(f"SELECT * FROM run_members {_where(where)} ORDER BY id", params)
-        return [RunMember(i, r, _json(c, 'run member', i, 'config'), _json(o, 'run member', i, 'objectives'), s, t) for i, r, c, o, s, t in rows]
+        return [RunMember(i, r, _json(c, "run member", i, "config"), _json(o, "run member", i, "objectives"), s, t)
+                for i, r, c, o, s, t in rows]
 
     def add_run_event(self, run_id: int, kind: str, payload: dict) -> RunEvent:
         now = time.time()
         with self._write() as c:
-            if c.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
-                raise StoreError(f"no run with id {run_id} in {self.path}")
+            self._touch_run(c, run_id, now)
             cursor = c.execute("INSERT INTO run_events (run_id, kind, payload, created_at) VALUES (?, ?, ?, ?)",
                                (run_id, kind, canonical_json(payload), now))
         return RunEvent(cursor.lastrowid, run_id, kind, json.loads(canonical_json(payload)), now)

@@ -178,7 +178,8 @@ class ElasticViTSuperNetwork(SuperNetwork):
                 # Patches are 16×16 pixels of 3 channels in every sub-network: weights for other patches
                 # would be cut to their corner, not refused.
                 "patch_embed.proj.weight": ((1, 2, 3), (IN_CHANNELS, PATCH_SIZE, PATCH_SIZE),
-                                            f"{SPACE_ID} takes {PATCH_SIZE}×{PATCH_SIZE} patches of {IN_CHANNELS}-channel images")})
+                                            f"{SPACE_ID} takes {PATCH_SIZE}×{PATCH_SIZE} patches of "
+                                            f"{IN_CHANNELS}-channel images")})
             return state
 
         return build_module(lambda: _nn()(arch, self.image_size, self.num_classes), weights, SPACE_ID, seed, prepare)
