@@ -32,7 +32,15 @@ class Table:
     def column(self, name: str) -> np.ndarray:
         """A numeric column; `A+B` sums columns (e.g. encoder and decoder latency). A value that is not a
         finite number (blank, text, nan, inf) is refused with its line: it would poison every fit and front."""
-        return sum(self._numbers(p) for p in name.split("+"))
+        if name in self.columns:  # a column named "enc+dec" is itself, not a sum
+            return self._numbers(name)
+        parts = [self._numbers(p) for p in name.split("+")]
+        with np.errstate(over="ignore"):  # refused below, with its line
+            total = sum(parts)
+        overflow = np.flatnonzero(~np.isfinite(total))
+        if len(overflow):
+            raise ValueError(f"{self.path.name} line {self.lines[overflow[0]]}: the sum {name!r} is beyond a float")
+        return total
 
     def features(self, columns: Sequence[str]) -> np.ndarray:
         """Numeric `columns` as a feature matrix (rows × columns), refused as `column` refuses."""
@@ -60,6 +68,7 @@ def read_table(path: str | Path) -> Table:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, [])
+            _refuse_repeated_names(path, header)
             rows, lines = [], []
             for fields in reader:
                 if not fields:
@@ -78,6 +87,14 @@ def read_table(path: str | Path) -> Table:
     if not rows:
         raise ValueError(f"table {path} has no rows")
     return Table(path, rows, lines)
+
+
+def _refuse_repeated_names(path: Path, header: list[str]) -> None:
+    """Two columns of one name (two devices' `latency`, say) would be read as one: the later would win unsaid."""
+    for i, name in enumerate(header):
+        if name and name in header[:i]:
+            raise ValueError(f"{path.name} line 1 names column {name!r} twice (fields {header.index(name) + 1} and "
+                             f"{i + 1}); rename one")
 
 
 def _undecodable(path: Path) -> str:
@@ -99,9 +116,20 @@ def table_configs(table: Table, supernet: SuperNetwork, key: str) -> list[Config
     if missing:
         raise ValueError(f"{table.path.name} has no column {missing[0]!r}; it has {', '.join(table.columns)}")
     if len(columns) == 1:
-        return [supernet.space.from_key(row[columns[0]]) for row in table.rows]
-    module = sys.modules[type(supernet).__module__]
-    from_row = getattr(supernet, "config_from_row", None) or getattr(module, "config_from_row", None)
-    if from_row is None:
-        raise ValueError(f"space {supernet.id!r} cannot read a config from several columns; give one key column")
-    return [from_row({c: row[c] for c in columns}) for row in table.rows]
+        def read(row: dict) -> Config:
+            return supernet.space.from_key(row[columns[0]])
+    else:
+        module = sys.modules[type(supernet).__module__]
+        from_row = getattr(supernet, "config_from_row", None) or getattr(module, "config_from_row", None)
+        if from_row is None:
+            raise ValueError(f"space {supernet.id!r} cannot read a config from several columns; give one key column")
+
+        def read(row: dict) -> Config:
+            return from_row({c: row[c] for c in columns})
+    configs = []
+    for row, line in zip(table.rows, table.lines):
+        try:
+            configs.append(read(row))
+        except ValueError as exc:  # InvalidConfig is one: say where, in a table of thousands of rows
+            raise ValueError(f"{table.path.name} line {line}, column {key!r}: {exc}") from None
+    return configs

@@ -118,3 +118,63 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     path = tmp_path / "excel.csv"
     path.write_bytes(b"\xef\xbb\xbfcellstr,acc\nx,1\n")
     assert read_table(path).columns[0] == "cellstr"
+
+
+def test_a_column_named_twice_is_refused_and_one_named_with_a_plus_is_itself(tmp_path):
+    from fleetnas.tables import read_table
+
+    twice = tmp_path / "twice.csv"
+    twice.write_text("cellstr,latency,latency\nx,1,2\n")
+    with pytest.raises(ValueError, match=r"twice.csv line 1 names column 'latency' twice \(fields 2 and 3\)"):
+        read_table(twice)
+    plus = tmp_path / "plus.csv"
+    plus.write_text("enc,dec,enc+dec\n1,2,10\n")
+    assert read_table(plus).column("enc+dec").tolist() == [10.0]  # the column, not enc + dec
+    plus.write_text("enc,dec\n1e308,1e308\n")
+    with pytest.raises(ValueError, match=r"plus.csv line 2: the sum 'enc\+dec' is beyond a float"):
+        read_table(plus).column("enc+dec")
+
+
+def test_a_key_the_space_cannot_read_is_named_with_its_file_and_line(tmp_path):
+    from fleetnas.tables import read_table, table_configs
+
+    good = "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|none~2|"
+    path = tmp_path / "keys.csv"
+    path.write_text(f"cellstr,acc\n{good},1\n\ngarbage,2\n")
+    with pytest.raises(ValueError, match=r"keys.csv line 4, column 'cellstr': 'garbage' is not an nb201 cellstr"):
+        table_configs(read_table(path), get_supernet("nb201"), "cellstr")
+
+
+def test_bench_leaves_no_json_when_it_fails_and_refuses_repeats_and_small_sizes_up_front(tmp_path, capsys):
+    from fleetnas.cli import main
+
+    good = "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|none~2|"
+    table = tmp_path / "t.csv"
+    table.write_text(f"cellstr,a,b\n{good},1,2\ngarbage,2,3\n")
+    out = tmp_path / "results" / "r.json"
+    common = ["--table", str(table), "--space", "nb201", "--key", "cellstr", "--json", str(out)]
+    assert main(["bench", "predictor", *common, "--target", "a", "--train-size", "10"]) == 1
+    assert main(["bench", "search", *common, "--objective", "a:max", "--objective", "b:min", "--tactic", "random",
+                 "--budget", "1"]) == 1
+    assert "line 3, column 'cellstr'" in capsys.readouterr().err
+    assert not out.exists()
+    for args, message in ((["--target", "a", "--target", "a", "--train-size", "10"], "--target a is given twice"),
+                          (["--target", "a", "--train-size", "10", "--train-size", "10"], "--train-size 10 is given"),
+                          (["--target", "a", "--train-size", "30", "--train-size", "3"], "--train-size 3 is too small")):
+        assert main(["bench", "predictor", *common, *args]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["bench", "search", *common, "--objective", "a:max", "--objective", "b:min", "--tactic", "random",
+                 "--budget", "1", "--known", "a:1", "--known", "a:2"]) == 1
+    assert "--known a is given twice" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    with subprocess.Popen([sys.executable, "-m", "fleetnas.cli", "space", "sample", "nb201", "--n", "20000"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout.readline().startswith(b'{"config"')
+        process.stdout.close()  # as `| head -1` does
+        stderr = process.stderr.read()
+    assert process.returncode == 141 and b"Traceback" not in stderr

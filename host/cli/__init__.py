@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .common import CliError
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fleetnas: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fleetnas space sample ... | head`: the reader has what it wanted
+        # Python flushes stdout again at exit, into the closed pipe: point it at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process that SIGPIPE ended
 
 
 if __name__ == "__main__":

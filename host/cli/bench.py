@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 from pathlib import Path
 
 from .common import CliError, existing_file, model_families, positive_int
@@ -56,6 +58,14 @@ def run_predictor(args: argparse.Namespace) -> int:
     targets = args.target + args.target_sum
     if not targets:
         raise CliError("give at least one --target or --target-sum", 2)
+    try:  # a repeat would fit the same split twice and count it as two
+        _refuse_repeats("--target", targets)
+        _refuse_repeats("--train-size", [str(n) for n in args.train_size])
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+    too_small = [n for n in args.train_size if n < 4]
+    if too_small:  # before any fit: a predictor cross-validates on at least 4 rows
+        raise CliError(f"--train-size {too_small[0]} is too small: a predictor needs at least 4 rows", 2)
     models = model_families(args.models)
     if args.cv < 2:
         raise CliError(f"--cv needs at least 2 folds, got {args.cv}", 2)
@@ -94,7 +104,7 @@ def run_predictor(args: argparse.Namespace) -> int:
                              "metrics": regression_metrics(y[test], predicted)})
                 _progress(runs[-1])
     if output:
-        output.write_text(json.dumps({"table": str(args.table), "features": spec, "runs": runs}))
+        _write_output(output, {"table": str(args.table), "features": spec, "runs": runs})
     _print_summary(runs, args.table.name)
     return 0
 
@@ -122,19 +132,17 @@ def _table_features(args):
     try:
         supernet = get_supernet(args.space)
     except (KeyError, ImportError) as exc:
-        raise CliError(f"--space {args.space}: {exc}") from None
+        raise CliError(f"--space {args.space}: {exc.args[0] if exc.args else exc}") from None
     try:
         configs = table_configs(table, supernet, args.key)
-    except (InvalidConfig, ValueError) as exc:
-        raise CliError(f"{args.table.name}: {exc}") from None
+    except (InvalidConfig, ValueError) as exc:  # its message names the table
+        raise CliError(str(exc)) from None
     X, names = config_features(supernet, configs)
     keys = [supernet.space.key(c) for c in configs]
     return table, X, keys, {"kind": "space", "space": args.space, "key": args.key, "columns": names}
 
 
 def _progress(run: dict) -> None:
-    import sys
-
     m = run["metrics"]
     view = f" on {run['view']} features" if run["view"] != "all" else ""
     print(f"{run['target']}  n={run['train_size']}  seed {run['seed']}: {run['model']}"
@@ -164,8 +172,6 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 def _print_summary(runs: list[dict], title: str) -> None:
-    import sys
-
     from rich.console import Console
     from rich.table import Table
 
@@ -222,23 +228,28 @@ def _refuse_repeats(option: str, values: list[str]) -> None:
 
 def _output_file(path: Path | None) -> Path | None:
     """--json OUT, checked before hours of benchmarking: its folder is made now, and a folder given as OUT
-    or a file that cannot be written is refused now."""
+    or one that cannot be written to is refused now. OUT itself is written at the end, whole
+    (`_write_output`): a run interrupted or failed leaves no empty file that would pass for results."""
     if path is None:
         return None
     if path.is_dir():
         raise CliError(f"--json {path} is a folder; give a file name", 2)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a"):
+        with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as exc:
         raise CliError(f"cannot write --json {path}: {exc.strerror}") from None
     return path
 
 
-def run_search_bench(args: argparse.Namespace) -> int:
-    import sys
+def _write_output(path: Path, document: dict) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(document), encoding="utf-8")
+    partial.replace(path)
 
+
+def run_search_bench(args: argparse.Namespace) -> int:
     from ..search.objectives import parse_column_objective
     from ..search.replay import ReplayProblem, evaluations_to_reach
     from ..tables import read_table
@@ -249,11 +260,12 @@ def run_search_bench(args: argparse.Namespace) -> int:
             raise ValueError("give at least two --objective")
         _refuse_repeats("--objective", [o.metric for o in objectives])
         _refuse_repeats("--tactic", args.tactic)
+        _refuse_repeats("--known", [column for column, _ in args.known])
         problem = ReplayProblem.from_table(read_table(args.table), args.space, args.key, objectives)
         if args.budget > problem.size:
             raise ValueError(f"--budget {args.budget} is more than the {problem.size} configurations of {args.table.name}")
         problem.known_sample(dict(args.known), 0)  # refuses an unknown column or too many rows before any run
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, ImportError) as exc:  # ImportError: a space's plug-in that cannot be loaded
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
     output = _output_file(args.json)
     runs = []
@@ -266,8 +278,8 @@ def run_search_bench(args: argparse.Namespace) -> int:
             print(f"{tactic} seed {seed}: final {run['hv'][-1]:.2%}; evaluations to "
                   + ", ".join(f"{f:.0%}: {r or '-'}" for f, r in zip(REACH, reached)), file=sys.stderr, flush=True)
     if output:
-        output.write_text(json.dumps({"table": str(args.table), "objectives": args.objective,
-                                         "budget": args.budget, "known": dict(args.known), "runs": runs}))
+        _write_output(output, {"table": str(args.table), "objectives": args.objective, "budget": args.budget,
+                               "known": dict(args.known), "runs": runs})
     _print_search_summary(runs, args)
     return 0
 
@@ -292,4 +304,4 @@ def _print_search_summary(runs: list[dict], args) -> None:
             hit = [n for n in reached if n is not None]
             cells.append(f"{np.mean(hit):.0f} ({len(hit)}/{len(mine)})" if hit else f"- (0/{len(mine)})")
         table.add_row(tactic, *cells, f"{np.median([r['hv'][-1] for r in mine]):.2%}")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 170).print(table)  # a log keeps its headers on one line
