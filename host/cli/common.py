@@ -20,6 +20,8 @@ class CliError(Exception):
 
 def existing_file(text: str) -> Path:
     path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file")
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"no such file: {text}")
     return path

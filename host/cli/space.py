@@ -18,7 +18,9 @@ def register(sub) -> None:
     ls.set_defaults(handler=list_spaces)
     s = ssub.add_parser("sample", help="sample configs (with MACs, parameters, activation bytes where buildable)")
     s.add_argument("name", metavar="NAME", help="space id, as `fleetnas space list` shows it")
-    s.add_argument("--n", type=positive_int, default=5, help=f"how many configs (default 5, at most {MAX_SAMPLE:,})")
+    s.add_argument("--n", type=positive_int, default=5,
+                   help=f"how many configs, drawn independently, so a repeat is possible (default 5, at most "
+                        f"{MAX_SAMPLE:,})")
     s.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     s.add_argument("--batch", type=batch_size, default=1, help="batch size the features are counted for")
     s.add_argument("--json", action="store_true", help="print one JSON array instead of one JSON object a line")
@@ -47,7 +49,8 @@ def list_spaces(args: argparse.Namespace) -> int:
             rows.append({"id": name, "size": None, "kind": "unavailable", "description": str(exc)})
             continue
         space = supernet.space
-        rows.append({"id": name, "size": space.valid_size, "choices_product": space.size, "variables": space.n_var,
+        rows.append({"id": name, "size": _count(space.valid_size), "choices_product": _count(space.size),
+                     "variables": space.n_var,
                      "kind": "table-only" if supernet.table_only else "buildable", "description": space.description})
     if args.json:
         print_json(rows)
@@ -59,6 +62,11 @@ def list_spaces(args: argparse.Namespace) -> int:
                 else f"≤{r['choices_product']:.3g}")
         print(f"{r['id']:<{width}}  {size:>9}  {r['kind']:<11}  {r['description']}")
     return 0
+
+
+def _count(size: float | None) -> int | float | None:
+    """A number of configurations as a whole number where a float holds it exactly (JSON readers count them)."""
+    return int(size) if size is not None and float(size).is_integer() and abs(size) < 2 ** 53 else size
 
 
 def sample(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ pymoo and the hypervolume work in.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,13 +46,14 @@ class Constraint:
     objective: str               # an objective's name, e.g. "latency@rpi4"
     op: str                      # "<=" or ">="
     value: float                 # in the objective's natural unit (ms for latency, bytes for memory)
+    written: str = field(default="", compare=False)  # the bound as the user wrote it ("2MiB", "95%"), for messages
 
     def violation(self, values: np.ndarray) -> np.ndarray:
         """pymoo's convention: <= 0 where satisfied."""
         return values - self.value if self.op == "<=" else self.value - values
 
     def __str__(self) -> str:
-        return f"{self.objective} {self.op} {self.value:g}"
+        return f"{self.objective} {self.op} {self.written or format(self.value, 'g')}"
 
 
 _OBJECTIVE = re.compile(r"^(?P<metric>[A-Za-z_][\w.\-]*)(@(?P<kind>[\w.\-]+))?:(?P<dir>max|min)$")
@@ -92,7 +93,7 @@ def parse_constraint(text: str) -> Constraint:
         value = float(m["value"])
     except ValueError:
         raise ValueError(f"constraint {text!r}: {m['value']!r} is not a number") from None
-    return Constraint(m["name"], m["op"], value * units[unit])
+    return Constraint(m["name"], m["op"], value * units[unit], written=m["value"] + m["unit"])
 
 
 def minimised(values: np.ndarray, objectives: list[Objective]) -> np.ndarray:
