@@ -41,10 +41,11 @@ def _row(store, record) -> dict:
 
     settings = record.settings
     hypervolume = store.run_events(record.id, "hypervolume")
+    failed = store.run_events(record.id, "failed")  # configs that could not be evaluated: they spent budget too
     return {"id": record.id, "name": record.name, "state": run_state(store, record),
             "space": settings.get("space"), "tactic": record.tactic, "objectives": settings.get("objectives", []),
             "constraints": settings.get("constraints", []), "budget": settings.get("budget"),
-            "evaluations": len(store.run_members(record.id, source="measured")),
+            "evaluations": len(store.run_members(record.id, source="measured")) + len(failed), "failed": len(failed),
             "hypervolume": hypervolume[-1].payload["hv"] if hypervolume else None,
             "created_unix_s": record.created_at, "updated_unix_s": record.updated_at}
 
@@ -67,7 +68,7 @@ def _print(rows: list[dict], where) -> None:
         constraints = [f"[dim]{escape(c)}[/]" for c in r["constraints"]]
         objectives = ", ".join([escape(o) for o in r["objectives"]] + constraints)
         table.add_row(str(r["id"]), Text(r["name"] or ""), state, r["space"], r["tactic"], objectives,
-                      f"{r['evaluations']}/{r['budget']}",
+                      f"{r['evaluations']}/{r['budget']}" + (f" ({r['failed']} failed)" if r["failed"] else ""),
                       "" if r["hypervolume"] is None else f"{r['hypervolume']:.4f}",
                       datetime.fromtimestamp(r["updated_unix_s"]).strftime("%Y-%m-%d %H:%M"))
     console().print(table)

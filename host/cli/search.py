@@ -226,11 +226,17 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
 
     configs, values, objectives = measured_front(store, run_id)
     _warn_about_constraints(store, run_id)  # the run's last word on them, after any warning on the way
+    failed = store.run_events(run_id, "failed")
+    if failed:
+        print(f"warning: {len(failed)} configurations could not be evaluated (first: {failed[0].payload['error']}); "
+              f"`fleetnas report {run_id}` lists them", file=sys.stderr)
     if as_json:
-        print_json({"run": run_id, "evaluations": session.used, "known": session.known_counts, "front": [
+        print_json({"run": run_id, "evaluations": session.used, "failed": session.failed,
+                    "known": session.known_counts, "front": [
             {"config": c, **{o.name: float(v) for o, v in zip(objectives, row)}} for c, row in zip(configs, values)]})
         return
-    table = Table(title=f"run {run_id}: measured Pareto front ({len(configs)} of {session.used} evaluations)")
+    failed = f", {session.failed} failed" if session.failed else ""
+    table = Table(title=f"run {run_id}: measured Pareto front ({len(configs)} of {session.used} evaluations{failed})")
     for o in objectives:
         table.add_column(str(o), justify="right")
     table.add_column("config")

@@ -41,6 +41,8 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     predicted_values = member_values(store.run_members(run_id, source="predicted"), objectives)
     met = values[feasible(values, objectives, spec.parsed_constraints())]
     front_configs, front_values, _ = measured_front(store, run_id)
+    failed = [{"config": json.dumps(e.payload.get("config")), "error": str(e.payload.get("error"))}
+              for e in store.run_events(run_id, "failed")]  # configs that could not be evaluated
 
     figures = {}
     for i, j in combinations(range(len(objectives)), 2):
@@ -55,8 +57,8 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     # First, so that a report interrupted after it is still known for a report's folder and rewritten.
     # State, budget and evaluations: a front read from an unfinished run must not pass for a final one.
     _write_text(out / "front.json", json.dumps({
-        "run": run_id, "name": run.name, "state": state, "budget": spec.budget, "evaluations": len(members),
-        "space": spec.space, "objectives": spec.objectives, "constraints": spec.constraints,
+        "run": run_id, "name": run.name, "state": state, "budget": spec.budget,
+        "evaluations": len(members) + len(failed), "failed": len(failed), "space": spec.space, "objectives": spec.objectives, "constraints": spec.constraints,
         "front": [{**r, "config": c} for r, c in zip(rows, front_configs)]}, indent=2, allow_nan=False))
     _remove_stale_figures(out, figures)
     for name, png in figures.items():
@@ -64,7 +66,7 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     _write_csv(out / "front.csv", rows, ["rank", *(o.name for o in objectives), "config"])
     known = store.run_events(run_id, "known")
     warnings = constraint_warnings(store, run_id)
-    page = _page(run, state, spec, len(members), rows, warnings, figures,
+    page = _page(run, state, spec, len(members), rows, warnings, failed, figures,
                  _device_rows(store, spec.space, objectives), known[0].payload if known else {})
     return _write_text(out / "index.html", page)
 
@@ -251,8 +253,8 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _page(run, state: str, spec, n_measured: int, front_rows, warnings: list[str], figures: dict[str, bytes], devices,
-          known: dict) -> str:
+def _page(run, state: str, spec, n_measured: int, front_rows, warnings: list[str], failed: list[dict],
+          figures: dict[str, bytes], devices, known: dict) -> str:
     images = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
                      f"<figcaption>{name}</figcaption></figure>" for name, png in figures.items())
     settings = html.escape(json.dumps({k: v for k, v in spec.__dict__.items() if v}, indent=1))
@@ -269,12 +271,14 @@ figure {{ display: inline-block; margin: 0.5rem; }} img {{ max-width: 100%; }}
 pre {{ background: #f6f7f9; padding: 0.75rem; font-size: 0.8rem; }}
 </style></head><body>
 <h1>FleetNAS search run {run.id}{f" ({html.escape(run.name)})" if run.name else ""}</h1>
-<p>Space <b>{html.escape(spec.space)}</b>, tactic <b>{html.escape(run.tactic)}</b>, {n_measured} real evaluations of a
-budget of {spec.budget}; state <b>{html.escape(state)}</b>.{learned}</p>
+<p>Space <b>{html.escape(spec.space)}</b>, tactic <b>{html.escape(run.tactic)}</b>, {n_measured + len(failed)} real
+evaluations of a budget of {spec.budget}{f", {len(failed)} of which failed" if failed else ""};
+state <b>{html.escape(state)}</b>.{learned}</p>
 <h2>Best trade-offs (measured Pareto front)</h2>
 {_table(front_rows)}{"".join(f"<p>warning: {html.escape(line)}</p>" for line in warnings)}
 <h2>Figures</h2>
 {images}
+{"<h2>Evaluations that failed</h2>" + _table(failed) if failed else ""}
 <h2>Devices</h2>
 {_table(devices)}
 <h2>Settings</h2>

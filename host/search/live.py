@@ -1,5 +1,10 @@
 """Real evaluations of sub-networks: accuracy from an evaluator, latency and memory measured on the farm,
-MACs and parameters counted from the built module. Every value lands in the store before it is used."""
+MACs and parameters counted from the built module. Every value lands in the store before it is used.
+
+A configuration that cannot be evaluated (a device refused or could not run its model, the accuracy evaluator
+raised on it or returned no number) fails alone: its row is NaN and its reason in `failures`, and the run
+records it and goes on. What no configuration could get past stops the run: a device kind with no agent left,
+an evaluator that exits, or failures that do not stop (FAILURES_BEFORE_ANY_VALUE, FAILURES_IN_A_ROW)."""
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +27,20 @@ FARM_VALUES = {"latency": "latency_ms", "memory": "peak_bytes"}
 KNOWN_LIMIT = 1000
 
 
+#: A run stops, rather than record failure after failure, once this many evaluations have failed with none
+#: done yet, or this many in a row: the cause is then not the configurations (an evaluator that raises on every
+#: one, a runtime missing on the device) and the budget would go on nothing. Isolated failures (a model too
+#: large for the device, an out-of-memory error on the largest networks) are recorded and the search goes on.
+FAILURES_BEFORE_ANY_VALUE = 3
+FAILURES_IN_A_ROW = 10
+
+
 class EvaluationError(RuntimeError):
     pass
+
+
+class ConfigFailed(Exception):
+    """One configuration cannot be evaluated; the others may."""
 
 
 def accuracy_metric(spec: str | None) -> str:
@@ -76,6 +93,9 @@ class LiveEvaluator:
         self.supernet = get_supernet(space_id)
         self._network = network_of(self.supernet)  # what an accuracy is stored under: its network's config
         self.farm, self.store, self.accuracy, self.stopping = farm, store, accuracy, stopping
+        #: Why each config of the latest `evaluate` that got no values failed, by its index there.
+        self.failures: dict[int, str] = {}
+        self._failures_in_a_row, self._any_value = 0, False
         needs_module = [o for o in self.objectives if o.device_kind or o.metric in ANALYTIC]
         if self.supernet.table_only and needs_module:
             raise EvaluationError(f"objective {needs_module[0]}: {space_id} is a table-only space, whose sub-networks "
@@ -93,17 +113,40 @@ class LiveEvaluator:
                                       f"latency@KIND, memory@KIND or one of {', '.join(ANALYTIC)}")
 
     def evaluate(self, configs: Sequence[Config]) -> np.ndarray:
+        """Values (configs × objectives); a config that cannot be evaluated gets a row of NaN and its reason in
+        `failures` (by index). Devices measure first, so that no accuracy is paid for a model a device refused."""
+        self.failures = {}
         measured = {kind: self._measure(configs, kind) for kind in {o.device_kind for o in self.objectives} if kind}
-        columns = []
-        for o in self.objectives:
-            if o.device_kind:
-                columns.append(self._farm_values(o, measured[o.device_kind]))
-            elif o.metric == "accuracy":
-                columns.append([self._accuracy(c) for c in configs])
-            else:
-                from ..supernets.analytic import analytic_features
-                columns.append([float(analytic_features(self.supernet, c)[o.metric]) for c in configs])
-        return np.array(columns, dtype=float).T
+        rows = []
+        for i, config in enumerate(configs):
+            try:
+                if i in self.failures:
+                    raise ConfigFailed(self.failures[i])
+                rows.append([self._value(o, config, measured, i) for o in self.objectives])
+            except ConfigFailed as exc:
+                self.failures[i] = str(exc)
+                rows.append([np.nan] * len(self.objectives))
+            self._count_failure(i in self.failures)
+        return np.array(rows, dtype=float).reshape(len(configs), len(self.objectives))
+
+    def _value(self, o: Objective, config: Config, measured: dict, i: int) -> float:
+        if o.device_kind:
+            return self._farm_value(o, measured[o.device_kind][i])
+        if o.metric == "accuracy":
+            return self._accuracy(config)
+        from ..supernets.analytic import analytic_features
+        return float(analytic_features(self.supernet, config)[o.metric])
+
+    def _count_failure(self, failed: bool) -> None:
+        """Stops the run once failures are no longer about single configurations (FAILURES_BEFORE_ANY_VALUE)."""
+        self._failures_in_a_row = self._failures_in_a_row + 1 if failed else 0
+        self._any_value = self._any_value or not failed
+        limit = FAILURES_IN_A_ROW if self._any_value else FAILURES_BEFORE_ANY_VALUE
+        if self._failures_in_a_row >= limit:
+            last = list(self.failures.values())[-1]
+            raise EvaluationError(f"{self._failures_in_a_row} evaluations in a row failed"
+                                  f"{'' if self._any_value else ', and none has succeeded'}: the cause is not "
+                                  f"the configurations. Last: {last}")
 
     def known(self, before: float) -> dict[str, tuple[list[Config], list[float]]]:
         """What the store held of each objective at time `before` (a run's start): current, unthrottled
@@ -135,20 +178,24 @@ class LiveEvaluator:
         return configs, values.tolist()
 
     @staticmethod
-    def _farm_values(o: Objective, results: list) -> list[float]:
-        values = [r.value(FARM_VALUES[o.metric]) for r in results]
-        unknown = [r for r, v in zip(results, values) if not np.isfinite(v)]
-        if unknown:  # memory where the device cannot measure it: a 0 would be the best value, and a lie
+    def _farm_value(o: Objective, result) -> float:
+        value = result.value(FARM_VALUES[o.metric])
+        if not np.isfinite(value):  # memory where the device cannot measure it: a 0 would be the best value, and a lie
             raise EvaluationError(f"objective {o}: the device could not measure it "
-                                  f"({unknown[0].memory.get('note') or 'no figure reported'})")
-        return values
+                                  f"({result.memory.get('note') or 'no figure reported'})")
+        return value
 
     def _measure(self, configs, kind: str) -> list:
+        """The farm's results; a model the device tried and failed on (refused it, could not run it) fails its
+        config alone, while a job no device could take (every agent of the kind gone) stops the run."""
         results = self.farm.measure(list(configs), kind, space=self.space_id, stopping=self.stopping)
-        failed = [r for r in results if not r.ok]
-        if failed:
-            raise EvaluationError(f"{len(failed)} of {len(results)} measurements on {kind!r} failed; first: "
-                                  f"{failed[0].error}")
+        stranded = [r for r in results if not r.ok and r.measurement is None]
+        if stranded:
+            raise EvaluationError(f"{len(stranded)} of {len(results)} measurements on {kind!r} could not be made; "
+                                  f"first: {stranded[0].error}")
+        for i, r in enumerate(results):
+            if not r.ok:
+                self.failures.setdefault(i, f"measuring on {kind!r} failed: {r.error}")
         return results
 
     def _accuracy(self, config: Config) -> float:
@@ -171,8 +218,10 @@ class LiveEvaluator:
             # to stderr: stdout may be carrying `--json`.
             with contextlib.redirect_stdout(sys.stderr):
                 returned = self.accuracy(copy.deepcopy(config))
-        except (Exception, SystemExit) as exc:  # an evaluator that calls sys.exit() must not end the search unsaid
+        except SystemExit as exc:  # an evaluator that calls sys.exit() must not end the search unsaid
             raise EvaluationError(f"the accuracy evaluator {name} failed on {config}: {exc!r}") from exc
+        except Exception as exc:  # noqa: BLE001 — on this config (out of memory on the largest, say): it alone fails
+            raise ConfigFailed(f"the accuracy evaluator {name} failed on {config}: {exc!r}") from exc
         if isinstance(returned, (np.ndarray, np.generic)) and np.ndim(returned) == 0:
             returned = returned.item()  # numpy's scalars and 0-d arrays as the Python values they hold
         try:
@@ -181,7 +230,7 @@ class LiveEvaluator:
         except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond any float (10**400)
             value = float("nan")
         if not np.isfinite(value):
-            raise EvaluationError(f"the accuracy evaluator {name} returned {returned!r} for {config}; "
-                                  "it must return a finite number")
+            raise ConfigFailed(f"the accuracy evaluator {name} returned {returned!r} for {config}; "
+                               "it must return a finite number")
         return value
 

@@ -98,8 +98,13 @@ class StoreRecorder:
         self._predicted = {canonical_json(e.payload["config"]) for e in store.run_events(run_id, "prediction")}
 
     def load(self) -> list[tuple[Config, np.ndarray]]:
+        """Every evaluation recorded, in the order recorded: members, and configs that failed as rows of NaN."""
         members = self.store.run_members(self.run_id, source="measured")
-        loaded = list(zip((m.config for m in members), member_values(members, self.objectives)))
+        timed = [(m.created_at, m.config, v) for m, v in zip(members, member_values(members, self.objectives))]
+        nothing = np.full(len(self.objectives), np.nan)
+        timed += [(e.created_at, e.payload["config"], nothing) for e in self.store.run_events(self.run_id, "failed")]
+        timed.sort(key=lambda t: t[0])  # stable: a batch's members, stored at one time, keep their order
+        loaded = [(config, values) for _, config, values in timed]
         self._values = [v for _, v in loaded]
         self._record_hypervolume()  # catches up if the previous process died between member and event
         return loaded
@@ -107,6 +112,12 @@ class StoreRecorder:
     def record(self, index: int, config: Config, values: np.ndarray) -> None:
         self.store.add_run_members(self.run_id, [(config, self._named(values), "measured")])
         self._values.append(np.asarray(values, dtype=float))
+        self._record_hypervolume()
+
+    def record_failure(self, index: int, config: Config, reason: str) -> None:
+        """A config that could not be evaluated: kept (so that a resume does not try it again) off the front."""
+        self.store.add_run_event(self.run_id, "failed", {"config": config, "error": reason})
+        self._values.append(np.full(len(self.objectives), np.nan))
         self._record_hypervolume()
 
     def record_prediction(self, config: Config, mean: np.ndarray, std: np.ndarray) -> None:
@@ -134,9 +145,11 @@ class StoreRecorder:
     def _record_hypervolume(self, final: bool = False) -> None:
         n = len(self._values)
         if self._normaliser is None:
-            if n < HV_REFERENCE_AFTER and not (final and n):
+            evaluated = minimised(np.stack(self._values), self.objectives) if n else np.zeros((0, 1))
+            evaluated = evaluated[np.isfinite(evaluated).all(axis=1)]  # failed evaluations have no values to scale by
+            if len(evaluated) < HV_REFERENCE_AFTER and not (final and len(evaluated)):
                 return
-            first = minimised(np.stack(self._values[:HV_REFERENCE_AFTER]), self.objectives)
+            first = evaluated[:HV_REFERENCE_AFTER]
             self._normaliser = Normaliser(first.min(axis=0), first.max(axis=0))
         values = np.stack(self._values)
         F = self._normaliser(minimised(values, self.objectives))
@@ -317,8 +330,9 @@ def constraint_warnings(store, run_id: int) -> list[str]:
 
 
 def feasible(values: np.ndarray, objectives: Sequence[Objective], constraints: Sequence[Constraint]) -> np.ndarray:
+    """Rows that meet every constraint; a row without values (a failed evaluation) meets none."""
     column = {o.name: j for j, o in enumerate(objectives)}
-    ok = np.ones(len(values), dtype=bool)
+    ok = np.isfinite(values).all(axis=1)
     for c in constraints:
         ok &= c.violation(values[:, column[c.objective]]) <= 0
     return ok

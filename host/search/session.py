@@ -15,6 +15,12 @@ one network gets the first one's values, costs nothing and is not proposed again
 A session may also start with what was already known of single objectives (`known`): a device kind's
 calibration measurements, earlier runs' accuracy evaluations. Those values cost nothing from the budget and
 never enter the measured front; tactics that fit predictors (LINAS) train on them as well.
+
+A configuration that cannot be evaluated (a device refuses its model, the accuracy evaluator raises on it)
+comes back from the evaluator as a row of NaN, with the reason in the evaluator's `failures`. It costs its
+place in the budget like any evaluation, is recorded as failed (`Recorder.record_failure`) so that a resumed
+run does not try it again, and is never proposed again; `history` leaves it out, so tactics learn only from
+values.
 """
 from __future__ import annotations
 
@@ -34,13 +40,15 @@ class Evaluator(Protocol):
     objectives: list[Objective]
 
     def evaluate(self, configs: Sequence[Config]) -> np.ndarray:
-        """(len(configs) × objectives) values in the objectives' natural units."""
+        """(len(configs) × objectives) values in the objectives' natural units; a row of NaN for a config that
+        could not be evaluated, its reason in `failures` (if the evaluator has that attribute)."""
         ...
 
 
 class Recorder(Protocol):
     def load(self) -> list[tuple[Config, np.ndarray]]: ...
     def record(self, index: int, config: Config, values: np.ndarray) -> None: ...
+    def record_failure(self, index: int, config: Config, reason: str) -> None: ...
     def record_prediction(self, config: Config, mean: np.ndarray, std: np.ndarray) -> None: ...
     def record_predicted_front(self, configs: Sequence[Config], values: np.ndarray) -> None:
         """Keeps the run's predicted front, unless it holds one already (a resumed run notes it again)."""
@@ -108,16 +116,24 @@ class SearchSession:
         for k, c in zip(keys, configs):
             by_key.setdefault(k, c)  # a network asked for twice is evaluated as the config asked for first
         unknown = [k for k in fresh if k not in self._memo]
+        failures: dict[str, str] = {}
         if unknown:
             values = np.atleast_2d(np.asarray(self.evaluator.evaluate([by_key[k] for k in unknown]), dtype=float))
-            for k, v in zip(unknown, values):
+            reasons = getattr(self.evaluator, "failures", {})  # index into the configs asked → why it failed
+            for i, (k, v) in enumerate(zip(unknown, values)):
                 self._memo[k], self._configs[k] = v, self.space.validate(by_key[k])
+                if not np.isfinite(v).all():
+                    failures[k] = reasons.get(i, "the evaluator returned no value")
         for k in fresh:
             self._order.append(k)
             self._consumed.add(k)
             if k in unknown:
                 self.real_evaluations += 1
-                if self.recorder is not None:
+                if self.recorder is None:
+                    continue
+                if k in failures:
+                    self.recorder.record_failure(self.used - 1, self._configs[k], failures[k])
+                else:
                     self.recorder.record(self.used - 1, self._configs[k], self._memo[k])
         if fresh and self.on_evaluation is not None:
             self.on_evaluation(self.used, self.budget)
@@ -156,10 +172,17 @@ class SearchSession:
 
     # ----- what tactics read ---------------------------------------------------------------------
     def history(self) -> tuple[list[Config], np.ndarray]:
-        """Configs consumed so far, in order, and their natural-unit values."""
-        configs = [self._configs[k] for k in self._order]
-        values = np.stack([self._memo[k] for k in self._order]) if self._order else np.zeros((0, len(self.objectives)))
+        """Configs consumed so far that were evaluated, in order, and their natural-unit values (those that
+        could not be evaluated are left out: they have no values to learn from)."""
+        keys = [k for k in self._order if np.isfinite(self._memo[k]).all()]
+        configs = [self._configs[k] for k in keys]
+        values = np.stack([self._memo[k] for k in keys]) if keys else np.zeros((0, len(self.objectives)))
         return configs, values
+
+    @property
+    def failed(self) -> int:
+        """Evaluations consumed so far that could not be done."""
+        return sum(not np.isfinite(self._memo[k]).all() for k in self._order)
 
     def history_encoded(self) -> tuple[np.ndarray, np.ndarray]:
         """Integer encodings and all-minimise objective values of everything consumed so far."""

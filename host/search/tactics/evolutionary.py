@@ -13,6 +13,11 @@ from ..objectives import minimised
 from ..session import SearchSession
 
 
+#: What the algorithm is told of a configuration that could not be evaluated, in every objective (all
+#: minimised) and constraint violation: far beyond any value, so that every evaluated one dominates it.
+FAILED = 1e30
+
+
 def run(session: SearchSession, seed: int = 0, algorithm: str = "nsga2", pop_size: int = 20) -> None:
     space = session.space
     problem = Problem(n_var=space.n_var, n_obj=len(session.objectives), n_ieq_constr=len(session.constraints),
@@ -37,9 +42,11 @@ def run(session: SearchSession, seed: int = 0, algorithm: str = "nsga2", pop_siz
             session.evaluate([space.decode(x) for x in session.fresh(X)[:session.remaining]])
             return
         values = session.evaluate(configs)
-        known = {"F": minimised(values, session.objectives)}
+        # A config that could not be evaluated (NaN) is told to the algorithm as worse than any that was.
+        known = {"F": np.nan_to_num(minimised(values, session.objectives), nan=FAILED)}
         if session.constraints:
-            known["G"] = np.stack([c.violation(values[:, column[c.objective]]) for c in session.constraints], axis=1)
+            known["G"] = np.nan_to_num(np.stack([c.violation(values[:, column[c.objective]])
+                                                 for c in session.constraints], axis=1), nan=FAILED)
         Evaluator().eval(StaticProblem(problem, **known), pop)
         algo.tell(infills=asked)
 
