@@ -1,4 +1,5 @@
 """The scheduler against real in-process agents: spreading, dedup, retries, failures, health, credentials."""
+import logging
 import math
 from contextlib import ExitStack
 
@@ -91,9 +92,12 @@ def test_a_dead_agent_is_set_aside_and_its_peers_do_the_work(farm_of):
     assert not farm.agents["dead0"].healthy and "UNAVAILABLE" in farm.agents["dead0"].last_error
 
 
-def test_a_kind_without_a_usable_agent_fails_its_jobs_after_the_give_up_time(farm_of):
+def test_a_kind_without_a_usable_agent_fails_its_jobs_after_the_give_up_time(farm_of, caplog):
     farm = farm_of(0, dead=1, reprobe_s=0.1, give_up_s=0.5)
-    results = farm.measure_artifacts(tiny(2), KIND, stopping=FAST)
+    with caplog.at_level(logging.WARNING, logger="fleetnas.farm"):
+        results = farm.measure_artifacts(tiny(2), KIND, stopping=FAST)
+    waiting = [r.getMessage() for r in caplog.records if "is usable now" in r.getMessage()]
+    assert waiting == ["no agent of kind 'cpu-ort-1t' is usable now; waiting up to 0.5 s for one to come back"]
     assert all(not r.ok and r.measurement is None for r in results)
     assert "no agent of kind 'cpu-ort-1t' was usable for 0.5 s" in results[0].error and "dead0" in results[0].error
     assert farm.store.measurements(ok=None) == []

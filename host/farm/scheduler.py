@@ -98,6 +98,7 @@ class _Batch:
         self.total = len(tasks)
         self.fatal: BaseException | None = None
         self.closed = self.remaining == 0
+        self.waiting_for: set[str] = set()  # kinds with no usable agent, said once each
 
     def kind_done(self, kind: str) -> bool:
         return not self.pending.get(kind) and not self.running.get(kind)
@@ -466,6 +467,10 @@ class Farm:
                     task.stranded_since = None
                     continue
                 task.stranded_since = task.stranded_since or now
+                if kind not in batch.waiting_for:  # else a user sees one agent's error, then minutes of silence
+                    batch.waiting_for.add(kind)
+                    log.warning("no agent of kind %r is usable now; waiting up to %g s for one to come back",
+                                kind, self.give_up_s)
                 if now - task.stranded_since < self.give_up_s:
                     continue
                 reasons = "; ".join(f"{a.name}: {a.last_error}" for a in agents)
