@@ -178,3 +178,15 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
         process.stdout.close()  # as `| head -1` does
         stderr = process.stderr.read()
     assert process.returncode == 141 and b"Traceback" not in stderr
+
+
+def test_a_front_wider_than_a_float_is_refused_not_scored(tmp_path, capsys):
+    from fleetnas.cli import main
+
+    cells = ["|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|none~2|",
+             "|skip_connect~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|none~2|"]
+    table = tmp_path / "huge.csv"
+    table.write_text(f"cellstr,a,b\n{cells[0]},1e308,10\n{cells[1]},-1e308,0\n")
+    assert main(["bench", "search", "--table", str(table), "--space", "nb201", "--key", "cellstr", "--objective",
+                 "a:max", "--objective", "b:min", "--tactic", "random", "--budget", "1"]) == 1
+    assert "huge.csv: the values of a on the true front span more than a float holds" in capsys.readouterr().err

@@ -55,7 +55,12 @@ class ReplayProblem:
         values = np.stack([table.column(o.metric) for o in objectives], axis=1)
         evaluator = TableEvaluator(space, configs, values, objectives)
         F = minimised(values, objectives)
-        normaliser = Normaliser.of_front(F)  # the true front's ideal -> 0, its nadir -> 1
+        with np.errstate(over="ignore"):
+            normaliser = Normaliser.of_front(F)  # the true front's ideal -> 0, its nadir -> 1
+        wide = [o.metric for o, span in zip(objectives, normaliser.span) if not np.isfinite(span)]
+        if wide:  # 1e308 and -1e308: their difference is no float, and every value would scale to 0
+            raise ValueError(f"{table.path.name}: the values of {wide[0]} on the true front span more than a float "
+                             "holds; rescale the column")
         true_hv = hypervolume(normaliser(F[non_dominated(F)]), np.full(len(objectives), REF))
         covers_space = len(evaluator._values) >= space.size
         return cls(space, evaluator, normaliser, true_hv, None if covers_space else evaluator.pool)
