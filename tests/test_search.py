@@ -789,16 +789,21 @@ def _exits(config):
     (lambda config: 1 / 0, "failed on {'resolution'.*ZeroDivisionError"),
 ])
 def test_an_accuracy_evaluator_that_misbehaves_fails_the_config_named_and_three_in_a_row_stop(accuracy, message):
-    from fleetnas.search.live import FAILURES_BEFORE_ANY_VALUE, EvaluationError, LiveEvaluator
+    from fleetnas.search.live import LiveEvaluator
+    from fleetnas.search.session import FAILURES_BEFORE_ANY_VALUE, TooManyFailures
 
     evaluator = LiveEvaluator("demo", [parse_objective("accuracy:max"), parse_objective("macs:min")],
                               accuracy=accuracy)
-    configs = get_supernet("demo").space.sample(FAILURES_BEFORE_ANY_VALUE, 0)
+    space = get_supernet("demo").space
+    configs = space.sample(FAILURES_BEFORE_ANY_VALUE, 0)
     values = evaluator.evaluate(configs[:1])
     assert np.isnan(values).all() and re.search(message, evaluator.failures[0])
-    with pytest.raises(EvaluationError, match="3 evaluations in a row failed, and none has succeeded: the cause is "
+    session = SearchSession(space, evaluator, budget=10)
+    session.evaluate(configs[:1])
+    with pytest.raises(TooManyFailures, match="3 evaluations in a row failed, and none has succeeded: the cause is "
                                               "not the configurations. Last: .*" + message):
-        evaluator.evaluate(configs[1:])
+        session.evaluate(configs[1:])
+    assert session.used == 3 and session.failed == 3  # the batch that stopped it counts, recorded
 
 
 def test_an_accuracy_evaluator_that_exits_stops_the_run():
@@ -1034,3 +1039,93 @@ def test_a_device_that_refuses_a_model_fails_that_config_alone_and_runs_lists_it
     assert main(["runs", "--db", str(db), "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert (row["evaluations"], row["failed"], row["state"]) == (10, result["failed"], "finished")
+
+
+class ScriptedAccuracy:
+    """Succeeds or fails by a script of outcomes ("o" a value, "x" out of memory), one per call; a "k" kills
+    the host there (KeyboardInterrupt), as a SIGKILL would."""
+
+    def __init__(self, script: str):
+        self.script, self.calls = script, 0
+
+    def __call__(self, config):
+        outcome = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        if outcome == "k":
+            raise KeyboardInterrupt("the host was killed")
+        if outcome == "x":
+            raise MemoryError("CUDA out of memory")
+        return 0.5 + self.calls / 1000
+
+
+def _demo_run(store, tactic: str, budget: int, seed: int = 3) -> int:
+    return start_run(store, RunSpec(space="demo", objectives=["accuracy:max", "macs:min"], tactic=tactic,
+                                    budget=budget, seed=seed))
+
+
+def test_a_resumed_run_counts_failures_over_its_whole_record(tmp_path):
+    """Killed after 20 successes, a run that then fails 3 times has succeeded before: it goes on (10 in a row
+    would stop it), as it would have without the kill."""
+    from fleetnas.search.live import LiveEvaluator
+    from fleetnas.search.session import TooManyFailures
+
+    objectives = [parse_objective("accuracy:max"), parse_objective("macs:min")]
+    with open_store(tmp_path / "r.db") as store:
+        run_id = _demo_run(store, "random", 40)
+        with pytest.raises(KeyboardInterrupt):
+            execute_run(store, run_id, LiveEvaluator("demo", objectives, accuracy=ScriptedAccuracy("o" * 20 + "k")))
+        session = execute_run(store, run_id, LiveEvaluator("demo", objectives, accuracy=ScriptedAccuracy("xxxo")))
+        assert store.run(run_id).state == "finished" and session.used == 40 and session.failed == 3
+        stopped = _demo_run(store, "random", 40, seed=4)
+        with pytest.raises(TooManyFailures, match="^11 evaluations in a row failed: the cause"):  # 5 o, 11 x
+            execute_run(store, stopped, LiveEvaluator("demo", objectives, accuracy=ScriptedAccuracy("o" * 5 + "x")))
+        # The batch that stopped it was recorded: nothing of it is evaluated again on resume.
+        recorded = len(store.run_members(stopped, "measured")) + len(store.run_events(stopped, "failed"))
+        assert recorded == 16  # random search's batch
+
+
+def test_linas_draws_more_when_failures_leave_too_few_values_to_fit(tmp_path):
+    from fleetnas.search.live import LiveEvaluator
+
+    objectives = [parse_objective("accuracy:max"), parse_objective("macs:min")]
+    script = "o" + "x" * 9 + "o" + "x" * 9 + "oxo" + "o" * 40  # the 20 seeds give 2 values, LINAS needs 4
+    with open_store(tmp_path / "l.db") as store:
+        run_id = _demo_run(store, "linas", 40)
+        session = execute_run(store, run_id, LiveEvaluator("demo", objectives, accuracy=ScriptedAccuracy(script)))
+        assert store.run(run_id).state == "finished" and session.used == 40 and session.failed == 19
+
+
+def test_failures_load_where_they_were_evaluated_whatever_the_clock(tmp_path):
+    from fleetnas.search.run import StoreRecorder
+
+    objectives = [parse_objective("accuracy:max"), parse_objective("macs:min")]
+    configs = get_supernet("demo").space.sample(4, 0)
+    with open_store(tmp_path / "c.db") as store:
+        run_id = _demo_run(store, "random", 4)
+        recorder = StoreRecorder(store, run_id, objectives)
+        recorder.record(0, configs[0], np.array([0.5, 10.0]))
+        recorder.record_failure(1, configs[1], "CUDA out of memory")
+        recorder.record(2, configs[2], np.array([0.6, 20.0]))
+        # As if the clock had stepped back an hour before the failure was stored.
+        store._conn.execute("UPDATE run_events SET created_at = created_at - 3600 WHERE kind = 'failed'")
+        store._conn.commit()
+        loaded = StoreRecorder(store, run_id, objectives).load()
+    assert [c for c, _ in loaded] == configs[:3] and np.isnan(loaded[1][1]).all()
+
+
+def test_a_run_whose_every_evaluation_fails_is_a_failed_run_however_short(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from fleetnas.cli import main
+
+    (tmp_path / "always_oom.py").write_text("def accuracy(config):\n    raise MemoryError('CUDA out of memory')\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
+                     "--tactic", "random", "--budget", "2", "--accuracy", "always_oom:accuracy", "--db", "a.db"]) == 1
+    finally:
+        sys.modules.pop("always_oom", None)
+    assert "all 2 evaluations failed; last: the accuracy evaluator accuracy failed on" in capsys.readouterr().err
+    with open_store(tmp_path / "a.db") as store:
+        assert store.run(1).state == "failed" and len(store.run_events(1, "failed")) == 2

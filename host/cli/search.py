@@ -85,6 +85,7 @@ def _search(store, args: argparse.Namespace):
     from fleetnas.farm.scheduler import FarmError
     from fleetnas.search.live import EvaluationError
     from fleetnas.search.run import find_run, load_spec, start_run
+    from fleetnas.search.session import TooManyFailures
 
     run_id = find_run(store, args.resume).id if args.resume is not None else None
     spec = load_spec(store, run_id) if run_id is not None else _new_spec(args)
@@ -95,7 +96,7 @@ def _search(store, args: argparse.Namespace):
             print(f"search run {run_id} started in {store.path}", file=sys.stderr)
         try:
             return _execute(store, run_id, spec, evaluator), run_id
-        except (EvaluationError, FarmError) as exc:  # a device or an evaluator failed: say how to go on
+        except (EvaluationError, FarmError, TooManyFailures) as exc:  # a device or an evaluator failed: say how to go on
             raise CliError(f"{exc.args[0] if exc.args else exc}\nrun {run_id} keeps what it evaluated: "
                            f"`fleetnas search --resume {run_id}` continues it") from None
 

@@ -3,8 +3,8 @@ MACs and parameters counted from the built module. Every value lands in the stor
 
 A configuration that cannot be evaluated (a device refused or could not run its model, the accuracy evaluator
 raised on it or returned no number) fails alone: its row is NaN and its reason in `failures`, and the run
-records it and goes on. What no configuration could get past stops the run: a device kind with no agent left,
-an evaluator that exits, or failures that do not stop (FAILURES_BEFORE_ANY_VALUE, FAILURES_IN_A_ROW)."""
+records it and goes on (`SearchSession` stops a run whose failures do not stop). What no configuration could
+get past stops the run at once: a device kind with no agent left, an evaluator that exits."""
 from __future__ import annotations
 
 import contextlib
@@ -25,14 +25,6 @@ FARM_VALUES = {"latency": "latency_ms", "memory": "peak_bytes"}
 #: At most this many known values per objective (the latest): LINAS refits its predictors on them at every
 #: iteration, and a refit on 500 rows already takes seconds (benchmarks/results/predictors.txt).
 KNOWN_LIMIT = 1000
-
-
-#: A run stops, rather than record failure after failure, once this many evaluations have failed with none
-#: done yet, or this many in a row: the cause is then not the configurations (an evaluator that raises on every
-#: one, a runtime missing on the device) and the budget would go on nothing. Isolated failures (a model too
-#: large for the device, an out-of-memory error on the largest networks) are recorded and the search goes on.
-FAILURES_BEFORE_ANY_VALUE = 3
-FAILURES_IN_A_ROW = 10
 
 
 class EvaluationError(RuntimeError):
@@ -95,7 +87,6 @@ class LiveEvaluator:
         self.farm, self.store, self.accuracy, self.stopping = farm, store, accuracy, stopping
         #: Why each config of the latest `evaluate` that got no values failed, by its index there.
         self.failures: dict[int, str] = {}
-        self._failures_in_a_row, self._any_value = 0, False
         needs_module = [o for o in self.objectives if o.device_kind or o.metric in ANALYTIC]
         if self.supernet.table_only and needs_module:
             raise EvaluationError(f"objective {needs_module[0]}: {space_id} is a table-only space, whose sub-networks "
@@ -126,7 +117,6 @@ class LiveEvaluator:
             except ConfigFailed as exc:
                 self.failures[i] = str(exc)
                 rows.append([np.nan] * len(self.objectives))
-            self._count_failure(i in self.failures)
         return np.array(rows, dtype=float).reshape(len(configs), len(self.objectives))
 
     def _value(self, o: Objective, config: Config, measured: dict, i: int) -> float:
@@ -136,17 +126,6 @@ class LiveEvaluator:
             return self._accuracy(config)
         from ..supernets.analytic import analytic_features
         return float(analytic_features(self.supernet, config)[o.metric])
-
-    def _count_failure(self, failed: bool) -> None:
-        """Stops the run once failures are no longer about single configurations (FAILURES_BEFORE_ANY_VALUE)."""
-        self._failures_in_a_row = self._failures_in_a_row + 1 if failed else 0
-        self._any_value = self._any_value or not failed
-        limit = FAILURES_IN_A_ROW if self._any_value else FAILURES_BEFORE_ANY_VALUE
-        if self._failures_in_a_row >= limit:
-            last = list(self.failures.values())[-1]
-            raise EvaluationError(f"{self._failures_in_a_row} evaluations in a row failed"
-                                  f"{'' if self._any_value else ', and none has succeeded'}: the cause is not "
-                                  f"the configurations. Last: {last}")
 
     def known(self, before: float) -> dict[str, tuple[list[Config], list[float]]]:
         """What the store held of each objective at time `before` (a run's start): current, unthrottled

@@ -21,7 +21,7 @@ from ..supernets import Config, get_supernet
 from ..supernets.base import network_count, network_of
 from .hypervolume import Normaliser, hypervolume, non_dominated
 from .objectives import Constraint, Objective, minimised, parse_constraint, parse_objective
-from .session import BudgetExhausted, SearchSession
+from .session import BudgetExhausted, SearchSession, TooManyFailures
 from .tactics import LEARNING, get_tactic
 
 REF = 1.1
@@ -100,11 +100,11 @@ class StoreRecorder:
     def load(self) -> list[tuple[Config, np.ndarray]]:
         """Every evaluation recorded, in the order recorded: members, and configs that failed as rows of NaN."""
         members = self.store.run_members(self.run_id, source="measured")
-        timed = [(m.created_at, m.config, v) for m, v in zip(members, member_values(members, self.objectives))]
+        loaded = list(zip((m.config for m in members), member_values(members, self.objectives)))
         nothing = np.full(len(self.objectives), np.nan)
-        timed += [(e.created_at, e.payload["config"], nothing) for e in self.store.run_events(self.run_id, "failed")]
-        timed.sort(key=lambda t: t[0])  # stable: a batch's members, stored at one time, keep their order
-        loaded = [(config, values) for _, config, values in timed]
+        failed = self.store.run_events(self.run_id, "failed")
+        for e in sorted(failed, key=lambda e: e.payload["index"]):  # each where it was evaluated: the clock
+            loaded.insert(min(e.payload["index"], len(loaded)), (e.payload["config"], nothing))  # may step back
         self._values = [v for _, v in loaded]
         self._record_hypervolume()  # catches up if the previous process died between member and event
         return loaded
@@ -116,7 +116,7 @@ class StoreRecorder:
 
     def record_failure(self, index: int, config: Config, reason: str) -> None:
         """A config that could not be evaluated: kept (so that a resume does not try it again) off the front."""
-        self.store.add_run_event(self.run_id, "failed", {"config": config, "error": reason})
+        self.store.add_run_event(self.run_id, "failed", {"config": config, "error": reason, "index": index})
         self._values.append(np.full(len(self.objectives), np.nan))
         self._record_hypervolume()
 
@@ -231,9 +231,7 @@ def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int
             store.add_run_event(run_id, "known", session.known_counts)
         store.set_run_state(run_id, "running")
         try:
-            get_tactic(spec.tactic)(session, seed=spec.seed, **spec.tactic_settings)
-        except BudgetExhausted:  # a diverged replay asked for more than its budget has left: it is spent
-            pass
+            _drive(session, spec, store, run_id)
         except KeyboardInterrupt:  # stopped, not failed: it stays "running", which `fleetnas runs` shows as
             raise                  # interrupted once no process holds its lease
         except BaseException:
@@ -242,6 +240,17 @@ def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int
         recorder.finish()
         store.set_run_state(run_id, "finished")
     return session
+
+
+def _drive(session: SearchSession, spec: RunSpec, store, run_id: int) -> None:
+    """The run's tactic, to the end of its budget."""
+    try:
+        get_tactic(spec.tactic)(session, seed=spec.seed, **spec.tactic_settings)
+    except BudgetExhausted:  # a diverged replay asked for more than its budget has left: it is spent
+        pass
+    if session.used and session.failed == session.used:  # too few to have stopped on the way, yet all failed
+        last = store.run_events(run_id, "failed")[-1].payload["error"]
+        raise TooManyFailures(f"all {session.used} evaluations failed; last: {last}")
 
 
 def known_summary(session: SearchSession) -> str | None:

@@ -20,7 +20,8 @@ A configuration that cannot be evaluated (a device refuses its model, the accura
 comes back from the evaluator as a row of NaN, with the reason in the evaluator's `failures`. It costs its
 place in the budget like any evaluation, is recorded as failed (`Recorder.record_failure`) so that a resumed
 run does not try it again, and is never proposed again; `history` leaves it out, so tactics learn only from
-values.
+values. Failures that do not stop (FAILURES_BEFORE_ANY_VALUE, FAILURES_IN_A_ROW) end the run once the batch
+is recorded (TooManyFailures): their cause is not the configurations.
 """
 from __future__ import annotations
 
@@ -56,6 +57,18 @@ class Recorder(Protocol):
 
 class BudgetExhausted(Exception):
     pass
+
+
+#: A run stops, rather than record failure after failure, once this many evaluations have failed with none
+#: done yet, or this many in a row: the cause is then not the configurations (an evaluator that raises on every
+#: one, a runtime missing on the device) and the budget would go on nothing. Isolated failures (a model too
+#: large for the device, an out-of-memory error on the largest networks) are recorded and the search goes on.
+FAILURES_BEFORE_ANY_VALUE = 3
+FAILURES_IN_A_ROW = 10
+
+
+class TooManyFailures(RuntimeError):
+    """Evaluations fail whatever the configuration: the run stops with what it recorded."""
 
 
 class SearchSession:
@@ -137,9 +150,21 @@ class SearchSession:
                     self.recorder.record(self.used - 1, self._configs[k], self._memo[k])
         if fresh and self.on_evaluation is not None:
             self.on_evaluation(self.used, self.budget)
+        if failures:
+            self._stop_if_failing(failures)
         if beyond is not None:
             raise BudgetExhausted(beyond)
         return np.stack([self._memo[k] for k in keys]) if keys else np.zeros((0, len(self.objectives)))
+
+    def _stop_if_failing(self, new: dict[str, str]) -> None:
+        """Counted over the run's whole record, replayed evaluations included, so a resume goes on as it stood."""
+        failed = [not np.isfinite(self._memo[k]).all() for k in self._order]
+        in_a_row = next((i for i, f in enumerate(reversed(failed)) if not f), len(failed))
+        succeeded = in_a_row < len(failed)
+        if in_a_row >= (FAILURES_IN_A_ROW if succeeded else FAILURES_BEFORE_ANY_VALUE):
+            none = "" if succeeded else ", and none has succeeded"
+            raise TooManyFailures(f"{in_a_row} evaluations in a row failed{none}: the cause is not the "
+                                  f"configurations. Last: {list(new.values())[-1]}")
 
     def _absorb_record(self) -> None:
         """A resumed run asked for a configuration its record lacks while recorded ones are still unasked: its

@@ -68,6 +68,8 @@ def run(session: SearchSession, seed: int = 0, n_init: int = 20, batch: int = 5,
     _seed_sample(session, min(seed_size(session, n_init), session.remaining), seed)
     iteration, last = 0, None
     while session.remaining > 0:
+        if not _enough_to_fit(session, seed):
+            break  # nothing left to draw that could be evaluated
         iteration += 1
         surrogates.fit(iteration)
         candidates = _candidates(session, surrogates, algorithm, pop_size, generations, seed + iteration)
@@ -265,6 +267,25 @@ def _seed_sample(session: SearchSession, n: int, seed: int) -> None:
         rows = np.vstack(corners + [space.encode_many(space.latin_hypercube(n - len(corners), seed))])
     rows = session.fresh(rows)
     session.evaluate([space.decode(x) for x in rows[:min(n, session.remaining)]])
+
+
+def _enough_to_fit(session: SearchSession, seed: int) -> bool:
+    """Whether MIN_ROWS configs have values to fit predictors on, after drawing more at random where failed
+    evaluations (which give none) left the seed sample short. The draws are seeded: a replay makes the same."""
+    space = session.space
+    for attempt in range(100):
+        missing = MIN_ROWS - len(session.history()[0])
+        if missing <= 0:
+            return True
+        if session.remaining <= 0:
+            return False
+        rng = np.random.default_rng([seed, attempt])
+        rows = (session.pool[rng.permutation(len(session.pool))] if session.pool is not None
+                else space.encode_many(space.sample(4 * missing, rng)))
+        rows = session.fresh(rows)[:min(missing, session.remaining)]
+        if len(rows):
+            session.evaluate([space.decode(x) for x in rows])
+    return len(session.history()[0]) >= MIN_ROWS
 
 
 def _candidates(session: SearchSession, surrogates: Surrogates, algorithm: str, pop_size: int, generations: int,
