@@ -3,7 +3,7 @@ MACs and parameters counted from the built module. Every value lands in the stor
 
 A configuration that cannot be evaluated (a device refused or could not run its model, the accuracy evaluator
 raised on it or returned no number) fails alone: its row is NaN and its reason in `failures`, and the run
-records it and goes on (`SearchSession` stops a run whose failures do not stop). What no configuration could
+records it and goes on (`SearchSession` stops a run whose failures keep coming). What no configuration could
 get past stops the run at once: a device kind with no agent left, an evaluator that exits."""
 from __future__ import annotations
 

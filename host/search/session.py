@@ -20,7 +20,7 @@ A configuration that cannot be evaluated (a device refuses its model, the accura
 comes back from the evaluator as a row of NaN, with the reason in the evaluator's `failures`. It costs its
 place in the budget like any evaluation, is recorded as failed (`Recorder.record_failure`) so that a resumed
 run does not try it again, and is never proposed again; `history` leaves it out, so tactics learn only from
-values. Failures that do not stop (FAILURES_BEFORE_ANY_VALUE, FAILURES_IN_A_ROW) end the run once the batch
+values. Failures that keep coming (FAILURES_BEFORE_ANY_VALUE, FAILURES_IN_A_ROW) end the run once the batch
 is recorded (TooManyFailures): their cause is not the configurations.
 """
 from __future__ import annotations
