@@ -906,61 +906,68 @@ def test_an_accuracy_evaluator_that_cannot_be_loaded_is_named_before_a_run_is_st
         assert store.runs() == []
 
 
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """`user_module(NAME, source)` writes a user's evaluator module NAME.py into the current folder (tmp_path),
+    where `--accuracy NAME:CALLABLE` finds it; sys.path and the imported modules are undone afterwards."""
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    written = []
+
+    def write(name: str, source: str) -> None:
+        (tmp_path / f"{name}.py").write_text(source)
+        written.append(name)
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
+
+
 def test_a_user_evaluator_named_like_a_stdlib_module_cannot_edit_the_run_print_into_json_or_overflow(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, monkeypatch, capsys, user_module):
     """`test` is also the standard library's package: the evaluator beside the user must win, as with
     `python -m`. It edits its config and prints, as training code does; neither may reach the run."""
     import sys
 
     from fleetnas.cli import main
 
-    (tmp_path / "test.py").write_text("def editor(config):\n    print('training', config['resolution'])\n"
-                                      "    config['resolution'] = 'edited'\n    return 0.5 + config['depth_s1'] / 10\n"
-                                      "def huge(config):\n    return 10 ** 400\n")
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.chdir(tmp_path)
+    user_module("test", "def editor(config):\n    print('training', config['resolution'])\n"
+                        "    config['resolution'] = 'edited'\n    return 0.5 + config['depth_s1'] / 10\n"
+                        "def huge(config):\n    return 10 ** 400\n")
     db = tmp_path / "s.db"
     args = ["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--tactic",
             "random", "--budget", "4", "--db", str(db)]
-    try:
-        assert main([*args, "--accuracy", "test:editor", "--json"]) == 0
-        out = capsys.readouterr()
-        assert len(json.loads(out.out)["front"]) >= 1 and out.err.count("training") == 4
-        with open_store(db) as store:
-            assert all(m.config["resolution"] != "edited" for m in store.run_members(1, "measured"))
-        # A resume from another folder finds the module in the folder the run was started in.
-        sys.modules.pop("test", None)
-        sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
-        elsewhere = tmp_path / "elsewhere"
-        elsewhere.mkdir()
-        monkeypatch.chdir(elsewhere)
-        assert main(["search", "--resume", "1", "--db", str(db), "--json"]) == 0
-        capsys.readouterr()
-        assert main([*args, "--accuracy", "test:huge"]) == 1
-        err = capsys.readouterr().err
-        assert "returned 1000" in err and "it must return a finite number" in err
-        assert "run 2 keeps what it evaluated: `fleetnas search --resume 2` continues it" in err
-    finally:
-        sys.modules.pop("test", None)
+    assert main([*args, "--accuracy", "test:editor", "--json"]) == 0
+    out = capsys.readouterr()
+    assert len(json.loads(out.out)["front"]) >= 1 and out.err.count("training") == 4
+    with open_store(db) as store:
+        assert all(m.config["resolution"] != "edited" for m in store.run_members(1, "measured"))
+    # A resume from another folder finds the module in the folder the run was started in.
+    sys.modules.pop("test", None)
+    sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["search", "--resume", "1", "--db", str(db), "--json"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--accuracy", "test:huge"]) == 1
+    err = capsys.readouterr().err
+    assert "returned 1000" in err and "it must return a finite number" in err
+    assert "run 2 keeps what it evaluated: `fleetnas search --resume 2` continues it" in err
     assert main(["search", "--space", "demo", "--objective", "params:max", "--objective", "macs:min",
                  "--accuracy", "test:editor", "--db", str(db)]) == 2
     assert "--accuracy test:editor evaluates an accuracy objective" in capsys.readouterr().err
 
 
-def test_a_fraction_bound_that_percentages_always_meet_is_warned_about(tmp_path, monkeypatch, capsys):
-    import sys
-
+def test_a_fraction_bound_that_percentages_always_meet_is_warned_about(tmp_path, capsys, user_module):
     from fleetnas.cli import main
 
-    (tmp_path / "percent_eval.py").write_text("def accuracy(config):\n    return 80.0 + config['resolution']\n")
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.chdir(tmp_path)
-    try:
-        assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
-                     "--tactic", "random", "--budget", "12", "--db", str(tmp_path / "p.db"),
-                     "--accuracy", "percent_eval:accuracy", "--constraint", "accuracy >= 95%"]) == 0
-    finally:
-        sys.modules.pop("percent_eval", None)
+    user_module("percent_eval", "def accuracy(config):\n    return 80.0 + config['resolution']\n")
+    assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
+                 "--tactic", "random", "--budget", "12", "--db", str(tmp_path / "p.db"),
+                 "--accuracy", "percent_eval:accuracy", "--constraint", "accuracy >= 95%"]) == 0
     err = capsys.readouterr().err
     assert "every one of 12 evaluations meets accuracy >= 95% (they range from " in err
     assert "the evaluator returns percentages, and a bound of 0.95 is none; write `accuracy >= 95`" in err
@@ -1113,19 +1120,12 @@ def test_failures_load_where_they_were_evaluated_whatever_the_clock(tmp_path):
     assert [c for c, _ in loaded] == configs[:3] and np.isnan(loaded[1][1]).all()
 
 
-def test_a_run_whose_every_evaluation_fails_is_a_failed_run_however_short(tmp_path, monkeypatch, capsys):
-    import sys
-
+def test_a_run_whose_every_evaluation_fails_is_a_failed_run_however_short(tmp_path, capsys, user_module):
     from fleetnas.cli import main
 
-    (tmp_path / "always_oom.py").write_text("def accuracy(config):\n    raise MemoryError('CUDA out of memory')\n")
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.chdir(tmp_path)
-    try:
-        assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
-                     "--tactic", "random", "--budget", "2", "--accuracy", "always_oom:accuracy", "--db", "a.db"]) == 1
-    finally:
-        sys.modules.pop("always_oom", None)
+    user_module("always_oom", "def accuracy(config):\n    raise MemoryError('CUDA out of memory')\n")
+    assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
+                 "--tactic", "random", "--budget", "2", "--accuracy", "always_oom:accuracy", "--db", "a.db"]) == 1
     assert "all 2 evaluations failed; last: the accuracy evaluator accuracy failed on" in capsys.readouterr().err
     with open_store(tmp_path / "a.db") as store:
         assert store.run(1).state == "failed" and len(store.run_events(1, "failed")) == 2

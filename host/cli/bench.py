@@ -48,6 +48,7 @@ def _add_predictor(bench_sub) -> None:
 def run_predictor(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ..export.artifact import atomic_write
     from ..predictors import fit_predictor, regression_metrics
     from ..predictors.features import feature_views
 
@@ -104,7 +105,7 @@ def run_predictor(args: argparse.Namespace) -> int:
                              "metrics": regression_metrics(y[test], predicted)})
                 _progress(runs[-1])
     if output:
-        _write_output(output, {"table": str(args.table), "features": spec, "runs": runs})
+        atomic_write(output, json.dumps({"table": str(args.table), "features": spec, "runs": runs}).encode())
     _print_summary(runs, args.table.name)
     return 0
 
@@ -228,8 +229,8 @@ def _refuse_repeats(option: str, values: list[str]) -> None:
 
 def _output_file(path: Path | None) -> Path | None:
     """--json OUT, checked before hours of benchmarking: its folder is made now, and a folder given as OUT
-    or one that cannot be written to is refused now. OUT itself is written at the end, whole
-    (`_write_output`): a run interrupted or failed leaves no empty file that would pass for results."""
+    or one that cannot be written to is refused now. OUT itself is written at the end, whole (`atomic_write`):
+    a run interrupted or failed leaves no empty file that would pass for results."""
     if path is None:
         return None
     if path.is_dir():
@@ -243,13 +244,8 @@ def _output_file(path: Path | None) -> Path | None:
     return path
 
 
-def _write_output(path: Path, document: dict) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(document), encoding="utf-8")
-    partial.replace(path)
-
-
 def run_search_bench(args: argparse.Namespace) -> int:
+    from ..export.artifact import atomic_write
     from ..search.objectives import parse_column_objective
     from ..search.replay import ReplayProblem, evaluations_to_reach
     from ..tables import read_table
@@ -278,8 +274,8 @@ def run_search_bench(args: argparse.Namespace) -> int:
             print(f"{tactic} seed {seed}: final {run['hv'][-1]:.2%}; evaluations to "
                   + ", ".join(f"{f:.0%}: {r or '-'}" for f, r in zip(REACH, reached)), file=sys.stderr, flush=True)
     if output:
-        _write_output(output, {"table": str(args.table), "objectives": args.objective, "budget": args.budget,
-                               "known": dict(args.known), "runs": runs})
+        atomic_write(output, json.dumps({"table": str(args.table), "objectives": args.objective,
+                                         "budget": args.budget, "known": dict(args.known), "runs": runs}).encode())
     _print_search_summary(runs, args)
     return 0
 

@@ -45,7 +45,8 @@ def _row(store, record) -> dict:
     return {"id": record.id, "name": record.name, "state": run_state(store, record),
             "space": settings.get("space"), "tactic": record.tactic, "objectives": settings.get("objectives", []),
             "constraints": settings.get("constraints", []), "budget": settings.get("budget"),
-            "evaluations": len(store.run_members(record.id, source="measured")) + len(failed), "failed": len(failed),
+            "evaluations": len(store.run_members(record.id, source="measured")) + len(failed),
+            "failed": len(failed),
             "hypervolume": hypervolume[-1].payload["hv"] if hypervolume else None,
             "created_unix_s": record.created_at, "updated_unix_s": record.updated_at}
 

@@ -96,7 +96,8 @@ def _search(store, args: argparse.Namespace):
             print(f"search run {run_id} started in {store.path}", file=sys.stderr)
         try:
             return _execute(store, run_id, spec, evaluator), run_id
-        except (EvaluationError, FarmError, TooManyFailures) as exc:  # a device or an evaluator failed: say how to go on
+        except (EvaluationError, FarmError, TooManyFailures) as exc:  # a device or an evaluator failed: say how
+            # to go on
             raise CliError(f"{exc.args[0] if exc.args else exc}\nrun {run_id} keeps what it evaluated: "
                            f"`fleetnas search --resume {run_id}` continues it") from None
 
@@ -227,10 +228,10 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
 
     configs, values, objectives = measured_front(store, run_id)
     _warn_about_constraints(store, run_id)  # the run's last word on them, after any warning on the way
-    failed = store.run_events(run_id, "failed")
-    if failed:
-        print(f"warning: {len(failed)} configurations could not be evaluated (first: {failed[0].payload['error']}); "
-              f"`fleetnas report {run_id}` lists them", file=sys.stderr)
+    failures = store.run_events(run_id, "failed")
+    if failures:
+        print(f"warning: {len(failures)} configurations could not be evaluated (first: "
+              f"{failures[0].payload['error']}); `fleetnas report {run_id}` lists them", file=sys.stderr)
     if as_json:
         print_json({"run": run_id, "evaluations": session.used, "failed": session.failed,
                     "known": session.known_counts, "front": [

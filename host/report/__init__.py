@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..export.artifact import atomic_write
 from ..search.hypervolume import non_dominated
 from ..search.objectives import minimised
-from ..search.run import (HV_REFERENCE_AFTER, feasible, load_spec, measured_front, member_values, run_state,
-                          constraint_warnings)
+from ..search.run import (HV_REFERENCE_AFTER, constraint_warnings, feasible, load_spec, measured_front, member_values,
+                          run_state)
 
 
 def write_report(store, run_id: int, out_dir: str | Path) -> Path:
@@ -56,10 +57,12 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
             for k, (c, row) in enumerate(zip(front_configs, front_values))]
     # First, so that a report interrupted after it is still known for a report's folder and rewritten.
     # State, budget and evaluations: a front read from an unfinished run must not pass for a final one.
-    _write_text(out / "front.json", json.dumps({
+    # Files are written whole and as UTF-8 whatever the locale (the page says so).
+    atomic_write(out / "front.json", json.dumps({
         "run": run_id, "name": run.name, "state": state, "budget": spec.budget,
-        "evaluations": len(members) + len(failed), "failed": len(failed), "space": spec.space, "objectives": spec.objectives, "constraints": spec.constraints,
-        "front": [{**r, "config": c} for r, c in zip(rows, front_configs)]}, indent=2, allow_nan=False))
+        "evaluations": len(members) + len(failed), "failed": len(failed), "space": spec.space,
+        "objectives": spec.objectives, "constraints": spec.constraints,
+        "front": [{**r, "config": c} for r, c in zip(rows, front_configs)]}, indent=2, allow_nan=False).encode())
     _remove_stale_figures(out, figures)
     for name, png in figures.items():
         (out / name).write_bytes(png)
@@ -68,15 +71,8 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     warnings = constraint_warnings(store, run_id)
     page = _page(run, state, spec, len(members), rows, warnings, failed, figures,
                  _device_rows(store, spec.space, objectives), known[0].payload if known else {})
-    return _write_text(out / "index.html", page)
-
-
-def _write_text(path: Path, text: str) -> Path:
-    """UTF-8 whatever the locale (the page says so), and whole or not at all: a failed write leaves the old file."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
-    return path
+    atomic_write(out / "index.html", page.encode("utf-8"))
+    return out / "index.html"
 
 
 def _png(fig) -> bytes:

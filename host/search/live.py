@@ -159,7 +159,7 @@ class LiveEvaluator:
     @staticmethod
     def _farm_value(o: Objective, result) -> float:
         value = result.value(FARM_VALUES[o.metric])
-        if not np.isfinite(value):  # memory where the device cannot measure it: a 0 would be the best value, and a lie
+        if not np.isfinite(value):  # memory the device cannot measure: a 0 would be the best value, and a lie
             raise EvaluationError(f"objective {o}: the device could not measure it "
                                   f"({result.memory.get('note') or 'no figure reported'})")
         return value

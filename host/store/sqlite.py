@@ -456,7 +456,7 @@ class SqliteStore(Store):
             where.append("kind = ?")
             params.append(kind)
         rows = self._read(f"SELECT * FROM run_events {_where(where)} ORDER BY id", params)
-        return [RunEvent(i, r, k, _json(p, 'run event', i, 'payload'), t) for i, r, k, p, t in rows]
+        return [RunEvent(i, r, k, _json(p, "run event", i, "payload"), t) for i, r, k, p, t in rows]
 
 
     # ----- calibrations ---------------------------------------------------------------------------
@@ -529,7 +529,7 @@ def _json(text, record: str, key, column: str):
 
 def _device(row) -> DeviceRecord:
     device_id, label, kind, description, first_seen, last_seen = row
-    return DeviceRecord(device_id, label, kind, _json(description, 'device', device_id, 'description'), first_seen,
+    return DeviceRecord(device_id, label, kind, _json(description, "device", device_id, "description"), first_seen,
                         last_seen)
 
 
