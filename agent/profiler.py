@@ -48,7 +48,9 @@ class DeviceQueue:
         """
         ticket = object()
         with self._cond:
-            if self._busy and len(self._waiting) >= self.max_waiting:
+            # Counted as if the device were taken: just after release() it is not, yet its next owner is among
+            # the waiters, and those admitted meanwhile would then stand beyond the bound.
+            if len(self._waiting) + (1 if self._busy else 0) > self.max_waiting:
                 raise ProfileError("RESOURCE_EXHAUSTED", f"the device is busy and {len(self._waiting)} "
                                                          f"measurements already wait (limit {self.max_waiting})")
             self._waiting.append(ticket)

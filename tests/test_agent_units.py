@@ -329,3 +329,32 @@ def test_only_cpu_sensors_give_the_cpu_temperature_and_throttling(tmp_path, monk
         assert "firmware" not in device.environment().throttle_reason
     firmware.write_text("0x50005\n")
     assert "firmware: under-voltage" in device.environment().throttle_reason
+
+
+def test_the_device_queue_keeps_its_bound_while_its_next_owner_has_not_yet_woken():
+    """Just after release() the device is free, yet its next owner is still among the waiters: arrivals then
+    must not be admitted past the bound, or one of them waits at a position beyond it (found under load with
+    fifty clients at once)."""
+    from fleetnas_agent.profiler import DeviceQueue, ProfileError
+
+    def queued(queue):
+        turn = queue.wait_turn(lambda: False)
+        return turn, next(turn, None)  # None: the device was free, and is now held
+
+    queue = DeviceQueue(max_waiting=2)
+    assert queued(queue)[1] is None
+    waiters = [queued(queue) for _ in range(2)]
+    assert [ahead for _, ahead in waiters] == [1, 2]
+    with pytest.raises(ProfileError, match="limit 2"):
+        queued(queue)
+    queue.release()  # the owner is done; the first waiter has not run yet
+    late, ahead = queued(queue)  # one more fits: one waiter will measure, two will wait
+    assert ahead == 2
+    with pytest.raises(ProfileError, match="limit 2") as refused:
+        queued(queue)
+    assert refused.value.code == "RESOURCE_EXHAUSTED"
+    assert next(waiters[0][0], None) is None  # the first waiter takes the device
+    assert queue.waiting == 2  # the second waiter and the late arrival: the late one stands at the bound
+    for turn in (waiters[1][0], late):
+        turn.close()  # as a client that leaves: its ticket goes
+    assert queue.waiting == 0
