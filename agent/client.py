@@ -13,6 +13,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .cache import sniff_format
+from .proto import FAILURE_CAUSE_KEY
 from .proto import agent_pb2 as pb
 from .proto import agent_pb2_grpc as pb_grpc
 
@@ -169,6 +170,17 @@ def _retrying(call: Callable, also: frozenset = frozenset()):
             if pause is None or not (shed or code in also):
                 raise
             time.sleep(pause)
+
+
+def failure_cause(exc: BaseException) -> str:
+    """The `FailureCause` an agent gave a failed call, without its prefix ("MODEL_OUT_OF_MEMORY", say), or
+    "UNSPECIFIED" where it gave none (an older agent, a failure before the agent's code ran) or one this
+    client does not know (a newer agent)."""
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == FAILURE_CAUSE_KEY and value in pb.FailureCause.keys():
+            return value.removeprefix("FAILURE_CAUSE_")
+    return "UNSPECIFIED"
 
 
 def result_to_dict(result: pb.ProfileResult) -> dict:

@@ -24,11 +24,12 @@ AGENT_PID_VAR = "FLEETNAS_AGENT_PID"  # tells the child which process it must no
 
 
 class ProfileError(Exception):
-    """A measurement that failed; `code` is the gRPC status name to answer with."""
+    """A measurement that failed; `code` is the gRPC status name to answer with, `cause` a `FailureCause` name
+    (without its prefix) where the code alone leaves open whose fault it is: the device's or the model's."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, cause: str | None = None):
         super().__init__(message)
-        self.code = code
+        self.code, self.cause = code, cause
 
 
 class DeviceQueue:
@@ -52,7 +53,8 @@ class DeviceQueue:
             # the waiters, and those admitted meanwhile would then stand beyond the bound.
             if len(self._waiting) + (1 if self._busy else 0) > self.max_waiting:
                 raise ProfileError("RESOURCE_EXHAUSTED", f"the device is busy and {len(self._waiting)} "
-                                                         f"measurements already wait (limit {self.max_waiting})")
+                                                         f"measurements already wait (limit {self.max_waiting})",
+                                   cause="DEVICE_BUSY")
             self._waiting.append(ticket)
         reported = None
         try:
@@ -161,14 +163,16 @@ def run_child(request: dict, threads: int, timeout_s: float, cancelled: Callable
                     if "progress" in message:
                         yield message["progress"]
                     elif "error" in message:
-                        raise ProfileError(message["error"]["code"], message["error"]["message"])
+                        error = message["error"]
+                        raise ProfileError(error["code"], error["message"], error.get("cause"))
                     else:
                         return message["result"]
                 if cancelled():
                     raise ProfileError("CANCELLED", "the client went away during the measurement")
                 if time.monotonic() >= deadline:
                     raise ProfileError("DEADLINE_EXCEEDED", f"the measurement did not finish within {timeout_s:.3g} s "
-                                                            "(a hanging model?); its process was killed")
+                                                            "(a hanging model?); its process was killed",
+                                       cause="MODEL_TIMEOUT")
             returncode = child.wait(timeout=30)
             stderr.seek(0)
             raise ProfileError(*_death(returncode, stderr.read()[-2000:].decode(errors="replace")))
@@ -193,12 +197,13 @@ def _kill(child: subprocess.Popen) -> None:
     child.wait()
 
 
-def _death(returncode: int, stderr_tail: str) -> tuple[str, str]:
-    """The status for a child that ended without a result."""
+def _death(returncode: int, stderr_tail: str) -> tuple[str, str, str | None]:
+    """The status, message and failure cause for a child that ended without a result."""
     if returncode < 0:
         name = signal.Signals(-returncode).name
-        if -returncode == signal.SIGKILL:
-            return "RESOURCE_EXHAUSTED", f"the measuring process was killed ({name}), most likely out of memory"
-        return "INVALID_ARGUMENT", f"the model crashed its runtime ({name})"
+        if -returncode == signal.SIGKILL:  # the agent kills on a deadline only after reporting it: the OOM killer
+            return ("RESOURCE_EXHAUSTED", f"the measuring process was killed ({name}), most likely out of memory",
+                    "MODEL_OUT_OF_MEMORY")
+        return "INVALID_ARGUMENT", f"the model crashed its runtime ({name})", "MODEL_CRASHED"
     last = stderr_tail.strip().splitlines()[-1:] or ["no output"]
-    return "INTERNAL", f"the measuring process exited with code {returncode}: {last[0]}"
+    return "INTERNAL", f"the measuring process exited with code {returncode}: {last[0]}", None

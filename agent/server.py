@@ -21,6 +21,7 @@ from . import device
 from .cache import ArtifactCache, CacheError, sniff_format
 from .measure import MAX_SECONDS, StoppingRule
 from .profiler import DeviceQueue, Outbox, ProfileError, run_child
+from .proto import FAILURE_CAUSE_KEY
 from .proto import agent_pb2 as pb
 from .proto import agent_pb2_grpc as pb_grpc
 from .runtimes import RUNTIMES, describe_runtimes, resolve
@@ -176,7 +177,7 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
             while True:
                 final, event = outbox.take()
                 if isinstance(event, (CacheError, ProfileError)):
-                    _abort(context, event.code, str(event))
+                    _abort(context, event.code, str(event), getattr(event, "cause", None))
                 yield event
                 if final:
                     return
@@ -368,7 +369,11 @@ def _progress(phase, **fields) -> pb.ProfileEvent:
     return pb.ProfileEvent(progress=pb.ProfileProgress(phase=phase, **fields))
 
 
-def _abort(context, code: str, message: str):
+def _abort(context, code: str, message: str, cause: str | None = None):
+    if cause is not None:  # the wire contract's FailureCause, by its name
+        name = "FAILURE_CAUSE_" + cause
+        pb.FailureCause.Value(name)  # a name the contract lacks fails here, in tests, not on a host
+        context.set_trailing_metadata(((FAILURE_CAUSE_KEY, name),))
     context.abort(getattr(grpc.StatusCode, code), message)
 
 

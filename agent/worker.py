@@ -40,7 +40,8 @@ def main() -> int:
     except Failure as failure:
         send("error", {"code": failure.code, "message": str(failure)})
     except MemoryError:
-        send("error", {"code": "RESOURCE_EXHAUSTED", "message": "the device ran out of memory"})
+        send("error", {"code": "RESOURCE_EXHAUSTED", "message": "the device ran out of memory",
+                       "cause": "MODEL_OUT_OF_MEMORY"})
     out.flush()
     return 0
 

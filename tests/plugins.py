@@ -1,7 +1,8 @@
 """A user-style super-network plugin for tests, installed into a temporary directory on PYTHONPATH.
 
 Registers through the `fleetnas.supernets` entry point group exactly as a user's package would, and
-provides networks that misbehave on purpose: one crashes its process, one hangs.
+provides networks that misbehave on purpose: one crashes its process, one hangs, one runs out of memory as
+Python sees it (MemoryError), one as the kernel's OOM killer ends it (SIGKILL).
 """
 from __future__ import annotations
 
@@ -23,11 +24,17 @@ class _Plugin:
             os.kill(os.getpid(), signal.SIGSEGV)
         if self.behaviour == "hang":
             threading.Event().wait()
+        if self.behaviour == "oom":
+            raise MemoryError()
+        if self.behaviour == "killed":
+            os.kill(os.getpid(), signal.SIGKILL)
         return torch.nn.Linear(4, 4)
 
 
 CRASH = _Plugin("crash")
 HANG = _Plugin("hang")
+OOM = _Plugin("oom")
+KILLED = _Plugin("killed")
 TINY = _Plugin("tiny")
 '''
 
@@ -43,6 +50,8 @@ def install_plugin(root: Path) -> Path:
         "[fleetnas.supernets]\n"
         "test-crash = fleetnas_test_plugin:CRASH\n"
         "test-hang = fleetnas_test_plugin:HANG\n"
+        "test-oom = fleetnas_test_plugin:OOM\n"
+        "test-killed = fleetnas_test_plugin:KILLED\n"
         "test-tiny = fleetnas_test_plugin:TINY\n")
     return root
 

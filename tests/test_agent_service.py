@@ -14,7 +14,7 @@ import models
 import plugins
 from agents import running_agent
 from fleetnas_agent import server
-from fleetnas_agent.client import AgentClient, result_to_dict
+from fleetnas_agent.client import AgentClient, failure_cause, result_to_dict
 from fleetnas_agent.proto import agent_pb2 as pb
 from fleetnas_agent.proto.agent_pb2_grpc import ProfilerAgentStub
 
@@ -176,17 +176,34 @@ def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
-def test_a_crashing_or_hanging_model_does_not_take_the_agent_down(tmp_path, monkeypatch, agent):
+def failure_of(call) -> tuple[grpc.StatusCode, str, str]:
+    """The status code, the agent's FailureCause and the message of a call that must fail."""
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), failure_cause(err.value), err.value.details()
+
+
+def test_a_crashing_hanging_or_memory_hungry_model_does_not_take_the_agent_down(tmp_path, monkeypatch, agent):
     monkeypatch.setenv("PYTHONPATH", str(plugins.install_plugin(tmp_path / "plugin")))
     address, _ = agent
     before = _children()
     with AgentClient(address) as client:
         crash = client.put_artifact(plugins.spec("test-crash"))
-        code, details = code_of(lambda: client.profile(crash, runtime="torch", stopping=FAST))
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and "SIGSEGV" in details
+        code, cause, details = failure_of(lambda: client.profile(crash, runtime="torch", stopping=FAST))
+        assert (code, cause) == (grpc.StatusCode.INVALID_ARGUMENT, "MODEL_CRASHED") and "SIGSEGV" in details
         hang = client.put_artifact(plugins.spec("test-hang"))
-        code, details = code_of(lambda: client.profile(hang, stopping=FAST, timeout_s=3))
-        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "killed" in details
+        code, cause, details = failure_of(lambda: client.profile(hang, stopping=FAST, timeout_s=3))
+        assert (code, cause) == (grpc.StatusCode.DEADLINE_EXCEEDED, "MODEL_TIMEOUT") and "killed" in details
+        # Out of memory is the model's fault, told apart from a full queue (the same status code) by its cause.
+        oom = client.put_artifact(plugins.spec("test-oom"))
+        code, cause, details = failure_of(lambda: client.profile(oom, stopping=FAST))
+        assert (code, cause) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "MODEL_OUT_OF_MEMORY") and "memory" in details
+        killed = client.put_artifact(plugins.spec("test-killed"))
+        code, cause, details = failure_of(lambda: client.profile(killed, stopping=FAST))
+        assert (code, cause) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "MODEL_OUT_OF_MEMORY") and "SIGKILL" in details
+        # A refusal the status code says all about carries no cause.
+        code, cause, _ = failure_of(lambda: client.profile(killed, stopping=FAST, timeout_s=-1))
+        assert (code, cause) == (grpc.StatusCode.INVALID_ARGUMENT, "UNSPECIFIED")
         tiny = client.put_artifact(plugins.spec("test-tiny"))
         assert client.profile(tiny, stopping=FAST).latency.n >= 5  # still serving, torch spec runtime works
     assert _children() == before  # no measuring process outlived its request
@@ -219,8 +236,8 @@ def test_queue_is_bounded_and_fifo(tmp_path, monkeypatch):
         threads.append(threading.Thread(target=second))
         threads[1].start()
         assert queued.wait(30)
-        code, details = code_of(lambda: client.profile(tiny, stopping=FAST))
-        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit 1" in details
+        code, cause, details = failure_of(lambda: client.profile(tiny, stopping=FAST))
+        assert (code, cause) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "DEVICE_BUSY") and "limit 1" in details
         for t in threads:
             t.join(60)
         assert outcome["first"] == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import plugins
 from agents import AgentProcess
 from models import onnx_mlp
 from fleetnas.farm import AgentEntry, ArtifactSource, Farm, Inventory
@@ -126,6 +127,29 @@ def test_a_frozen_agent_misses_its_deadline_and_the_job_moves_to_a_peer(farm_age
     assert any(r.attempts == 2 for r in results)
     assert not farm.agents["agent3"].healthy and "DEADLINE_EXCEEDED" in farm.agents["agent3"].last_error
     farm.close()
+
+
+def test_a_model_that_runs_out_of_memory_or_time_fails_alone_and_is_not_tried_on_a_peer(tmp_path):
+    """The agent names the cause (FailureCause): a model's own fault is final, the agent stays in use, and the
+    rest of the batch is measured. Tried on each peer in turn, a model the device cannot hold ended the batch."""
+    plugin = plugins.install_plugin(tmp_path / "plugin")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(plugin), os.environ.get("PYTHONPATH")]))}
+    agents = [AgentProcess(tmp_path / f"cache{i}", args=["--label", f"agent{i}"], env=env).start() for i in range(2)]
+    try:
+        inv = Inventory(tmp_path / "farm.toml", [AgentEntry(f"agent{i}", a.address, KIND) for i, a in enumerate(agents)])
+        # A deadline well past the seconds that importing torch can take on a loaded machine.
+        with Farm(inv, SqliteStore(tmp_path / "farm.db"), deadline_s=15.0) as farm:
+            faulty = [ArtifactSource.from_bytes(plugins.spec(s)) for s in ("test-killed", "test-oom", "test-hang")]
+            results = farm.measure_artifacts([*faulty, *tiny(3, start=4000)], KIND, stopping=FAST)
+            assert [r.ok for r in results] == [False] * 3 + [True] * 3
+            for r, said in zip(results, ("out of memory", "ran out of memory", "did not finish within 15 s")):
+                assert r.attempts == 1 and said in r.error
+                assert r.measurement is not None and not r.measurement.ok  # stored: a search fails that config alone
+            assert all(a.healthy and a.consecutive_failures == 0 for a in farm.agents.values())
+            assert len(farm.store.measurements(ok=False)) == 3
+    finally:
+        for agent in agents:
+            agent.stop()
 
 
 def test_the_host_killed_mid_batch_resumes_without_remeasuring_what_is_stored(farm_agents):

@@ -14,10 +14,23 @@ class ArtifactFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ARTIFACT_FORMAT_TFLITE: _ClassVar[ArtifactFormat]
     ARTIFACT_FORMAT_ONNX: _ClassVar[ArtifactFormat]
     ARTIFACT_FORMAT_TORCH_SPEC: _ClassVar[ArtifactFormat]
+
+class FailureCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILURE_CAUSE_UNSPECIFIED: _ClassVar[FailureCause]
+    FAILURE_CAUSE_DEVICE_BUSY: _ClassVar[FailureCause]
+    FAILURE_CAUSE_MODEL_OUT_OF_MEMORY: _ClassVar[FailureCause]
+    FAILURE_CAUSE_MODEL_TIMEOUT: _ClassVar[FailureCause]
+    FAILURE_CAUSE_MODEL_CRASHED: _ClassVar[FailureCause]
 ARTIFACT_FORMAT_UNSPECIFIED: ArtifactFormat
 ARTIFACT_FORMAT_TFLITE: ArtifactFormat
 ARTIFACT_FORMAT_ONNX: ArtifactFormat
 ARTIFACT_FORMAT_TORCH_SPEC: ArtifactFormat
+FAILURE_CAUSE_UNSPECIFIED: FailureCause
+FAILURE_CAUSE_DEVICE_BUSY: FailureCause
+FAILURE_CAUSE_MODEL_OUT_OF_MEMORY: FailureCause
+FAILURE_CAUSE_MODEL_TIMEOUT: FailureCause
+FAILURE_CAUSE_MODEL_CRASHED: FailureCause
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

@@ -33,6 +33,10 @@ log = logging.getLogger("fleetnas.farm")
 # condition (retry, no blame), or the job's own fault (final: recorded as a failed measurement).
 AGENT_FAULTS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "UNAUTHENTICATED", "PERMISSION_DENIED"}
 TRANSIENT = {"RESOURCE_EXHAUSTED", "ABORTED", "NOT_FOUND"}
+# Where the agent names the cause (agent.proto's FailureCause), the model's own faults are final whatever the
+# code: a model that ran out of memory or time on one device of a kind does the same on its peers, and three
+# tries of it would end the batch (and a search) as if the farm had no agent left.
+MODEL_FAULTS = {"MODEL_OUT_OF_MEMORY", "MODEL_TIMEOUT", "MODEL_CRASHED"}
 
 
 class FarmError(RuntimeError):
@@ -406,11 +410,13 @@ class Farm:
                               env=d["env"], detail=detail, agent=agent.name, device_label=agent.device_label)
 
     def _failed_attempt(self, agent: AgentState, task: _Task, batch: _Batch, exc: grpc.RpcError) -> None:
+        from fleetnas_agent.client import failure_cause
+
         if self._closing:  # cancelled by close(): the agent is not at fault, and the batch is abandoned
             return
         code = exc.code().name if exc.code() else "UNKNOWN"
         text = f"{agent.name}: {_rpc_text(exc)}"
-        if code not in AGENT_FAULTS | TRANSIENT:
+        if code not in AGENT_FAULTS | TRANSIENT or failure_cause(exc) in MODEL_FAULTS:
             return self._finish(agent, task, batch, self._failed_job(agent, task, text))
         task.errors.append(text)
         # Retry on a peer first, even after a passing condition: a full disk or a queue kept full by other
