@@ -225,6 +225,11 @@ def test_space_sample_prints_configs_with_their_analytic_features(capsys, tmp_pa
     space = get_supernet("ofa_resnet50").space
     assert [r["config"] for r in rows] == space.sample(2, 3)
     assert all(r["macs"] > 0 and r["params"] > 0 and r["activation_bytes"] > 0 for r in rows)
+    assert cli(["space", "sample", "ofa_resnet50", "--n", "2", "--seed", "3", "--batch", "4", "--json"]) == 0
+    assert [r["macs"] for r in json.loads(capsys.readouterr().out)] == [4 * r["macs"] for r in rows]
+    # A table-only space has no features to count for a batch: --batch there is a mistake, not ignored.
+    assert cli(["space", "sample", "nb201", "--n", "1", "--batch", "4"]) == 2
+    assert "nb201 is table-only" in capsys.readouterr().err
 
 
 def test_export_cli_writes_the_file_and_names_bad_values(capsys, tmp_path, small_mbv3):
@@ -267,6 +272,11 @@ def test_export_writes_plain_files_with_the_usual_permissions_and_refuses_other_
         assert cli([*base, "--out", str(out)]) == 1
         assert message in capsys.readouterr().err
     assert (tmp_path / "fifo").is_fifo()
+    for folder in (str(tmp_path), str(tmp_path / "new") + "/"):  # not a file named "new"
+        with pytest.raises(SystemExit):
+            cli([*base, "--out", folder])
+        assert "is a folder; give a file name" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 # ----- a real agent on 127.0.0.1 -----------------------------------------------------------------------------

@@ -16,14 +16,14 @@ from pymoo.indicators.hv import HV
 
 from fleetnas.search.hypervolume import Normaliser, hv_curve, hvi_2d, hypervolume, non_dominated
 from fleetnas.search.objectives import Objective, parse_constraint, parse_objective
-from fleetnas.search.replay import ReplayProblem, TableEvaluator, evaluations_to_reach
-from fleetnas.search.run import (RunBusy, RunSpec, StoreRecorder, execute_run, measured_front, run_lease,
-                                 run_state, start_run)
+from fleetnas.search.replay import ReplayProblem, evaluations_to_reach
+from fleetnas.search.run import (RunBusy, RunSpec, StoreRecorder, execute_run, load_spec, measured_front,
+                                 run_lease, run_state, start_run)
 from fleetnas.search.session import BudgetExhausted, SearchSession
 from fleetnas.search.tactics import TACTICS
 from fleetnas.store import open_store
 from fleetnas.supernets import get_supernet
-from fleetnas.supernets.nb201 import EDGES, OPS, edge_name
+from fleetnas.supernets.nb201 import EDGES, edge_name
 from fleetnas.tables import read_table
 
 NB201 = get_supernet("nb201")
@@ -108,6 +108,11 @@ def test_objectives_and_constraints_parse_with_units_and_refuse_nonsense():
     for wrong in ("latency@x <= 30MB", "latency <= 1m", "macs <= 30ms", "memory@x <= 5s", "top1 >= 9%"):
         with pytest.raises(ValueError, match="does not fit"):
             parse_constraint(wrong)
+    # Case matters as in SI: megabits and milli are not megabytes and mega.
+    for wrong, meant in (("memory@x <= 2Mb", "MB"), ("macs <= 300m", "M"), ("latency@x <= 3MS", "ms")):
+        with pytest.raises(ValueError, match=f"case-sensitive: did you mean '{meant}'"):
+            parse_constraint(wrong)
+    assert parse_constraint("memory@x <= 2KB").value == parse_constraint("memory@x <= 2kB").value == 2000
 
 
 # ----- the session -------------------------------------------------------------------------------
@@ -380,6 +385,14 @@ def test_a_run_driven_by_another_process_is_refused_until_that_one_stops(tmp_pat
         execute_run(store, run_id, evaluator)
         assert evaluator.calls == 36 and store.run(run_id).state == "finished"
     assert not list(tmp_path.glob("*.lock"))  # a lease leaves no file behind
+
+
+def test_a_run_stored_while_units_were_read_in_any_case_resumes_with_its_bound(tmp_path):
+    with open_store(tmp_path / "u.db") as store:
+        spec = _spec(constraints=["latency <= 4MS"])  # what an earlier FleetNAS accepted, and stored as written
+        run_id = store.create_run(spec.tactic, spec.__dict__).id
+        loaded = load_spec(store, run_id)
+        assert loaded.constraints == ["latency <= 4ms"] and loaded.parsed_constraints()[0].value == 4.0
 
 
 def test_constraints_keep_infeasible_points_off_the_front_and_out_of_the_hypervolume(tmp_path):
@@ -695,6 +708,7 @@ def test_bench_search_writes_every_run_and_summarises(table_path, tmp_path):
     (["--tactic", "random"], "--tactic random is given twice"),
     (["--budget", "15626"], "--budget 15626 is more than the 15625 configurations"),
     (["--json", "."], "is a folder; give a file name"),
+    (["--json", "results/"], "results/ is a folder; give a file name"),  # not a file named "results"
     (["--objective", "latency@rpi4:min"], "must look like COLUMN:max or COLUMN:min"),
     (["--objective", "params"], "must look like COLUMN:max or COLUMN:min"),
 ])
@@ -703,7 +717,11 @@ def test_bench_search_refuses_what_it_could_not_score_before_any_run(table_path,
 
     args = ["bench", "search", "--table", str(table_path), "--space", "nb201", "--key", "cellstr", "--objective",
             "accuracy:max", "--objective", "latency:min", "--tactic", "random", "--budget", "5", *change]
-    assert main(args) != 0
+    try:
+        status = main(args)
+    except SystemExit as exc:  # refused by argparse itself
+        status = exc.code
+    assert status != 0
     err = capsys.readouterr().err
     assert message in err and "seed 0" not in err
 

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import CliError, existing_file, model_families, positive_int
+from .common import CliError, existing_file, model_families, output_file, positive_int
 
 
 def register(sub) -> None:
@@ -41,7 +41,7 @@ def _add_predictor(bench_sub) -> None:
     p.add_argument("--log-target", choices=("auto", "yes", "no"), default="auto",
                    help="fit log(y): auto lets cross-validation decide (default)")
     p.add_argument("--cv", type=positive_int, default=5, help="cross-validation folds (default 5)")
-    p.add_argument("--json", type=Path, metavar="OUT", help="write every run's keys, truths and predictions here")
+    p.add_argument("--json", type=output_file, metavar="OUT", help="write every run's keys, truths and predictions here")
     p.set_defaults(handler=run_predictor)
 
 
@@ -210,7 +210,7 @@ def _add_search(bench_sub) -> None:
     p.add_argument("--known", action="append", default=[], type=_known_rows, metavar="COLUMN:N",
                    help="each run knows N random rows' values of objective COLUMN beforehand, as a search knows a "
                         "calibration's measurements or an earlier run's accuracy (repeatable; not counted)")
-    p.add_argument("--json", type=Path, metavar="OUT", help="every run's evaluated keys and hypervolume curve")
+    p.add_argument("--json", type=output_file, metavar="OUT", help="every run's evaluated keys and hypervolume curve")
     p.set_defaults(handler=run_search_bench)
 
 
@@ -228,13 +228,11 @@ def _refuse_repeats(option: str, values: list[str]) -> None:
 
 
 def _output_file(path: Path | None) -> Path | None:
-    """--json OUT, checked before hours of benchmarking: its folder is made now, and a folder given as OUT
-    or one that cannot be written to is refused now. OUT itself is written at the end, whole (`atomic_write`):
+    """--json OUT, checked before hours of benchmarking: its folder is made now, and one that cannot be
+    written to is refused now (a folder given as OUT already was, by `output_file`). OUT itself is written at the end, whole (`atomic_write`):
     a run interrupted or failed leaves no empty file that would pass for results."""
     if path is None:
         return None
-    if path.is_dir():
-        raise CliError(f"--json {path} is a folder; give a file name", 2)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent):

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .common import CliError, batch_size, non_negative_int, positive_int
+from .common import CliError, batch_size, non_negative_int, output_file, positive_int
 from .space import load_supernet
 
 
@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--db", help="with --run: the store (default fleetnas.db or $FLEETNAS_DB)")
     p.add_argument("--format", required=True, choices=["onnx", "tflite", "spec"], dest="fmt")
     p.add_argument("--batch", type=batch_size, default=1, help="batch size of the model's inputs (default 1)")
-    p.add_argument("--out", required=True, type=Path, metavar="PATH", help="file to write")
+    p.add_argument("--out", required=True, type=output_file, metavar="PATH", help="file to write")
     p.add_argument("--cache-dir", type=Path, help="artifact cache (default $FLEETNAS_CACHE_DIR/artifacts)")
     p.set_defaults(handler=run)
 
@@ -98,8 +98,6 @@ def _check_out(out: Path) -> None:
 
 
 def _out_problem(out: Path) -> str | None:
-    if out.is_dir():
-        return f"--out {str(out)!r} is a directory; give a file name"
     if out.exists() and not out.is_file():
         return f"--out {str(out)!r} exists and is not a regular file"
     folder = out.absolute().parent

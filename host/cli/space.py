@@ -22,7 +22,8 @@ def register(sub) -> None:
                    help=f"how many configs, drawn independently, so a repeat is possible (default 5, at most "
                         f"{MAX_SAMPLE:,})")
     s.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
-    s.add_argument("--batch", type=batch_size, default=1, help="batch size the features are counted for")
+    s.add_argument("--batch", type=batch_size, help="batch size the features are counted for (default 1; "
+                   "buildable spaces only)")
     s.add_argument("--json", action="store_true", help="print one JSON array instead of one JSON object a line")
     s.set_defaults(handler=sample)
 
@@ -73,11 +74,13 @@ def sample(args: argparse.Namespace) -> int:
     if args.n > MAX_SAMPLE:
         raise CliError(f"--n {args.n} is more than the {MAX_SAMPLE:,} configs one sample prints", 2)
     supernet = load_supernet(args.name)
+    if supernet.table_only and args.batch is not None:
+        raise CliError(f"--batch: {args.name} is table-only; its configs have no counted features to batch", 2)
     try:
         configs = supernet.space.sample(args.n, args.seed)
     except RuntimeError as exc:  # a validity rule that (nearly) nothing meets
         raise CliError(str(exc)) from None
-    rows = (_sampled(supernet, config, args.batch) for config in configs)
+    rows = (_sampled(supernet, config, args.batch or 1) for config in configs)
     if args.json:
         print_json(list(rows))
     else:

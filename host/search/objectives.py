@@ -15,10 +15,12 @@ import numpy as np
 
 DEVICE_METRICS = ("latency", "memory")
 _TIME = {"ms": 1.0, "s": 1000.0, "us": 0.001}
-_BYTES = {"b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024.0, "mib": 1024.0 ** 2, "gib": 1024.0 ** 3}
-_COUNT = {"k": 1e3, "m": 1e6, "g": 1e9}
+_BYTES = {"B": 1.0, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 1024.0, "MiB": 1024.0 ** 2,
+          "GiB": 1024.0 ** 3}
+_COUNT = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
 #: The units a constraint may use on each metric, as factors to its natural unit. "%" divides by 100 (an
-#: accuracy given as a fraction); a metric not listed (a table's column) takes a bare number only.
+#: accuracy given as a fraction); a metric not listed (a table's column) takes a bare number only. Case
+#: matters, as in SI: "Mb" would be megabits and "m" milli, so neither is read as its capital.
 UNITS = {"latency": _TIME, "memory": _BYTES, "activation_bytes": _BYTES, "peak_activation_bytes": _BYTES,
          "macs": _COUNT, "params": _COUNT, "accuracy": {"%": 0.01}}
 
@@ -84,16 +86,31 @@ def parse_constraint(text: str) -> Constraint:
     m = _CONSTRAINT.match(text)
     if not m:
         raise ValueError(f"constraint {text!r} must look like 'latency@rpi4 <= 30ms' or 'accuracy >= 0.9'")
-    metric, unit = m["name"].split("@")[0], m["unit"].lower()
+    metric, unit = m["name"].split("@")[0], m["unit"]
     units = {"": 1.0, **UNITS.get(metric, {})}
     if unit not in units:
         allowed = ", ".join(u for u in units if u) or "none: give a bare number"
-        raise ValueError(f"constraint {text!r}: unit {m['unit']!r} does not fit {metric}; units: {allowed}")
+        meant = [u for u in units if u and u.lower() == unit.lower()]
+        hint = f" (units are case-sensitive: did you mean {meant[0]!r}?)" if meant else ""
+        raise ValueError(f"constraint {text!r}: unit {unit!r} does not fit {metric}{hint}; units: {allowed}")
     try:
         value = float(m["value"])
     except ValueError:
         raise ValueError(f"constraint {text!r}: {m['value']!r} is not a number") from None
     return Constraint(m["name"], m["op"], value * units[unit], written=m["value"] + m["unit"])
+
+
+def with_unit_case(text: str) -> str:
+    """A constraint with its unit spelt as `parse_constraint` reads it ("2mb" as "2MB"): runs stored while
+    units were read in any case must resume with the bound they started with."""
+    m = _CONSTRAINT.match(text)
+    if not m or not m["unit"]:
+        return text
+    units = UNITS.get(m["name"].split("@")[0], {})
+    if m["unit"] in units:
+        return text
+    meant = [u for u in units if u.lower() == m["unit"].lower()]
+    return text[:m.start("unit")] + meant[0] + text[m.end("unit"):] if meant else text
 
 
 def minimised(values: np.ndarray, objectives: list[Objective]) -> np.ndarray:

@@ -20,7 +20,7 @@ from ..store import StoreError, canonical_json
 from ..supernets import Config, get_supernet
 from ..supernets.base import network_count, network_of
 from .hypervolume import Normaliser, hypervolume, non_dominated
-from .objectives import Constraint, Objective, minimised, parse_constraint, parse_objective
+from .objectives import Constraint, Objective, minimised, parse_constraint, parse_objective, with_unit_case
 from .session import BudgetExhausted, SearchSession, TooManyFailures
 from .tactics import LEARNING, get_tactic
 
@@ -209,7 +209,9 @@ def load_spec(store, run_id: int) -> RunSpec:
     if run is None:
         raise KeyError(f"no search run {run_id} in this database")
     try:
-        return RunSpec(**run.settings)
+        spec = RunSpec(**run.settings)
+        spec.constraints = [with_unit_case(c) for c in spec.constraints]
+        return spec
     except TypeError as exc:  # FleetNAS stores what RunSpec holds: this row was written by something else
         raise StoreError(f"search run {run_id}'s stored settings do not describe a search run ({exc}): the "
                          "database was edited or damaged outside FleetNAS") from None
