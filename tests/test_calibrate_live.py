@@ -268,6 +268,7 @@ def test_a_search_resumes_only_on_a_farm_that_measures_its_kinds_the_same_way(ca
     with SqliteStore(db) as store:
         [run] = store.runs()
         assert run.settings["measured_with"] == {KIND: {"runtime": "onnxruntime", "threads": 1}}
+        store.set_run_state(run.id, "running")  # as a killed search leaves it: a finished one needs no farm
     entry = Inventory.load(calibrated.inventory).get(AGENT)
     moved = tmp_path / "four-threads.toml"
     Inventory(moved, [AgentEntry(AGENT, entry.address, KIND, "onnxruntime", threads=4)]).save()
@@ -276,3 +277,7 @@ def test_a_search_resumes_only_on_a_farm_that_measures_its_kinds_the_same_way(ca
     assert f"the inventory now measures {KIND} with onnxruntime, 4 thread(s); the run measured it with " \
            "onnxruntime, 1" in capsys.readouterr().err
     assert main(["search", "--resume", str(run.id), "--db", str(db), "--inventory", str(calibrated.inventory)]) == 0
+    # Finished now: its front is shown from the store, whatever the inventory says, with no farm opened.
+    capsys.readouterr()
+    assert main(["search", "--resume", str(run.id), "--db", str(db), "--inventory", str(tmp_path / "gone.toml")]) == 0
+    assert f"search run {run.id} is finished" in capsys.readouterr().err

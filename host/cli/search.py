@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 from .common import (STOPPING_FLAGS, CliError, add_stopping_options, non_negative_int, positive_int, print_json,
                      stopping_from)
@@ -87,7 +88,11 @@ def _search(store, args: argparse.Namespace):
     from fleetnas.search.run import find_run, load_spec, start_run
     from fleetnas.search.session import TooManyFailures
 
-    run_id = find_run(store, args.resume).id if args.resume is not None else None
+    run = find_run(store, args.resume) if args.resume is not None else None
+    if run is not None and run.state == "finished":  # nothing to evaluate: no farm or evaluator to set up
+        print(f"search run {run.id} is finished; its front:", file=sys.stderr)
+        return _finished(store, run.id), run.id
+    run_id = run.id if run is not None else None
     spec = load_spec(store, run_id) if run_id is not None else _new_spec(args)
     with _evaluator(store, spec, args.inventory if run_id is not None else None, resuming=run_id is not None) \
             as evaluator:
@@ -191,6 +196,14 @@ def _check_measured_with(farm, spec, kinds: list[str], resuming: bool) -> None:
 
 #: After this many evaluations, a constraint that none has met is worth a warning: the run may be long.
 WARN_UNMET_AFTER = 10
+
+
+def _finished(store, run_id: int) -> SimpleNamespace:
+    """What `_report` reads of a session, for a finished run, from the store alone."""
+    failed = len(store.run_events(run_id, "failed"))
+    known = store.run_events(run_id, "known")
+    return SimpleNamespace(used=len(store.run_members(run_id, source="measured")) + failed, failed=failed,
+                           known_counts=known[-1].payload if known else {})
 
 
 def _execute(store, run_id: int, spec, evaluator):
