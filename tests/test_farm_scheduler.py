@@ -195,3 +195,25 @@ def test_a_job_another_process_stored_first_counts_as_stored_not_measured(farm_o
     assert result.ok and result.from_store and result.measurement.id == theirs[0].id
     assert farm.agents["live0"].jobs_done == 0 and farm.agents["live0"].consecutive_failures == 0
     assert len(farm.store.measurements(device_kind=KIND)) == 1
+
+
+def test_a_model_beyond_one_agents_upload_limit_goes_to_a_peer_that_takes_it(tmp_path):
+    """One agent set up with a smaller --max-artifact-mb than its peers: what they can measure is not refused
+    for good by it. With no peer to take it, the refusal is final for that job alone."""
+    small = [ArtifactSource.from_bytes(onnx_mlp(width=16, layers=1, seed=s)) for s in range(3)]
+    large = [ArtifactSource.from_bytes(onnx_mlp(width=256, layers=2, seed=s)) for s in range(2)]
+    limit = 64 * 1024
+    assert all(a.size_bytes < limit for a in small) and all(a.size_bytes > limit for a in large)
+    with running_agent(tmp_path / "c0", label="strict", max_artifact_bytes=limit) as (strict, _), \
+            running_agent(tmp_path / "c1", label="roomy") as (roomy, _):
+        inv = Inventory(tmp_path / "farm.toml", [AgentEntry("strict", strict, KIND), AgentEntry("roomy", roomy, KIND)])
+        with Farm(inv, SqliteStore(tmp_path / "both.db")) as farm:
+            results = farm.measure_artifacts([*large, *small], KIND, stopping=FAST)
+        assert all(r.ok and r.attempts == 1 for r in results)
+        assert [r.measurement.agent for r in results[:2]] == ["roomy", "roomy"]
+        alone = Inventory(tmp_path / "alone.toml", [AgentEntry("strict", strict, KIND)])
+        with Farm(alone, SqliteStore(tmp_path / "alone.db")) as farm:
+            results = farm.measure_artifacts([*large, *small], KIND, stopping=FAST)
+        assert [r.ok for r in results] == [False, False, True, True, True]
+        assert all(r.measurement is not None and "exceeds this agent's" in r.error and r.attempts == 1
+                   for r in results[:2])

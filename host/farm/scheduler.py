@@ -56,6 +56,7 @@ class AgentState:
         self.client = None
         self.device_id: str | None = None
         self.device_label = ""
+        self.max_artifact_bytes: int | None = None  # from Describe; None until known (or 0: not said)
         self.last_error = ""
         self.jobs_done = 0
 
@@ -66,6 +67,10 @@ class AgentState:
     @property
     def kind(self) -> str:
         return self.entry.kind
+
+    def takes(self, artifact) -> bool:
+        """Whether the artifact is within this agent's upload limit, as far as the agent has said."""
+        return not self.max_artifact_bytes or artifact.size_bytes <= self.max_artifact_bytes
 
     def may_serve(self) -> bool:
         return self.healthy or self.probe_due
@@ -313,11 +318,17 @@ class Farm:
                 batch.cond.wait(timeout=5.0)
 
     def _pick(self, agent: AgentState, pending: list[_Task]) -> _Task | None:
-        """The first job for this agent not yet failed on it; else one that no healthy peer could take instead."""
-        for i, task in enumerate(pending):
-            if task.may_run_on(agent) and (agent.name not in task.failed_on or task.job.agent == agent.name):
-                return pending.pop(i)
+        """The first job for this agent not yet failed on it; else one that no healthy peer could take instead.
+
+        A job beyond this agent's upload limit is left to a peer whose limit takes it, if one may serve: one
+        agent set up with a smaller limit than its peers would otherwise refuse, for good, what they can measure."""
         peers = [a for a in self.agents.values() if a.kind == agent.kind and a is not agent and a.may_serve()]
+        for i, task in enumerate(pending):
+            if not task.may_run_on(agent) or (agent.name in task.failed_on and task.job.agent != agent.name):
+                continue
+            artifact = task.job.artifact
+            if agent.takes(artifact) or not any(p.takes(artifact) and task.may_run_on(p) for p in peers):
+                return pending.pop(i)
         for i, task in enumerate(pending):
             if task.may_run_on(agent) and all(peer.name in task.failed_on for peer in peers):
                 return pending.pop(i)
@@ -351,6 +362,7 @@ class Farm:
             return self._set_aside(agent, _rpc_text(exc))
         agent.device_id = description.device_id
         agent.device_label = description.label or agent.name
+        agent.max_artifact_bytes = description.limits.max_artifact_bytes
         self.store.upsert_device(description.device_id, agent.device_label, agent.kind,
                                  json_format.MessageToDict(description, preserving_proto_field_name=True))
         if not agent.healthy and agent.last_error:
