@@ -156,7 +156,17 @@ class AgentClient:
                     on_progress(event.progress)
         finally:
             events.cancel()
-        raise grpc.RpcError("the agent ended the profile stream without a result")
+        raise IncompleteStream("the agent ended the profile stream without a result")
+
+
+class IncompleteStream(grpc.RpcError):
+    """A Profile stream that ended without a result or a status: an agent's fault, coded as such."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        return str(self)
 
 
 def _retrying(call: Callable, also: frozenset = frozenset()):

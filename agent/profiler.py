@@ -197,13 +197,20 @@ def _kill(child: subprocess.Popen) -> None:
     child.wait()
 
 
+#: Signals a process gets from its own faults: the model crashed its runtime.
+CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}
+
+
 def _death(returncode: int, stderr_tail: str) -> tuple[str, str, str | None]:
     """The status, message and failure cause for a child that ended without a result."""
     if returncode < 0:
-        name = signal.Signals(-returncode).name
-        if -returncode == signal.SIGKILL:  # the agent kills on a deadline only after reporting it: the OOM killer
-            return ("RESOURCE_EXHAUSTED", f"the measuring process was killed ({name}), most likely out of memory",
-                    "MODEL_OUT_OF_MEMORY")
-        return "INVALID_ARGUMENT", f"the model crashed its runtime ({name})", "MODEL_CRASHED"
+        sig = signal.Signals(-returncode)
+        if sig == signal.SIGKILL:  # the agent kills on a deadline only after reporting it: the OOM killer, mostly
+            return ("RESOURCE_EXHAUSTED", f"the measuring process was killed ({sig.name}), most likely out of memory",
+                    "KILLED")
+        if sig in CRASH_SIGNALS:
+            return "INVALID_ARGUMENT", f"the model crashed its runtime ({sig.name})", "MODEL_CRASHED"
+        # SIGTERM, SIGHUP, ...: the device's machine stopping its services, not the model's fault
+        return "UNAVAILABLE", f"the measuring process was stopped by {sig.name}", None
     last = stderr_tail.strip().splitlines()[-1:] or ["no output"]
     return "INTERNAL", f"the measuring process exited with code {returncode}: {last[0]}", None

@@ -2,7 +2,8 @@
 
 Registers through the `fleetnas.supernets` entry point group exactly as a user's package would, and
 provides networks that misbehave on purpose: one crashes its process, one hangs, one runs out of memory as
-Python sees it (MemoryError), one as the kernel's OOM killer ends it (SIGKILL).
+Python sees it (MemoryError), one is ended as the kernel's OOM killer ends it (SIGKILL), one as a machine
+stopping its services ends it (SIGTERM).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class _Plugin:
             raise MemoryError()
         if self.behaviour == "killed":
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.behaviour == "terminated":
+            os.kill(os.getpid(), signal.SIGTERM)
         return torch.nn.Linear(4, 4)
 
 
@@ -35,6 +38,7 @@ CRASH = _Plugin("crash")
 HANG = _Plugin("hang")
 OOM = _Plugin("oom")
 KILLED = _Plugin("killed")
+TERMINATED = _Plugin("terminated")
 TINY = _Plugin("tiny")
 '''
 
@@ -52,6 +56,7 @@ def install_plugin(root: Path) -> Path:
         "test-hang = fleetnas_test_plugin:HANG\n"
         "test-oom = fleetnas_test_plugin:OOM\n"
         "test-killed = fleetnas_test_plugin:KILLED\n"
+        "test-terminated = fleetnas_test_plugin:TERMINATED\n"
         "test-tiny = fleetnas_test_plugin:TINY\n")
     return root
 

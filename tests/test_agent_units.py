@@ -358,3 +358,15 @@ def test_the_device_queue_keeps_its_bound_while_its_next_owner_has_not_yet_woken
     for turn in (waiters[1][0], late):
         turn.close()  # as a client that leaves: its ticket goes
     assert queue.waiting == 0
+
+
+def test_a_profile_stream_ended_without_a_result_is_an_error_with_a_status_code():
+    """The farm reads every failure's code to decide whose fault it is: a bare RpcError has none."""
+    import grpc
+
+    from fleetnas_agent.client import IncompleteStream, failure_cause
+
+    error = IncompleteStream("the agent ended the profile stream without a result")
+    assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNKNOWN
+    assert error.details() == "the agent ended the profile stream without a result"
+    assert failure_cause(error) == "UNSPECIFIED"

@@ -1,6 +1,8 @@
 """The scheduler against real in-process agents: spreading, dedup, retries, failures, health, credentials."""
 import logging
 import math
+import threading
+import time
 from contextlib import ExitStack
 
 import pytest
@@ -217,3 +219,63 @@ def test_a_model_beyond_one_agents_upload_limit_goes_to_a_peer_that_takes_it(tmp
         assert [r.ok for r in results] == [False, False, True, True, True]
         assert all(r.measurement is not None and "exceeds this agent's" in r.error and r.attempts == 1
                    for r in results[:2])
+
+
+def test_a_device_busy_with_another_hosts_work_is_waited_for_without_spending_attempts(tmp_path):
+    """The only agent that takes the model is busy (its queue full with another host's measurement): the
+    job waits for it, and is neither given to the agent that must refuse it nor failed after three refusals."""
+    from fleetnas_agent.client import AgentClient
+    from fleetnas_agent.proto import agent_pb2 as pb
+
+    big = ArtifactSource.from_bytes(onnx_mlp(width=256, layers=2, seed=1))
+    limit = 64 * 1024
+    with running_agent(tmp_path / "c0", label="strict", max_artifact_bytes=limit) as (strict, _), \
+            running_agent(tmp_path / "c1", label="roomy", max_queued=0) as (roomy, _), \
+            AgentClient(roomy) as other_host:
+        theirs = other_host.put_artifact(onnx_mlp(width=16, layers=1, seed=99))
+        measuring = threading.Event()
+        seconds = pb.StoppingRule(warmup_min_runs=1, warmup_min_s=0.001, min_runs=3, min_s=3, max_s=4)
+        busy = threading.Thread(target=other_host.profile, args=(theirs,), kwargs=dict(
+            stopping=seconds, on_progress=lambda p: p.phase == pb.ProfileProgress.PHASE_MEASURING and measuring.set()))
+        busy.start()
+        assert measuring.wait(60)
+        inv = Inventory(tmp_path / "farm.toml", [AgentEntry("strict", strict, KIND), AgentEntry("roomy", roomy, KIND)])
+        with Farm(inv, SqliteStore(tmp_path / "busy.db")) as farm:
+            [result] = farm.measure_artifacts([big], KIND, stopping=FAST)
+        busy.join(60)
+    assert result.ok and result.attempts == 1 and result.measurement.agent == "roomy"
+
+
+def test_a_measuring_process_killed_once_from_outside_is_measured_again(tmp_path):
+    """A SIGKILL is most likely the OOM killer's, but it takes the measuring process first whatever fills the
+    device's memory: once is not the model's fault."""
+    slow = dict(FAST, min_s=1.0, max_s=2.0)  # long enough to be caught measuring
+    with running_agent(tmp_path / "c0", label="a0") as (a0, _), running_agent(tmp_path / "c1", label="a1") as (a1, _):
+        inv = Inventory(tmp_path / "farm.toml", [AgentEntry("a0", a0, KIND), AgentEntry("a1", a1, KIND)])
+        with Farm(inv, SqliteStore(tmp_path / "killed.db")) as farm:
+            outcome = {}
+            runner = threading.Thread(target=lambda: outcome.update(
+                results=farm.measure_artifacts(tiny(1, start=500), KIND, stopping=slow)))
+            runner.start()
+            deadline = time.monotonic() + 60
+            while not (workers := _measuring_processes()):
+                assert time.monotonic() < deadline, "no measuring process appeared"
+                time.sleep(0.02)
+            workers[0].kill()
+            runner.join(120)
+    [result] = outcome["results"]
+    assert result.ok and result.attempts == 2
+
+
+def _measuring_processes() -> list:
+    """The agents' measuring children of this process (the agents run in it)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "fleetnas_agent.worker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # ended meanwhile
+            pass
+    return found

@@ -35,8 +35,13 @@ AGENT_FAULTS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "UNA
 TRANSIENT = {"RESOURCE_EXHAUSTED", "ABORTED", "NOT_FOUND"}
 # Where the agent names the cause (agent.proto's FailureCause), the model's own faults are final whatever the
 # code: a model that ran out of memory or time on one device of a kind does the same on its peers, and three
-# tries of it would end the batch (and a search) as if the farm had no agent left.
+# tries of it would end the batch (and a search) as if the farm had no agent left. A measuring process killed
+# from outside is most likely the model's too (the OOM killer), yet the kernel takes it first whatever fills the
+# memory: it is the model's only when it happens twice.
 MODEL_FAULTS = {"MODEL_OUT_OF_MEMORY", "MODEL_TIMEOUT", "MODEL_CRASHED"}
+MODEL_FAULT_IF_REPEATED = {"KILLED"}
+#: The first pause before a job refused by a busy device is sent again; it doubles with each refusal, to the max.
+BUSY_PAUSE_S, MAX_BUSY_PAUSE_S = 0.25, 8.0
 
 
 class FarmError(RuntimeError):
@@ -87,8 +92,12 @@ class _Task:
     attempts: int = 0
     failed_on: set = dataclasses.field(default_factory=set)
     errors: list = dataclasses.field(default_factory=list)
+    causes: set = dataclasses.field(default_factory=set)  # the agents' FailureCause of each failed attempt
     result: JobResult | None = None
     stranded_since: float | None = None
+    busy_since: float | None = None  # first refused by a device busy with others' measurements
+    busy_refusals: int = 0
+    not_before: float = 0.0          # monotonic time before which it is not sent again (after a busy refusal)
 
     def may_run_on(self, agent: "AgentState") -> bool:
         return self.job.agent in (None, agent.name)
@@ -315,24 +324,35 @@ class Farm:
                 if task is not None:
                     batch.running[agent.kind] += 1
                     return task
-                batch.cond.wait(timeout=5.0)
+                due = [t.not_before - now for t in batch.pending[agent.kind] if t.not_before > now]
+                batch.cond.wait(timeout=min([5.0, *due]))
 
     def _pick(self, agent: AgentState, pending: list[_Task]) -> _Task | None:
-        """The first job for this agent not yet failed on it; else one that no healthy peer could take instead.
+        """The first job for this agent not yet failed on it; else one that every peer that could take it
+        instead has failed too.
 
-        A job beyond this agent's upload limit is left to a peer whose limit takes it, if one may serve: one
-        agent set up with a smaller limit than its peers would otherwise refuse, for good, what they can measure."""
+        A job beyond this agent's upload limit is left to the peers whose limit takes it, while one may serve:
+        one agent set up with a smaller limit than its peers would otherwise refuse, for good, what they can
+        measure. Only such peers count as taking it instead, so that it goes back to one of them after it
+        failed there for a passing reason (a full queue), not to an agent that must refuse it."""
         peers = [a for a in self.agents.values() if a.kind == agent.kind and a is not agent and a.may_serve()]
-        for i, task in enumerate(pending):
-            if not task.may_run_on(agent) or (agent.name in task.failed_on and task.job.agent != agent.name):
-                continue
-            artifact = task.job.artifact
-            if agent.takes(artifact) or not any(p.takes(artifact) and task.may_run_on(p) for p in peers):
-                return pending.pop(i)
-        for i, task in enumerate(pending):
-            if task.may_run_on(agent) and all(peer.name in task.failed_on for peer in peers):
-                return pending.pop(i)
-        return None
+        now = time.monotonic()
+        due = [t for t in pending if t.not_before <= now]  # not those waiting out a busy device
+
+        def instead(task: _Task) -> list[AgentState] | None:
+            """The peers that could measure the task in this agent's place; None if it is theirs, not ours."""
+            able = [p for p in peers if task.may_run_on(p)]
+            fits = [p for p in able if p.takes(task.job.artifact)]
+            if agent.takes(task.job.artifact):
+                return fits
+            return None if fits else able  # none takes it: any agent may refuse it, for good
+
+        mine = [(t, others) for t in due if t.may_run_on(agent) and (others := instead(t)) is not None]
+        chosen = next((t for t, _ in mine if agent.name not in t.failed_on or t.job.agent == agent.name), None) \
+            or next((t for t, others in mine if all(peer.name in t.failed_on for peer in others)), None)
+        if chosen is not None:
+            pending.remove(chosen)
+        return chosen
 
     def _probe(self, agent: AgentState) -> None:
         """Health check and Describe on a fresh channel; records the device. Sets agent.healthy."""
@@ -428,9 +448,16 @@ class Farm:
             return
         code = exc.code().name if exc.code() else "UNKNOWN"
         text = f"{agent.name}: {_rpc_text(exc)}"
-        if code not in AGENT_FAULTS | TRANSIENT or failure_cause(exc) in MODEL_FAULTS:
+        cause = failure_cause(exc)
+        if cause == "DEVICE_BUSY":
+            return self._wait_for_busy_device(agent, task, batch, text)
+        if cause in MODEL_FAULTS or (cause in MODEL_FAULT_IF_REPEATED and cause in task.causes):
+            agent.consecutive_failures = 0  # it answered, and said why: the agent is well
+            return self._finish(agent, task, batch, self._failed_job(agent, task, "; ".join([*task.errors, text])))
+        if code not in AGENT_FAULTS | TRANSIENT:
             return self._finish(agent, task, batch, self._failed_job(agent, task, text))
         task.errors.append(text)
+        task.causes.add(cause)
         # Retry on a peer first, even after a passing condition: a full disk or a queue kept full by other
         # hosts may last, and the same agent would take the job straight back. Only agent faults count against it.
         task.failed_on.add(agent.name)
@@ -445,6 +472,24 @@ class Farm:
                                                               attempts=task.attempts + 1))
         with batch.cond:
             task.attempts += 1
+            batch.running[agent.kind] -= 1
+            batch.pending[agent.kind].insert(0, task)
+            batch.cond.notify_all()
+
+    def _wait_for_busy_device(self, agent: AgentState, task: _Task, batch: _Batch, text: str) -> None:
+        """A device whose queue others' measurements fill (a farm shared by several hosts): the job goes back,
+        to a peer first, after a growing pause, and spends no attempt; after give_up_s of refusals it fails.
+        Three attempts within milliseconds would end a search on a device that is merely in demand."""
+        now = time.monotonic()
+        task.busy_since = task.busy_since or now
+        if now - task.busy_since >= self.give_up_s:
+            error = f"the devices of kind {agent.kind!r} stayed busy for {self.give_up_s:g} s: {text}"
+            return self._finish(agent, task, batch, JobResult(task.job, None, error=error, attempts=task.attempts))
+        log.info("job %s: %s; sent again shortly", task.job.artifact.sha256[:12], text)
+        task.busy_refusals += 1
+        task.not_before = now + min(BUSY_PAUSE_S * 2 ** (task.busy_refusals - 1), MAX_BUSY_PAUSE_S)
+        task.failed_on.add(agent.name)  # a peer, if one may take it, before this device again
+        with batch.cond:
             batch.running[agent.kind] -= 1
             batch.pending[agent.kind].insert(0, task)
             batch.cond.notify_all()
