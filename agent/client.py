@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,23 +141,66 @@ class AgentClient:
     def profile(self, sha256: str, runtime: str = "", threads: int = 1, stopping: pb.StoppingRule | None = None,
                 inputs: list[pb.TensorSpec] = (), seed: int = 0, timeout_s: float = 0.0,
                 on_progress: Callable[[pb.ProfileProgress], None] | None = None,
-                wait_s: float | None = None) -> pb.ProfileResult:
-        """Measures a cached artifact; `wait_s` bounds the whole call (queueing included)."""
+                wait_s: float | None = None, stall_s: float | None = None) -> pb.ProfileResult:
+        """Measures a cached artifact. `wait_s` bounds the whole call, queueing included; `stall_s` bounds each
+        stretch without progress instead: in the agent's queue, until it moves (other hosts' measurements ahead
+        end); once the device is this call's, the whole measurement. A call behind a long queue then waits for
+        its turn while a frozen agent is still found, and the agent's own deadline on the model (timeout_s)
+        comes first, with its cause, if the model itself hangs."""
         request = pb.ProfileRequest(artifact_sha256=sha256, runtime=runtime, threads=threads, inputs=inputs,
                                     stopping=stopping or pb.StoppingRule(), seed=seed, timeout_s=timeout_s)
-        return _retrying(lambda: self._profile_once(request, on_progress, wait_s))
+        return _retrying(lambda: self._profile_once(request, on_progress, wait_s, stall_s))
 
-    def _profile_once(self, request: pb.ProfileRequest, on_progress, wait_s: float | None) -> pb.ProfileResult:
+    def _profile_once(self, request: pb.ProfileRequest, on_progress, wait_s: float | None,
+                      stall_s: float | None) -> pb.ProfileResult:
         events = self.stub.Profile(request, timeout=wait_s, metadata=self._metadata)
+        watchdog = _Watchdog(events.cancel, stall_s)
         try:
             for event in events:
                 if event.HasField("result"):
                     return event.result
+                if event.progress.phase in (pb.ProfileProgress.PHASE_QUEUED, pb.ProfileProgress.PHASE_LOADING):
+                    watchdog.restart()  # the queue moved, or the device became this call's
                 if on_progress is not None:
                     on_progress(event.progress)
+        except grpc.RpcError:
+            if watchdog.fired:
+                raise Stalled(f"no progress for {stall_s:g} s: the agent's queue did not move, or the measurement "
+                              "did not end; the call was cancelled") from None
+            raise
         finally:
+            watchdog.stop()
             events.cancel()
         raise IncompleteStream("the agent ended the profile stream without a result")
+
+
+class _Watchdog:
+    """Calls `cancel` once `seconds` pass without a restart(); does nothing when seconds is None."""
+
+    def __init__(self, cancel: Callable[[], object], seconds: float | None):
+        self.cancel, self.seconds, self.fired = cancel, seconds, False
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self.restart()
+
+    def restart(self) -> None:
+        if self.seconds is None:
+            return
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.seconds, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.cancel()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
 
 
 class IncompleteStream(grpc.RpcError):
@@ -167,6 +211,13 @@ class IncompleteStream(grpc.RpcError):
 
     def details(self) -> str:
         return str(self)
+
+
+class Stalled(IncompleteStream):
+    """A Profile call cancelled by its `stall_s` watchdog: as a deadline the call missed."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def _retrying(call: Callable, also: frozenset = frozenset()):

@@ -1,12 +1,14 @@
 """The scheduler against real in-process agents: spreading, dedup, retries, failures, health, credentials."""
 import logging
 import math
+import os
 import threading
 import time
 from contextlib import ExitStack
 
 import pytest
 
+import plugins
 from agents import running_agent
 from models import onnx_huge_input, onnx_mlp
 from fleetnas.farm import AgentEntry, ArtifactSource, Farm, FarmError, Inventory, Job, JobError, Settings
@@ -234,7 +236,8 @@ def test_a_device_busy_with_another_hosts_work_is_waited_for_without_spending_at
             AgentClient(roomy) as other_host:
         theirs = other_host.put_artifact(onnx_mlp(width=16, layers=1, seed=99))
         measuring = threading.Event()
-        seconds = pb.StoppingRule(warmup_min_runs=1, warmup_min_s=0.001, min_runs=3, min_s=3, max_s=4)
+        seconds = pb.StoppingRule(warmup_min_runs=1, warmup_min_s=0.001, min_runs=3, min_s=3, max_s=4,
+                                  max_runs=10 ** 6)
         busy = threading.Thread(target=other_host.profile, args=(theirs,), kwargs=dict(
             stopping=seconds, on_progress=lambda p: p.phase == pb.ProfileProgress.PHASE_MEASURING and measuring.set()))
         busy.start()
@@ -279,3 +282,31 @@ def _measuring_processes() -> list:
         except psutil.Error:  # ended meanwhile
             pass
     return found
+
+
+def test_a_model_that_hangs_behind_another_hosts_measurement_fails_alone(tmp_path, monkeypatch):
+    """The host's bound on a call restarts as the agent's queue moves (`stall_s`): the agent's own deadline on
+    the model, with its cause, comes first. A bound on the whole call fired first behind a long queue, with no
+    cause, and blamed the agent for what the model did."""
+    from fleetnas_agent.client import AgentClient
+    from fleetnas_agent.proto import agent_pb2 as pb
+
+    plugin = plugins.install_plugin(tmp_path / "plugin")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugin), os.environ.get("PYTHONPATH")])))
+    with running_agent(tmp_path / "c0", label="a0") as (address, _), AgentClient(address) as other_host:
+        theirs = other_host.put_artifact(onnx_mlp(width=16, layers=1, seed=99))
+        measuring = threading.Event()
+        seconds = pb.StoppingRule(warmup_min_runs=1, warmup_min_s=0.001, min_runs=3, min_s=8, max_s=9,
+                                  max_runs=10 ** 6)
+        busy = threading.Thread(target=other_host.profile, args=(theirs,), kwargs=dict(
+            stopping=seconds, on_progress=lambda p: p.phase == pb.ProfileProgress.PHASE_MEASURING and measuring.set()))
+        busy.start()
+        assert measuring.wait(60)
+        inv = Inventory(tmp_path / "farm.toml", [AgentEntry("a0", address, KIND)])
+        # Queued ~8 s, then 5 s of hanging: past the 10 s a bound on the whole call would allow.
+        with Farm(inv, SqliteStore(tmp_path / "hang.db"), deadline_s=5.0, max_attempts=1) as farm:
+            [result] = farm.measure_artifacts([ArtifactSource.from_bytes(plugins.spec("test-hang"))], KIND,
+                                              stopping=FAST)
+            assert farm.agents["a0"].consecutive_failures == 0
+        busy.join(60)
+    assert result.measurement is not None and not result.ok and "did not finish within 5 s" in result.error

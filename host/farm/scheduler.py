@@ -426,7 +426,7 @@ class Farm:
         sha = agent.client.put_artifact(job.artifact.read(), formats[job.artifact.format])
         return agent.client.profile(sha, runtime=job.settings.runtime, threads=job.settings.threads,
                                     stopping=job.settings.stopping_rule(), seed=job.settings.seed,
-                                    timeout_s=deadline_s, wait_s=deadline_s + 5.0)
+                                    timeout_s=deadline_s, stall_s=deadline_s + 5.0)
 
     def _measurement(self, agent: AgentState, job: Job, result) -> NewMeasurement:
         from fleetnas_agent.client import result_to_dict
