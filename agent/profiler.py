@@ -197,8 +197,8 @@ def _kill(child: subprocess.Popen) -> None:
     child.wait()
 
 
-#: Signals a process gets from its own faults: the model crashed its runtime.
-CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}
+#: Signals that stop a process from outside, as a machine stopping its services does: not the model's fault.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT}
 
 
 def _death(returncode: int, stderr_tail: str) -> tuple[str, str, str | None]:
@@ -208,9 +208,8 @@ def _death(returncode: int, stderr_tail: str) -> tuple[str, str, str | None]:
         if sig == signal.SIGKILL:  # the agent kills on a deadline only after reporting it: the OOM killer, mostly
             return ("RESOURCE_EXHAUSTED", f"the measuring process was killed ({sig.name}), most likely out of memory",
                     "KILLED")
-        if sig in CRASH_SIGNALS:
-            return "INVALID_ARGUMENT", f"the model crashed its runtime ({sig.name})", "MODEL_CRASHED"
-        # SIGTERM, SIGHUP, ...: the device's machine stopping its services, not the model's fault
-        return "UNAVAILABLE", f"the measuring process was stopped by {sig.name}", None
+        if sig in STOP_SIGNALS:
+            return "UNAVAILABLE", f"the measuring process was stopped by {sig.name}", None
+        return "INVALID_ARGUMENT", f"the model crashed its runtime ({sig.name})", "MODEL_CRASHED"
     last = stderr_tail.strip().splitlines()[-1:] or ["no output"]
     return "INTERNAL", f"the measuring process exited with code {returncode}: {last[0]}", None

@@ -310,3 +310,38 @@ def test_a_model_that_hangs_behind_another_hosts_measurement_fails_alone(tmp_pat
             assert farm.agents["a0"].consecutive_failures == 0
         busy.join(60)
     assert result.measurement is not None and not result.ok and "did not finish within 5 s" in result.error
+
+
+def test_a_busy_device_gets_no_job_while_it_pauses_and_a_job_gives_up_after_give_up_s(tmp_path, caplog):
+    """One refusal per pause of the busy device, not one per job and round; the pauses a job waited out add
+    up to give_up_s at most."""
+    from fleetnas_agent.client import AgentClient
+    from fleetnas_agent.proto import agent_pb2 as pb
+
+    caplog.set_level(logging.INFO, logger="fleetnas.farm")
+    seconds = pb.StoppingRule(warmup_min_runs=1, warmup_min_s=0.001, min_runs=3, min_s=3, max_s=4, max_runs=10 ** 6)
+    with running_agent(tmp_path / "c0", label="a0", max_queued=0) as (address, _), AgentClient(address) as other_host:
+        theirs = other_host.put_artifact(onnx_mlp(width=16, layers=1, seed=99))
+        inv = Inventory(tmp_path / "farm.toml", [AgentEntry("a0", address, KIND)])
+
+        def busy_for_seconds() -> threading.Thread:
+            measuring = threading.Event()
+            started = lambda p: p.phase == pb.ProfileProgress.PHASE_MEASURING and measuring.set()  # noqa: E731
+            thread = threading.Thread(target=other_host.profile, args=(theirs,),
+                                      kwargs=dict(stopping=seconds, on_progress=started))
+            thread.start()
+            assert measuring.wait(60)
+            return thread
+
+        busy = busy_for_seconds()
+        with Farm(inv, SqliteStore(tmp_path / "ten.db")) as farm:
+            results = farm.measure_artifacts(tiny(10, start=700), KIND, stopping=FAST)
+        busy.join(60)
+        assert all(r.ok and r.attempts == 1 for r in results)
+        refusals = [r for r in caplog.records if "gets no job for" in r.getMessage()]
+        assert 1 <= len(refusals) <= 6  # pauses of 0.25, 0.5, 1, 2, 4 s cover the ~3 s it stays busy
+        busy = busy_for_seconds()
+        with Farm(inv, SqliteStore(tmp_path / "late.db"), give_up_s=1.0) as farm:
+            [late] = farm.measure_artifacts(tiny(1, start=800), KIND, stopping=FAST)
+        busy.join(60)
+    assert late.measurement is None and "stayed busy for 1 s" in late.error

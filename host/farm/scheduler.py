@@ -40,7 +40,8 @@ TRANSIENT = {"RESOURCE_EXHAUSTED", "ABORTED", "NOT_FOUND"}
 # memory: it is the model's only when it happens twice.
 MODEL_FAULTS = {"MODEL_OUT_OF_MEMORY", "MODEL_TIMEOUT", "MODEL_CRASHED"}
 MODEL_FAULT_IF_REPEATED = {"KILLED"}
-#: The first pause before a job refused by a busy device is sent again; it doubles with each refusal, to the max.
+#: How long an agent that refused a job as busy gets no job; it doubles with each refusal in a row, to the max,
+#: and starts again once the agent measures.
 BUSY_PAUSE_S, MAX_BUSY_PAUSE_S = 0.25, 8.0
 
 
@@ -62,6 +63,8 @@ class AgentState:
         self.device_id: str | None = None
         self.device_label = ""
         self.max_artifact_bytes: int | None = None  # from Describe; None until known (or 0: not said)
+        self.busy_until = 0.0  # monotonic time until which it gets no job: its device is busy with others' work
+        self.busy_pause_s = BUSY_PAUSE_S
         self.last_error = ""
         self.jobs_done = 0
 
@@ -95,9 +98,7 @@ class _Task:
     causes: set = dataclasses.field(default_factory=set)  # the agents' FailureCause of each failed attempt
     result: JobResult | None = None
     stranded_since: float | None = None
-    busy_since: float | None = None  # first refused by a device busy with others' measurements
-    busy_refusals: int = 0
-    not_before: float = 0.0          # monotonic time before which it is not sent again (after a busy refusal)
+    busy_waited_s: float = 0.0  # the pauses it has waited out, refused by devices busy with others' measurements
 
     def may_run_on(self, agent: "AgentState") -> bool:
         return self.job.agent in (None, agent.name)
@@ -129,7 +130,8 @@ class Farm:
     max_attempts: agents a job may be tried on before it is reported failed.
     unhealthy_after: consecutive failures that set an agent aside (at once if it stops answering health checks).
     reprobe_s: how long an agent set aside waits before the next health check.
-    give_up_s: how long a kind may have no usable agent before its waiting jobs are reported failed.
+    give_up_s: how long a kind may have no usable agent before its waiting jobs are reported failed; also the
+               most a job waits out devices busy with other hosts' measurements.
     """
 
     def __init__(self, inventory: Inventory, store: Store, *, deadline_s: float | None = None, max_attempts: int = 3,
@@ -320,39 +322,38 @@ class Farm:
                 if not agent.healthy:
                     batch.cond.wait(timeout=max(0.01, agent.next_probe_at - now))
                     continue
+                if agent.busy_until > now:  # its device is busy with others' work: peers take the jobs meanwhile
+                    batch.cond.wait(timeout=agent.busy_until - now)
+                    continue
                 task = self._pick(agent, batch.pending[agent.kind])
                 if task is not None:
                     batch.running[agent.kind] += 1
                     return task
-                due = [t.not_before - now for t in batch.pending[agent.kind] if t.not_before > now]
-                batch.cond.wait(timeout=min([5.0, *due]))
+                batch.cond.wait(timeout=5.0)
 
     def _pick(self, agent: AgentState, pending: list[_Task]) -> _Task | None:
         """The first job for this agent not yet failed on it; else one that every peer that could take it
         instead has failed too.
 
-        A job beyond this agent's upload limit is left to the peers whose limit takes it, while one may serve:
+        A job beyond this agent's upload limit is left to the agents whose limit takes it, set aside or not:
         one agent set up with a smaller limit than its peers would otherwise refuse, for good, what they can
-        measure. Only such peers count as taking it instead, so that it goes back to one of them after it
-        failed there for a passing reason (a full queue), not to an agent that must refuse it."""
-        peers = [a for a in self.agents.values() if a.kind == agent.kind and a is not agent and a.may_serve()]
-        now = time.monotonic()
-        due = [t for t in pending if t.not_before <= now]  # not those waiting out a busy device
-
-        def instead(task: _Task) -> list[AgentState] | None:
-            """The peers that could measure the task in this agent's place; None if it is theirs, not ours."""
-            able = [p for p in peers if task.may_run_on(p)]
-            fits = [p for p in able if p.takes(task.job.artifact)]
-            if agent.takes(task.job.artifact):
-                return fits
-            return None if fits else able  # none takes it: any agent may refuse it, for good
-
-        mine = [(t, others) for t in due if t.may_run_on(agent) and (others := instead(t)) is not None]
-        chosen = next((t for t, _ in mine if agent.name not in t.failed_on or t.job.agent == agent.name), None) \
-            or next((t for t, others in mine if all(peer.name in t.failed_on for peer in others)), None)
-        if chosen is not None:
-            pending.remove(chosen)
-        return chosen
+        measure. Only those count as taking it instead, so that it goes back to one of them after it failed
+        there for a passing reason, not to an agent that must refuse it."""
+        kin = [a for a in self.agents.values() if a.kind == agent.kind and a is not agent]
+        peers = [a for a in kin if a.may_serve()]
+        fallback = None
+        for i, task in enumerate(pending):
+            if not task.may_run_on(agent):
+                continue
+            artifact = task.job.artifact
+            if not agent.takes(artifact) and any(p.takes(artifact) and task.may_run_on(p) for p in kin):
+                continue  # theirs, once one of them may serve (`_give_up_on_stranded_kinds` bounds the wait)
+            if agent.name not in task.failed_on or task.job.agent == agent.name:
+                return pending.pop(i)
+            instead = [p for p in peers if task.may_run_on(p) and (p.takes(artifact) or not agent.takes(artifact))]
+            if fallback is None and all(p.name in task.failed_on for p in instead):
+                fallback = i
+        return pending.pop(fallback) if fallback is not None else None
 
     def _probe(self, agent: AgentState) -> None:
         """Health check and Describe on a fresh channel; records the device. Sets agent.healthy."""
@@ -407,6 +408,7 @@ class Farm:
             result = self._measure_on(agent, job)
             record, inserted = self.store.record_measurement(self._measurement(agent, job, result), supersede=fresh)
             agent.consecutive_failures = 0  # it measured: whoever stored first, the agent is well
+            agent.busy_pause_s = BUSY_PAUSE_S
             if not inserted:  # another host process stored it first: its row is the measurement, ours is dropped
                 return self._finish(agent, task, batch, JobResult(job, record, from_store=True))
             agent.jobs_done += 1
@@ -477,18 +479,18 @@ class Farm:
             batch.cond.notify_all()
 
     def _wait_for_busy_device(self, agent: AgentState, task: _Task, batch: _Batch, text: str) -> None:
-        """A device whose queue others' measurements fill (a farm shared by several hosts): the job goes back,
-        to a peer first, after a growing pause, and spends no attempt; after give_up_s of refusals it fails.
-        Three attempts within milliseconds would end a search on a device that is merely in demand."""
-        now = time.monotonic()
-        task.busy_since = task.busy_since or now
-        if now - task.busy_since >= self.give_up_s:
+        """A device whose queue others' measurements fill (a farm shared by several hosts): the agent gets no
+        job for a pause that doubles with each refusal in a row, the job goes back to the front for a peer or
+        for it after the pause, and spends no attempt. A job fails once the pauses it waited out add up to
+        give_up_s. Three attempts within milliseconds ended a search on a device that was merely in demand."""
+        pause = agent.busy_pause_s
+        agent.busy_until = time.monotonic() + pause
+        agent.busy_pause_s = min(2 * pause, MAX_BUSY_PAUSE_S)
+        task.busy_waited_s += pause
+        if task.busy_waited_s > self.give_up_s:
             error = f"the devices of kind {agent.kind!r} stayed busy for {self.give_up_s:g} s: {text}"
             return self._finish(agent, task, batch, JobResult(task.job, None, error=error, attempts=task.attempts))
-        log.info("job %s: %s; sent again shortly", task.job.artifact.sha256[:12], text)
-        task.busy_refusals += 1
-        task.not_before = now + min(BUSY_PAUSE_S * 2 ** (task.busy_refusals - 1), MAX_BUSY_PAUSE_S)
-        task.failed_on.add(agent.name)  # a peer, if one may take it, before this device again
+        log.info("job %s: %s; %s gets no job for %g s", task.job.artifact.sha256[:12], text, agent.name, pause)
         with batch.cond:
             batch.running[agent.kind] -= 1
             batch.pending[agent.kind].insert(0, task)
@@ -526,6 +528,8 @@ class Farm:
             eligible = [a for a in self.agents.values() if a.kind == kind]
             for task in list(pending):
                 agents = [a for a in eligible if task.may_run_on(a)]
+                # a job beyond some agents' upload limit waits for those whose limit takes it (`_pick`)
+                agents = [a for a in agents if a.takes(task.job.artifact)] or agents
                 if any(a.may_serve() for a in agents):
                     task.stranded_since = None
                     continue
