@@ -226,22 +226,11 @@ def test_a_model_beyond_one_agents_upload_limit_goes_to_a_peer_that_takes_it(tmp
 def test_a_device_busy_with_another_hosts_work_is_waited_for_without_spending_attempts(tmp_path):
     """The only agent that takes the model is busy (its queue full with another host's measurement): the
     job waits for it, and is neither given to the agent that must refuse it nor failed after three refusals."""
-    from fleetnas_agent.client import AgentClient
-    from fleetnas_agent.proto import agent_pb2 as pb
-
     big = ArtifactSource.from_bytes(onnx_mlp(width=256, layers=2, seed=1))
     limit = 64 * 1024
     with running_agent(tmp_path / "c0", label="strict", max_artifact_bytes=limit) as (strict, _), \
-            running_agent(tmp_path / "c1", label="roomy", max_queued=0) as (roomy, _), \
-            AgentClient(roomy) as other_host:
-        theirs = other_host.put_artifact(onnx_mlp(width=16, layers=1, seed=99))
-        measuring = threading.Event()
-        seconds = pb.StoppingRule(warmup_min_runs=1, warmup_min_s=0.001, min_runs=3, min_s=3, max_s=4,
-                                  max_runs=10 ** 6)
-        busy = threading.Thread(target=other_host.profile, args=(theirs,), kwargs=dict(
-            stopping=seconds, on_progress=lambda p: p.phase == pb.ProfileProgress.PHASE_MEASURING and measuring.set()))
-        busy.start()
-        assert measuring.wait(60)
+            running_agent(tmp_path / "c1", label="roomy", max_queued=0) as (roomy, _):
+        busy = another_host_measuring(roomy, seconds=3)
         inv = Inventory(tmp_path / "farm.toml", [AgentEntry("strict", strict, KIND), AgentEntry("roomy", roomy, KIND)])
         with Farm(inv, SqliteStore(tmp_path / "busy.db")) as farm:
             [result] = farm.measure_artifacts([big], KIND, stopping=FAST)
@@ -270,6 +259,28 @@ def test_a_measuring_process_killed_once_from_outside_is_measured_again(tmp_path
     assert result.ok and result.attempts == 2
 
 
+def another_host_measuring(address: str, seconds: float) -> threading.Thread:
+    """Another host's measurement holding the agent's device for about `seconds`; returns once it measures."""
+    from fleetnas_agent.client import AgentClient
+    from fleetnas_agent.proto import agent_pb2 as pb
+
+    client = AgentClient(address)
+    theirs = client.put_artifact(onnx_mlp(width=16, layers=1, seed=99))
+    rule = pb.StoppingRule(warmup_min_runs=1, warmup_min_s=0.001, min_runs=3, min_s=seconds, max_s=seconds + 1,
+                           max_runs=10 ** 6)  # the tiny model would reach the default run cap within a second
+    measuring = threading.Event()
+
+    def measure() -> None:
+        with client:
+            client.profile(theirs, stopping=rule,
+                           on_progress=lambda p: p.phase == pb.ProfileProgress.PHASE_MEASURING and measuring.set())
+
+    thread = threading.Thread(target=measure)
+    thread.start()
+    assert measuring.wait(60), "the other host's measurement did not start"
+    return thread
+
+
 def _measuring_processes() -> list:
     """The agents' measuring children of this process (the agents run in it)."""
     import psutil
@@ -288,20 +299,10 @@ def test_a_model_that_hangs_behind_another_hosts_measurement_fails_alone(tmp_pat
     """The host's bound on a call restarts as the agent's queue moves (`stall_s`): the agent's own deadline on
     the model, with its cause, comes first. A bound on the whole call fired first behind a long queue, with no
     cause, and blamed the agent for what the model did."""
-    from fleetnas_agent.client import AgentClient
-    from fleetnas_agent.proto import agent_pb2 as pb
-
     plugin = plugins.install_plugin(tmp_path / "plugin")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugin), os.environ.get("PYTHONPATH")])))
-    with running_agent(tmp_path / "c0", label="a0") as (address, _), AgentClient(address) as other_host:
-        theirs = other_host.put_artifact(onnx_mlp(width=16, layers=1, seed=99))
-        measuring = threading.Event()
-        seconds = pb.StoppingRule(warmup_min_runs=1, warmup_min_s=0.001, min_runs=3, min_s=8, max_s=9,
-                                  max_runs=10 ** 6)
-        busy = threading.Thread(target=other_host.profile, args=(theirs,), kwargs=dict(
-            stopping=seconds, on_progress=lambda p: p.phase == pb.ProfileProgress.PHASE_MEASURING and measuring.set()))
-        busy.start()
-        assert measuring.wait(60)
+    with running_agent(tmp_path / "c0", label="a0") as (address, _):
+        busy = another_host_measuring(address, seconds=8)
         inv = Inventory(tmp_path / "farm.toml", [AgentEntry("a0", address, KIND)])
         # Queued ~8 s, then 5 s of hanging: past the 10 s a bound on the whole call would allow.
         with Farm(inv, SqliteStore(tmp_path / "hang.db"), deadline_s=5.0, max_attempts=1) as farm:
@@ -315,32 +316,17 @@ def test_a_model_that_hangs_behind_another_hosts_measurement_fails_alone(tmp_pat
 def test_a_busy_device_gets_no_job_while_it_pauses_and_a_job_gives_up_after_give_up_s(tmp_path, caplog):
     """One refusal per pause of the busy device, not one per job and round; the pauses a job waited out add
     up to give_up_s at most."""
-    from fleetnas_agent.client import AgentClient
-    from fleetnas_agent.proto import agent_pb2 as pb
-
     caplog.set_level(logging.INFO, logger="fleetnas.farm")
-    seconds = pb.StoppingRule(warmup_min_runs=1, warmup_min_s=0.001, min_runs=3, min_s=3, max_s=4, max_runs=10 ** 6)
-    with running_agent(tmp_path / "c0", label="a0", max_queued=0) as (address, _), AgentClient(address) as other_host:
-        theirs = other_host.put_artifact(onnx_mlp(width=16, layers=1, seed=99))
+    with running_agent(tmp_path / "c0", label="a0", max_queued=0) as (address, _):
         inv = Inventory(tmp_path / "farm.toml", [AgentEntry("a0", address, KIND)])
-
-        def busy_for_seconds() -> threading.Thread:
-            measuring = threading.Event()
-            started = lambda p: p.phase == pb.ProfileProgress.PHASE_MEASURING and measuring.set()  # noqa: E731
-            thread = threading.Thread(target=other_host.profile, args=(theirs,),
-                                      kwargs=dict(stopping=seconds, on_progress=started))
-            thread.start()
-            assert measuring.wait(60)
-            return thread
-
-        busy = busy_for_seconds()
+        busy = another_host_measuring(address, seconds=3)
         with Farm(inv, SqliteStore(tmp_path / "ten.db")) as farm:
             results = farm.measure_artifacts(tiny(10, start=700), KIND, stopping=FAST)
         busy.join(60)
         assert all(r.ok and r.attempts == 1 for r in results)
         refusals = [r for r in caplog.records if "gets no job for" in r.getMessage()]
         assert 1 <= len(refusals) <= 6  # pauses of 0.25, 0.5, 1, 2, 4 s cover the ~3 s it stays busy
-        busy = busy_for_seconds()
+        busy = another_host_measuring(address, seconds=3)
         with Farm(inv, SqliteStore(tmp_path / "late.db"), give_up_s=1.0) as farm:
             [late] = farm.measure_artifacts(tiny(1, start=800), KIND, stopping=FAST)
         busy.join(60)
