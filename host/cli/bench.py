@@ -41,7 +41,8 @@ def _add_predictor(bench_sub) -> None:
     p.add_argument("--log-target", choices=("auto", "yes", "no"), default="auto",
                    help="fit log(y): auto lets cross-validation decide (default)")
     p.add_argument("--cv", type=positive_int, default=5, help="cross-validation folds (default 5)")
-    p.add_argument("--json", type=output_file, metavar="OUT", help="write every run's keys, truths and predictions here")
+    p.add_argument("--json", type=output_file, metavar="OUT",
+                   help="write every run's keys, truths and predictions here")
     p.set_defaults(handler=run_predictor)
 
 
@@ -229,8 +230,8 @@ def _refuse_repeats(option: str, values: list[str]) -> None:
 
 def _output_file(path: Path | None) -> Path | None:
     """--json OUT, checked before hours of benchmarking: its folder is made now, and one that cannot be
-    written to is refused now (a folder given as OUT already was, by `output_file`). OUT itself is written at the end, whole (`atomic_write`):
-    a run interrupted or failed leaves no empty file that would pass for results."""
+    written to is refused now (a folder given as OUT already was, by `output_file`). OUT itself is written at
+    the end, whole (`atomic_write`): a run interrupted or failed leaves no empty file that would pass for results."""
     if path is None:
         return None
     try:

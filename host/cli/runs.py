@@ -37,16 +37,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _row(store, record) -> dict:
-    from fleetnas.search.run import run_state
+    from fleetnas.search.run import evaluations_spent, run_state
 
     settings = record.settings
     hypervolume = store.run_events(record.id, "hypervolume")
-    failed = store.run_events(record.id, "failed")  # configs that could not be evaluated: they spent budget too
+    evaluations, failed = evaluations_spent(store, record.id)
     return {"id": record.id, "name": record.name, "state": run_state(store, record),
             "space": settings.get("space"), "tactic": record.tactic, "objectives": settings.get("objectives", []),
             "constraints": settings.get("constraints", []), "budget": settings.get("budget"),
-            "evaluations": len(store.run_members(record.id, source="measured")) + len(failed),
-            "failed": len(failed),
+            "evaluations": evaluations, "failed": failed,
             "hypervolume": hypervolume[-1].payload["hv"] if hypervolume else None,
             "created_unix_s": record.created_at, "updated_unix_s": record.updated_at}
 

@@ -200,10 +200,11 @@ WARN_UNMET_AFTER = 10
 
 def _finished(store, run_id: int) -> SimpleNamespace:
     """What `_report` reads of a session, for a finished run, from the store alone."""
-    failed = len(store.run_events(run_id, "failed"))
+    from fleetnas.search.run import evaluations_spent
+
+    used, failed = evaluations_spent(store, run_id)
     known = store.run_events(run_id, "known")
-    return SimpleNamespace(used=len(store.run_members(run_id, source="measured")) + failed, failed=failed,
-                           known_counts=known[-1].payload if known else {})
+    return SimpleNamespace(used=used, failed=failed, known_counts=known[-1].payload if known else {})
 
 
 def _execute(store, run_id: int, spec, evaluator):

@@ -472,11 +472,8 @@ class Farm:
             error = f"gave up after {task.attempts + 1} attempt(s): " + "; ".join(task.errors)
             return self._finish(agent, task, batch, JobResult(task.job, None, error=error,
                                                               attempts=task.attempts + 1))
-        with batch.cond:
-            task.attempts += 1
-            batch.running[agent.kind] -= 1
-            batch.pending[agent.kind].insert(0, task)
-            batch.cond.notify_all()
+        task.attempts += 1  # in this worker's hands alone until put back
+        self._put_back(agent, task, batch)
 
     def _wait_for_busy_device(self, agent: AgentState, task: _Task, batch: _Batch, text: str) -> None:
         """A device whose queue others' measurements fill (a farm shared by several hosts): the agent gets no
@@ -491,6 +488,10 @@ class Farm:
             error = f"the devices of kind {agent.kind!r} stayed busy for {self.give_up_s:g} s: {text}"
             return self._finish(agent, task, batch, JobResult(task.job, None, error=error, attempts=task.attempts))
         log.info("job %s: %s; %s gets no job for %g s", task.job.artifact.sha256[:12], text, agent.name, pause)
+        self._put_back(agent, task, batch)
+
+    def _put_back(self, agent: AgentState, task: _Task, batch: _Batch) -> None:
+        """The job in the agent's hands goes back to the front of its kind's queue."""
         with batch.cond:
             batch.running[agent.kind] -= 1
             batch.pending[agent.kind].insert(0, task)

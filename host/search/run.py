@@ -255,6 +255,12 @@ def _drive(session: SearchSession, spec: RunSpec, store, run_id: int) -> None:
         raise TooManyFailures(f"all {session.used} evaluations failed; last: {last}")
 
 
+def evaluations_spent(store, run_id: int) -> tuple[int, int]:
+    """(evaluations, failed) of a stored run: configs that could not be evaluated spent budget too."""
+    failed = len(store.run_events(run_id, "failed"))
+    return len(store.run_members(run_id, source="measured")) + failed, failed
+
+
 def known_summary(session: SearchSession) -> str | None:
     """One line on what the run learned from besides its own evaluations, for the terminal."""
     if not session.known_counts:
