@@ -28,6 +28,8 @@ from fleetnas.supernets import get_supernet
 pytestmark = pytest.mark.slow
 
 KIND, AGENT, SAMPLES = "cpu-demo-1t", "cal-a", 4
+#: A quiet round here is one within twice the baseline's latency (see the quiet-rounds test).
+QUIET_THRESHOLD = 1.0
 FLAGS = ["--warmup-runs", "2", "--warmup-seconds", "0.01", "--min-runs", "5", "--min-seconds", "0.05",
          "--max-seconds", "0.3"]
 
@@ -122,9 +124,17 @@ def test_a_search_on_the_kind_learns_from_what_its_calibration_measured(calibrat
 
 
 def test_quiet_rounds_do_not_fire_live_nor_over_many_rounds_resampled_from_them(calibrated, tmp_path):
+    # The live rounds take the path of a round that finds no change, end to end, with a wide threshold: this
+    # shared two-core machine's own speed moves by more than the default 10 % for a minute at a time. A pure
+    # Python loop takes 0.74 ms in short bursts and 1.24 ms otherwise, and eight back-to-back watch rounds after a
+    # calibration (this module's settings, no confirmation) read median shifts from -28 % to +81 %, 4 to 5 rounds
+    # in a row at +33 to +74 % in one of three series; the default threshold fired here once in five clean CI
+    # runs (+11.7 %, all 10 configs slower). How often noise fires at the default threshold is the resampled
+    # half's question; detection is test_calibrate_drift's and the slowdown test's.
     db = calibrated.copy_db(tmp_path)
     with Farm.open(calibrated.inventory, db) as farm:
-        reports = list(watch(farm, farm.store, "demo", KIND, interval_s=0, rounds=2, out_dir=tmp_path / "p"))
+        reports = list(watch(farm, farm.store, "demo", KIND, interval_s=0, rounds=2, out_dir=tmp_path / "p",
+                             threshold=QUIET_THRESHOLD))
         current = farm.store.count_measurements()
         rounds = farm.store.reference_rounds("demo", KIND, agent=AGENT)
         history = farm.store.metric_values("demo", KIND, "onnxruntime", include_stale=True)
