@@ -27,6 +27,8 @@ ENTRY_RE = re.compile(r"^[0-9a-f]{64}(\.part)?$")
 # Interrupted uploads older than this are dropped: nobody is coming back for them.
 PARTIAL_MAX_AGE_S = 3600.0
 TFLITE_MAGIC = b"TFL3"
+#: How much of an artifact's start tells its format (a torch spec may begin with whitespace).
+SNIFF_BYTES = 64 * 1024
 #: The largest torch spec accepted. A spec is parsed whole in the agent's own process (json.loads takes ~27
 #: bytes of memory per byte of JSON), and real ones are about 1 KB.
 MAX_SPEC_BYTES = 1 << 20
@@ -50,6 +52,7 @@ class Upload:
     hasher: "hashlib._Hash"
     received: int
     handle: object
+    resumed_at: int = 0     # the offset an interrupted upload was resumed from; 0: sent whole
     ended: bool = False
 
 
@@ -60,10 +63,11 @@ def check_sha256(sha256: str) -> str:
 
 
 def sniff_format(head: bytes) -> int:
-    """The artifact format from its first bytes: TFLite has a magic tag, a torch spec is a JSON object."""
+    """The artifact format from its first bytes (SNIFF_BYTES of them are read; callers may pass more): TFLite has
+    a magic tag, a torch spec is a JSON object."""
     if head[4:8] == TFLITE_MAGIC:
         return pb.ARTIFACT_FORMAT_TFLITE
-    if head.lstrip()[:1] == b"{":
+    if head[:SNIFF_BYTES].lstrip()[:1] == b"{":
         return pb.ARTIFACT_FORMAT_TORCH_SPEC
     return pb.ARTIFACT_FORMAT_ONNX
 
@@ -76,8 +80,7 @@ class ArtifactCache:
         self.max_artifact_bytes = min(max_artifact_bytes, max_bytes)
         self.done_dir = self.root / "artifacts"
         self.part_dir = self.root / "incoming"
-        self.done_dir.mkdir(parents=True, exist_ok=True)
-        self.part_dir.mkdir(parents=True, exist_ok=True)
+        self._make_dirs()
         self._lock = threading.Lock()
         # Uploads in progress, by sha256, with the bytes each will take once complete (its declared size).
         self._uploading: dict[str, int] = {}
@@ -102,6 +105,15 @@ class ArtifactCache:
     def used_bytes(self) -> int:
         return sum(size for _, size, _ in self._stats())
 
+    def _make_dirs(self) -> None:
+        """The cache's folders, made again where they went (a clean-up that removed the cache directory while
+        the agent ran): uploads then go on instead of failing until the agent is restarted."""
+        try:
+            self.done_dir.mkdir(parents=True, exist_ok=True)
+            self.part_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _storage_error(exc, "cannot make the cache's folders") from exc
+
     # ----- upload --------------------------------------------------------------------------------
     def begin(self, header: pb.ArtifactHeader) -> Upload | None:
         """Starts (or resumes) an upload; None when the artifact is already cached."""
@@ -117,6 +129,7 @@ class ArtifactCache:
             _check_spec_size(header.size_bytes)
         part = self.part_dir / f"{sha}.part"
         with self._lock:
+            self._make_dirs()
             # One look: another upload of the same artifact may be moving it into place right now.
             found = _lstat(self.path(sha))
             if found is not None and not stat.S_ISREG(found.st_mode):
@@ -137,6 +150,10 @@ class ArtifactCache:
             self._uploading[sha] = header.size_bytes
         try:
             return self._open_part(sha, header, part)
+        except OSError as exc:
+            with self._lock:
+                self._uploading.pop(sha, None)
+            raise _storage_error(exc, "cannot write the artifact") from exc
         except BaseException:
             with self._lock:
                 self._uploading.pop(sha, None)
@@ -150,7 +167,8 @@ class ArtifactCache:
                     hasher.update(block)
         # Unbuffered: what has arrived is on disk, so HasArtifact reports the true resume offset.
         handle = part.open("ab" if header.offset_bytes else "wb", buffering=0)
-        return Upload(sha, header.size_bytes, header.format, part, hasher, header.offset_bytes, handle)
+        return Upload(sha, header.size_bytes, header.format, part, hasher, header.offset_bytes, handle,
+                      resumed_at=header.offset_bytes)
 
     def write(self, upload: Upload, data: bytes) -> None:
         if upload.received + len(data) > upload.size_bytes:
@@ -162,9 +180,7 @@ class ArtifactCache:
                 view = view[upload.handle.write(view):]
         except OSError as exc:
             self.abort(upload, keep_partial=False)
-            if exc.errno == errno.ENOSPC:
-                raise CacheError("RESOURCE_EXHAUSTED", "the agent's cache disk is full") from exc
-            raise CacheError("INTERNAL", f"cannot write the artifact: {exc}") from exc
+            raise _storage_error(exc, "cannot write the artifact") from exc
         upload.hasher.update(data)
         upload.received += len(data)
 
@@ -175,6 +191,11 @@ class ArtifactCache:
                 raise CacheError("INVALID_ARGUMENT", f"upload ended after {upload.received} of "
                                                      f"{upload.size_bytes} declared bytes")
             digest = upload.hasher.hexdigest()
+            if digest != upload.sha256 and upload.resumed_at:
+                # The bytes kept from an earlier upload may be the wrong ones (another host's bad upload, a file
+                # torn by a power cut): they are dropped, and a retry sends the whole artifact.
+                raise CacheError("ABORTED", f"sha256 mismatch after resuming at byte {upload.resumed_at}: the bytes "
+                                            "kept from an earlier upload were dropped; upload it again from the start")
             if digest != upload.sha256:
                 raise CacheError("INVALID_ARGUMENT", f"sha256 mismatch: declared {upload.sha256}, received {digest}")
             os.fsync(upload.handle.fileno())
@@ -183,13 +204,12 @@ class ArtifactCache:
                 raise CacheError("INTERNAL", f"the artifact's file holds {on_disk} of {upload.size_bytes} bytes")
             upload.handle.close()
             with upload.part.open("rb") as f:
-                self._check_format(upload, f.read(64 * 1024))
+                self._check_format(upload, f.read(SNIFF_BYTES))
             os.replace(upload.part, self.path(upload.sha256))
             _fsync_dir(self.done_dir)
         except OSError as exc:
             self.abort(upload, keep_partial=False)
-            code = "RESOURCE_EXHAUSTED" if exc.errno == errno.ENOSPC else "INTERNAL"
-            raise CacheError(code, f"cannot store the artifact: {exc}") from exc
+            raise _storage_error(exc, "cannot store the artifact") from exc
         except CacheError:
             self.abort(upload, keep_partial=False)
             raise
@@ -269,7 +289,11 @@ class ArtifactCache:
         whatever is not the cache's own (a folder, a link, another name): it is never counted or evicted."""
         found = []
         for directory in (self.done_dir, self.part_dir):
-            for path in directory.iterdir():
+            try:
+                entries = list(directory.iterdir())
+            except FileNotFoundError:  # removed while the agent runs: empty, and made again by the next upload
+                continue
+            for path in entries:
                 st = _lstat(path) if ENTRY_RE.match(path.name) else None
                 if st is not None and stat.S_ISREG(st.st_mode):
                     found.append((path, st.st_size, st.st_mtime))
@@ -277,7 +301,21 @@ class ArtifactCache:
 
     @staticmethod
     def _touch(path: Path) -> None:
-        os.utime(path)
+        """Marks a use for the LRU order: a hint, so a cache that can be read but not written (mounted read-only)
+        still serves what it holds."""
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+
+
+def _storage_error(exc: OSError, what: str) -> CacheError:
+    """The status for the cache's own storage failing: a full disk passes (RESOURCE_EXHAUSTED, retried); any
+    other failure (a read-only or removed folder, an I/O error) is the device's, not the artifact's
+    (UNAVAILABLE: retried on a peer and counted against this agent)."""
+    if exc.errno == errno.ENOSPC:
+        return CacheError("RESOURCE_EXHAUSTED", "the agent's cache disk is full")
+    return CacheError("UNAVAILABLE", f"the agent's cache storage failed, {what}: {exc}")
 
 
 def _check_spec_size(size_bytes: int) -> None:

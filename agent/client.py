@@ -123,7 +123,7 @@ class AgentClient:
             return sha
         offset = state.resume_offset_bytes if state.resume_offset_bytes <= len(data) else 0
         header = pb.ArtifactHeader(sha256=sha, size_bytes=len(data), name=name, offset_bytes=offset,
-                                   format=artifact_format or sniff_format(data[:64]))
+                                   format=artifact_format or sniff_format(data))
 
         def chunks():
             yield pb.ArtifactChunk(header=header)

@@ -10,8 +10,11 @@ CHUNK = 1 << 16
 
 
 def resolve(declared: list[dict], overrides: list[dict]) -> list[dict]:
-    """Fills open (-1) dimensions from `overrides` (by input name), else with 1."""
+    """Fills open (-1) dimensions from `overrides` (by input name), else with 1; dtypes by numpy's name."""
     by_name = {o["name"]: o for o in overrides}
+    if len(by_name) < len(overrides):
+        twice = next(o["name"] for i, o in enumerate(overrides) if o["name"] in {p["name"] for p in overrides[:i]})
+        raise ValueError(f"input {twice!r} is given more than once")
     unknown = set(by_name) - {d["name"] for d in declared}
     if unknown:
         names = ", ".join(repr(d["name"]) for d in declared)
@@ -27,9 +30,24 @@ def resolve(declared: list[dict], overrides: list[dict]) -> list[dict]:
             if any(w <= 0 for w in wanted):
                 raise ValueError(f"input {spec['name']!r}: every dimension must be positive, got {wanted}")
             shape = wanted
-        dtype = (given or {}).get("dtype") or spec["dtype"]
+        dtype = _dtype_name(spec["name"], spec["dtype"])
+        wanted = (given or {}).get("dtype")
+        if wanted and _dtype_name(spec["name"], wanted) != dtype:
+            raise ValueError(f"input {spec['name']!r} is declared {dtype}; dtype {wanted!r} does not fit it")
         resolved.append({"name": spec["name"], "shape": [d if d >= 0 else 1 for d in shape], "dtype": dtype})
     return resolved
+
+
+def _dtype_name(name: str, dtype: str) -> str:
+    """numpy's name of `dtype` ("f" and "<f4" are "float32"): one spelling in every result; other byte orders
+    are refused, since the runtime reads the machine's."""
+    try:
+        parsed = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"input {name!r}: {dtype!r} is not a dtype") from None
+    if parsed.byteorder not in "=|":
+        raise ValueError(f"input {name!r}: dtype {dtype!r} is not in this device's byte order")
+    return parsed.name
 
 
 def check_size(specs: list[dict], max_bytes: int) -> None:
@@ -50,20 +68,15 @@ def generate(specs: list[dict], seed: int) -> dict[str, np.ndarray]:
 def _array(rng: np.random.Generator, spec: dict) -> np.ndarray:
     """Drawn straight in the input's dtype: check_size bounds the inputs, and an int64 or float64 draw cast
     afterwards would take up to 8 times that."""
-    dtype = np.dtype(spec["dtype"])
-    native = dtype.newbyteorder("=")  # numpy draws only in the machine's byte order
+    dtype = np.dtype(spec["dtype"])  # in the machine's byte order (resolve), the only one numpy draws in
     shape = tuple(spec["shape"])
     if dtype.kind in "iub":
-        array = rng.integers(0, 2 if dtype.kind == "b" else INT_HIGH, size=shape, dtype=native)
-    elif native.type in (np.float32, np.float64):
-        array = rng.standard_normal(shape, dtype=native)
-    elif dtype.kind == "f":
-        array = _normal_in_chunks(rng, shape, native)
-    else:
-        raise ValueError(f"input {spec['name']!r} has dtype {dtype.name}, which the agent cannot generate")
-    if native != dtype:
-        array = array.byteswap(inplace=True).view(dtype)  # same values, swapped in place rather than copied
-    return array
+        return rng.integers(0, 2 if dtype.kind == "b" else INT_HIGH, size=shape, dtype=dtype)
+    if dtype.type in (np.float32, np.float64):
+        return rng.standard_normal(shape, dtype=dtype)
+    if dtype.kind == "f":
+        return _normal_in_chunks(rng, shape, dtype)
+    raise ValueError(f"input {spec['name']!r} has dtype {dtype.name}, which the agent cannot generate")
 
 
 def _normal_in_chunks(rng: np.random.Generator, shape: tuple, dtype: np.dtype) -> np.ndarray:

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import device
-from .cache import ArtifactCache, CacheError, sniff_format
+from .cache import SNIFF_BYTES, ArtifactCache, CacheError, sniff_format
 from .measure import MAX_SECONDS, StoppingRule
 from .profiler import DeviceQueue, Outbox, ProfileError, run_child
 from .proto import FAILURE_CAUSE_KEY
@@ -220,7 +220,7 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
 
     def _child_request(self, request: pb.ProfileRequest, path: Path):
         with path.open("rb") as f:
-            fmt = sniff_format(f.read(64))
+            fmt = sniff_format(f.read(SNIFF_BYTES))
         try:
             entry = resolve(request.runtime, fmt)
         except ValueError as exc:
@@ -240,6 +240,11 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
         if not math.isfinite(request.timeout_s) or not 0 <= request.timeout_s <= MAX_TIMEOUT_S:
             raise ProfileError("INVALID_ARGUMENT", f"timeout_s must be from 0 (from the stopping rule) to "
                                                    f"{MAX_TIMEOUT_S:g} s, got {request.timeout_s}")
+        if request.timeout_s and request.timeout_s < rule.warmup_min_s + rule.min_s:
+            # Every such measurement would be killed, and its model blamed for a timeout it cannot help.
+            raise ProfileError("INVALID_ARGUMENT", f"timeout_s {request.timeout_s:g} s is shorter than the stopping "
+                                                   f"rule's own minimum: a warm-up of {rule.warmup_min_s:g} s and "
+                                                   f"timed runs of {rule.min_s:g} s, loading aside")
         if request.extra_delay_ms:
             raise ProfileError("INVALID_ARGUMENT", "extra_delay_ms is a test aid this agent does not allow")
         child_request = {

@@ -11,6 +11,7 @@ import ctypes
 import json
 import os
 import platform
+import re
 import signal
 import sys
 import time
@@ -38,7 +39,7 @@ def main() -> int:
         request = json.loads(sys.stdin.read())
         send("result", run(request, lambda **p: send("progress", p)))
     except Failure as failure:
-        send("error", {"code": failure.code, "message": str(failure)})
+        send("error", {"code": failure.code, "message": str(failure), "cause": failure.cause})
     except MemoryError:
         send("error", {"code": "RESOURCE_EXHAUSTED", "message": "the device ran out of memory",
                        "cause": "MODEL_OUT_OF_MEMORY"})
@@ -68,9 +69,23 @@ def _bind_to_agent() -> None:
 
 
 class Failure(Exception):
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, cause: str | None = None):
         super().__init__(message)
-        self.code = code
+        self.code, self.cause = code, cause
+
+
+#: How runtimes say an allocation failed (onnxruntime's arena, torch's and TFLite's allocators, C++'s
+#: std::bad_alloc): raised as their own exceptions, not MemoryError, yet the model's running out of memory.
+ALLOCATION_FAILED = re.compile(r"failed to allocate|can't allocate memory|cannot allocate memory|bad_alloc|"
+                               r"out of memory", re.IGNORECASE)
+
+
+def _model_failure(what: str, exc: Exception) -> Failure:
+    """The model's failure while loading or running: out of memory where the runtime says so, else a bad model."""
+    message = f"{what}: {type(exc).__name__}: {exc}"
+    if ALLOCATION_FAILED.search(str(exc)):
+        return Failure("RESOURCE_EXHAUSTED", f"the device ran out of memory ({message})", "MODEL_OUT_OF_MEMORY")
+    return Failure("INVALID_ARGUMENT", message)
 
 
 def run(request: dict, progress) -> dict:
@@ -107,7 +122,7 @@ def run(request: dict, progress) -> dict:
     except MemoryError:
         raise
     except Exception as exc:
-        raise Failure("INVALID_ARGUMENT", f"the model failed while running: {type(exc).__name__}: {exc}") from exc
+        raise _model_failure("the model failed while running", exc) from exc
 
     memory = _memory(baseline, request.get("model_bytes", 0))
     memory.update(model.memory_figures())
@@ -123,7 +138,7 @@ def _load_errors(runtime: str) -> Iterator[None]:
     except MemoryError:
         raise
     except Exception as exc:
-        raise Failure("INVALID_ARGUMENT", f"cannot load the model with {runtime}: {type(exc).__name__}: {exc}") from exc
+        raise _model_failure(f"cannot load the model with {runtime}", exc) from exc
 
 
 def _status_kib(field: str) -> int | None:

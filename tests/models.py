@@ -19,3 +19,18 @@ def onnx_huge_input() -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
+
+
+def onnx_unallocatable_output() -> bytes:
+    """A valid model whose output, 200,000 × 200,000 floats (160 GB), no device can allocate: the runtime's own
+    allocation failure, not a MemoryError."""
+    from onnx import numpy_helper
+    import numpy as np
+
+    shape = numpy_helper.from_array(np.array([200_000, 200_000], dtype=np.int64), "shape")
+    graph = helper.make_graph([helper.make_node("Expand", ["x", "shape"], ["y"])], "unallocatable",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()

@@ -163,6 +163,20 @@ def test_bad_profile_requests_get_clear_statuses(agent):
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_s must be" in details  # the field given, not min_s
         code, details = code_of(lambda: client.profile(tflite, stopping=FAST, timeout_s=1e15))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "timeout_s must be from 0" in details
+        # Shorter than the rule's own warm-up and timed minimum: every such measurement would be killed, and its
+        # model blamed for the timeout.
+        code, details = code_of(lambda: client.profile(onnx, timeout_s=1))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "timeout_s 1 s is shorter than" in details
+        for given, message in [
+                ([pb.TensorSpec(name="input", shape=[1, 8]), pb.TensorSpec(name="input", shape=[2, 8])], "'input' is given more"),
+                ([pb.TensorSpec(name="input", shape=[1, 8], dtype=">f4")], "not in this device's byte order"),
+                ([pb.TensorSpec(name="input", shape=[1, 8], dtype="int64")], "declared float32; dtype 'int64'"),
+                ([pb.TensorSpec(name="input", shape=[1, 8], dtype="floaty")], "'floaty' is not a dtype")]:
+            code, details = code_of(lambda: client.profile(onnx, stopping=FAST, inputs=given))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details, details
+        # One spelling of a dtype in every result, whichever the request used.
+        spelled = client.profile(onnx, stopping=FAST, inputs=[pb.TensorSpec(name="input", shape=[1, 8], dtype="<f4")])
+        assert [(t.name, t.dtype) for t in spelled.inputs] == [("input", "float32")]
         request = pb.ProfileRequest(artifact_sha256=tflite, stopping=FAST, extra_delay_ms=500)
         code, details = code_of(lambda: list(client.stub.Profile(request, timeout=30)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "extra_delay_ms" in details
@@ -198,6 +212,11 @@ def test_a_crashing_hanging_or_memory_hungry_model_does_not_take_the_agent_down(
         oom = client.put_artifact(plugins.spec("test-oom"))
         code, cause, details = failure_of(lambda: client.profile(oom, stopping=FAST))
         assert (code, cause) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "MODEL_OUT_OF_MEMORY") and "memory" in details
+        # A runtime's own allocation failure (onnxruntime's arena), not a MemoryError, is out of memory too.
+        unallocatable = client.put_artifact(models.onnx_unallocatable_output())
+        code, cause, details = failure_of(lambda: client.profile(unallocatable, stopping=FAST))
+        assert (code, cause) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "MODEL_OUT_OF_MEMORY"), details
+        assert "ran out of memory" in details and "allocate" in details
         # Killed from outside: the OOM killer most likely, but not surely for this model's memory.
         killed = client.put_artifact(plugins.spec("test-killed"))
         code, cause, details = failure_of(lambda: client.profile(killed, stopping=FAST))
@@ -211,6 +230,9 @@ def test_a_crashing_hanging_or_memory_hungry_model_does_not_take_the_agent_down(
         assert (code, cause) == (grpc.StatusCode.INVALID_ARGUMENT, "UNSPECIFIED")
         tiny = client.put_artifact(plugins.spec("test-tiny"))
         assert client.profile(tiny, stopping=FAST).latency.n >= 5  # still serving, torch spec runtime works
+        # A spec is a spec however much white space it starts with: upload and measurement see the same format.
+        padded = client.put_artifact(b" " * 100 + plugins.spec("test-tiny"))
+        assert client.profile(padded, stopping=FAST).latency.n >= 5
     assert _children() == before  # no measuring process outlived its request
 
 
@@ -307,8 +329,8 @@ def test_a_client_that_stops_reading_cannot_hold_the_device_past_its_timeout(tmp
     with running_agent(tmp_path / "cache", result_unread_s=2) as (address, _), AgentClient(address) as client, \
             grpc.insecure_channel(address, options=SLOW_READER) as channel:
         sha = client.put_artifact(models.onnx_mlp(width=16, layers=1))
-        # Would measure for a minute, sending progress every 0.5 s; allowed 3 s.
-        endless = pb.StoppingRule(warmup_min_s=0.01, min_runs=10**6, max_runs=10**6, min_s=60, max_s=60,
+        # Would measure for a minute (a million runs), sending progress every 0.5 s; allowed 3 s.
+        endless = pb.StoppingRule(warmup_min_s=0.01, min_runs=10**6, max_runs=10**6, min_s=1, max_s=60,
                                   target_rel_ci=1e-6)
         request = pb.ProfileRequest(artifact_sha256=sha, stopping=endless, timeout_s=3)
         stalled = ProfilerAgentStub(channel).Profile(request)

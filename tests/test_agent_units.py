@@ -1,6 +1,8 @@
 """The measurement method, input generation and the artifact cache, without a server."""
 import hashlib
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -129,6 +131,54 @@ def test_cache_refuses_what_cannot_fit_and_keeps_nothing_half_written(tmp_path):
     with pytest.raises(CacheError, match="sha256 mismatch"):
         cache.commit(upload)
     assert cache.used_bytes() == 0 and not list((tmp_path / "incoming").iterdir())
+
+
+def test_a_resumed_upload_whose_kept_bytes_were_wrong_is_retried_whole(tmp_path):
+    """Bytes kept from an interrupted upload (another host's bad one, a file torn by a power cut) that do not
+    belong to the artifact: the honest resume fails with a status to retry on, and the retry sends it whole."""
+    cache = ArtifactCache(tmp_path, max_bytes=10_000, max_artifact_bytes=10_000)
+    data = bytes(range(256)) * 8
+    sha = hashlib.sha256(data).hexdigest()
+    bad = cache.begin(pb.ArtifactHeader(sha256=sha, size_bytes=len(data)))
+    cache.write(bad, b"\xff" * 1000)
+    cache.abort(bad, keep_partial=True)
+    assert cache.has(sha).resume_offset_bytes == 1000
+    resumed = cache.begin(pb.ArtifactHeader(sha256=sha, size_bytes=len(data), offset_bytes=1000))
+    cache.write(resumed, data[1000:])
+    with pytest.raises(CacheError) as err:
+        cache.commit(resumed)
+    assert err.value.code == "ABORTED" and "upload it again from the start" in str(err.value)
+    assert cache.has(sha).resume_offset_bytes == 0  # the wrong bytes are gone
+    assert _put(cache, data) == sha and cache.path(sha).read_bytes() == data
+
+
+def test_a_cache_folder_removed_while_the_agent_runs_is_made_again(tmp_path):
+    cache = ArtifactCache(tmp_path / "cache", max_bytes=10_000, max_artifact_bytes=10_000)
+    first = _put(cache, b"1" * 1000)
+    shutil.rmtree(tmp_path / "cache")  # a clean-up of the device's disk
+    assert cache.used_bytes() == 0 and not cache.has(first).present
+    assert cache.has(_put(cache, b"1" * 1000)).present and cache.used_bytes() == 1000
+
+
+def test_a_read_only_cache_serves_what_it_holds_and_refuses_uploads_as_the_devices_fault(tmp_path):
+    """A cache folder remounted read-only (a failing SD card does this): measuring what it holds goes on; an upload
+    fails as the device's fault (UNAVAILABLE: retried on a peer), not the artifact's (INTERNAL was final)."""
+    root = tmp_path / "cache"
+    cache = ArtifactCache(root, max_bytes=10_000, max_artifact_bytes=10_000)
+    held = _put(cache, b"1" * 1000)
+    if subprocess.run(["mount", "--bind", str(root), str(root)], capture_output=True).returncode:
+        pytest.skip("needs permission to bind-mount a folder read-only")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], check=True, capture_output=True)
+        with cache.pinned(held) as path:
+            assert path.read_bytes() == b"1" * 1000
+        assert cache.begin(pb.ArtifactHeader(sha256=held, size_bytes=1000)) is None  # already there
+        with pytest.raises(CacheError) as err:
+            _put(cache, b"2" * 1000)
+        assert err.value.code == "UNAVAILABLE" and "Read-only file system" in str(err.value)
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+    assert cache.has(_put(cache, b"2" * 1000)).present  # nothing was left half-reserved
 
 
 def test_the_cache_counts_and_evicts_only_its_own_files(tmp_path):

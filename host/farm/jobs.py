@@ -135,7 +135,7 @@ def sniff(data: bytes, path: Path | None = None) -> str:
 
     names = {pb.ARTIFACT_FORMAT_TFLITE: "tflite", pb.ARTIFACT_FORMAT_ONNX: "onnx",
              pb.ARTIFACT_FORMAT_TORCH_SPEC: "spec"}
-    fmt = names.get(sniff_format(data[:64]))
+    fmt = names.get(sniff_format(data))
     if fmt is None:
         raise JobError(f"{path or 'artifact'} is not a .tflite, .onnx or torch spec model")
     return fmt
