@@ -24,6 +24,8 @@ Z95 = 1.959963984540054
 NO_INTERVAL = 1e9
 #: The largest max_s and warmup_min_s a stopping rule may ask for.
 MAX_SECONDS = 3600
+#: The most timed runs a rule may ask for (a run count beyond it would outlast any time cap on a fast model).
+MAX_RUNS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,10 @@ class StoppingRule:
             raise ValueError(f"max_s ({self.max_s}) is below min_s ({self.min_s})")
         if not 0 < self.target_rel_ci < 1:
             raise ValueError(f"target_rel_ci must be in (0, 1), got {self.target_rel_ci}")
-        if self.max_runs > 1_000_000 or self.max_s > MAX_SECONDS or self.warmup_min_s > MAX_SECONDS:
-            raise ValueError(f"max_runs is capped at 1,000,000, and max_s and warmup_min_s at {MAX_SECONDS} s")
+        for name, cap, unit in (("max_runs", MAX_RUNS, ""), ("max_s", MAX_SECONDS, " s"),
+                                ("warmup_min_s", MAX_SECONDS, " s")):
+            if getattr(self, name) > cap:
+                raise ValueError(f"{name} is capped at {cap:,}{unit}, got {getattr(self, name):g}")
         if self.warmup_min_s > self.max_s:  # measure() caps the warm-up at max_s, and the deadlines assume it
             raise ValueError(f"warmup_min_s ({self.warmup_min_s}) is above max_s ({self.max_s}), which caps the "
                              "warm-up too")

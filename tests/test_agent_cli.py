@@ -27,6 +27,7 @@ def test_profile_and_describe_through_a_real_agent_process(tmp_path):
         assert result["runtime"]["name"] == "onnxruntime" and set(result["env"]) >= {"before", "after"}
         text = fleetnas("profile", "--agent", agent.address, "--model", str(model), *FAST)
         assert text.returncode == 0 and "median" in text.stdout and "cli-box" in text.stdout
+        assert "\033[K" not in text.stderr  # no progress line redrawn into a file or a pipe
         once = fleetnas("profile", "--agent", agent.address, "--model", str(model), "--max-runs", "1", *FAST)
         assert once.returncode == 0, once.stderr
         assert "n=1, no 95% CI of the median below 6 runs (target NOT met)" in once.stdout
@@ -40,6 +41,7 @@ def test_profile_failures_exit_non_zero_with_the_status(tmp_path):
     with AgentProcess(tmp_path / "cache") as agent:
         out = fleetnas("profile", "--agent", agent.address, "--model", str(garbage), *FAST)
     assert out.returncode != 0 and "INVALID_ARGUMENT" in out.stderr and "cannot load" in out.stderr
+    assert out.stderr.startswith("fleetnas: error:")  # on its own line, after no progress text
     missing = fleetnas("profile", "--agent", "127.0.0.1:1", "--model", str(tmp_path / "nope.onnx"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
     unreachable = fleetnas("profile", "--agent", "127.0.0.1:1", "--model", str(garbage))

@@ -252,13 +252,14 @@ def test_a_real_slowdown_to_twice_the_latency_fires_drift_marks_stale_and_refits
     (["--samples", "2", "--seed", "-1"], "--seed: must be 0 or more"),
     (["--samples", "2", "--give-up", "nan"], "--give-up: must be a positive number of seconds"),
     (["--watch", "--interval", "99999999999d"], "--interval: must be at most a year"),
+    (["--watch", "--interval", "0"], "--interval 0 needs --rounds N"),  # back to back, forever
     (["--samples", "2", "--interval", "5s"], "--interval only applies with --watch"),
     (["--samples", "2", "--models", "forest"], "--models: unknown model 'forest'"),
     (["--samples", "2", "--min-runs", "50", "--max-runs", "10"], "--min-runs 50 is above --max-runs 10"),
     (["--samples", "2", "--max-seconds", "inf"], "--max-seconds must be a finite number"),
     (["--samples", "2", "--warmup-seconds", "40"],  # above the agent's default max_s
      "bad stopping rule: --warmup-seconds (40.0) is above --max-seconds (30.0)"),
-    (["--samples", "2", "--max-runs", "2000000"], "bad stopping rule: --max-runs is capped at 1,000,000"),
+    (["--samples", "2", "--max-runs", "2000000"], "--max-runs must be at most 1,000,000, got 2000000"),
     (["--samples", "2", "--out-dir", "inv.toml"], "--out-dir inv.toml is a file"),
 ])
 def test_calibrate_refuses_bad_options_before_measuring(tmp_path, monkeypatch, capsys, args, message):

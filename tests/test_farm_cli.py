@@ -159,11 +159,27 @@ def test_one_agent_refuses_the_options_only_a_farm_uses(tmp_path, capsys, option
     assert f"{option[0]} is a farm-mode option" in capsys.readouterr().err
 
 
-def test_a_run_count_beyond_the_wire_format_is_a_usage_error(tmp_path, capsys):
+def test_a_model_file_named_for_another_format_is_refused_by_name_before_any_upload(tmp_path, capsys):
+    garbage = tmp_path / "m.tflite"
+    garbage.write_bytes(bytes(range(256)) * 4)  # no TFL3 tag: onnxruntime would be asked to parse it
+    assert main(["profile", "--agent", "127.0.0.1:9", "--model", str(garbage)]) == 1  # refused before connecting
+    assert "m.tflite is not a TFLite model (no TFL3 tag)" in capsys.readouterr().err
+    onnx = tmp_path / "m.json"
+    onnx.write_bytes(onnx_mlp(width=4, layers=1, seed=0))
+    assert main(["profile", "--agent", "127.0.0.1:9", "--model", str(onnx)]) == 1
+    assert "m.json is not a torch spec" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--warmup-runs", "99999999999"], "--warmup-runs must be at most 1,000,000, got 99999999999"),
+    (["--max-runs", "99999999999999999999"], "--max-runs must be at most 1,000,000"),  # beyond the wire's uint32
+    (["--max-seconds", "1e9"], "--max-seconds is capped at 3,600 s, got 1e+09"),  # the value named, not every cap
+])
+def test_a_stopping_rule_beyond_the_agents_caps_is_a_usage_error_naming_the_value(tmp_path, capsys, option, message):
     model = tmp_path / "m.onnx"
     model.write_bytes(onnx_mlp(width=4, layers=1, seed=0))
-    assert main(["profile", "--agent", "127.0.0.1:9", "--model", str(model), "--warmup-runs", "99999999999"]) == 2
-    assert "--warmup-runs must be at most 4294967295" in capsys.readouterr().err
+    assert main(["profile", "--agent", "127.0.0.1:9", "--model", str(model), *option]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_a_model_file_name_that_looks_like_markup_is_printed_as_it_is(tmp_path, farm, capsys):

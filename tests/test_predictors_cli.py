@@ -66,6 +66,8 @@ def test_numeric_features_and_summed_target(numeric_table, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--features", ",", "--target", "enc"], "--features ',' names no column"),
+    (["--features", "", "--target", "enc"], "--features '' names no column"),
+    (["--space", "", "--target", "enc"], "--space is empty"),
     (["--features", "a,zz", "--target", "enc"], "no column 'zz'"),
     (["--features", "a", "--target", "nope"], "no column 'nope'"),
     (["--space", "nb201", "--target", "enc"], "--space needs --key"),

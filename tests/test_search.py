@@ -113,6 +113,11 @@ def test_objectives_and_constraints_parse_with_units_and_refuse_nonsense():
         with pytest.raises(ValueError, match=f"case-sensitive: did you mean '{meant}'"):
             parse_constraint(wrong)
     assert parse_constraint("memory@x <= 2KB").value == parse_constraint("memory@x <= 2kB").value == 2000
+    with pytest.raises(ValueError, match="metric names are case-sensitive: did you mean 'macs'"):
+        parse_constraint("MACS <= 100M")  # the metric is what is wrong, not the unit
+    for huge in ("macs <= 1e400", "memory@x <= 1e300GiB"):  # as refused as "inf"
+        with pytest.raises(ValueError, match="beyond any finite bound"):
+            parse_constraint(huge)
 
 
 # ----- the session -------------------------------------------------------------------------------
@@ -488,6 +493,8 @@ def test_runs_are_listed_with_their_state_and_found_by_name(tmp_path, capsys):
     for args, message in ((["report", "nameless", "--db", str(db)], "no search run named 'nameless'"),
                           (["search", "--resume", "nameless", "--db", str(db)], "no search run named 'nameless'"),
                           (["runs", "--db", str(tmp_path / "typo.db")], "no store at"),
+                          (["runs", "--db", str(tmp_path)], "is a folder, not a store"),
+                          (["runs", "--db", ""], "the store's path is empty"),  # not the default store
                           (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
                             "--name", "12", "--db", str(db)], "--name 12 is a number"),
                           (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
@@ -709,6 +716,7 @@ def test_bench_search_writes_every_run_and_summarises(table_path, tmp_path):
     (["--budget", "15626"], "--budget 15626 is more than the 15625 configurations"),
     (["--json", "."], "is a folder; give a file name"),
     (["--json", "results/"], "results/ is a folder; give a file name"),  # not a file named "results"
+    (["--json", "/dev/null"], "/dev/null is not a regular file"),  # refused before the runs, not after them
     (["--objective", "latency@rpi4:min"], "must look like COLUMN:max or COLUMN:min"),
     (["--objective", "params"], "must look like COLUMN:max or COLUMN:min"),
 ])
@@ -756,6 +764,8 @@ def test_search_cli_refuses_bad_requests_clearly(tmp_path):
      "cannot load the accuracy evaluator 'nowhere:f'"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--tactic", "random",
       "--batch", "4"], "--batch is a LINAS setting"),
+    (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--tactic", "random",
+      "--algorithm", "nsga2"], "--algorithm is for the linas and evolutionary tactics"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--seed", "-1"],
      "--seed: must be 0 or more"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--constraint",
@@ -975,7 +985,7 @@ def test_a_user_evaluator_named_like_a_stdlib_module_cannot_edit_the_run_print_i
     assert main([*args, "--accuracy", "test:huge"]) == 1
     err = capsys.readouterr().err
     assert "returned 1000" in err and "it must return a finite number" in err
-    assert "run 2 keeps what it evaluated: `fleetnas search --resume 2` continues it" in err
+    assert "run 2 has spent its budget of 4 evaluations (4 failed); fix the cause and start a new run" in err
     assert main(["search", "--space", "demo", "--objective", "params:max", "--objective", "macs:min",
                  "--accuracy", "test:editor", "--db", str(db)]) == 2
     assert "--accuracy test:editor evaluates an accuracy objective" in capsys.readouterr().err
@@ -1146,6 +1156,13 @@ def test_a_run_whose_every_evaluation_fails_is_a_failed_run_however_short(tmp_pa
     user_module("always_oom", "def accuracy(config):\n    raise MemoryError('CUDA out of memory')\n")
     assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
                  "--tactic", "random", "--budget", "2", "--accuracy", "always_oom:accuracy", "--db", "a.db"]) == 1
-    assert "all 2 evaluations failed; last: the accuracy evaluator accuracy failed on" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "all 2 evaluations failed; last: the accuracy evaluator accuracy failed on" in err
+    # Its budget is spent: a resume would only say the same again, so none is offered.
+    assert "run 1 has spent its budget of 2 evaluations (2 failed); fix the cause" in err and "--resume" not in err
+    # Stopped with budget left (failures in a row), a resume is what goes on once the cause is fixed.
+    assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
+                 "--tactic", "random", "--budget", "20", "--accuracy", "always_oom:accuracy", "--db", "a.db"]) == 1
+    assert "run 2 keeps what it evaluated: `fleetnas search --resume 2` continues it" in capsys.readouterr().err
     with open_store(tmp_path / "a.db") as store:
         assert store.run(1).state == "failed" and len(store.run_events(1, "failed")) == 2

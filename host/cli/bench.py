@@ -53,6 +53,8 @@ def run_predictor(args: argparse.Namespace) -> int:
     from ..predictors import fit_predictor, regression_metrics
     from ..predictors.features import feature_views
 
+    if args.space is not None and not args.space.strip():
+        raise CliError("--space is empty: name a space (`fleetnas space list`)", 2)
     if args.space and not args.key:
         raise CliError("--space needs --key (the column(s) that name each row's config)", 2)
     if args.key and not args.space:
@@ -119,7 +121,7 @@ def _table_features(args):
         table = read_table(args.table)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    if args.features:
+    if args.features is not None:  # "" too: it names no column, it does not mean --space
         columns = [c.strip() for c in args.features.split(",") if c.strip()]
         if not columns:
             raise CliError(f"--features {args.features!r} names no column", 2)

@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     models = model_families(args.models)
     if args.watch:
         _check_alpha(args.alpha)
+    if args.watch and args.interval == 0 and args.rounds is None:
+        # Back to back and without end: the devices would do nothing but measure the reference set.
+        raise CliError("--interval 0 needs --rounds N: without it the watch would measure back to back forever", 2)
     if args.out_dir is not None and args.out_dir.exists() and not args.out_dir.is_dir():
         raise CliError(f"--out-dir {args.out_dir} is a file; give a folder", 2)
     if args.out_dir is not None:

@@ -23,15 +23,23 @@ def existing_file(text: str) -> Path:
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; give a file")
+    if path.exists() and not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a regular file (a device or a pipe); give a file")
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"no such file: {text}")
     return path
 
 
 def output_file(text: str) -> Path:
-    """A file to write: "out/" names a folder, which Path("out/") would forget, writing a file named "out"."""
+    """A file to write: "out/" names a folder, which Path("out/") would forget, writing a file named "out"; a
+    device (/dev/null) is refused before the work, since results are written to a temporary file beside the
+    target and moved into place, which a device cannot take."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; give a file name")
     if text.endswith(("/", os.sep)) or Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    if Path(text).exists() and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a regular file; give a file name")
     return Path(text)
 
 
@@ -121,8 +129,6 @@ STOPPING_FLAGS = {"warmup_runs": "warmup_min_runs", "warmup_seconds": "warmup_mi
                   "target_rel_ci": "target_rel_ci"}
 
 
-#: The largest run count a stopping rule can carry (uint32 on the wire).
-MAX_RUNS = 2 ** 32 - 1
 
 
 def add_stopping_options(p: argparse.ArgumentParser) -> None:
@@ -139,14 +145,16 @@ def add_stopping_options(p: argparse.ArgumentParser) -> None:
 
 def stopping_from(args: argparse.Namespace) -> dict:
     """The stopping rule the flags give, as StoppingRule fields; a negative value is a usage error."""
+    from fleetnas_agent.measure import MAX_RUNS
+
     for flag in STOPPING_FLAGS:
         value = getattr(args, flag)
         if value < 0:
             raise CliError(f"--{flag.replace('_', '-')} must not be negative, got {value}", 2)
         if not value < float("inf"):  # inf or nan: no measurement would ever stop
             raise CliError(f"--{flag.replace('_', '-')} must be a finite number, got {value}", 2)
-        if isinstance(value, int) and value > MAX_RUNS:  # the wire format's uint32
-            raise CliError(f"--{flag.replace('_', '-')} must be at most {MAX_RUNS}, got {value}", 2)
+        if isinstance(value, int) and value > MAX_RUNS:  # the agent's cap (and beyond the wire's uint32 too)
+            raise CliError(f"--{flag.replace('_', '-')} must be at most {MAX_RUNS:,}, got {value}", 2)
     # A lower bound above its upper bound: the agent would refuse every job, one failed measurement at a time.
     for low, high in (("min_runs", "max_runs"), ("min_seconds", "max_seconds")):
         if getattr(args, low) and getattr(args, high) and getattr(args, low) > getattr(args, high):

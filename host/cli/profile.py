@@ -81,18 +81,27 @@ def run_single(args: argparse.Namespace, model: Path) -> int:
     from fleetnas_agent.client import AgentClient, result_to_dict
     from fleetnas_agent.proto import agent_pb2 as pb
 
+    from ..farm.jobs import JobError, sniff
+
     stopping = pb.StoppingRule(**stopping_from(args))
+    data = model.read_bytes()
+    try:
+        sniff(data, model)  # a file named for one format holding another is refused by name, before the upload
+    except JobError as exc:
+        raise CliError(str(exc)) from None
+    live = not args.json and sys.stderr.isatty()  # a progress line only where it can be redrawn
     with AgentClient(args.agent, credentials_from(args)) as client:
         try:
-            sha = client.put_file(model)
+            sha = client.put_artifact(data, name=model.name)
             result = client.profile(sha, runtime=args.runtime, threads=args.threads, stopping=stopping,
-                                    on_progress=None if args.json else _show_progress)
+                                    on_progress=_show_progress if live else None)
         except grpc.RpcError as exc:
             raise agent_error(exc, args.agent) from None
         except ValueError as exc:
             raise CliError(str(exc)) from None
-    if not args.json:
-        sys.stderr.write("\r\033[K")
+        finally:
+            if live:
+                sys.stderr.write("\r\033[K")
     summary = result_to_dict(result)
     if args.json:
         print_json(summary)

@@ -103,8 +103,18 @@ def _search(store, args: argparse.Namespace):
             return _execute(store, run_id, spec, evaluator), run_id
         except (EvaluationError, FarmError, TooManyFailures) as exc:  # a device or an evaluator failed: say how
             # to go on
-            raise CliError(f"{exc.args[0] if exc.args else exc}\nrun {run_id} keeps what it evaluated: "
-                           f"`fleetnas search --resume {run_id}` continues it") from None
+            raise CliError(f"{exc.args[0] if exc.args else exc}\n{_how_to_go_on(store, run_id, spec.budget)}") from None
+
+
+def _how_to_go_on(store, run_id: int, budget: int) -> str:
+    from fleetnas.search.run import evaluations_spent
+
+    spent, failed = evaluations_spent(store, run_id)
+    if spent < budget:
+        return f"run {run_id} keeps what it evaluated: `fleetnas search --resume {run_id}` continues it"
+    # A resume would only say the same again: there is nothing left to evaluate.
+    return (f"run {run_id} has spent its budget of {budget} evaluations ({failed} failed); fix the cause and start "
+            "a new run")
 
 
 def _new_spec(args: argparse.Namespace):
@@ -112,6 +122,8 @@ def _new_spec(args: argparse.Namespace):
 
     from fleetnas.search.run import RunSpec
 
+    if args.tactic == "random" and args.algorithm is not None:
+        raise CliError("--algorithm is for the linas and evolutionary tactics; random search uses none", 2)
     _apply_defaults(args)
     if not args.space or not args.objective:
         raise CliError("give --space and at least two --objective, or --resume RUN", 2)

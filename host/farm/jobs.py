@@ -138,6 +138,13 @@ def sniff(data: bytes, path: Path | None = None) -> str:
     fmt = names.get(sniff_format(data))
     if fmt is None:
         raise JobError(f"{path or 'artifact'} is not a .tflite, .onnx or torch spec model")
+    # ONNX is what is left when nothing else matches: a file named for another format is more likely broken
+    # than ONNX, and onnxruntime's "protobuf parsing failed" would not say so.
+    named = {".tflite": "tflite", ".onnx": "onnx", ".json": "spec"}.get(path.suffix.lower()) if path else None
+    if named is not None and named != fmt:
+        described = {"tflite": "a TFLite model (no TFL3 tag)", "onnx": "an ONNX model", "spec": "a torch spec"}
+        looks = "" if fmt == "onnx" else f": its content looks like {described[fmt].split(' (')[0]}"
+        raise JobError(f"{path} is not {described[named]}{looks}")
     return fmt
 
 

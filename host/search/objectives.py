@@ -8,6 +8,7 @@ pymoo and the hypervolume work in.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -88,6 +89,9 @@ def parse_constraint(text: str) -> Constraint:
         raise ValueError(f"constraint {text!r} must look like 'latency@rpi4 <= 30ms' or 'accuracy >= 0.9'")
     metric, unit = m["name"].split("@")[0], m["unit"]
     units = {"": 1.0, **UNITS.get(metric, {})}
+    named = [known for known in UNITS if known.lower() == metric.lower()]
+    if unit and metric not in UNITS and named:
+        raise ValueError(f"constraint {text!r}: metric names are case-sensitive: did you mean {named[0]!r}?")
     if unit not in units:
         allowed = ", ".join(u for u in units if u) or "none: give a bare number"
         meant = [u for u in units if u and u.lower() == unit.lower()]
@@ -97,6 +101,8 @@ def parse_constraint(text: str) -> Constraint:
         value = float(m["value"])
     except ValueError:
         raise ValueError(f"constraint {text!r}: {m['value']!r} is not a number") from None
+    if not math.isfinite(value * units[unit]):
+        raise ValueError(f"constraint {text!r}: {m['value']}{unit} is beyond any finite bound")
     return Constraint(m["name"], m["op"], value * units[unit], written=m["value"] + m["unit"])
 
 

@@ -28,6 +28,8 @@ def open_store(location: str | Path | None = None, busy_timeout_s: float = 30.0,
     error instead of a new, empty database. `read_only` (which implies `existing`) for what only reads (a
     report, a listing): it also reads a store on read-only media."""
     existing = existing or read_only
+    if location is not None and not str(location).strip():  # "" would quietly be the default store
+        raise StoreError("the store's path is empty: give --db PATH, or leave it out for the default")
     location = str(location or default_location())
     if "://" in location:
         scheme, _, rest = location.partition("://")
@@ -35,6 +37,8 @@ def open_store(location: str | Path | None = None, busy_timeout_s: float = 30.0,
             raise StoreError(f"unsupported store {location!r}: only sqlite:///PATH or a file path")
         location = rest
     found = _is_file(location)  # also for a new store: the OS's reason beats SQLite's "unable to open"
+    if not found and Path(location).is_dir():
+        raise StoreError(f"{location} is a folder, not a store: give the database file's path")
     if existing and not found:
         raise StoreError(f"no store at {location} (give --db PATH, or set FLEETNAS_DB)")
     try:
