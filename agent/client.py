@@ -114,7 +114,8 @@ class AgentClient:
         ABORTED (another upload of the same artifact is still in flight, e.g. one this host just
         abandoned) is retried with a growing pause: the agent releases it within moments.
         """
-        return _retrying(lambda: self._put_once(data, artifact_format, name), also=frozenset({grpc.StatusCode.ABORTED}))
+        return _retrying(lambda: self._put_once(data, artifact_format, name), also=frozenset({grpc.StatusCode.ABORTED}),
+                         busy=True)
 
     def _put_once(self, data: bytes, artifact_format: int, name: str) -> str:
         sha = sha256_of(data)
@@ -220,14 +221,17 @@ class Stalled(IncompleteStream):
         return grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def _retrying(call: Callable, also: frozenset = frozenset()):
-    """call(), sent again after a growing pause while the agent sheds load (or fails with a code in `also`)."""
+def _retrying(call: Callable, also: frozenset = frozenset(), busy: bool = False):
+    """call(), sent again after a growing pause while the agent sheds load (or fails with a code in `also`).
+    `busy`: also while the agent says it is busy (DEVICE_BUSY), as it does when it takes all the uploads it takes at
+    once; a measurement refused so (its queue is full) is the caller's to place elsewhere instead."""
     for pause in (*RETRY_PAUSES_S, None):
         try:
             return call()
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
-            shed = code == grpc.StatusCode.RESOURCE_EXHAUSTED and exc.details() == LOAD_SHED
+            shed = code == grpc.StatusCode.RESOURCE_EXHAUSTED and (
+                exc.details() == LOAD_SHED or (busy and failure_cause(exc) == "DEVICE_BUSY"))
             if pause is None or not (shed or code in also):
                 raise
             time.sleep(pause)

@@ -35,6 +35,9 @@ MIB = 1024 * 1024
 #: A cancelled upload's stream ends a moment before gRPC reports the cancel; a client that ended its stream
 #: on purpose is still waiting for the answer, so its call cannot end before the agent answers.
 CANCEL_GRACE_S = 0.5
+#: Uploads taken at once. The server's other call slots stay free for measurements, Describe and health checks,
+#: so hosts that upload slowly (a poor link, or one stuck sending a byte now and then) cannot lock others out.
+MAX_UPLOADS = 8
 
 
 #: A host that vanishes (power cut, cable pulled) sends no FIN: without pings the agent would notice only after
@@ -100,6 +103,7 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
         self.config = config
         self.cache = ArtifactCache(config.cache_dir, config.cache_max_bytes, config.max_artifact_bytes)
         self.queue = DeviceQueue(config.max_queued)
+        self._upload_slots = threading.BoundedSemaphore(MAX_UPLOADS)
         self.device_id = device.device_id(config.cache_dir)
         device.environment()  # primes psutil's CPU-percent counter so the first real snapshot means something
 
@@ -121,6 +125,15 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
             _abort(context, exc.code, str(exc))
 
     def PutArtifact(self, request_iterator, context):
+        if not self._upload_slots.acquire(blocking=False):
+            _abort(context, "RESOURCE_EXHAUSTED", f"{MAX_UPLOADS} uploads are in progress, the most this agent "
+                                                  "takes at once; retry shortly", cause="DEVICE_BUSY")
+        try:
+            return self._put(request_iterator, context)
+        finally:
+            self._upload_slots.release()
+
+    def _put(self, request_iterator, context):
         upload = None
         call_ended = threading.Event()
         if not context.add_callback(call_ended.set):
@@ -438,6 +451,8 @@ def check_security(config: AgentConfig) -> None:
 def build_server(config: AgentConfig) -> tuple[grpc.Server, int]:
     """A started server and the port it listens on (useful with port 0)."""
     check_security(config)
+    # Call slots: the queued and the running measurement, MAX_UPLOADS uploads, and 7 for quick calls (Describe,
+    # HasArtifact, health checks) that neither of those may take.
     workers = config.max_queued + 16
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes),

@@ -375,6 +375,35 @@ def test_a_stalled_upload_is_stopped_after_the_idle_limit_and_keeps_its_bytes(tm
     assert hashlib.sha256((tmp_path / "cache" / "artifacts" / sha).read_bytes()).hexdigest() == sha
 
 
+def test_slow_uploads_cannot_take_the_call_slots_measurements_and_health_checks_need(tmp_path):
+    """Uploads that trickle (a byte now and then, never idle long enough to be stopped) beyond MAX_UPLOADS are
+    refused at once; other hosts' health checks, Describe and measurements still get through."""
+    with running_agent(tmp_path / "cache", max_queued=1) as (address, _), AgentClient(address) as client:
+        cached = client.put_artifact(models.onnx_mlp(width=8, layers=1))
+        release = threading.Event()
+
+        def trickling(i):  # a header, one chunk, then nothing until the test ends
+            yield pb.ArtifactChunk(header=pb.ArtifactHeader(sha256=f"{i:064x}", size_bytes=1000))
+            yield pb.ArtifactChunk(data=b"x")
+            release.wait(60)
+
+        calls = []
+        try:
+            for i in range(server.MAX_UPLOADS + 2):
+                calls.append(client.stub.PutArtifact.future(trickling(i), timeout=60))
+            assert wait_for(lambda: sum(c.done() for c in calls) == 2)  # the two beyond the limit
+            refused = [c.exception() for c in calls if c.done()]
+            assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and failure_cause(e) == "DEVICE_BUSY"
+                       for e in refused)  # busy, not broken: a farm waits for it without blaming anything
+            assert f"{server.MAX_UPLOADS} uploads are in progress" in refused[0].details()
+            assert client.health() == "SERVING" and client.describe().limits.max_queued_profiles == 1
+            assert client.profile(cached, stopping=FAST).latency.n >= 5
+        finally:
+            release.set()
+            for call in calls:
+                call.cancel()
+
+
 def test_a_result_the_runtime_cannot_report_is_a_clear_error(tmp_path, monkeypatch, caplog, agent):
     """Values a runtime reports that the result message cannot hold are named in an INTERNAL status, not left to
     escape as UNKNOWN with a traceback; the device is free again afterwards."""
