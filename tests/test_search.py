@@ -981,7 +981,7 @@ def test_a_user_evaluator_named_like_a_stdlib_module_cannot_edit_the_run_print_i
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert main(["search", "--resume", "1", "--db", str(db), "--json"]) == 0
-    capsys.readouterr()
+    assert f"search run 1 resumed in {db}: 4 of 4 evaluations done" in capsys.readouterr().err
     assert main([*args, "--accuracy", "test:huge"]) == 1
     err = capsys.readouterr().err
     assert "returned 1000" in err and "it must return a finite number" in err

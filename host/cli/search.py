@@ -99,6 +99,11 @@ def _search(store, args: argparse.Namespace):
         if run_id is None:
             run_id = start_run(store, spec, name=args.name)
             print(f"search run {run_id} started in {store.path}", file=sys.stderr)
+        else:
+            from fleetnas.search.run import evaluations_spent
+
+            print(f"search run {run_id} resumed in {store.path}: {evaluations_spent(store, run_id)[0]} of "
+                  f"{spec.budget} evaluations done", file=sys.stderr)
         try:
             return _execute(store, run_id, spec, evaluator), run_id
         except (EvaluationError, FarmError, TooManyFailures) as exc:  # a device or an evaluator failed: say how
