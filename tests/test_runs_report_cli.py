@@ -112,7 +112,8 @@ def test_a_damaged_json_column_is_an_error_naming_the_row_in_runs_report_and_res
     for command in (["runs"], ["report", "1", "--out", str(tmp_path / "out")], ["search", "--resume", "1"]):
         assert main([*command, "--db", str(db)]) == 1
         err = capsys.readouterr().err
-        assert err.startswith("fleetnas: error: the store's " + problem) and "edited or damaged" in err
+        # (A resume first says which run it resumed.)
+        assert "\nfleetnas: error: the store's " + problem in "\n" + err and "edited or damaged" in err
     assert not (tmp_path / "out").exists()
 
 
