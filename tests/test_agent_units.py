@@ -77,9 +77,10 @@ def test_measure_stops_early_once_precise_enough():
 def test_slowdown_stretches_every_timed_run():
     rule = StoppingRule(warmup_min_runs=1, warmup_min_s=0.0, min_runs=30, max_runs=30, min_s=0.0, max_s=60)
     work = lambda: sum(range(20000))  # noqa: E731
-    plain = measure(work, rule)["median_ms"]
-    slowed = measure(work, rule, slowdown=1.0)["median_ms"]
-    assert slowed > 1.5 * plain
+    # Pairs measured back to back, the median ratio judged: this shared machine's own speed moves by up to 1.7x
+    # between bursts (one plain measurement, then one slowed, read 0.44 and 0.54 ms in a clean CI run).
+    ratios = [measure(work, rule, slowdown=1.0)["median_ms"] / measure(work, rule)["median_ms"] for _ in range(7)]
+    assert float(np.median(ratios)) > 1.5, ratios
 
 
 def test_inputs_fill_open_dimensions_and_check_overrides():

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from fleetnas.search.run import (RunBusy, RunSpec, StoreRecorder, execute_run, l
                                  run_lease, run_state, start_run)
 from fleetnas.search.session import BudgetExhausted, SearchSession
 from fleetnas.search.tactics import TACTICS
-from fleetnas.store import open_store
+from fleetnas.store import SqliteStore, open_store
 from fleetnas.supernets import get_supernet
 from fleetnas.supernets.nb201 import EDGES, edge_name
 from fleetnas.tables import read_table
@@ -766,6 +767,8 @@ def test_search_cli_refuses_bad_requests_clearly(tmp_path):
       "--batch", "4"], "--batch is a LINAS setting"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--tactic", "random",
       "--algorithm", "nsga2"], "--algorithm is for the linas and evolutionary tactics"),
+    (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--give-up", "5"],
+     "--give-up is for measurements on devices"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--seed", "-1"],
      "--seed: must be 0 or more"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--constraint",
@@ -1076,6 +1079,37 @@ def test_a_device_that_refuses_a_model_fails_that_config_alone_and_runs_lists_it
     assert main(["runs", "--db", str(db), "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert (row["evaluations"], row["failed"], row["state"]) == (10, result["failed"], "finished")
+
+
+@pytest.mark.slow
+def test_a_search_whose_farm_dies_stops_after_give_up_and_can_be_resumed(tmp_path):
+    """The only agent of a kind killed mid-search: with --give-up 2 the search ends within seconds, not the
+    farm's default 300, keeping what it measured, and says how to go on."""
+    from agents import AgentProcess
+
+    db, inventory = tmp_path / "s.db", tmp_path / "farm.toml"
+    SqliteStore(db).close()  # there from the start, so that it can be watched
+    with AgentProcess(tmp_path / "cache") as agent, SqliteStore(db) as watcher:
+        inventory.write_text(f'[agents.only]\naddress = "{agent.address}"\nkind = "k"\n')
+        search = subprocess.Popen(
+            [sys.executable, "-m", "fleetnas.cli", "search", "--space", "demo", "--objective", "macs:min",
+             "--objective", "latency@k:min", "--tactic", "random", "--budget", "40", "--give-up", "2", "--db", str(db),
+             "--inventory", str(inventory), "--warmup-runs", "1", "--warmup-seconds", "0.01", "--min-runs", "3",
+             "--min-seconds", "0.01", "--max-seconds", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not watcher.count_measurements() and search.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)  # polls an observable condition: the first measurement stored
+            agent.kill()
+            _, err = search.communicate(timeout=120)
+        finally:
+            if search.poll() is None:
+                search.kill()
+        measured = watcher.count_measurements()
+    assert search.returncode == 1, err[-2000:]
+    assert "was usable for 2 s" in err and "fleetnas search --resume 1` continues it" in err
+    assert 0 < measured < 40
 
 
 class ScriptedAccuracy:

@@ -9,8 +9,8 @@ import sys
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-from .common import (STOPPING_FLAGS, CliError, add_stopping_options, non_negative_int, positive_int, print_json,
-                     stopping_from)
+from .common import (STOPPING_FLAGS, CliError, add_stopping_options, non_negative_int, positive_int, positive_seconds,
+                     print_json, stopping_from)
 
 
 def register(sub) -> None:
@@ -34,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--inventory",
                    help="farm inventory (default fleetnas.toml); with --resume, where the run's inventory now is")
     p.add_argument("--db", help="the store (default fleetnas.db or $FLEETNAS_DB)")
+    p.add_argument("--give-up", type=positive_seconds, default=GIVE_UP_S, metavar="SECONDS",
+                   help="measurements wait this long for an agent of their kind to come back before they fail "
+                        f"(default {GIVE_UP_S:g}); also with --resume")
     p.add_argument("--name", help="a name for the run (unique in the store; report and --resume take it too)")
     p.add_argument("--resume", metavar="RUN", help="continue run RUN (its id or --name) where it stopped")
     p.add_argument("--json", action="store_true", help="print the measured front as JSON")
@@ -61,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How long measurements wait for an agent of their kind to come back (the farm's own default).
+GIVE_UP_S = 300.0
 #: What a new run is started with where an option is not given; a resumed run keeps what it was started with.
 RUN_OPTIONS = {"space": None, "objective": [], "constraint": [], "tactic": "linas", "algorithm": "nsga2",
                "budget": 100, "batch": None, "seed": 0, "accuracy": None, "name": None,
@@ -94,8 +99,8 @@ def _search(store, args: argparse.Namespace):
         return _finished(store, run.id), run.id
     run_id = run.id if run is not None else None
     spec = load_spec(store, run_id) if run_id is not None else _new_spec(args)
-    with _evaluator(store, spec, args.inventory if run_id is not None else None, resuming=run_id is not None) \
-            as evaluator:
+    with _evaluator(store, spec, args.inventory if run_id is not None else None, resuming=run_id is not None,
+                    give_up_s=args.give_up) as evaluator:
         if run_id is None:
             run_id = start_run(store, spec, name=args.name)
             print(f"search run {run_id} started in {store.path}", file=sys.stderr)
@@ -142,6 +147,8 @@ def _new_spec(args: argparse.Namespace):
             raise CliError(f"--batch is a LINAS setting; the {args.tactic} tactic has no batches", 2)
         settings["batch"] = args.batch
     on_devices = any("@" in o for o in args.objective)
+    if args.give_up != GIVE_UP_S and not on_devices:
+        raise CliError("--give-up is for measurements on devices; no --objective is measured on one", 2)
     stopping = stopping_from(args)
     if stopping and not on_devices:
         raise CliError("a stopping rule is for measurements on devices; no --objective is measured on one", 2)
@@ -168,7 +175,7 @@ def _check_name(name: str) -> None:
 
 
 @contextmanager
-def _evaluator(store, spec, inventory: str | None, resuming: bool = False):
+def _evaluator(store, spec, inventory: str | None, resuming: bool = False, give_up_s: float = GIVE_UP_S):
     """The run's LiveEvaluator, with its farm open; `inventory` (a resume's --inventory) overrides the stored one,
     for a farm whose inventory file has moved. A new run notes how each device kind measures
     (`spec.measured_with`); a resumed one must measure them the same way."""
@@ -179,7 +186,7 @@ def _evaluator(store, spec, inventory: str | None, resuming: bool = False):
     kinds = sorted({o.device_kind for o in objectives if o.device_kind})
     if kinds:
         from fleetnas.farm import Farm
-        farm = Farm.open(inventory or spec.inventory, db=store.path)
+        farm = Farm.open(inventory or spec.inventory, db=store.path, give_up_s=give_up_s)
         try:
             farm.require_answering(set(kinds))
             _check_measured_with(farm, spec, kinds, resuming)
