@@ -1,5 +1,5 @@
 """Calibration against a real agent process on 127.0.0.1: the command end to end, quiet rounds, a version
-change, and a real doubling of latency (the agent restarted with --test-slowdown 1.0).
+change, and a real slowdown to four times the latency (the agent restarted with --test-slowdown 3.0).
 
 One calibration (4 sampled demo sub-networks + the 10 reference configs, measured twice for the baseline)
 is made once for the module; each test works on its own copy of that database. Every measurement spawns
@@ -205,15 +205,15 @@ def test_a_runtime_version_change_marks_old_measurements_stale_and_refits(calibr
                                                                  abs=0.01)
 
 
-def test_a_real_slowdown_to_twice_the_latency_fires_drift_marks_stale_and_refits(calibrated, tmp_path, capsys,
-                                                                                  caplog):
-    # Twice the latency, not the 20 % that test_calibrate_drift detects every time: this test is about the whole
-    # path, and a shared two-core CI machine's own speed has moved by 10-20 % between two rounds seconds apart
-    # (+21.6 %, then +9.8 % under a 20 % slowdown; a 50 % slowdown's confirming round read +32.9 % with p = 0.027),
-    # which a small margin over the 10 % threshold does not survive.
+def test_a_real_slowdown_to_four_times_the_latency_fires_drift_marks_stale_and_refits(calibrated, tmp_path, capsys,
+                                                                                        caplog):
+    # Four times the latency, not the 20 % that test_calibrate_drift detects every time: this test is about the
+    # whole path, and this shared two-core machine's own speed moves by up to 1.7x between bursts (see the quiet
+    # rounds test), so a baseline measured fast and a slowed round measured slow or the other way round read from
+    # 4 / 1.7 to 4 x 1.7 times; twice the latency could read +18 %.
     caplog.set_level(logging.INFO, logger="fleetnas.calibrate")
     db = calibrated.copy_db(tmp_path)
-    calibrated.restart(slowdown=1.0)
+    calibrated.restart(slowdown=3.0)
     try:
         code = main(calibrated.argv(db, tmp_path / "p", "--watch", "--interval", "0", "--rounds", "1", "--json"))
     finally:
@@ -223,10 +223,9 @@ def test_a_real_slowdown_to_twice_the_latency_fires_drift_marks_stale_and_refits
     report = json.loads(line)
     verdict = report["verdicts"][AGENT]
     assert verdict["drift"] and verdict["pairs"] == 10 and verdict["p_value"] < 0.01, verdict["reason"]
-    # +100 % by the agent; a busy two-core machine stretches the busy-waited runs further, or a baseline measured
-    # under load shrinks the change (+85 % and +28 % were seen under a 50 % slowdown), while no change, or a
-    # transient one, stays below +30 %. The upper bounds here and below catch a wrong unit or a runaway (×1000).
-    assert 0.3 < verdict["median_change"] < 5.0
+    # +300 % by the agent, read from +135 % to +580 % at this machine's swings. The upper bounds here and below
+    # catch a wrong unit or a runaway (x1000).
+    assert 1.0 < verdict["median_change"] < 20.0
     assert report["stale_marked"] == {AGENT: SAMPLES} and report["refit"]["reason"] == "drift"
     assert f"drift on {AGENT}: +" in caplog.text and f"marked {SAMPLES} measurements stale" in caplog.text
     with SqliteStore(db) as store:
@@ -237,7 +236,7 @@ def test_a_real_slowdown_to_twice_the_latency_fires_drift_marks_stale_and_refits
     assert after.reason == "drift" and after.result["evidence"][AGENT]["drift"]
     assert drifted.verdict["baseline_round"] == baseline.id  # the slow rounds are the device's new normal
     # What the refit learned from is the slowed device: every current row was measured after the change,
-    # about twice the least that config measured before it.
+    # about four times the least that config measured before it.
     assert min(v.created_at for v in values) > before.created_at and len(values) == SAMPLES + 10
     least_before = {}
     for v in old:
@@ -245,7 +244,7 @@ def test_a_real_slowdown_to_twice_the_latency_fires_drift_marks_stale_and_refits
             key = json.dumps(v.config, sort_keys=True)
             least_before[key] = min(v.value, least_before.get(key, np.inf))
     ratios = [v.value / least_before[json.dumps(v.config, sort_keys=True)] for v in values]
-    assert 1.3 < float(np.median(ratios)) < 6.0  # against each config's least before (2.04 under load at +50 %)
+    assert 2.0 < float(np.median(ratios)) < 20.0  # against each config's least before
 
 
 @pytest.mark.parametrize("args, message", [
