@@ -150,10 +150,6 @@ class ArtifactCache:
             self._uploading[sha] = header.size_bytes
         try:
             return self._open_part(sha, header, part)
-        except OSError as exc:
-            with self._lock:
-                self._uploading.pop(sha, None)
-            raise _storage_error(exc, "cannot write the artifact") from exc
         except BaseException:
             with self._lock:
                 self._uploading.pop(sha, None)
@@ -161,12 +157,15 @@ class ArtifactCache:
 
     def _open_part(self, sha: str, header: pb.ArtifactHeader, part: Path) -> Upload:
         hasher = hashlib.sha256()
-        if header.offset_bytes:
-            with part.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    hasher.update(block)
-        # Unbuffered: what has arrived is on disk, so HasArtifact reports the true resume offset.
-        handle = part.open("ab" if header.offset_bytes else "wb", buffering=0)
+        try:
+            if header.offset_bytes:
+                with part.open("rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        hasher.update(block)
+            # Unbuffered: what has arrived is on disk, so HasArtifact reports the true resume offset.
+            handle = part.open("ab" if header.offset_bytes else "wb", buffering=0)
+        except OSError as exc:
+            raise _storage_error(exc, "cannot write the artifact") from exc
         return Upload(sha, header.size_bytes, header.format, part, hasher, header.offset_bytes, handle,
                       resumed_at=header.offset_bytes)
 

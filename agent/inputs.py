@@ -1,6 +1,8 @@
 """Model inputs generated on the device from the model's declared shapes and dtypes, seeded."""
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 # Integer inputs are usually indices (tokens, positions): keep them valid for any table of two or more rows.
@@ -11,10 +13,10 @@ CHUNK = 1 << 16
 
 def resolve(declared: list[dict], overrides: list[dict]) -> list[dict]:
     """Fills open (-1) dimensions from `overrides` (by input name), else with 1; dtypes by numpy's name."""
+    twice = [name for name, n in Counter(o["name"] for o in overrides).items() if n > 1]
+    if twice:
+        raise ValueError(f"input {twice[0]!r} is given more than once")
     by_name = {o["name"]: o for o in overrides}
-    if len(by_name) < len(overrides):
-        twice = next(o["name"] for i, o in enumerate(overrides) if o["name"] in {p["name"] for p in overrides[:i]})
-        raise ValueError(f"input {twice!r} is given more than once")
     unknown = set(by_name) - {d["name"] for d in declared}
     if unknown:
         names = ", ".join(repr(d["name"]) for d in declared)

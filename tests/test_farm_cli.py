@@ -217,6 +217,13 @@ def test_the_deadline_bound_is_the_agents_own():
     assert AGENT_MAX_TIMEOUT_S == MAX_TIMEOUT_S
 
 
+def test_every_commands_give_up_default_is_the_farms_own():
+    from fleetnas.cli.common import FARM_GIVE_UP_S
+    from fleetnas.farm.scheduler import GIVE_UP_S
+
+    assert FARM_GIVE_UP_S == GIVE_UP_S
+
+
 def test_profile_refuses_at_once_when_no_agent_of_the_kind_answers(tmp_path, capsys):
     inv = tmp_path / "farm.toml"
     assert main(["devices", "add", "gone", "--address", "127.0.0.1:9", "--kind", "k", "--inventory", str(inv)]) == 0

@@ -10,8 +10,8 @@ import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
-from .common import (CliError, add_stopping_options, count_up_to, model_families, non_negative_int, positive_int,
-                     positive_seconds, print_json, stopping_from)
+from .common import (FARM_GIVE_UP_S, CliError, add_stopping_options, count_up_to, model_families, non_negative_int,
+                     positive_int, positive_seconds, print_json, stopping_from)
 from .space import MAX_SAMPLE
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d)?\s*$")
@@ -66,8 +66,9 @@ def register(sub) -> None:
                    help="fit on measurements taken while the device was throttled too (left out by default)")
     p.add_argument("--models", default="auto", help="model families to choose from, comma-separated: ridge, svr, "
                                                     "lgbm, mlp (default auto: all)")
-    p.add_argument("--give-up", type=positive_seconds, default=300.0, metavar="SECONDS",
-                   help="fail waiting jobs once no agent of the kind has answered for this long (default 300)")
+    p.add_argument("--give-up", type=positive_seconds, default=FARM_GIVE_UP_S, metavar="SECONDS",
+                   help="fail waiting jobs once no agent of the kind has answered for this long "
+                        f"(default {FARM_GIVE_UP_S:g})")
     w = p.add_argument_group("continuous mode")
     w.add_argument("--watch", action="store_true", help="keep re-measuring the reference set and refit on change")
     w.add_argument("--interval", type=duration_s, default=600.0, metavar="DURATION",

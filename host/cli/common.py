@@ -84,6 +84,9 @@ MAX_SECONDS = 366 * 86400.0
 #: The longest measurement deadline an agent accepts: fleetnas_agent.server.MAX_TIMEOUT_S, that is
 #: time_limit_s(measure.MAX_SECONDS) = 2 × 3600 + 120. Mirrored, as the host does not import the agent.
 AGENT_MAX_TIMEOUT_S = 7320.0
+#: How long a farm's waiting jobs wait for an agent of their kind to come back: fleetnas.farm.scheduler.GIVE_UP_S,
+#: the default of every command's --give-up.
+FARM_GIVE_UP_S = 300.0
 
 
 def positive_seconds(text: str) -> float:
@@ -127,8 +130,6 @@ def agent_address(text: str) -> str:
 STOPPING_FLAGS = {"warmup_runs": "warmup_min_runs", "warmup_seconds": "warmup_min_s", "min_runs": "min_runs",
                   "max_runs": "max_runs", "min_seconds": "min_s", "max_seconds": "max_s",
                   "target_rel_ci": "target_rel_ci"}
-
-
 
 
 def add_stopping_options(p: argparse.ArgumentParser) -> None:

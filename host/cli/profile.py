@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 
 from .common import CliError, add_credential_options, add_stopping_options, agent_error, credentials_from
-from .common import (AGENT_MAX_TIMEOUT_S, agent_address, count_up_to, deadline_seconds, existing_file,
-                     non_negative_int, positive_int, positive_seconds, print_json, stopping_from)
+from .common import (AGENT_MAX_TIMEOUT_S, FARM_GIVE_UP_S, agent_address, count_up_to, deadline_seconds,
+                     existing_file, non_negative_int, positive_int, positive_seconds, print_json, stopping_from)
 from .space import MAX_SAMPLE
 
 
@@ -47,7 +47,8 @@ def register(sub) -> None:
     f.add_argument("--reprobe", type=positive_seconds, metavar="SECONDS",
                    help="how long an agent that failed waits before it is checked again (default 30)")
     f.add_argument("--give-up", type=positive_seconds, metavar="SECONDS",
-                   help="fail the waiting jobs once no agent of the kind has answered for this long (default 300)")
+                   help="fail the waiting jobs once no agent of the kind has answered for this long "
+                        f"(default {FARM_GIVE_UP_S:g})")
     p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
     add_credential_options(p)
     p.set_defaults(handler=run)
@@ -55,7 +56,7 @@ def register(sub) -> None:
 
 #: Options only a farm uses, with their defaults there (None in the parser, so that one agent can refuse them).
 FARM_DEFAULTS = {"seed": 0, "inventory": Path("fleetnas.toml"), "db": None, "remeasure": False, "deadline": None,
-                 "max_attempts": 3, "reprobe": 30.0, "give_up": 300.0}
+                 "max_attempts": 3, "reprobe": 30.0, "give_up": FARM_GIVE_UP_S}
 
 
 def run(args: argparse.Namespace) -> int:

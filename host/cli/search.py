@@ -9,8 +9,8 @@ import sys
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-from .common import (STOPPING_FLAGS, CliError, add_stopping_options, non_negative_int, positive_int, positive_seconds,
-                     print_json, stopping_from)
+from .common import (FARM_GIVE_UP_S, STOPPING_FLAGS, CliError, add_stopping_options, non_negative_int, positive_int,
+                     positive_seconds, print_json, stopping_from)
 
 
 def register(sub) -> None:
@@ -34,9 +34,9 @@ def register(sub) -> None:
     p.add_argument("--inventory",
                    help="farm inventory (default fleetnas.toml); with --resume, where the run's inventory now is")
     p.add_argument("--db", help="the store (default fleetnas.db or $FLEETNAS_DB)")
-    p.add_argument("--give-up", type=positive_seconds, default=GIVE_UP_S, metavar="SECONDS",
+    p.add_argument("--give-up", type=positive_seconds, default=FARM_GIVE_UP_S, metavar="SECONDS",
                    help="measurements wait this long for an agent of their kind to come back before they fail "
-                        f"(default {GIVE_UP_S:g}); also with --resume")
+                        f"(default {FARM_GIVE_UP_S:g}); also with --resume")
     p.add_argument("--name", help="a name for the run (unique in the store; report and --resume take it too)")
     p.add_argument("--resume", metavar="RUN", help="continue run RUN (its id or --name) where it stopped")
     p.add_argument("--json", action="store_true", help="print the measured front as JSON")
@@ -64,8 +64,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-#: How long measurements wait for an agent of their kind to come back (the farm's own default).
-GIVE_UP_S = 300.0
 #: What a new run is started with where an option is not given; a resumed run keeps what it was started with.
 RUN_OPTIONS = {"space": None, "objective": [], "constraint": [], "tactic": "linas", "algorithm": "nsga2",
                "budget": 100, "batch": None, "seed": 0, "accuracy": None, "name": None,
@@ -90,7 +88,7 @@ def _search(store, args: argparse.Namespace):
     mistake there leaves no run behind."""
     from fleetnas.farm.scheduler import FarmError
     from fleetnas.search.live import EvaluationError
-    from fleetnas.search.run import find_run, load_spec, start_run
+    from fleetnas.search.run import evaluations_spent, find_run, load_spec, start_run
     from fleetnas.search.session import TooManyFailures
 
     run = find_run(store, args.resume) if args.resume is not None else None
@@ -105,8 +103,6 @@ def _search(store, args: argparse.Namespace):
             run_id = start_run(store, spec, name=args.name)
             print(f"search run {run_id} started in {store.path}", file=sys.stderr)
         else:
-            from fleetnas.search.run import evaluations_spent
-
             print(f"search run {run_id} resumed in {store.path}: {evaluations_spent(store, run_id)[0]} of "
                   f"{spec.budget} evaluations done", file=sys.stderr)
         try:
@@ -147,7 +143,7 @@ def _new_spec(args: argparse.Namespace):
             raise CliError(f"--batch is a LINAS setting; the {args.tactic} tactic has no batches", 2)
         settings["batch"] = args.batch
     on_devices = any("@" in o for o in args.objective)
-    if args.give_up != GIVE_UP_S and not on_devices:
+    if args.give_up != FARM_GIVE_UP_S and not on_devices:
         raise CliError("--give-up is for measurements on devices; no --objective is measured on one", 2)
     stopping = stopping_from(args)
     if stopping and not on_devices:
@@ -175,7 +171,7 @@ def _check_name(name: str) -> None:
 
 
 @contextmanager
-def _evaluator(store, spec, inventory: str | None, resuming: bool = False, give_up_s: float = GIVE_UP_S):
+def _evaluator(store, spec, inventory: str | None, resuming: bool = False, give_up_s: float = FARM_GIVE_UP_S):
     """The run's LiveEvaluator, with its farm open; `inventory` (a resume's --inventory) overrides the stored one,
     for a farm whose inventory file has moved. A new run notes how each device kind measures
     (`spec.measured_with`); a resumed one must measure them the same way."""

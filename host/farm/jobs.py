@@ -142,9 +142,10 @@ def sniff(data: bytes, path: Path | None = None) -> str:
     # than ONNX, and onnxruntime's "protobuf parsing failed" would not say so.
     named = {".tflite": "tflite", ".onnx": "onnx", ".json": "spec"}.get(path.suffix.lower()) if path else None
     if named is not None and named != fmt:
-        described = {"tflite": "a TFLite model (no TFL3 tag)", "onnx": "an ONNX model", "spec": "a torch spec"}
-        looks = "" if fmt == "onnx" else f": its content looks like {described[fmt].split(' (')[0]}"
-        raise JobError(f"{path} is not {described[named]}{looks}")
+        what = {"tflite": "a TFLite model", "onnx": "an ONNX model", "spec": "a torch spec"}
+        why = " (no TFL3 tag)" if named == "tflite" else ""
+        looks = "" if fmt == "onnx" else f": its content looks like {what[fmt]}"
+        raise JobError(f"{path} is not {what[named]}{why}{looks}")
     return fmt
 
 

@@ -43,6 +43,8 @@ MODEL_FAULT_IF_REPEATED = {"KILLED"}
 #: How long an agent that refused a job as busy gets no job; it doubles with each refusal in a row, to the max,
 #: and starts again once the agent measures.
 BUSY_PAUSE_S, MAX_BUSY_PAUSE_S = 0.25, 8.0
+#: How long a kind may have no usable agent before its waiting jobs fail (Farm's give_up_s).
+GIVE_UP_S = 300.0
 
 
 class FarmError(RuntimeError):
@@ -135,7 +137,7 @@ class Farm:
     """
 
     def __init__(self, inventory: Inventory, store: Store, *, deadline_s: float | None = None, max_attempts: int = 3,
-                 unhealthy_after: int = 2, reprobe_s: float = 30.0, give_up_s: float = 300.0,
+                 unhealthy_after: int = 2, reprobe_s: float = 30.0, give_up_s: float = GIVE_UP_S,
                  rpc_timeout_s: float = 10.0, progress: bool = False):
         if max_attempts < 1 or unhealthy_after < 1:
             raise ValueError("max_attempts and unhealthy_after must be at least 1")
