@@ -8,7 +8,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -1086,6 +1085,7 @@ def test_a_search_whose_farm_dies_stops_after_give_up_and_can_be_resumed(tmp_pat
     """The only agent of a kind killed mid-search: with --give-up 2 the search ends within seconds, not the
     farm's default 300, keeping what it measured, and says how to go on."""
     from agents import AgentProcess
+    from faults import wait_until
 
     db, inventory = tmp_path / "s.db", tmp_path / "farm.toml"
     SqliteStore(db).close()  # there from the start, so that it can be watched
@@ -1098,9 +1098,8 @@ def test_a_search_whose_farm_dies_stops_after_give_up_and_can_be_resumed(tmp_pat
              "--min-seconds", "0.01", "--max-seconds", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
         try:
-            deadline = time.monotonic() + 300
-            while not watcher.count_measurements() and search.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)  # polls an observable condition: the first measurement stored
+            wait_until(lambda: watcher.count_measurements() or search.poll() is not None, timeout_s=300,
+                       what="the first measurement stored")
             agent.kill()
             _, err = search.communicate(timeout=120)
         finally:
