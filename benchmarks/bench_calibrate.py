@@ -4,10 +4,11 @@
     .venv/bin/python benchmarks/bench_calibrate.py --quiet-rounds 20 --trials 10 --slowdowns 0.1 0.2
 
 1. `calibrate` the demo space: wall time, measurements, cross-validated metrics of both predictors.
-2. Quiet rounds: `watch` rounds with nothing changed; every drift it reports is a false alarm.
+2. Quiet rounds: `watch` rounds with nothing changed; every drift it reports is a false alarm. From the
+   SWING_MIN_STEPS-th round on, the watch judges against the swings it learned from the rounds before.
 3. Slowdown trials: the agent restarted with --test-slowdown F; each trial judges fresh reference rounds
-   against the calibration's baseline exactly as a watch round does (one round, a second to confirm),
-   without acting on it, so every trial faces the same baseline. Then one full watch round times the
+   against the latest baseline exactly as a watch round does (one round, a second to confirm, the swings
+   learned from the quiet rounds), without acting on it, so every trial faces the same baseline. Then one full watch round times the
    reaction: mark stale, re-measure the sample, refit.
 The machine's load average is printed beside the figures: other processes inflate and disturb timings.
 """
@@ -60,14 +61,15 @@ def load() -> str:
     return "load %.2f" % os.getloadavg()[0]
 
 
-def judged(farm, reference, baseline_entries, settings_stopping) -> tuple[bool, bool, float]:
-    """(looked drifted, confirmed, median change) of fresh rounds against the baseline, as watch judges."""
+def judged(farm, reference, baseline_entries, history, settings_stopping) -> tuple[bool, bool, float]:
+    """(looked drifted, confirmed, median change) of fresh rounds against the baseline, as watch judges
+    (`history`: the rounds recorded before, that the device's swings are learned from)."""
     first = measure_reference_rounds(farm, reference, KIND, settings_stopping)[AGENT]
-    verdict = compare_rounds(baseline_entries, first.entries)
+    verdict = compare_rounds(baseline_entries, first.entries, history=history)
     if not verdict.drift:
         return False, False, verdict.median_change
     second = measure_reference_rounds(farm, reference, KIND, settings_stopping)[AGENT]
-    confirmed = compare_rounds(baseline_entries, least_of(first, second).entries)
+    confirmed = compare_rounds(baseline_entries, least_of(first, second).entries, history=history)
     return True, confirmed.drift, confirmed.median_change
 
 
@@ -96,25 +98,31 @@ def main() -> None:
                       f"within ±10 % {figure(cv['within_10'], '.0%')}, Kendall tau {figure(cv['kendall_tau'])}")
             print(f"  parity plot: {result.plot_path}")
 
-            changes, fired, looked = [], 0, 0
+            changes, fired, learned = [], [], []
             started = time.perf_counter()
             for report in watch(farm, farm.store, "demo", KIND, interval_s=0, rounds=args.quiet_rounds,
                                 out_dir=root / "p"):
                 verdict = report.verdicts[AGENT]
                 changes.append(verdict.median_change)
-                fired += verdict.changed
-            print(f"quiet rounds: {fired} false alarm(s) in {args.quiet_rounds} rounds; median change per round "
-                  f"{statistics.median(changes):+.2%}, largest |change| {max(map(abs, changes)):.2%}; "
+                if verdict.changed:
+                    fired.append(report.round)
+                learned.append(verdict.swing)
+            print(f"quiet rounds: {len(fired)} false alarm(s) in {args.quiet_rounds} rounds (rounds {fired}); median "
+                  f"change per round {statistics.median(changes):+.2%}, largest |change| {max(map(abs, changes)):.2%}; "
                   f"{(time.perf_counter() - started) / args.quiet_rounds:.1f} s per round ({load()})")
-            baseline_round = farm.store.reference_rounds("demo", KIND, agent=AGENT, role="baseline")[-1]
-            baseline = [RoundEntry.from_dict(e) for e in baseline_round.entries]
+            if any(learned):
+                print(f"  swings learned from round {learned.index(next(filter(None, learned))) + 1}: "
+                      f"±{min(filter(None, learned)):.1%} to ±{max(learned):.1%}")
+            rounds = farm.store.reference_rounds("demo", KIND, agent=AGENT)
+            baseline = [RoundEntry.from_dict(e) for e in [r for r in rounds if r.role == "baseline"][-1].entries]
+            history = [[RoundEntry.from_dict(e) for e in r.entries] for r in rounds]
             reference = reference_set(get_supernet("demo").space)
 
         for slowdown in args.slowdowns:
             agent.stop()
             agent = Agent(root / "agent-cache", port=agent.port, slowdown=slowdown)
             with Farm(inventory, open_store(root / "bench.db")) as farm:
-                outcomes = [judged(farm, reference, baseline, STOPPING) for _ in range(args.trials)]
+                outcomes = [judged(farm, reference, baseline, history, STOPPING) for _ in range(args.trials)]
             looked = sum(o[0] for o in outcomes)
             confirmed = sum(o[1] for o in outcomes)
             print(f"slowdown {slowdown:.0%}: detected in {confirmed}/{args.trials} trials ({looked} looked drifted "

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fleetnas.calibrate import RoundEntry, compare_rounds, least_per_config, min_pairs, reference_set
+from fleetnas.calibrate.drift import SWING_WINDOW, swing_floor
 from fleetnas.supernets import get_supernet
 
 KEYS = [f"cfg{i}" for i in range(10)]
@@ -130,3 +131,72 @@ def test_the_reference_set_is_fixed_spans_the_space_and_has_a_digest():
         reference_set(space, 1)
     ofa = reference_set(get_supernet("ofa_mbv3").space)
     assert ofa.digest != a.digest and len(ofa.configs) == 10
+
+
+def rounds_at(factors, rng, noise=0.02):
+    """A device's recorded rounds, one per factor (its speed then), each config off by lognormal noise."""
+    return [entries(BASE_MS * f * np.exp(rng.normal(0.0, noise, size=10))) for f in factors]
+
+
+def test_the_swing_floor_learns_a_devices_swings_but_not_one_real_drift():
+    rng = np.random.default_rng(3)
+    steady, steps = swing_floor(rounds_at([1.0] * 21, rng))
+    assert steps == SWING_WINDOW == 20 and 0 < math.expm1(steady) < 0.1   # 2 % noise: well below 10 %
+    assert swing_floor(rounds_at([1.0] * 10, rng)) == (0.0, 9)  # too few steps to say anything yet
+    # One real drift in the history is one large step: it must not hide the next drift.
+    drifted, _ = swing_floor(rounds_at([1.0] * 10 + [1.3] * 11, rng))
+    assert math.expm1(drifted) < 0.1
+    # A device that runs 1.5x slower in one round of three swings out and back: that is its normal.
+    swinging, _ = swing_floor(rounds_at([1.5 if i % 3 == 0 else 1.0 for i in range(21)], rng))
+    assert math.expm1(swinging) > 0.5
+    # Only the latest SWING_WINDOW steps count: a device whose swings stopped long ago is steady again.
+    calmed, _ = swing_floor(rounds_at([1.5 if i % 2 else 1.0 for i in range(20)] + [1.0] * 21, rng))
+    assert math.expm1(calmed) < 0.1
+
+
+def test_a_shift_within_the_devices_own_swings_is_not_drift():
+    rng = np.random.default_rng(4)
+    history = rounds_at([1.6 if i % 3 == 0 else 1.0 for i in range(21)], rng)
+    v = compare_rounds(entries(BASE_MS), entries(BASE_MS * 1.3), history=history)
+    assert not v.drift and v.swing > 0.6 and v.swing_steps == 20
+    assert v.reason.startswith("within this device's swings: +30.0 % median") and "swings ±" in v.reason
+    assert compare_rounds(entries(BASE_MS), entries(BASE_MS * 1.3)).drift  # the same shift, no history
+    assert compare_rounds(entries(BASE_MS), entries(BASE_MS * 4.0), history=history).drift  # beyond the swings
+    assert v.to_dict()["swing"] == pytest.approx(v.swing)
+
+
+def swinging_watch(rng, rounds, slow_share, slow=1.5, drift_from=None, drift=1.0, learn=True):
+    """A watch on a device whose speed swings (slow by `slow` in a `slow_share` of rounds, the state held for
+    a round and its confirmation), as `watch_round` judges: the first look, a confirmation when it looks
+    drifted, every round recorded, a confirmed drift the new baseline. Which rounds were called drift."""
+    def device(i):
+        factor = (slow if rng.random() < slow_share else 1.0) * (drift if drift_from is not None and i >= drift_from
+                                                                  else 1.0)
+        return lambda: noisy_round(rng, factor)
+
+    baseline = least_per_config([noisy_round(rng), noisy_round(rng)])
+    recorded, called = [baseline], []
+    for i in range(rounds):
+        measure = device(i)
+        now = measure()
+        history = recorded if learn else []
+        verdict = compare_rounds(baseline, now, history=history)
+        if verdict.drift:
+            now = least_per_config([now, measure()])
+            verdict = compare_rounds(baseline, now, history=history)
+        recorded.append(now)
+        baseline = now if verdict.drift else baseline
+        called.append(verdict.drift)
+    return np.array(called)
+
+
+def test_a_watch_on_a_swinging_device_stops_calling_its_swings_drift_and_still_sees_a_real_one():
+    rng = np.random.default_rng(5)
+    # A third of the rounds 1.5x slower: without what its history says, about 2 rounds in 5 are called drift.
+    blind = np.array([swinging_watch(rng, 60, 0.3, learn=False) for _ in range(5)])
+    assert blind[:, 10:].sum() > 60  # of 250
+    learned = np.array([swinging_watch(rng, 60, 0.3) for _ in range(5)])
+    assert learned[:, 10:].sum() <= 3  # once SWING_MIN_STEPS steps are known
+    # A drift to four times the latency, well beyond the swings, is seen within the next three rounds.
+    found = [swinging_watch(rng, 33, 0.3, drift_from=30, drift=4.0)[30:].any() for _ in range(10)]
+    assert sum(found) == 10

@@ -18,6 +18,7 @@ import pytest
 
 from agents import AgentProcess
 from fleetnas.calibrate import RoundEntry, compare_rounds, latest_predictor, least_per_config, watch
+from fleetnas.calibrate.drift import SWING_WINDOW
 from fleetnas.cli import main
 from fleetnas.cli.calibrate import format_calibration
 from fleetnas.farm import AgentEntry, Farm, Inventory
@@ -168,6 +169,24 @@ def test_quiet_rounds_do_not_fire_live_nor_over_many_rounds_resampled_from_them(
     # alarms in 400). A detector that fired on noise would go far past 5 %.
     baselines = [least_per_config([draw(), draw()]) for _ in range(10)]
     assert sum(drift_found(b) for b in baselines for _ in range(40)) <= 20  # at most 5 % of 400
+
+
+def test_a_watch_learns_the_devices_own_swings_from_the_rounds_it_recorded(calibrated, tmp_path):
+    # As if the agent had swung between its baseline's speed and twice as slow for 20 recorded rounds: a live
+    # round at the default 10 % threshold is judged against those swings, whatever this machine's speed does now.
+    db = calibrated.copy_db(tmp_path)
+    with Farm.open(calibrated.inventory, db) as farm:
+        store = farm.store
+        [real] = store.reference_rounds("demo", KIND, agent=AGENT)
+        for i in range(SWING_WINDOW):
+            entries = [{**e, "median_ms": e["median_ms"] * (2.0 if i % 2 else 1.0)} for e in real.entries]
+            store.add_reference_round(NewReferenceRound(
+                "demo", KIND, AGENT, real.device_id, real.runtime, real.settings_hash, real.reference, "check",
+                entries, real.platform, {"reason": "a recorded swing"}))
+        [report] = watch(farm, store, "demo", KIND, interval_s=0, rounds=1, out_dir=tmp_path / "p")
+    verdict = report.verdicts[AGENT]
+    assert verdict.swing_steps == SWING_WINDOW and verdict.swing > 2.0, verdict.reason  # 2x out and back
+    assert not verdict.drift and report.refit is None and "swings ±" in verdict.reason
 
 
 def test_a_runtime_version_change_marks_old_measurements_stale_and_refits(calibrated, tmp_path, caplog):

@@ -8,7 +8,14 @@ A device has drifted when its latencies moved together, by more than a threshold
                 (default 0.01): one config that measured badly, or a few that moved in opposite
                 directions, cannot pass it; with 10 configs all must move the same way bar the smallest;
   * precision   the shift exceeds the median of the pairs' own uncertainty (the two medians' 95 % CI
-                half-widths, combined), so measurements too loose to resolve it cannot raise an alarm.
+                half-widths, combined), so measurements too loose to resolve it cannot raise an alarm;
+  * swings      the shift exceeds what the device's own speed does from one round to the next
+                (`swing_floor`: SWING_SIGMAS standard deviations of the steps between its successive
+                rounds, estimated robustly), once SWING_MIN_STEPS steps are known. A measurement's CI
+                says how well it pinned its median, not how far the device moves between rounds: on a
+                shared VM, or a phone whose clock governor moves, the same configs measured twice in a
+                row differ by 1 % to 50 % while each CI is under 1 %. Without this gate a watch on such
+                a device calls each swing drift, marks its measurements stale and refits, again and again.
 
 Throttled or failed measurements are left out of the pairs (a throttled device is a passing state, not
 a drift); too few pairs left to ever reach `alpha` make the round inconclusive. A change of runtime
@@ -29,6 +36,11 @@ import numpy as np
 
 DEFAULT_THRESHOLD = 0.10
 DEFAULT_ALPHA = 0.01
+#: How many robust standard deviations of the device's round-to-round steps a shift must exceed.
+SWING_SIGMAS = 3.0
+#: The latest steps between successive rounds that the swings are learned from, and the fewest that count.
+SWING_WINDOW, SWING_MIN_STEPS = 20, 10
+NORMAL_ABS_Q90 = 1.6449  # the 90th percentile of |x| for x ~ N(0, 1)
 PLATFORM_FIELDS = ("runtime_version", "agent_version", "os")
 
 
@@ -70,6 +82,8 @@ class DriftVerdict:
     reason: str                     # one line: what was found
     version_change: dict = field(default_factory=dict)   # {field: [before, now]}
     throttled: int = 0              # reference measurements left out because the device was throttled
+    swing: float = 0.0              # the least |shift| beyond the device's own swings, as a fraction (0: not known)
+    swing_steps: int = 0            # steps between its successive rounds that `swing` was learned from
 
     @property
     def changed(self) -> bool:
@@ -82,7 +96,7 @@ class DriftVerdict:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for name in ("median_change", "p_value", "noise"):
+        for name in ("median_change", "p_value", "noise", "swing"):
             d[name] = d[name] if math.isfinite(d[name]) else None
         d["changed"] = self.changed
         return d
@@ -115,9 +129,12 @@ def check_alpha_reachable(alpha: float, pairs: int) -> None:
 
 def compare_rounds(baseline: Sequence[RoundEntry], current: Sequence[RoundEntry], *,
                    baseline_platform: dict | None = None, current_platform: dict | None = None,
-                   threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA) -> DriftVerdict:
-    """The verdict on `current` against `baseline` (entries are paired by config key)."""
+                   threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
+                   history: Sequence[Sequence[RoundEntry]] = ()) -> DriftVerdict:
+    """The verdict on `current` against `baseline` (entries are paired by config key). `history`: the agent's
+    earlier rounds, oldest first, that its swings are learned from (`swing_floor`); not `current` itself."""
     check_parameters(threshold, alpha)
+    swing, steps = swing_floor(history)
     versions = version_changes(baseline_platform or {}, current_platform or {})
     before = {e.key: e for e in baseline if e.usable}
     pairs = [(before[e.key], e) for e in current if e.usable and e.key in before]
@@ -127,7 +144,8 @@ def compare_rounds(baseline: Sequence[RoundEntry], current: Sequence[RoundEntry]
         reason = (f"inconclusive: {len(pairs)} comparable reference configs "
                   f"({throttled} throttled), need {min_pairs(alpha)} for p ≤ {alpha:g}")
         return DriftVerdict(False, len(pairs), math.nan, math.nan, math.nan,
-                            f"{version_text}; {reason}" if versions else reason, versions, throttled)
+                            f"{version_text}; {reason}" if versions else reason, versions, throttled,
+                            math.expm1(swing), steps)
     log_ratios = np.array([math.log(now.median_ms / then.median_ms) for then, now in pairs])
     shift = float(np.median(log_ratios))
     noise = float(np.median([math.hypot(_fraction(then.rel_ci_half_width), _fraction(now.rel_ci_half_width))
@@ -135,14 +153,39 @@ def compare_rounds(baseline: Sequence[RoundEntry], current: Sequence[RoundEntry]
     p_value = _signed_rank_p(log_ratios)
     change = math.expm1(shift)
     big = abs(shift) >= math.log1p(threshold)
-    drift = big and p_value <= alpha and abs(shift) > noise
+    drift = big and p_value <= alpha and abs(shift) > noise and abs(shift) > swing
+    swings = f", swings ±{math.expm1(swing) * 100:.1f} % over {steps} steps" if swing else ""
     figures = (f"{change * 100:+.1f} % median over {len(pairs)} reference configs (p={p_value:.2g}, "
-               f"CI ±{noise * 100:.1f} %)")
+               f"CI ±{noise * 100:.1f} %{swings})")
     reason = (figures if drift else f"steady: {figures}, within ±{threshold * 100:g} %" if not big
               else f"not consistent: {figures}, p > {alpha:g}" if p_value > alpha
-              else f"too imprecise: {figures}, shift within the measurements' own CI")
+              else f"too imprecise: {figures}, shift within the measurements' own CI" if abs(shift) <= noise
+              else f"within this device's swings: {figures}")
     return DriftVerdict(drift, len(pairs), change, p_value, noise, f"{version_text}; {reason}" if versions else reason,
-                        versions, throttled)
+                        versions, throttled, math.expm1(swing), steps)
+
+
+def swing_floor(history: Sequence[Sequence[RoundEntry]]) -> tuple[float, int]:
+    """(the least log shift beyond the device's own swings, the steps it was learned from); (0.0, steps) while
+    fewer than SWING_MIN_STEPS are known.
+
+    A step is the median log ratio of the configs two successive rounds share: how far the device moved
+    between them, as a shift against the baseline is how far it moved since then. The floor is SWING_SIGMAS
+    standard deviations of the steps, each estimated as the 90th percentile of |step| / 1.645 (what it is
+    for normal steps about zero). Steps, not each round's distance from the history's mean: a real drift is
+    one large step, a swing is two (out and back) and recurs. The 90th percentile of 10 to 20 steps leaves
+    one large step out (a drift the watch has acted on must not hide the next one) and takes in swings seen
+    in more than a tenth of them; the median would need them in half. Swings slower than the rounds (a
+    state that holds for several rounds and moves by small steps) go unseen: to the watch they are drift."""
+    rounds = [{e.key: e.median_ms for e in entries if e.usable} for entries in history[-(SWING_WINDOW + 1):]]
+    steps = []
+    for before, after in zip(rounds, rounds[1:]):
+        shared = before.keys() & after.keys()
+        if len(shared) >= 3:  # fewer: one config's own noise would be the step
+            steps.append(float(np.median([math.log(after[k] / before[k]) for k in shared])))
+    if len(steps) < SWING_MIN_STEPS:
+        return 0.0, len(steps)
+    return SWING_SIGMAS * float(np.quantile(np.abs(steps), 0.9)) / NORMAL_ABS_Q90, len(steps)
 
 
 def least_per_config(rounds: Sequence[Sequence[RoundEntry]]) -> list[RoundEntry]:

@@ -4,11 +4,12 @@
         ...   # one RoundReport per round; the log says the same in words
 
 Each round measures the reference set on every agent of the kind and judges each agent against its
-baseline (fleetnas.calibrate.drift). One that looks drifted or changed is measured again at once and
-judged on the lesser of each config's two medians (a passing disturbance does not survive that). When
-the change holds: its older measurements are marked stale, the two rounds become its new baseline, the
-calibration's sample is measured again (the stale rows are what gets re-measured) and the predictors
-are refitted with reason drift or version.
+baseline (fleetnas.calibrate.drift). Every round is recorded, so within SWING_MIN_STEPS rounds the watch
+learns how far an agent's speed swings by itself between rounds, and no longer calls that drift.
+One that looks drifted or changed is measured again at once and judged on the lesser of each config's two
+medians (a passing disturbance does not survive that). When the change holds: its older measurements are
+marked stale, the two rounds become its new baseline, the calibration's sample is measured again (the stale
+rows are what gets re-measured) and the predictors are refitted with reason drift or version.
 A change recorded but not yet refitted (the refit failed, the host stopped) is refitted next round.
 """
 from __future__ import annotations
@@ -30,8 +31,8 @@ from ..predictors.metrics import figure
 from .calibration import (CalibrationError, CalibrationResult, MeasuredRound, buildable_supernet,
                           enough_for_baseline, least_of, measure_reference_rounds, measure_sample,
                           measurement_settings, record_round, refit, space_reference)
-from .drift import (DEFAULT_ALPHA, DEFAULT_THRESHOLD, DriftVerdict, RoundEntry, check_alpha_reachable, check_parameters,
-                    compare_rounds)
+from .drift import (DEFAULT_ALPHA, DEFAULT_THRESHOLD, SWING_WINDOW, DriftVerdict, RoundEntry, check_alpha_reachable,
+                    check_parameters, compare_rounds)
 from .reference import REFERENCE_SIZE, ReferenceSet
 
 log = logging.getLogger("fleetnas.calibrate")
@@ -114,17 +115,17 @@ def watch_round(farm, store: Store, space_id: str, device_kind: str, number: int
     looks = {agent: _first_look(store, reference, device_kind, settings, measured, threshold, alpha)
              for agent, measured in first.items()}
     # An agent's first round, or one that looks changed, is confirmed by a second round at once.
-    confirm = [agent for agent, (baseline, verdict) in looks.items() if baseline is None or verdict.changed]
+    confirm = [agent for agent, (baseline, _, verdict) in looks.items() if baseline is None or verdict.changed]
     for agent in confirm:
-        if looks[agent][1] is not None:
+        if looks[agent][2] is not None:
             log.info("%s: looks %s: %s; measuring the reference set again to confirm", agent,
-                     "changed" if looks[agent][1].version_change else "drifted", looks[agent][1].reason)
+                     "changed" if looks[agent][2].version_change else "drifted", looks[agent][2].reason)
     second = measure_reference_rounds(farm, reference, device_kind, settings.stopping, confirm) if confirm else {}
     for agent, measured in first.items():
-        baseline, verdict = looks[agent]
+        baseline, history, verdict = looks[agent]
         if agent in second:
             measured = least_of(measured, second[agent])
-            verdict = None if baseline is None else _verdict(baseline, measured, threshold, alpha)
+            verdict = None if baseline is None else _verdict(baseline, measured, threshold, alpha, history)
         _settle(store, reference, device_kind, settings, measured, baseline, verdict, report)
     pending = _pending_changes(store, reference, device_kind, settings.hash, calibration)
     if pending:
@@ -148,18 +149,21 @@ def _latest_calibration(farm, store: Store, space_id: str, device_kind: str):
 
 def _first_look(store: Store, reference: ReferenceSet, device_kind: str, settings, measured: MeasuredRound,
                 threshold: float, alpha: float):
-    """(the agent's latest baseline round or None, the verdict on this round against it or None)."""
-    baselines = store.reference_rounds(reference.space_id, device_kind, agent=measured.agent, role="baseline",
-                                       settings_hash=settings.hash, reference=reference.digest)
+    """(the agent's latest baseline round or None, its earlier rounds' entries, the verdict on this round or None)."""
+    rounds = store.reference_rounds(reference.space_id, device_kind, agent=measured.agent,
+                                    settings_hash=settings.hash, reference=reference.digest)
+    baselines = [r for r in rounds if r.role == "baseline"]
     if not baselines:
-        return None, None
-    return baselines[-1], _verdict(baselines[-1], measured, threshold, alpha)
+        return None, [], None
+    # Every recorded round, checks and baselines alike, shows how far the device moves by itself (`swing_floor`).
+    history = [[RoundEntry.from_dict(e) for e in r.entries] for r in rounds[-(SWING_WINDOW + 1):]]
+    return baselines[-1], history, _verdict(baselines[-1], measured, threshold, alpha, history)
 
 
-def _verdict(baseline, measured: MeasuredRound, threshold: float, alpha: float) -> DriftVerdict:
+def _verdict(baseline, measured: MeasuredRound, threshold: float, alpha: float, history) -> DriftVerdict:
     return compare_rounds([RoundEntry.from_dict(e) for e in baseline.entries], measured.entries,
                           baseline_platform=baseline.platform, current_platform=measured.platform,
-                          threshold=threshold, alpha=alpha)
+                          threshold=threshold, alpha=alpha, history=history)
 
 
 def _settle(store: Store, reference: ReferenceSet, device_kind: str, settings, measured: MeasuredRound, baseline,
