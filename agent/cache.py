@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -42,6 +43,53 @@ class CacheError(Exception):
         self.code = code
 
 
+class FolderLock:
+    """An exclusive lock on `<folder>/agent.lock` for as long as the agent runs (the system releases it however
+    the agent ends): two agents on one folder would each keep the cap for itself, and evict the other's uploads.
+    A clean-up that removes the folder takes the locked file with it; the cache then locks the file of the folder
+    it makes again (`ArtifactCache._make_dirs`), or stops writing there if another agent got to it first."""
+    NAME = "agent.lock"
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / self.NAME
+        self._handle = None
+
+    @classmethod
+    def hold(cls, folder: Path) -> "FolderLock | None":
+        """The folder's lock, held; ValueError when another agent holds it; None without advisory locks (not on
+        POSIX: one agent per folder is then the user's care)."""
+        if importlib.util.find_spec("fcntl") is None:
+            return None
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        lock = cls(folder)
+        if not lock.take():
+            raise ValueError(f"another agent uses the cache folder {folder}; give each agent its own --cache-dir")
+        return lock
+
+    def take(self) -> bool:
+        """Locks the folder's lock file (made if missing); False when another process holds it."""
+        import fcntl
+
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        if self._handle is not None:
+            self._handle.close()
+        self._handle = handle
+        return True
+
+    def still_ours(self) -> bool:
+        """Whether the file this lock holds is still the folder's (not one removed with the folder)."""
+        try:
+            now, held = os.stat(self.path), os.fstat(self._handle.fileno())
+        except FileNotFoundError:
+            return False
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
 @dataclass
 class Upload:
     """One upload in progress: appends to the partial file and hashes as it goes."""
@@ -73,8 +121,9 @@ def sniff_format(head: bytes) -> int:
 
 
 class ArtifactCache:
-    def __init__(self, root: Path, max_bytes: int, max_artifact_bytes: int):
+    def __init__(self, root: Path, max_bytes: int, max_artifact_bytes: int, folder_lock: FolderLock | None = None):
         self.root = Path(root)
+        self.folder_lock = folder_lock
         self.max_bytes = max_bytes
         # An artifact larger than the whole cache could never be stored: that is its real limit.
         self.max_artifact_bytes = min(max_artifact_bytes, max_bytes)
@@ -111,6 +160,10 @@ class ArtifactCache:
         try:
             self.done_dir.mkdir(parents=True, exist_ok=True)
             self.part_dir.mkdir(parents=True, exist_ok=True)
+            if self.folder_lock is not None and not self.folder_lock.still_ours() and not self.folder_lock.take():
+                raise CacheError("UNAVAILABLE", f"another agent took the cache folder {self.root} over after it was "
+                                                "removed: this agent no longer writes there; restart it with a "
+                                                "--cache-dir of its own")
         except OSError as exc:
             raise _storage_error(exc, "cannot make the cache's folders") from exc
 

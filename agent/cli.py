@@ -11,6 +11,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from .cache import FolderLock
 from .client import read_token
 from .server import MIB, AgentConfig, build_server
 
@@ -123,24 +124,6 @@ def _check_tls(args: argparse.Namespace) -> None:
                              f"{exc.reason or exc}") from None
 
 
-def _hold_cache(cache_dir: Path):
-    """An exclusive lock on the cache folder for the agent's lifetime (released by the system however the agent
-    ends): two agents on one folder would each keep the cap for itself, and evict the other's uploads."""
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks: one agent per folder is the user's care
-        return None
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(cache_dir / "agent.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise ValueError(f"another agent uses the cache folder {cache_dir}; give each agent its own --cache-dir") \
-            from None
-    return handle
-
-
 def _write_port_file(path: Path, port: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(f"{port}\n")
@@ -151,8 +134,7 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from(args)
-        cache_lock = _hold_cache(config.cache_dir)  # noqa: F841 - held until the process ends
-        server, port = build_server(config)
+        server, port = build_server(config, FolderLock.hold(config.cache_dir))
     except (ValueError, OSError) as exc:
         print(f"fleetnas-agent: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import device
-from .cache import SNIFF_BYTES, ArtifactCache, CacheError, sniff_format
+from .cache import SNIFF_BYTES, ArtifactCache, CacheError, FolderLock, sniff_format
 from .measure import MAX_SECONDS, StoppingRule
 from .profiler import DeviceQueue, Outbox, ProfileError, run_child
 from .proto import FAILURE_CAUSE_KEY
@@ -99,9 +99,9 @@ def is_loopback(host: str) -> bool:
 
 
 class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
-    def __init__(self, config: AgentConfig):
+    def __init__(self, config: AgentConfig, folder_lock: FolderLock | None = None):
         self.config = config
-        self.cache = ArtifactCache(config.cache_dir, config.cache_max_bytes, config.max_artifact_bytes)
+        self.cache = ArtifactCache(config.cache_dir, config.cache_max_bytes, config.max_artifact_bytes, folder_lock)
         self.queue = DeviceQueue(config.max_queued)
         self._upload_slots = threading.BoundedSemaphore(MAX_UPLOADS)
         self.device_id = device.device_id(config.cache_dir)
@@ -448,8 +448,9 @@ def check_security(config: AgentConfig) -> None:
                          "accept the risk")
 
 
-def build_server(config: AgentConfig) -> tuple[grpc.Server, int]:
-    """A started server and the port it listens on (useful with port 0)."""
+def build_server(config: AgentConfig, folder_lock: FolderLock | None = None) -> tuple[grpc.Server, int]:
+    """A started server and the port it listens on (useful with port 0). `folder_lock`: the cache folder's, held
+    (`FolderLock.hold`), kept by the cache where the folder is removed and made again."""
     check_security(config)
     # Call slots: the queued and the running measurement, MAX_UPLOADS uploads, and 7 for quick calls (Describe,
     # HasArtifact, health checks) that neither of those may take.
@@ -463,7 +464,7 @@ def build_server(config: AgentConfig) -> tuple[grpc.Server, int]:
     interceptors = [TokenAuth(config.token)] if config.token is not None else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent"),
                          interceptors=interceptors, options=options, maximum_concurrent_rpcs=workers)
-    pb_grpc.add_ProfilerAgentServicer_to_server(ProfilerAgent(config), server)
+    pb_grpc.add_ProfilerAgentServicer_to_server(ProfilerAgent(config, folder_lock), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE):

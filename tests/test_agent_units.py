@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fleetnas_agent import inputs
-from fleetnas_agent.cache import ArtifactCache, CacheError
+from fleetnas_agent.cache import ArtifactCache, CacheError, FolderLock
 from fleetnas_agent.measure import StoppingRule, latency_stats, measure, median_ci
 from fleetnas_agent.proto import agent_pb2 as pb
 
@@ -159,6 +159,27 @@ def test_a_cache_folder_removed_while_the_agent_runs_is_made_again(tmp_path):
     shutil.rmtree(tmp_path / "cache")  # a clean-up of the device's disk
     assert cache.used_bytes() == 0 and not cache.has(first).present
     assert cache.has(_put(cache, b"1" * 1000)).present and cache.used_bytes() == 1000
+
+
+def test_the_cache_folders_lock_goes_on_with_a_folder_removed_and_made_again(tmp_path):
+    """An agent holds its cache folder's lock (flock: another open file, even in this process, is refused it).
+    A clean-up that removes the folder takes the locked file along: the next upload locks the new folder's
+    file, so a second agent started on the folder is refused; where the second came first, the first stops
+    writing there instead of sharing the folder."""
+    folder = tmp_path / "cache"
+    cache = ArtifactCache(folder, max_bytes=10_000, max_artifact_bytes=10_000, folder_lock=FolderLock.hold(folder))
+    with pytest.raises(ValueError, match="another agent uses the cache folder"):
+        FolderLock.hold(folder)
+    shutil.rmtree(folder)
+    _put(cache, b"1" * 1000)  # makes the folders again, and locks the new folder's file
+    with pytest.raises(ValueError, match="another agent uses the cache folder"):
+        FolderLock.hold(folder)
+    shutil.rmtree(folder)
+    second = FolderLock.hold(folder)  # started while the folder was gone
+    with pytest.raises(CacheError) as err:
+        _put(cache, b"2" * 1000)
+    assert err.value.code == "UNAVAILABLE" and "another agent took the cache folder" in str(err.value)
+    assert second.still_ours() and not list((folder / "artifacts").iterdir())
 
 
 def test_a_read_only_cache_serves_what_it_holds_and_refuses_uploads_as_the_devices_fault(tmp_path):
