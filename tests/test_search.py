@@ -509,9 +509,10 @@ def test_runs_are_listed_with_their_state_and_found_by_name(tmp_path, capsys):
 
 
 def test_runs_and_report_read_a_store_on_read_only_media(tmp_path):
-    """An archived store (a read-only share, a mounted image) is read where nothing beside it can be written:
-    not the database's shared-memory file, not a run's lock file. A store a crash left with changes still in
-    its write-ahead log is read with them, through a symbolic link too."""
+    """An archived store (a read-only share, a mounted image) is read, by a listing, a report or a finished
+    run's --resume, where nothing beside it can be written: not the database's shared-memory file, not a run's
+    lock file. A store a crash left with changes still in its write-ahead log is read with them, through a
+    symbolic link too."""
     if sys.platform != "linux" or shutil.which("unshare") is None:
         pytest.skip("needs Linux's unshare to mount a folder read-only")
     archive, mounted, out = tmp_path / "archive", tmp_path / "mounted", tmp_path / "out"
@@ -535,14 +536,18 @@ def test_runs_and_report_read_a_store_on_read_only_media(tmp_path):
     before = {p.name: p.read_bytes() for p in listed if p.is_file() and not p.is_symlink()}
     commands = [f"{sys.executable} -m fleetnas.cli {args}" for args in (
         f"runs --db {mounted / 'a.db'} --json", f"report kept --db {mounted / 'a.db'} --out {out}",
-        f"runs --db {mounted / 'latest.db'} --json")]
+        f"search --resume kept --db {mounted / 'a.db'} --json", f"runs --db {mounted / 'latest.db'} --json")]
     script = (f"mount --bind -o ro {archive} {mounted} && touch {mounted}/probe 2>/dev/null && exit 9; "
-              + " && ".join(commands) + f"; {sys.executable} -m fleetnas.cli runs --db {mounted / 'old.db'}")
+              + " && ".join(commands) + f"; {sys.executable} -m fleetnas.cli runs --db {mounted / 'old.db'}"
+              + f"; {sys.executable} -m fleetnas.cli search --resume stopped --db {mounted / 'a.db'}")
     done = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], capture_output=True,
                           text=True, timeout=600)
     if done.returncode != 0 and "mount" in done.stderr and "fleetnas" not in done.stderr:
         pytest.skip(f"cannot mount here: {done.stderr.strip()}")
     assert "older than this FleetNAS reads" in done.stderr and "cannot be upgraded where it is" in done.stderr
+    # A finished run's --resume only reads its front; resuming one that would write says why it cannot.
+    assert "search run 1 is finished; its front" in done.stderr and '"run": 1' in done.stdout
+    assert f"database {mounted / 'a.db'} cannot be written here" in done.stderr
     first, second = json.JSONDecoder().raw_decode(done.stdout)[0], _last_json_list(done.stdout)
     assert [(r["name"], r["state"], r["evaluations"]) for r in first] == [("kept", "finished", 36),
                                                                         ("stopped", "interrupted", 0)]

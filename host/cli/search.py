@@ -56,12 +56,24 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.resume is not None:
             _refuse_options_with_resume(args)
-        with open_store(args.db, existing=args.resume is not None) as store:
+        # A finished run's front is only read: that also works on a store that cannot be written (an archive).
+        with open_store(args.db, existing=args.resume is not None, read_only=_finished_run(args)) as store:
             session, run_id = _search(store, args)
             _report(store, run_id, session, args.json)
     except (EvaluationError, FarmError, StoreError, ValueError, KeyError, ImportError) as exc:
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
     return 0
+
+
+def _finished_run(args: argparse.Namespace) -> bool:
+    """Whether --resume names a run that is finished (a look through a read-only store)."""
+    from fleetnas.search.run import find_run
+    from fleetnas.store import open_store
+
+    if args.resume is None:
+        return False
+    with open_store(args.db, read_only=True) as store:
+        return find_run(store, args.resume).state == "finished"
 
 
 #: What a new run is started with where an option is not given; a resumed run keeps what it was started with.

@@ -42,6 +42,7 @@ class SqliteStore(Store):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot make the folder of database {self.path}: {exc.strerror}") from None
+        self._check_writable()
         self._conn = self._connect(str(self.path))
         try:
             self._refuse_foreign()
@@ -58,6 +59,16 @@ class SqliteStore(Store):
                                    check_same_thread=False, uri=uri)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
+
+    def _check_writable(self) -> None:
+        """SQLite says only "unable to open database file" where the database, or the folder its log files go in,
+        cannot be written (read-only media, another user's folder)."""
+        real = self.path.resolve()
+        for place in (real, real.parent) if real.exists() else (real.parent,):
+            if not os.access(place, os.W_OK):
+                raise StoreError(f"database {self.path} cannot be written here ({place} is read-only to this user): "
+                                 "what only reads it (runs, report, export, a finished run's --resume) works as it "
+                                 "is; to write to it, copy it to a folder that can be written")
 
     def _open_read_only(self, migrations: Sequence[Migration]) -> sqlite3.Connection:
         """A read-only connection, on a store at this FleetNAS's schema version: one older is upgraded first
