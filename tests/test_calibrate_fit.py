@@ -115,6 +115,9 @@ def test_stale_marking_by_agent_and_the_calibration_tables(store):
     [baseline] = store.reference_rounds("demo", KIND, role="baseline", reference="digest")
     assert baseline == first and baseline.entries[0]["median_ms"] == 1.0 and baseline.created_at > 0
     assert store.reference_rounds("demo", KIND, agent="a1") == []
+    third = store.add_reference_round(NewReferenceRound(**{**new.__dict__, "role": "check"}))
+    assert [r.id for r in store.reference_rounds("demo", KIND, latest=2)] == [third.id - 1, third.id]  # oldest first
+    assert store.reference_rounds("demo", KIND, role="baseline", latest=1) == [first]
     with pytest.raises(StoreError, match="role must be one of baseline, check, got 'spare'"):
         store.add_reference_round(NewReferenceRound(**{**new.__dict__, "role": "spare"}))
     with pytest.raises(StoreError, match="reason must be one of requested, drift, version, got 'whim'"):

@@ -150,13 +150,14 @@ def _latest_calibration(farm, store: Store, space_id: str, device_kind: str):
 def _first_look(store: Store, reference: ReferenceSet, device_kind: str, settings, measured: MeasuredRound,
                 threshold: float, alpha: float):
     """(the agent's latest baseline round or None, its earlier rounds' entries, the verdict on this round or None)."""
-    rounds = store.reference_rounds(reference.space_id, device_kind, agent=measured.agent,
-                                    settings_hash=settings.hash, reference=reference.digest)
-    baselines = [r for r in rounds if r.role == "baseline"]
+    mine = dict(space=reference.space_id, device_kind=device_kind, agent=measured.agent, settings_hash=settings.hash,
+                reference=reference.digest)
+    baselines = store.reference_rounds(**mine, role="baseline", latest=1)
     if not baselines:
         return None, [], None
     # Every recorded round, checks and baselines alike, shows how far the device moves by itself (`swing_floor`).
-    history = [[RoundEntry.from_dict(e) for e in r.entries] for r in rounds[-(SWING_WINDOW + 1):]]
+    recent = store.reference_rounds(**mine, latest=SWING_WINDOW + 1)
+    history = [[RoundEntry.from_dict(e) for e in r.entries] for r in recent]
     return baselines[-1], history, _verdict(baselines[-1], measured, threshold, alpha, history)
 
 

@@ -351,8 +351,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def reference_rounds(self, space: str, device_kind: str, *, agent: str | None = None, role: str | None = None,
-                         settings_hash: str | None = None, reference: str | None = None) -> list[ReferenceRound]:
-        """Oldest first."""
+                         settings_hash: str | None = None, reference: str | None = None,
+                         latest: int | None = None) -> list[ReferenceRound]:
+        """Oldest first; only the `latest` ones where given (a watch records a round every few minutes for
+        months: what it judges by are the last few)."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -501,10 +501,15 @@ class SqliteStore(Store):
         return _round(self._read("SELECT * FROM reference_rounds WHERE id = ?", (cursor.lastrowid,))[0])
 
     def reference_rounds(self, space: str, device_kind: str, *, agent: str | None = None, role: str | None = None,
-                         settings_hash: str | None = None, reference: str | None = None) -> list[ReferenceRound]:
+                         settings_hash: str | None = None, reference: str | None = None,
+                         latest: int | None = None) -> list[ReferenceRound]:
         where, params = _filters(space=space, device_kind=device_kind, agent=agent, role=role,
                                  settings_hash=settings_hash, reference=reference)
-        return [_round(r) for r in self._read(f"SELECT * FROM reference_rounds m {_where(where)} ORDER BY id", params)]
+        query = f"SELECT * FROM reference_rounds m {_where(where)} ORDER BY id DESC"
+        if latest is not None:
+            query += " LIMIT ?"
+            params.append(latest)
+        return [_round(r) for r in reversed(self._read(query, params))]
 
 
 # ----- row helpers --------------------------------------------------------------------------------
