@@ -2,14 +2,16 @@
 
     .venv/bin/python benchmarks/bench_calibrate.py                         # demo space, 30 samples
     .venv/bin/python benchmarks/bench_calibrate.py --quiet-rounds 20 --trials 10 --slowdowns 0.1 0.2
+    .venv/bin/python benchmarks/bench_calibrate.py --samples 10 --quiet-rounds 40 --swing 0.5 --trials 3 --slowdowns 3.0
 
 1. `calibrate` the demo space: wall time, measurements, cross-validated metrics of both predictors.
 2. Quiet rounds: `watch` rounds with nothing changed; every drift it reports is a false alarm. From the
    SWING_MIN_STEPS-th round on, the watch judges against the swings it learned from the rounds before.
+   With --swing F the device swings: the agent restarts before each round, 1+F times slower in a share of them.
 3. Slowdown trials: the agent restarted with --test-slowdown F; each trial judges fresh reference rounds
    against the latest baseline exactly as a watch round does (one round, a second to confirm, the swings
-   learned from the quiet rounds), without acting on it, so every trial faces the same baseline. Then one full watch round times the
-   reaction: mark stale, re-measure the sample, refit.
+   learned from the quiet rounds), without acting on it, so every trial faces the same baseline. Then one
+   full watch round times the reaction: mark stale, re-measure the sample, refit.
 The machine's load average is printed beside the figures: other processes inflate and disturb timings.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from fleetnas.calibrate import calibrate, compare_rounds, watch, watch_round
 from fleetnas.calibrate.calibration import least_of, measure_reference_rounds
-from fleetnas.calibrate.drift import RoundEntry
+from fleetnas.calibrate.drift import SWING_MIN_STEPS, RoundEntry
 from fleetnas.calibrate.reference import reference_set
 from fleetnas.farm import AgentEntry, Farm, Inventory
 from fleetnas.predictors.metrics import figure
@@ -79,6 +82,11 @@ def main() -> None:
     p.add_argument("--quiet-rounds", type=int, default=10)
     p.add_argument("--trials", type=int, default=5, help="slowdown trials per slowdown")
     p.add_argument("--slowdowns", type=float, nargs="+", default=[0.2])
+    p.add_argument("--swing", type=float, default=0.0, metavar="F",
+                   help="quiet rounds on a device whose speed swings: before each round the agent restarts, with "
+                        "--test-slowdown F in a --swing-share of the rounds and none in the others")
+    p.add_argument("--swing-share", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0, help="which rounds swing")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="  %(message)s")
     root = Path(tempfile.mkdtemp(prefix="bench-calibrate-"))
@@ -99,6 +107,7 @@ def main() -> None:
             print(f"  parity plot: {result.plot_path}")
 
             changes, fired, learned = [], [], []
+            swings = random.Random(args.seed)
             started = time.perf_counter()
             for report in watch(farm, farm.store, "demo", KIND, interval_s=0, rounds=args.quiet_rounds,
                                 out_dir=root / "p"):
@@ -106,13 +115,18 @@ def main() -> None:
                 changes.append(verdict.median_change)
                 if verdict.changed:
                     fired.append(report.round)
-                learned.append(verdict.swing)
+                learned.append(verdict.swing if verdict.swing_steps >= SWING_MIN_STEPS else None)
+                if args.swing:  # the next round's state, held for it and its confirmation
+                    agent.stop()
+                    agent = Agent(root / "agent-cache", port=agent.port,
+                                  slowdown=args.swing if swings.random() < args.swing_share else 0.0)
             print(f"quiet rounds: {len(fired)} false alarm(s) in {args.quiet_rounds} rounds (rounds {fired}); median "
                   f"change per round {statistics.median(changes):+.2%}, largest |change| {max(map(abs, changes)):.2%}; "
                   f"{(time.perf_counter() - started) / args.quiet_rounds:.1f} s per round ({load()})")
-            if any(learned):
-                print(f"  swings learned from round {learned.index(next(filter(None, learned))) + 1}: "
-                      f"±{min(filter(None, learned)):.1%} to ±{max(learned):.1%}")
+            known = [swing for swing in learned if swing is not None]
+            if known:
+                print(f"  swings learned from round {learned.index(known[0]) + 1}: ×/÷{min(known):.2f} to "
+                      f"×/÷{max(known):.2f}")
             rounds = farm.store.reference_rounds("demo", KIND, agent=AGENT)
             baseline = [RoundEntry.from_dict(e) for e in [r for r in rounds if r.role == "baseline"][-1].entries]
             history = [[RoundEntry.from_dict(e) for e in r.entries] for r in rounds]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fleetnas.calibrate import RoundEntry, compare_rounds, least_per_config, min_pairs, reference_set
-from fleetnas.calibrate.drift import SWING_WINDOW, swing_floor
+from fleetnas.calibrate.drift import SWING_MIN_STEPS, SWING_WINDOW, swing_floor
 from fleetnas.supernets import get_supernet
 
 KEYS = [f"cfg{i}" for i in range(10)]
@@ -148,21 +148,39 @@ def test_the_swing_floor_learns_a_devices_swings_but_not_one_real_drift():
     assert math.expm1(drifted) < 0.1
     # A device that runs 1.5x slower in one round of three swings out and back: that is its normal.
     swinging, _ = swing_floor(rounds_at([1.5 if i % 3 == 0 else 1.0 for i in range(21)], rng))
-    assert math.expm1(swinging) > 0.5
+    assert math.exp(swinging) > 1.5
     # Only the latest SWING_WINDOW steps count: a device whose swings stopped long ago is steady again.
     calmed, _ = swing_floor(rounds_at([1.5 if i % 2 else 1.0 for i in range(20)] + [1.0] * 21, rng))
     assert math.expm1(calmed) < 0.1
+    # The first floor, from exactly SWING_MIN_STEPS steps, leaves out the largest entirely (a drift acted on).
+    first, steps = swing_floor(rounds_at([1.0] * 10 + [2.0], rng, noise=0.01))
+    assert steps == SWING_MIN_STEPS == 10 and math.expm1(first) < 0.05
 
+
+def test_rounds_with_too_few_usable_configs_and_version_changes_are_passed_over():
+    rng = np.random.default_rng(6)
+    factors = [1.6 if i % 3 == 0 else 1.0 for i in range(40)]
+    history = rounds_at(factors, rng)
+    for i in range(1, 40, 3):  # one round in three on a throttled device: nothing usable
+        history[i] = entries(BASE_MS, throttled=set(range(10)))
+    swing, steps = swing_floor(history)
+    assert steps == SWING_WINDOW and math.exp(swing) > 1.6  # the steps run between the usable rounds
+    # A runtime upgrade that made the device twice as fast is one step, and not a swing.
+    upgraded = rounds_at([1.0] * 11, rng, noise=0.01) + [entries(BASE_MS / 2, version="1.33.0") for _ in range(2)]
+    assert swing_floor(upgraded)[1] == 11
 
 def test_a_shift_within_the_devices_own_swings_is_not_drift():
     rng = np.random.default_rng(4)
     history = rounds_at([1.6 if i % 3 == 0 else 1.0 for i in range(21)], rng)
     v = compare_rounds(entries(BASE_MS), entries(BASE_MS * 1.3), history=history)
-    assert not v.drift and v.swing > 0.6 and v.swing_steps == 20
-    assert v.reason.startswith("within this device's swings: +30.0 % median") and "swings ±" in v.reason
+    assert not v.drift and v.swing > 1.6 and v.swing_steps == 20
+    assert v.reason.startswith("within this device's swings: +30.0 % median") and "swings ×/÷" in v.reason
     assert compare_rounds(entries(BASE_MS), entries(BASE_MS * 1.3)).drift  # the same shift, no history
     assert compare_rounds(entries(BASE_MS), entries(BASE_MS * 4.0), history=history).drift  # beyond the swings
+    assert compare_rounds(entries(BASE_MS), entries(BASE_MS / 4.0), history=history).drift  # either way
     assert v.to_dict()["swing"] == pytest.approx(v.swing)
+    unknown = compare_rounds(entries(BASE_MS), entries(BASE_MS), history=history[:5])
+    assert unknown.swing == 1.0 and unknown.swing_steps == 4 and "swings" not in unknown.reason
 
 
 def swinging_watch(rng, rounds, slow_share, slow=1.5, drift_from=None, drift=1.0, learn=True):

@@ -29,6 +29,7 @@ like drift before it is acted on, is made of two back-to-back rounds: each confi
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -82,8 +83,8 @@ class DriftVerdict:
     reason: str                     # one line: what was found
     version_change: dict = field(default_factory=dict)   # {field: [before, now]}
     throttled: int = 0              # reference measurements left out because the device was throttled
-    swing: float = 0.0              # the least |shift| beyond the device's own swings, as a fraction (0: not known)
-    swing_steps: int = 0            # steps between its successive rounds that `swing` was learned from
+    swing: float = 1.0              # the device's own swings, a factor either way: within ×/÷ swing is no drift
+    swing_steps: int = 0            # steps between its rounds learned from; below SWING_MIN_STEPS swing is unknown
 
     @property
     def changed(self) -> bool:
@@ -96,7 +97,7 @@ class DriftVerdict:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for name in ("median_change", "p_value", "noise", "swing"):
+        for name in ("median_change", "p_value", "noise"):
             d[name] = d[name] if math.isfinite(d[name]) else None
         d["changed"] = self.changed
         return d
@@ -134,7 +135,7 @@ def compare_rounds(baseline: Sequence[RoundEntry], current: Sequence[RoundEntry]
     """The verdict on `current` against `baseline` (entries are paired by config key). `history`: the agent's
     earlier rounds, oldest first, that its swings are learned from (`swing_floor`); not `current` itself."""
     check_parameters(threshold, alpha)
-    swing, steps = swing_floor(history)
+    swing, steps = swing_floor(history)  # log units
     versions = version_changes(baseline_platform or {}, current_platform or {})
     before = {e.key: e for e in baseline if e.usable}
     pairs = [(before[e.key], e) for e in current if e.usable and e.key in before]
@@ -145,7 +146,7 @@ def compare_rounds(baseline: Sequence[RoundEntry], current: Sequence[RoundEntry]
                   f"({throttled} throttled), need {min_pairs(alpha)} for p ≤ {alpha:g}")
         return DriftVerdict(False, len(pairs), math.nan, math.nan, math.nan,
                             f"{version_text}; {reason}" if versions else reason, versions, throttled,
-                            math.expm1(swing), steps)
+                            math.exp(swing), steps)
     log_ratios = np.array([math.log(now.median_ms / then.median_ms) for then, now in pairs])
     shift = float(np.median(log_ratios))
     noise = float(np.median([math.hypot(_fraction(then.rel_ci_half_width), _fraction(now.rel_ci_half_width))
@@ -154,7 +155,7 @@ def compare_rounds(baseline: Sequence[RoundEntry], current: Sequence[RoundEntry]
     change = math.expm1(shift)
     big = abs(shift) >= math.log1p(threshold)
     drift = big and p_value <= alpha and abs(shift) > noise and abs(shift) > swing
-    swings = f", swings ±{math.expm1(swing) * 100:.1f} % over {steps} steps" if swing else ""
+    swings = f", swings ×/÷{math.exp(swing):.2f} over {steps} steps" if steps >= SWING_MIN_STEPS else ""
     figures = (f"{change * 100:+.1f} % median over {len(pairs)} reference configs (p={p_value:.2g}, "
                f"CI ±{noise * 100:.1f} %{swings})")
     reason = (figures if drift else f"steady: {figures}, within ±{threshold * 100:g} %" if not big
@@ -162,30 +163,42 @@ def compare_rounds(baseline: Sequence[RoundEntry], current: Sequence[RoundEntry]
               else f"too imprecise: {figures}, shift within the measurements' own CI" if abs(shift) <= noise
               else f"within this device's swings: {figures}")
     return DriftVerdict(drift, len(pairs), change, p_value, noise, f"{version_text}; {reason}" if versions else reason,
-                        versions, throttled, math.expm1(swing), steps)
+                        versions, throttled, math.exp(swing), steps)
 
 
 def swing_floor(history: Sequence[Sequence[RoundEntry]]) -> tuple[float, int]:
-    """(the least log shift beyond the device's own swings, the steps it was learned from); (0.0, steps) while
+    """(the least |log shift| beyond the device's own swings, the steps it was learned from); (0.0, steps) while
     fewer than SWING_MIN_STEPS are known.
 
-    A step is the median log ratio of the configs two successive rounds share: how far the device moved
-    between them, as a shift against the baseline is how far it moved since then. The floor is SWING_SIGMAS
-    standard deviations of the steps, each estimated as the 90th percentile of |step| / 1.645 (what it is
-    for normal steps about zero). Steps, not each round's distance from the history's mean: a real drift is
-    one large step, a swing is two (out and back) and recurs. The 90th percentile of 10 to 20 steps leaves
-    one large step out (a drift the watch has acted on must not hide the next one) and takes in swings seen
-    in more than a tenth of them; the median would need them in half. Swings slower than the rounds (a
-    state that holds for several rounds and moves by small steps) go unseen: to the watch they are drift."""
-    rounds = [{e.key: e.median_ms for e in entries if e.usable} for entries in history[-(SWING_WINDOW + 1):]]
+    A step is the median log ratio of the configs two successive usable rounds share (rounds with fewer than 3
+    usable configs, throttled or failed, are passed over; so are steps across a runtime version change, a
+    change by itself): how far the device moved between them, as a shift against the baseline is how far it
+    moved since then. The floor is SWING_SIGMAS standard deviations of the latest SWING_WINDOW steps, each
+    estimated as their 90th percentile |step| / 1.645 (what it is for normal steps about zero), taken as an
+    observed step, not interpolated. Steps, not each round's distance from the history's mean: a real drift is
+    one large step, a swing is two (out and back) and recurs. That percentile of 10 to 19 steps leaves out
+    the largest (of 20, the two largest): a drift the watch has acted on must not hide the next one; it takes
+    in swings seen in more than a tenth of the steps, where the median would need them in half. Swings slower
+    than the rounds (a state that holds for several rounds and moves by small steps) go unseen: to the watch
+    they are drift."""
+    rounds = [_usable_medians(entries) for entries in history]
+    rounds = [r for r in rounds if len(r[1]) >= 3]  # fewer: one config's own noise would be the step
     steps = []
-    for before, after in zip(rounds, rounds[1:]):
+    for (version_before, before), (version_after, after) in zip(rounds, rounds[1:]):
         shared = before.keys() & after.keys()
-        if len(shared) >= 3:  # fewer: one config's own noise would be the step
+        if len(shared) >= 3 and (version_before == version_after or not version_before or not version_after):
             steps.append(float(np.median([math.log(after[k] / before[k]) for k in shared])))
+    steps = steps[-SWING_WINDOW:]
     if len(steps) < SWING_MIN_STEPS:
         return 0.0, len(steps)
-    return SWING_SIGMAS * float(np.quantile(np.abs(steps), 0.9)) / NORMAL_ABS_Q90, len(steps)
+    return SWING_SIGMAS * float(np.quantile(np.abs(steps), 0.9, method="lower")) / NORMAL_ABS_Q90, len(steps)
+
+
+def _usable_medians(entries: Sequence[RoundEntry]) -> tuple[str, dict[str, float]]:
+    """(the runtime version most of the round ran, {config key: median ms}) of a round's usable entries."""
+    usable = [e for e in entries if e.usable]
+    versions = Counter(e.runtime_version for e in usable if e.runtime_version)
+    return (versions.most_common(1)[0][0] if versions else ""), {e.key: e.median_ms for e in usable}
 
 
 def least_per_config(rounds: Sequence[Sequence[RoundEntry]]) -> list[RoundEntry]:

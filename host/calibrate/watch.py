@@ -156,7 +156,8 @@ def _first_look(store: Store, reference: ReferenceSet, device_kind: str, setting
     if not baselines:
         return None, [], None
     # Every recorded round, checks and baselines alike, shows how far the device moves by itself (`swing_floor`).
-    recent = store.reference_rounds(**mine, latest=SWING_WINDOW + 1)
+    # Enough rounds for SWING_WINDOW steps where some had too few usable configs (a throttled device's rounds).
+    recent = store.reference_rounds(**mine, latest=3 * (SWING_WINDOW + 1))
     history = [[RoundEntry.from_dict(e) for e in r.entries] for r in recent]
     return baselines[-1], history, _verdict(baselines[-1], measured, threshold, alpha, history)
 
