@@ -47,12 +47,13 @@ class FolderLock:
     """An exclusive lock on `<folder>/agent.lock` for as long as the agent runs (the system releases it however
     the agent ends): two agents on one folder would each keep the cap for itself, and evict the other's uploads.
     A clean-up that removes the folder takes the locked file with it; the cache then locks the file of the folder
-    it makes again (`ArtifactCache._make_dirs`), or stops writing there if another agent got to it first."""
+    it makes again (`keep`), or stops using the folder if another agent got to it first."""
     NAME = "agent.lock"
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / self.NAME
         self._handle = None
+        self._guard = threading.Lock()  # two threads locking the file again at once would refuse each other
 
     @classmethod
     def hold(cls, folder: Path) -> "FolderLock | None":
@@ -76,13 +77,27 @@ class FolderLock:
         except BlockingIOError:
             handle.close()
             return False
+        except OSError:  # no locks on this file system (ENOLCK): not a lock held by anyone
+            handle.close()
+            raise
         if self._handle is not None:
             self._handle.close()
         self._handle = handle
         return True
 
+    def keep(self) -> bool:
+        """Whether this agent still holds the folder's lock: locks the file again, making the folder again, where
+        the folder was removed; False when another agent holds the new one."""
+        with self._guard:
+            if self.still_ours():
+                return True
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self.take()
+
     def still_ours(self) -> bool:
         """Whether the file this lock holds is still the folder's (not one removed with the folder)."""
+        if self._handle is None:
+            return False
         try:
             now, held = os.stat(self.path), os.fstat(self._handle.fileno())
         except FileNotFoundError:
@@ -143,6 +158,7 @@ class ArtifactCache:
 
     def has(self, sha256: str) -> pb.HasArtifactResponse:
         check_sha256(sha256)  # before it names a file
+        self._hold_folder()
         # Without the lock, files come and go while we look: the partial is looked at first, so that one
         # committed meanwhile is then found in place, and a file gone between two looks counts as absent.
         offset = _size(self.part_dir / f"{sha256}.part") or 0
@@ -157,15 +173,26 @@ class ArtifactCache:
     def _make_dirs(self) -> None:
         """The cache's folders, made again where they went (a clean-up that removed the cache directory while
         the agent ran): uploads then go on instead of failing until the agent is restarted."""
+        self._hold_folder()  # first: nothing is made in a folder another agent took
         try:
             self.done_dir.mkdir(parents=True, exist_ok=True)
             self.part_dir.mkdir(parents=True, exist_ok=True)
-            if self.folder_lock is not None and not self.folder_lock.still_ours() and not self.folder_lock.take():
-                raise CacheError("UNAVAILABLE", f"another agent took the cache folder {self.root} over after it was "
-                                                "removed: this agent no longer writes there; restart it with a "
-                                                "--cache-dir of its own")
         except OSError as exc:
             raise _storage_error(exc, "cannot make the cache's folders") from exc
+
+    def _hold_folder(self) -> None:
+        """UNAVAILABLE where another agent took the cache folder over after it was removed (`FolderLock`): what
+        it holds is that agent's to evict, so this one neither reads nor writes there any more."""
+        if self.folder_lock is None:
+            return
+        try:
+            kept = self.folder_lock.keep()
+        except OSError as exc:
+            raise _storage_error(exc, "cannot lock the cache folder") from exc
+        if not kept:
+            raise CacheError("UNAVAILABLE", f"another agent took the cache folder {self.root} over after it was "
+                                            "removed: this agent no longer uses it; restart it with a --cache-dir "
+                                            "of its own")
 
     # ----- upload --------------------------------------------------------------------------------
     def begin(self, header: pb.ArtifactHeader) -> Upload | None:
@@ -302,6 +329,7 @@ class ArtifactCache:
         """The artifact's path, protected from eviction while in use."""
         path = self.path(sha256)
         with self._lock:
+            self._hold_folder()
             if _size(path) is None:
                 raise CacheError("NOT_FOUND", f"artifact {sha256} is not in this agent's cache; upload it first")
             self._pins[sha256] = self._pins.get(sha256, 0) + 1

@@ -165,7 +165,7 @@ def test_the_cache_folders_lock_goes_on_with_a_folder_removed_and_made_again(tmp
     """An agent holds its cache folder's lock (flock: another open file, even in this process, is refused it).
     A clean-up that removes the folder takes the locked file along: the next upload locks the new folder's
     file, so a second agent started on the folder is refused; where the second came first, the first stops
-    writing there instead of sharing the folder."""
+    using the folder instead of sharing it."""
     folder = tmp_path / "cache"
     cache = ArtifactCache(folder, max_bytes=10_000, max_artifact_bytes=10_000, folder_lock=FolderLock.hold(folder))
     with pytest.raises(ValueError, match="another agent uses the cache folder"):
@@ -176,10 +176,13 @@ def test_the_cache_folders_lock_goes_on_with_a_folder_removed_and_made_again(tmp
         FolderLock.hold(folder)
     shutil.rmtree(folder)
     second = FolderLock.hold(folder)  # started while the folder was gone
-    with pytest.raises(CacheError) as err:
-        _put(cache, b"2" * 1000)
-    assert err.value.code == "UNAVAILABLE" and "another agent took the cache folder" in str(err.value)
-    assert second.still_ours() and not list((folder / "artifacts").iterdir())
+    theirs = ArtifactCache(folder, max_bytes=10_000, max_artifact_bytes=10_000, folder_lock=second)
+    kept = _put(theirs, b"3" * 1000)
+    for use in (lambda: _put(cache, b"2" * 1000), lambda: cache.has(kept), lambda: cache.pinned(kept).__enter__()):
+        with pytest.raises(CacheError) as err:  # what the folder holds is the other agent's to evict
+            use()
+        assert err.value.code == "UNAVAILABLE" and "another agent took the cache folder" in str(err.value)
+    assert second.still_ours() and theirs.has(kept).present and theirs.used_bytes() == 1000
 
 
 def test_a_read_only_cache_serves_what_it_holds_and_refuses_uploads_as_the_devices_fault(tmp_path):
