@@ -1,5 +1,6 @@
 """The SQLite store: schema and migrations, dedup, queries, runs, and behaviour under locks and concurrency."""
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -343,6 +344,38 @@ def test_a_store_that_cannot_be_made_or_is_not_there_is_a_store_error(tmp_path):
     with pytest.raises(StoreError, match="no store at"):
         open_store(tmp_path / "typo.db", existing=True)
     assert not (tmp_path / "typo.db").exists()
+    (tmp_path / "link.db").symlink_to(tmp_path / "nowhere" / "real.db")
+    with pytest.raises(StoreError, match=r"the folder it leads to, .*nowhere, does not exist"):
+        open_store(tmp_path / "link.db")
+
+
+def test_a_store_on_read_only_media_says_it_cannot_be_written_or_made_there(tmp_path):
+    if sys.platform != "linux" or shutil.which("unshare") is None:
+        pytest.skip("needs Linux's unshare to mount a folder read-only")
+    archive, mounted = tmp_path / "archive", tmp_path / "mounted"
+    mounted.mkdir()
+    with open_store(archive / "kept.db"):
+        pass
+    probe = ("import sys\nfrom fleetnas.store import StoreError, open_store\n"
+             "for name, kw in (('kept.db', {}), ('new.db', {}), ('kept.db', {'read_only': True})):\n"
+             "    try:\n        open_store(sys.argv[1] + '/' + name, **kw).close(); print('opened', name)\n"
+             "    except StoreError as exc:\n        print(exc)\n")
+    done = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c",
+                           f"mount --bind -o ro {archive} {mounted} && {sys.executable} -c \"$0\" {mounted}", probe],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 and "mount" in done.stderr:
+        pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+    kept, new, read = done.stdout.splitlines()
+    assert kept.startswith(f"database {mounted / 'kept.db'} cannot be written here ({mounted / 'kept.db'} is "
+                           "read-only to this user): what only reads it")
+    assert new == f"database {mounted / 'new.db'} cannot be made here ({mounted} is read-only to this user)"
+    assert read == "opened kept.db"
+
+
+def test_latest_reference_rounds_must_be_a_positive_count(store):
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(StoreError, match=f"latest must be a positive number of rounds, got {bad!r}"):
+            store.reference_rounds("demo", "k", latest=bad)
 
 
 def test_another_programs_database_is_refused_and_left_as_it_was(tmp_path):

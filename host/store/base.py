@@ -353,8 +353,8 @@ class Store(abc.ABC):
     def reference_rounds(self, space: str, device_kind: str, *, agent: str | None = None, role: str | None = None,
                          settings_hash: str | None = None, reference: str | None = None,
                          latest: int | None = None) -> list[ReferenceRound]:
-        """Oldest first; only the `latest` ones where given (a watch records a round every few minutes for
-        months: what it judges by are the last few)."""
+        """Oldest first; only the `latest` ones (a positive number) where given: a watch records a round every few
+        minutes for months, and what it judges by are the last few."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

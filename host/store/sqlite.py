@@ -62,13 +62,22 @@ class SqliteStore(Store):
 
     def _check_writable(self) -> None:
         """SQLite says only "unable to open database file" where the database, or the folder its log files go in,
-        cannot be written (read-only media, another user's folder)."""
+        cannot be written (read-only media, another user's folder), or where a link leads nowhere."""
         real = self.path.resolve()
-        for place in (real, real.parent) if real.exists() else (real.parent,):
+        if not real.parent.is_dir():
+            raise StoreError(f"cannot open database {self.path}: the folder it leads to, {real.parent}, does not exist")
+        logs = [Path(f"{real}-wal"), Path(f"{real}-shm")]
+        # The folder need not be writable where the log files are there already and writable (another process
+        # has the database open): SQLite then writes only those.
+        places = [real] if real.exists() else []
+        if not all(log.exists() and os.access(log, os.W_OK) for log in logs):
+            places.append(real.parent)
+        for place in places:
             if not os.access(place, os.W_OK):
-                raise StoreError(f"database {self.path} cannot be written here ({place} is read-only to this user): "
-                                 "what only reads it (runs, report, export, a finished run's --resume) works as it "
-                                 "is; to write to it, copy it to a folder that can be written")
+                readers = (": what only reads it (runs, report, export, a finished run's --resume) works as it is; "
+                           "to write to it, copy it to a folder that can be written") if real.exists() else ""
+                raise StoreError(f"database {self.path} cannot be {'written' if real.exists() else 'made'} here "
+                                 f"({place} is read-only to this user){readers}")
 
     def _open_read_only(self, migrations: Sequence[Migration]) -> sqlite3.Connection:
         """A read-only connection, on a store at this FleetNAS's schema version: one older is upgraded first
@@ -507,6 +516,8 @@ class SqliteStore(Store):
                                  settings_hash=settings_hash, reference=reference)
         query = f"SELECT * FROM reference_rounds m {_where(where)} ORDER BY id DESC"
         if latest is not None:
+            if isinstance(latest, bool) or not isinstance(latest, int) or latest < 1:
+                raise StoreError(f"latest must be a positive number of rounds, got {latest!r}")
             query += " LIMIT ?"
             params.append(latest)
         return [_round(r) for r in reversed(self._read(query, params))]
