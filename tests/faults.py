@@ -2,7 +2,8 @@
 and the observations that prove nothing leaked (measuring processes, open files).
 
 The network and disk faults need root (network namespaces, tmpfs mounts); `NetworkCut.available()` and
-`SmallDisk.available()` say whether this machine allows them, so that tests can fall back or skip.
+`SmallDisk.available()` say whether this machine allows them, so that tests can fall back or skip. Read-only
+media (`on_read_only_mount`) need only Linux's unshare, and skip the test where it cannot mount.
 """
 from __future__ import annotations
 
@@ -45,6 +46,30 @@ def workers_of(pid: int) -> list[psutil.Process]:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+#: on_read_only_mount's exit status where the mount could not be made (the test is skipped).
+CANNOT_MOUNT = 97
+
+
+def on_read_only_mount(source: Path, target: Path, script: str, timeout_s: float = 600.0):
+    """Runs the shell `script` where folder `target` shows `source` read-only: a bind mount in a mount namespace of
+    its own, so nothing outside sees it and nothing stays mounted. Skips the test where unshare or the mount is
+    refused; a mount that can be written is an error (the script would test nothing)."""
+    import pytest
+
+    if sys.platform != "linux" or shutil.which("unshare") is None:
+        pytest.skip("needs Linux's unshare to mount a folder read-only")
+    Path(target).mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "sh", "-c",
+         f"mount --bind -o ro {source} {target} || exit {CANNOT_MOUNT}\n"
+         f"touch {target}/probe 2>/dev/null && {{ echo 'the read-only mount can be written' >&2; exit 9; }}\n"
+         f"{script}"], capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode == CANNOT_MOUNT or (done.returncode and done.stderr.startswith("unshare:")):
+        pytest.skip(f"cannot mount a folder read-only here: {done.stderr.strip()}")
+    assert "the read-only mount can be written" not in done.stderr
+    return done
 
 
 def _root_can(*cmd: str) -> bool:

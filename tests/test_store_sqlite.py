@@ -1,6 +1,5 @@
 """The SQLite store: schema and migrations, dedup, queries, runs, and behaviour under locks and concurrency."""
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import time
 
 import pytest
 
+from faults import on_read_only_mount
 from fleetnas.store import (MIGRATIONS, Migration, NewMeasurement, SqliteStore, StoreError, StoreLocked, open_store,
                             settings_hash)
 
@@ -350,21 +350,15 @@ def test_a_store_that_cannot_be_made_or_is_not_there_is_a_store_error(tmp_path):
 
 
 def test_a_store_on_read_only_media_says_it_cannot_be_written_or_made_there(tmp_path):
-    if sys.platform != "linux" or shutil.which("unshare") is None:
-        pytest.skip("needs Linux's unshare to mount a folder read-only")
     archive, mounted = tmp_path / "archive", tmp_path / "mounted"
-    mounted.mkdir()
     with open_store(archive / "kept.db"):
         pass
-    probe = ("import sys\nfrom fleetnas.store import StoreError, open_store\n"
-             "for name, kw in (('kept.db', {}), ('new.db', {}), ('kept.db', {'read_only': True})):\n"
-             "    try:\n        open_store(sys.argv[1] + '/' + name, **kw).close(); print('opened', name)\n"
-             "    except StoreError as exc:\n        print(exc)\n")
-    done = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c",
-                           f"mount --bind -o ro {archive} {mounted} && {sys.executable} -c \"$0\" {mounted}", probe],
-                          capture_output=True, text=True, timeout=120)
-    if done.returncode != 0 and "mount" in done.stderr:
-        pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys\nfrom fleetnas.store import StoreError, open_store\n"
+                     "for name, kw in (('kept.db', {}), ('new.db', {}), ('kept.db', {'read_only': True})):\n"
+                     "    try:\n        open_store(sys.argv[1] + '/' + name, **kw).close(); print('opened', name)\n"
+                     "    except StoreError as exc:\n        print(exc)\n")
+    done = on_read_only_mount(archive, mounted, f"{sys.executable} {probe} {mounted}", timeout_s=120)
     kept, new, read = done.stdout.splitlines()
     assert kept.startswith(f"database {mounted / 'kept.db'} cannot be written here ({mounted / 'kept.db'} is "
                            "read-only to this user): what only reads it")
