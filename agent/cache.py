@@ -61,9 +61,8 @@ class FolderLock:
         POSIX: one agent per folder is then the user's care)."""
         if importlib.util.find_spec("fcntl") is None:
             return None
-        Path(folder).mkdir(parents=True, exist_ok=True)
         lock = cls(folder)
-        if not lock.take():
+        if not lock.keep():
             raise ValueError(f"another agent uses the cache folder {folder}; give each agent its own --cache-dir")
         return lock
 
