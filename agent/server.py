@@ -1,8 +1,10 @@
 """The gRPC service `fleetnas.agent.v1.ProfilerAgent`, with standard health checking and reflection."""
 from __future__ import annotations
 
+import bisect
 import hmac
 import ipaddress
+import itertools
 import logging
 import math
 import queue
@@ -166,7 +168,7 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
             if upload is not None:
                 kept = upload.received
                 self.cache.abort(upload, keep_partial=True)  # the host may come back: it resumes from here
-            log.warning("upload from %s stopped: %s", context.peer(), exc)
+            log.warning("upload from %s stopped: %s", context.peer(), shortened(str(exc)))
             _abort(context, "DEADLINE_EXCEEDED", f"{exc}; the upload was stopped ({kept} bytes kept for a resume)")
         except BaseException:  # the client went away mid-upload: keep what arrived, so that it can resume
             if upload is not None:
@@ -203,7 +205,7 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
         try:
             outbox.finish(pb.ProfileEvent(result=self._profile(request, outbox, cancelled)))
         except (CacheError, ProfileError) as exc:
-            log.warning("profile %s refused: %s: %s", request.artifact_sha256[:12], exc.code, exc)
+            log.warning("profile %s refused: %s: %s", request.artifact_sha256[:12], exc.code, shortened(str(exc)))
             outbox.finish(exc)
         except BaseException as exc:  # noqa: BLE001 - a bug of the agent's: answered, not left waiting for ever
             log.exception("profile %s failed", request.artifact_sha256[:12])
@@ -392,7 +394,27 @@ def _abort(context, code: str, message: str, cause: str | None = None):
         name = "FAILURE_CAUSE_" + cause
         pb.FailureCause.Value(name)  # a name the contract lacks fails here, in tests, not on a host
         context.set_trailing_metadata(((FAILURE_CAUSE_KEY, name),))
-    context.abort(getattr(grpc.StatusCode, code), message)
+    context.abort(getattr(grpc.StatusCode, code), shortened(message))
+
+
+#: The most a status message may take on the wire, percent-encoded. It travels as a header: past 8 KiB the
+#: client may, past 16 KiB it must, drop the call and report RESOURCE_EXHAUSTED ("metadata size exceeds limit")
+#: in place of the agent's status, its failure cause and its reason.
+STATUS_MESSAGE_BYTES = 4096
+
+
+def shortened(message: str, limit: int = STATUS_MESSAGE_BYTES) -> str:
+    """`message`, its middle left out where it would take more than `limit` bytes as a gRPC status message
+    (a long value echoed back, a model's load error naming a 20,000-character operator): the start says what
+    failed, the end often why."""
+    cost = [1 if " " <= ch <= "~" and ch != "%" else 3 * len(ch.encode("utf-8", "surrogatepass")) for ch in message]
+    if sum(cost) <= limit:
+        return message
+    budget = limit - 64  # room for the marker
+    head = bisect.bisect_right(list(itertools.accumulate(cost)), budget * 3 // 4)
+    tail = bisect.bisect_right(list(itertools.accumulate(reversed(cost[head:]))), budget - sum(cost[:head]))
+    left_out = len(message) - head - tail
+    return f"{message[:head]} [… {left_out} characters left out …] {message[len(message) - tail:]}"
 
 
 class TokenAuth(grpc.ServerInterceptor):

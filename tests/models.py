@@ -34,3 +34,14 @@ def onnx_unallocatable_output() -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
+
+
+def onnx_unknown_op(name_length: int) -> bytes:
+    """A model whose one operator no runtime knows, named by `name_length` characters: its load error, which
+    names the operator, is as long."""
+    graph = helper.make_graph([helper.make_node("Op" + "X" * name_length, ["x"], ["y"], domain="unknown.ops")],
+                              "unknown_op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("unknown.ops", 1)])
+    model.ir_version = 8
+    return model.SerializeToString()

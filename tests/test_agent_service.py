@@ -136,6 +136,31 @@ def test_bad_uploads_are_refused_and_leave_nothing_behind(tmp_path):
     assert not any((cache_dir / "incoming").iterdir()) and not any((cache_dir / "artifacts").iterdir())
 
 
+def test_a_long_error_still_arrives_as_the_agents_status(agent):
+    """A status message travels as a header, which a client drops past 16 KiB (RESOURCE_EXHAUSTED, "metadata
+    size exceeds limit"): a model's 20,000-character load error, or a long value echoed back, would reach the
+    host as a busy device, to be retried, instead of the model's fault."""
+    address, _ = agent
+    with AgentClient(address) as client:
+        unknown_op = client.put_artifact(models.onnx_unknown_op(20_000))
+        with pytest.raises(grpc.RpcError) as err:
+            client.profile(unknown_op, stopping=FAST)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert "cannot load" in err.value.details() and "characters left out" in err.value.details()
+        assert len(err.value.details().encode()) <= server.STATUS_MESSAGE_BYTES
+        code, details = code_of(lambda: client.profile(unknown_op, runtime="r" * 100_000, stopping=FAST))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("unknown runtime 'rrr")
+
+
+def test_a_shortened_message_keeps_its_start_and_end_within_the_limit():
+    message = "cannot load: " + "é" * 5000 + " because of X"
+    short = server.shortened(message, limit=1000)
+    assert short.startswith("cannot load: é") and short.endswith("because of X") and "characters left out" in short
+    # gRPC percent-encodes a status message's non-ASCII bytes (and "%"), 3 characters each
+    assert sum(1 if " " <= c <= "~" and c != "%" else 3 * len(c.encode()) for c in short) <= 1000
+    assert server.shortened("short enough") == "short enough"
+
+
 def test_bad_profile_requests_get_clear_statuses(agent):
     address, _ = agent
     with AgentClient(address) as client:
