@@ -1,6 +1,8 @@
 """The farm inventory (TOML) and the `fleetnas devices` commands that edit and check it."""
 import json
+import os
 import shutil
+import stat
 import tomllib
 from pathlib import Path
 
@@ -185,6 +187,32 @@ def test_an_inventory_that_is_a_folder_is_a_usage_error(tmp_path, monkeypatch, c
     assert main(["devices", *action, "--inventory", inventory]) == 2
     assert f"--inventory {inventory or '.'} is a folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("action", [["add", "pi", "--address", "127.0.0.1:1", "--kind", "k"], ["remove", "pi"],
+                                    ["list"]])
+def test_an_inventory_that_is_a_pipe_is_refused_not_read_or_replaced(tmp_path, capsys, action):
+    """Reading a pipe waits for a writer for ever, and a save renames a new file over what is there: as root,
+    `--inventory /dev/null` replaced the system's /dev/null with a TOML file."""
+    pipe = tmp_path / "farm.toml"
+    os.mkfifo(pipe)
+    link = tmp_path / "link.toml"
+    link.symlink_to(pipe)
+    for given in (pipe, link):
+        assert main(["devices", *action, "--inventory", str(given)]) != 0
+        assert f"inventory {given} is not a regular file (a device or a pipe)" in capsys.readouterr().err
+    assert stat.S_ISFIFO(pipe.stat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["farm.toml", "link.toml"]
+    with pytest.raises(InventoryError, match="not a regular file"):
+        Inventory.load(pipe)
+    with pytest.raises(InventoryError, match="is a folder"):
+        Inventory.load(tmp_path)
+
+
+def test_a_missing_inventory_is_named_as_missing(tmp_path):
+    with pytest.raises(InventoryError, match=r"no agent of kind 'k': there is no inventory at .*nosuch.toml"):
+        Inventory.load(tmp_path / "nosuch.toml").of_kind("k")
+    with pytest.raises(InventoryError, match=r"no agent of kind 'k' in .*kinds: other"):
+        Inventory(tmp_path / "nosuch.toml", [AgentEntry("pi", "h:1", "other")]).of_kind("k")
 
 
 def test_editing_through_a_symbolic_link_updates_the_inventory_it_points_to(tmp_path, capsys):

@@ -419,3 +419,14 @@ def test_old_accuracy_rows_go_to_the_one_evaluator_their_space_was_searched_with
                    for e in store.evaluations(space)}
     assert metrics == {("ofa_mbv3", "accuracy:my:acc"), ("demo", "accuracy"), ("demo", "top1"),
                        ("vit", "accuracy:unattributed"), ("hat", "accuracy:unattributed")}
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_store_path_that_is_a_pipe_is_refused(tmp_path, read_only):
+    """SQLite would answer "disk I/O error" and leave a journal beside a device (/dev/null-journal), or wait on a pipe."""
+    import os
+    pipe = tmp_path / "fleetnas.db"
+    os.mkfifo(pipe)
+    with pytest.raises(StoreError, match="is not a regular file"):
+        open_store(pipe, read_only=read_only)
+    assert [p.name for p in tmp_path.iterdir()] == ["fleetnas.db"]

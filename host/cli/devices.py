@@ -91,11 +91,16 @@ def editing_inventory(path: Path):
     """The inventory, read and written back under a lock (`<inventory>.lock`): two `devices add` at once
     would otherwise each write the file as they read it, and one agent would be lost."""
     from fleetnas.farm import InventoryError
+    from fleetnas.farm.inventory import refuse_unusable_file
     from fleetnas.locks import exclusive
 
     if not path.name or path.is_dir():  # '.', '' and '/' have no file name to write, nor to lock beside
         raise CliError(f"--inventory {path} is a folder; give the inventory's file, e.g. "
                        f"{path / 'fleetnas.toml'}", 2)
+    try:
+        refuse_unusable_file(path)  # before its lock file is made beside it
+    except InventoryError as exc:
+        raise CliError(str(exc), 2) from None
     # Locked beside the file itself: an edit through a symbolic link and one through its target exclude each other.
     target = path.resolve()
     try:

@@ -117,6 +117,14 @@ def endpoints(address: str) -> set[tuple[str, int]]:
     return {(h, int(port)) for h in hosts}
 
 
+def refuse_unusable_file(path: Path) -> None:
+    """InventoryError where `path` is there but no regular file: reading a pipe would wait for a writer for ever,
+    and saving renames a new file over a device (as root, over /dev/null itself)."""
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a device or a pipe)"
+        raise InventoryError(f"inventory {path} is {kind}; give the inventory's TOML file")
+
+
 class Inventory:
     """The agents of one inventory file, by name. Changes are written back with save()."""
 
@@ -136,6 +144,7 @@ class Inventory:
         path = Path(path)
         if not path.exists():
             return cls(path)
+        refuse_unusable_file(path)
         try:
             text = path.read_bytes().decode("utf-8")  # as it is: TOML is UTF-8, and CRLF line ends stay CRLF
             data = tomllib.loads(text)
@@ -178,6 +187,7 @@ class Inventory:
         (comments, blank lines, key order, unchanged agents) stays byte for byte. A new file gets a one-line
         header."""
         text = self._new_text()
+        refuse_unusable_file(self.path)
         target = self.path.resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
@@ -232,6 +242,9 @@ class Inventory:
 
     def of_kind(self, kind: str) -> list[AgentEntry]:
         agents = self.kinds().get(kind)
+        if not self._agents and self._source is None and not self.path.exists():
+            raise InventoryError(f"no agent of kind {kind!r}: there is no inventory at {self.path} (give --inventory "
+                                 "FILE, or add an agent with `fleetnas devices add`)")
         if not agents:
             raise InventoryError(f"no agent of kind {kind!r} in {self.path}; kinds: "
                                  f"{', '.join(sorted(self.kinds())) or 'none (add one with `fleetnas devices add`)'}")

@@ -39,6 +39,9 @@ def open_store(location: str | Path | None = None, busy_timeout_s: float = 30.0,
     found = _is_file(location)  # also for a new store: the OS's reason beats SQLite's "unable to open"
     if not found and Path(location).is_dir():
         raise StoreError(f"{location} is a folder, not a store: give the database file's path")
+    if not found and Path(location).exists():  # SQLite would write its journal beside a device, and block on a pipe
+        raise StoreError(f"{location} is not a regular file (a device or a pipe), not a store: give the database "
+                         "file's path")
     if existing and not found:
         raise StoreError(f"no store at {location} (give --db PATH, or set FLEETNAS_DB)")
     try:
