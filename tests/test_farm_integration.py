@@ -129,6 +129,33 @@ def test_a_frozen_agent_misses_its_deadline_and_the_job_moves_to_a_peer(farm_age
     farm.close()
 
 
+def test_one_agent_frozen_mid_measurement_ends_the_profile_command_past_its_deadline(tmp_path, capsys):
+    """`fleetnas profile --agent` without a farm: the call is cancelled once it sees no progress for the
+    deadline and 5 s more, where it used to wait for as long as the agent stayed frozen (or a cut link stayed
+    silent)."""
+    from fleetnas.cli import main
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(onnx_mlp(width=16, layers=1, seed=7))
+    agent = AgentProcess(tmp_path / "cache").start()
+    outcome = {}
+    try:
+        command = threading.Thread(target=lambda: outcome.update(rc=main(
+            ["profile", "--agent", agent.address, "--model", str(model), "--min-seconds", "2", "--max-seconds", "2",
+             "--deadline", "3"])), daemon=True)
+        command.start()
+        wait_until(lambda: measuring(agent), what="the agent's measuring child")
+        agent.signal(signal.SIGSTOP)
+        command.join(timeout=60)
+        agent.signal(signal.SIGCONT)
+        assert not command.is_alive(), "the command still waits on the frozen agent"
+    finally:
+        agent.signal(signal.SIGCONT)
+        agent.stop()
+    assert outcome["rc"] == 1
+    assert "DEADLINE_EXCEEDED: no progress for 8 s" in capsys.readouterr().err
+
+
 def test_a_model_that_runs_out_of_memory_or_time_fails_alone_and_is_not_tried_on_a_peer(tmp_path):
     """The agent names the cause (FailureCause): a model's own fault is final, the agent stays in use, and the
     rest of the batch is measured. Tried on each peer in turn, a model the device cannot hold ended the batch.

@@ -41,8 +41,9 @@ def register(sub) -> None:
                    help="farm inventory (default: fleetnas.toml in the working directory)")
     f.add_argument("--db", metavar="FILE", help="measurement database (default: fleetnas.db, or $FLEETNAS_DB)")
     f.add_argument("--remeasure", action="store_true", help="measure again even what the database already holds")
-    f.add_argument("--deadline", type=deadline_seconds, metavar="SECONDS",
-                   help=f"per-job deadline, at most {AGENT_MAX_TIMEOUT_S:g} (default: from the stopping rule)")
+    p.add_argument("--deadline", type=deadline_seconds, metavar="SECONDS",
+                   help=f"per-measurement deadline, load included, at most {AGENT_MAX_TIMEOUT_S:g} (default: twice "
+                        "--max-seconds plus a minute)")
     f.add_argument("--max-attempts", type=positive_int, help="agents one job may be tried on (default 3)")
     f.add_argument("--reprobe", type=positive_seconds, metavar="SECONDS",
                    help="how long an agent that failed waits before it is checked again (default 30)")
@@ -55,7 +56,7 @@ def register(sub) -> None:
 
 
 #: Options only a farm uses, with their defaults there (None in the parser, so that one agent can refuse them).
-FARM_DEFAULTS = {"seed": 0, "inventory": Path("fleetnas.toml"), "db": None, "remeasure": False, "deadline": None,
+FARM_DEFAULTS = {"seed": 0, "inventory": Path("fleetnas.toml"), "db": None, "remeasure": False,
                  "max_attempts": 3, "reprobe": 30.0, "give_up": FARM_GIVE_UP_S}
 
 
@@ -82,9 +83,13 @@ def run_single(args: argparse.Namespace, model: Path) -> int:
     from fleetnas_agent.client import AgentClient, result_to_dict
     from fleetnas_agent.proto import agent_pb2 as pb
 
-    from ..farm.jobs import JobError, sniff
+    from ..farm.jobs import JobError, deadline_for, sniff
 
-    stopping = pb.StoppingRule(**stopping_from(args))
+    rule = stopping_from(args)
+    stopping = pb.StoppingRule(**rule)
+    # The agent's deadline on the model comes first, with its cause; a call that sees no progress a little
+    # longer than that (an agent frozen, a link cut without a word) is cancelled instead of waited on for ever.
+    deadline_s = args.deadline or deadline_for(rule)
     data = model.read_bytes()
     try:
         sniff(data, model)  # a file named for one format holding another is refused by name, before the upload
@@ -95,6 +100,7 @@ def run_single(args: argparse.Namespace, model: Path) -> int:
         try:
             sha = client.put_artifact(data, name=model.name)
             result = client.profile(sha, runtime=args.runtime, threads=args.threads, stopping=stopping,
+                                    timeout_s=deadline_s, stall_s=deadline_s + 5.0,
                                     on_progress=_show_progress if live else None)
         except grpc.RpcError as exc:
             raise agent_error(exc, args.agent) from None

@@ -77,7 +77,13 @@ class Settings:
 
     def deadline_s(self) -> float:
         """A generous bound on one measurement: twice the timed phase's cap, plus load and warm-up."""
-        return 2 * self.stopping.get("max_s", DEFAULT_MAX_S) + self.stopping.get("warmup_min_s", 0.5) + 60.0
+        return deadline_for(self.stopping)
+
+
+def deadline_for(stopping: Mapping[str, Any]) -> float:
+    """A generous bound on one measurement under a stopping rule (StoppingRule fields; absent ones at the
+    agent's defaults): twice the timed phase's cap, plus load and warm-up."""
+    return 2 * stopping.get("max_s", DEFAULT_MAX_S) + stopping.get("warmup_min_s", 0.5) + 60.0
 
 
 @dataclass(frozen=True)
