@@ -103,3 +103,35 @@ def test_targets_are_checked_before_any_fit(numeric_table, tmp_path, capsys):
     with pytest.raises(SystemExit):  # refused by argparse, as every bad option value is
         main([*base, "--features", "a", "--target", "enc", "--json", str(tmp_path)])
     assert "is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("column, factor, message", [
+    ("enc", 1e306, "enc, 20 rows, seed 0: the target holds 7.9"),
+    ("a", 1e160, "feature column 0 holds 1.9"),
+])
+def test_values_whose_squares_overflow_are_refused_by_name(numeric_table, tmp_path, capsys, column, factor, message):
+    """Fitted as they were, the predictions came out infinite: a traceback from the metrics, or RMSE inf."""
+    rows = list(csv.DictReader(numeric_table.open()))
+    for row in rows:
+        row[column] = repr(float(row[column]) * factor)
+    huge = tmp_path / "huge.csv"
+    with huge.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    code = main(["bench", "predictor", "--table", str(huge), "--features", "a,b", "--target", "enc",
+                 "--train-size", "20", "--seeds", "1", "--models", "ridge"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert message in err and "beyond ±1e+150, where squares overflow a float; rescale it" in err
+
+
+def test_a_metric_that_cannot_be_computed_is_null_in_the_json(tmp_path):
+    """Kendall's tau of a constant truth is NaN, which json.dumps wrote as NaN: not JSON."""
+    path = tmp_path / "flat.csv"
+    path.write_text("a,flat\n" + "".join(f"{i},5\n" for i in range(30)))
+    out = tmp_path / "runs.json"
+    assert main(["bench", "predictor", "--table", str(path), "--features", "a", "--target", "flat",
+                 "--train-size", "10", "--seeds", "1", "--models", "ridge", "--json", str(out)]) == 0
+    text = out.read_text()
+    assert "NaN" not in text and json.loads(text)["runs"][0]["metrics"]["kendall_tau"] is None

@@ -51,6 +51,7 @@ def run_predictor(args: argparse.Namespace) -> int:
 
     from ..export.artifact import atomic_write
     from ..predictors import fit_predictor, regression_metrics
+    from ..predictors.metrics import json_safe
     from ..predictors.features import feature_views
 
     if args.space is not None and not args.space.strip():
@@ -108,7 +109,9 @@ def run_predictor(args: argparse.Namespace) -> int:
                              "metrics": regression_metrics(y[test], predicted)})
                 _progress(runs[-1])
     if output:
-        atomic_write(output, json.dumps({"table": str(args.table), "features": spec, "runs": runs}).encode())
+        # Strict JSON: a metric that cannot be computed (Kendall's tau of a constant) is null, not NaN.
+        atomic_write(output, json.dumps(json_safe({"table": str(args.table), "features": spec, "runs": runs}),
+                                        allow_nan=False).encode())
     _print_summary(runs, args.table.name)
     return 0
 

@@ -43,6 +43,8 @@ from .models import FAMILIES, GRIDS, Model, fit_model
 
 FORMAT = "fleetnas-predictor"
 FORMAT_VERSION = 1
+#: The largest magnitude a feature or target may have (`_check_data`).
+LARGEST_VALUE = 1e150
 
 
 class Predictor:
@@ -302,6 +304,14 @@ def _check_data(X: np.ndarray, y: np.ndarray) -> None:
         raise ValueError(f"a predictor needs at least 4 rows to cross-validate, got {len(y)}")
     if not (np.isfinite(X).all() and np.isfinite(y).all()):
         raise ValueError("X and y must be finite (no NaN or infinity)")
+    # Squares of larger values (a variance, an RMSE) overflow a float: the fit would predict infinities.
+    too_large = [(name, float(np.abs(values).max())) for name, values in
+                 [("the target", y)] + [(f"feature column {j}", X[:, j]) for j in range(X.shape[1])]
+                 if len(values) and np.abs(values).max() > LARGEST_VALUE]
+    if too_large:
+        name, largest = too_large[0]
+        raise ValueError(f"{name} holds {largest:.4g}, beyond ±{LARGEST_VALUE:g}, where squares overflow a float; "
+                         "rescale it (another unit)")
 
 
 def _folds(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
