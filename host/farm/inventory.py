@@ -101,6 +101,30 @@ def check_address(address, where: str = "address") -> None:
     # ASCII digits only: str.isdigit() also takes '²' (which int() refuses) and '５' (which gRPC does).
     if not sep or not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise InventoryError(f"{where}: address {address!r} is not HOST:PORT with a port from 1 to 65535")
+    problem = _host_problem(host)
+    if problem:  # else it would be taken here and fail only at connect time, as a device that does not answer
+        raise InventoryError(f"{where}: address {address!r}: {problem}")
+
+
+#: A host name as DNS spells it (letters, digits, '-', '.', and '_' as some local names use), or an IPv4 address.
+HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
+
+
+def _host_problem(host: str) -> str | None:
+    """What is wrong with the HOST of HOST:PORT, or None."""
+    if "://" in host:
+        return "give HOST:PORT without a scheme (the agent speaks gRPC; TLS comes from --tls-ca)"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host} is not an IPv6 address in brackets"
+        return None
+    if ":" in host:
+        return f"an IPv6 address goes in brackets: [{host}]:PORT"
+    if not HOST_NAME.fullmatch(host):
+        return f"host {host!r} is not a host name or an IP address (letters, digits, '-' and '.')"
+    return None
 
 
 def endpoints(address: str) -> set[tuple[str, int]]:
