@@ -119,6 +119,15 @@ def test_objectives_and_constraints_parse_with_units_and_refuse_nonsense():
     for huge in ("macs <= 1e400", "memory@x <= 1e300GiB"):  # as refused as "inf"
         with pytest.raises(ValueError, match="beyond any finite bound"):
             parse_constraint(huge)
+    # Bounds no value can meet: the run would spend its budget on an empty front.
+    for unmeetable, reason in (("accuracy >= 150%", "no accuracy is above 100%"),
+                               ("accuracy <= -1%", "no accuracy is below 0"), ("macs <= -1", "no macs is below 0"),
+                               ("latency@x <= 0ms", "no latency is at or below 0"),
+                               ("memory@x <= -2MiB", "no memory is below 0")):
+        with pytest.raises(ValueError, match=f"{reason}; no configuration could meet it"):
+            parse_constraint(unmeetable)
+    assert parse_constraint("memory@x <= 0MB").value == 0  # a model may take no memory above the baseline
+    assert parse_constraint("accuracy >= 100%").value == 1.0 and parse_constraint("accuracy >= 150").value == 150
 
 
 # ----- the session -------------------------------------------------------------------------------

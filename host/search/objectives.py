@@ -103,7 +103,23 @@ def parse_constraint(text: str) -> Constraint:
         raise ValueError(f"constraint {text!r}: {m['value']!r} is not a number") from None
     if not math.isfinite(value * units[unit]):
         raise ValueError(f"constraint {text!r}: {m['value']}{unit} is beyond any finite bound")
-    return Constraint(m["name"], m["op"], value * units[unit], written=m["value"] + m["unit"])
+    constraint = Constraint(m["name"], m["op"], value * units[unit], written=m["value"] + m["unit"])
+    _refuse_unmeetable(constraint, metric, unit, text)
+    return constraint
+
+
+#: Metrics that count or time something: never below zero (a latency never at zero either).
+NON_NEGATIVE = ("latency", "memory", "macs", "params", "activation_bytes", "peak_activation_bytes")
+
+
+def _refuse_unmeetable(c: Constraint, metric: str, unit: str, text: str) -> None:
+    """A bound no value can meet would spend the whole budget on a run whose front stays empty."""
+    lowest = 0.0 if metric in NON_NEGATIVE or unit == "%" else None
+    if lowest is not None and c.op == "<=" and (c.value < lowest or (metric == "latency" and c.value <= 0)):
+        raise ValueError(f"constraint {text!r}: no {metric} is {'at or ' if metric == 'latency' else ''}below 0; "
+                         "no configuration could meet it")
+    if unit == "%" and c.op == ">=" and c.value > 1.0:
+        raise ValueError(f"constraint {text!r}: no {metric} is above 100%; no configuration could meet it")
 
 
 def with_unit_case(text: str) -> str:
