@@ -402,6 +402,19 @@ def test_a_run_driven_by_another_process_is_refused_until_that_one_stops(tmp_pat
     assert not list(tmp_path.glob("*.lock"))  # a lease leaves no file behind
 
 
+def test_a_resume_refused_as_busy_does_not_first_say_it_resumed(tmp_path, capsys):
+    from fleetnas.cli import main
+
+    db = tmp_path / "busy.db"
+    with open_store(db) as store:
+        run_id = start_run(store, RunSpec(space="demo", objectives=["macs:min", "params:max"], tactic="random",
+                                          budget=4))
+        with run_lease(store, run_id):
+            assert main(["search", "--resume", str(run_id), "--db", str(db)]) == 1
+    err = capsys.readouterr().err
+    assert f"search run {run_id} is being driven by process {os.getpid()}" in err and "resumed" not in err
+
+
 def test_a_run_stored_while_units_were_read_in_any_case_resumes_with_its_bound(tmp_path):
     with open_store(tmp_path / "u.db") as store:
         spec = _spec(constraints=["latency <= 4MS"])  # what an earlier FleetNAS accepted, and stored as written

@@ -113,12 +113,12 @@ def _search(store, args: argparse.Namespace):
                     give_up_s=args.give_up) as evaluator:
         if run_id is None:
             run_id = start_run(store, spec, name=args.name)
-            print(f"search run {run_id} started in {store.path}", file=sys.stderr)
+            announce = f"search run {run_id} started in {store.path}"
         else:
-            print(f"search run {run_id} resumed in {store.path}: {evaluations_spent(store, run_id)[0]} of "
-                  f"{spec.budget} evaluations done", file=sys.stderr)
+            announce = (f"search run {run_id} resumed in {store.path}: {evaluations_spent(store, run_id)[0]} of "
+                        f"{spec.budget} evaluations done")
         try:
-            return _execute(store, run_id, spec, evaluator), run_id
+            return _execute(store, run_id, spec, evaluator, lambda: print(announce, file=sys.stderr)), run_id
         except (EvaluationError, FarmError, TooManyFailures) as exc:  # a device or an evaluator failed: say how
             # to go on
             raise CliError(f"{exc.args[0] if exc.args else exc}\n{_how_to_go_on(store, run_id, spec.budget)}") from None
@@ -239,7 +239,8 @@ def _finished(store, run_id: int) -> SimpleNamespace:
     return SimpleNamespace(used=used, failed=failed, known_counts=known[-1].payload if known else {})
 
 
-def _execute(store, run_id: int, spec, evaluator):
+def _execute(store, run_id: int, spec, evaluator, on_start):
+    """The run to the end of its budget, with a progress bar; `on_start` once it is this process's to drive."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fleetnas.search.run import execute_run
@@ -256,7 +257,7 @@ def _execute(store, run_id: int, spec, evaluator):
                 checked = True
                 _warn_about_constraints(store, run_id)
 
-        return execute_run(store, run_id, evaluator, progress)
+        return execute_run(store, run_id, evaluator, progress, on_start)
 
 
 def _warn_about_constraints(store, run_id: int) -> None:

@@ -217,10 +217,14 @@ def load_spec(store, run_id: int) -> RunSpec:
                          "database was edited or damaged outside FleetNAS") from None
 
 
-def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int], None] | None = None) -> SearchSession:
-    """Runs (or resumes) a stored run to the end of its budget; returns the session."""
+def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int], None] | None = None,
+                on_start: Callable[[], None] | None = None) -> SearchSession:
+    """Runs (or resumes) a stored run to the end of its budget; returns the session. `on_start` is called once
+    the run is this process's to drive (another process driving it raises RunBusy first)."""
     spec = load_spec(store, run_id)
     with run_lease(store, run_id):
+        if on_start is not None:
+            on_start()
         recorder = StoreRecorder(store, run_id, spec.parsed_objectives(), spec.parsed_constraints())
         supernet = get_supernet(spec.space)
         # Known before the run started, so that a resumed run is given the same and replays.
