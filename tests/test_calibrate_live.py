@@ -267,7 +267,7 @@ def test_a_real_slowdown_to_four_times_the_latency_fires_drift_marks_stale_and_r
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--samples", "2", "--seed", "-1"], "--seed: must be 0 or more"),
+    (["--samples", "2", "--seed", "-1"], "--seed: must be from 0 to 2147483647, got -1"),
     (["--samples", "2", "--give-up", "nan"], "--give-up: must be a positive number of seconds"),
     (["--watch", "--interval", "99999999999d"], "--interval: must be at most a year"),
     (["--watch", "--interval", "0"], "--interval 0 needs --rounds N"),  # back to back, forever

@@ -232,6 +232,17 @@ def test_space_sample_prints_configs_with_their_analytic_features(capsys, tmp_pa
     assert "nb201 is table-only" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["space", "sample", "nb201"], ["export", "--space", "demo", "--sample"],
+                                     ["search", "--space", "demo"], ["demo"]])
+def test_every_seed_option_takes_the_range_a_search_run_keeps(capsys, command):
+    """A seed one command took and another refused (sampling with seed 2**40, then searching with it) split one
+    experiment's settings across commands."""
+    with pytest.raises(SystemExit) as exit_:
+        cli([*command, "--seed", str(2 ** 40)])
+    assert exit_.value.code == 2
+    assert f"--seed: must be from 0 to 2147483647, got {2 ** 40}" in capsys.readouterr().err
+
+
 def test_export_cli_writes_the_file_and_names_bad_values(capsys, tmp_path, small_mbv3):
     out = tmp_path / "out" / "model.json"
     cache = ["--cache-dir", str(tmp_path / "cache")]

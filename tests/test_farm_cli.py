@@ -142,7 +142,7 @@ def test_concurrent_devices_add_keeps_every_agent(tmp_path):
     (["profile", "--agent", "127.0.0.1", "--model", "m.onnx"], "port from 1 to 65535"),
     (["devices", "check", "--timeout", "0"], "--timeout: must be a positive number of seconds"),
     (["profile", "--device-kind", "k", "--deadline", "nan", "--model", "m.onnx"], "--deadline: must be a positive"),
-    (["profile", "--device-kind", "k", "--space", "demo", "--sample", "1", "--seed", "-1"], "--seed: must be 0 or more"),
+    (["profile", "--device-kind", "k", "--space", "demo", "--sample", "1", "--seed", "-1"], "--seed: must be from 0 to 2147483647, got -1"),
 ])
 def test_addresses_seconds_and_seeds_are_checked_as_arguments(capsys, args, message):
     with pytest.raises(SystemExit) as exit_:

@@ -790,7 +790,7 @@ def test_search_cli_refuses_bad_requests_clearly(tmp_path):
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--give-up", "5"],
      "--give-up is for measurements on devices"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--seed", "-1"],
-     "--seed: must be 0 or more"),
+     "--seed: must be from 0 to 2147483647, got -1"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--constraint",
       "macs <= 3ms"], "unit 'ms' does not fit macs"),
 ])

@@ -10,7 +10,7 @@ import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
-from .common import (FARM_GIVE_UP_S, CliError, add_stopping_options, count_up_to, model_families, non_negative_int,
+from .common import (FARM_GIVE_UP_S, CliError, add_stopping_options, count_up_to, model_families, seed,
                      positive_int, positive_seconds, print_json, stopping_from)
 from .space import MAX_SAMPLE
 
@@ -56,7 +56,7 @@ def register(sub) -> None:
     p.add_argument("--samples", type=count_up_to(MAX_SAMPLE), metavar="N",
                    help=f"sub-networks to sample and measure (besides the reference set, at most {MAX_SAMPLE:,}); "
                         "needed unless --watch continues an earlier calibration")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="sampling and model-selection seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="sampling and model-selection seed (default 0)")
     p.add_argument("--inventory", type=Path, default=Path("fleetnas.toml"), metavar="FILE",
                    help="farm inventory (default: fleetnas.toml in the working directory)")
     p.add_argument("--db", metavar="FILE", help="measurement database (default: fleetnas.db, or $FLEETNAS_DB)")

@@ -58,6 +58,13 @@ def non_negative_int(text: str) -> int:
     return _number(text, int, "an integer", lambda v: v >= 0, "must be 0 or more")
 
 
+def seed(text: str) -> int:
+    """A --seed: the same range for every command, the one a search run keeps (`search.run.MAX_SEED`)."""
+    from fleetnas.search.run import MAX_SEED
+
+    return _number(text, int, "an integer", lambda v: 0 <= v <= MAX_SEED, f"must be from 0 to {MAX_SEED}")
+
+
 def positive_int(text: str) -> int:
     return _number(text, int, "an integer", lambda v: v > 0, "must be positive")
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import CliError, non_negative_int, positive_int
+from .common import CliError, seed, positive_int
 
 
 def register(sub) -> None:
@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--budget", type=positive_int, default=60, help="real evaluations for the search (default 60)")
     p.add_argument("--samples", type=_samples, default=16,
                    help=f"sub-networks measured to calibrate (default 16, at most {MAX_SAMPLES})")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.set_defaults(handler=run)
 
 

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .common import CliError, batch_size, non_negative_int, output_file, positive_int
+from .common import CliError, batch_size, seed, output_file, positive_int
 from .space import load_supernet
 
 
@@ -21,7 +21,7 @@ def register(sub) -> None:
     which.add_argument("--sample", action="store_true", help="export a config sampled with --seed")
     which.add_argument("--run", metavar="RUN", help="export a member of search run RUN's measured front (its id "
                                                     "or --name; see --rank)")
-    p.add_argument("--seed", type=non_negative_int, help="seed of --sample (default 0)")
+    p.add_argument("--seed", type=seed, help="seed of --sample (default 0)")
     p.add_argument("--rank", type=positive_int, help="with --run: the front member, as ranked in the report's "
                                                      "front.csv (default 1)")
     p.add_argument("--db", help="with --run: the store (default fleetnas.db or $FLEETNAS_DB)")

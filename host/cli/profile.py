@@ -10,7 +10,7 @@ import grpc
 
 from .common import CliError, add_credential_options, add_stopping_options, agent_error, credentials_from
 from .common import (AGENT_MAX_TIMEOUT_S, FARM_GIVE_UP_S, agent_address, count_up_to, deadline_seconds,
-                     existing_file, non_negative_int, positive_int, positive_seconds, print_json, stopping_from)
+                     existing_file, seed, positive_int, positive_seconds, print_json, stopping_from)
 from .space import MAX_SAMPLE
 
 
@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--space", metavar="NAME", help="farm mode: a super-network's space to sample sub-networks from")
     p.add_argument("--sample", type=count_up_to(MAX_SAMPLE), metavar="N",
                    help=f"farm mode: how many sub-networks to sample (at most {MAX_SAMPLE:,})")
-    p.add_argument("--seed", type=non_negative_int, help="farm mode: sampling seed (default 0)")
+    p.add_argument("--seed", type=seed, help="farm mode: sampling seed (default 0)")
     p.add_argument("--runtime", default="", help="litert, onnxruntime or torch (default: from the model's format; "
                                                  "farm mode: from the inventory)")
     p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (default 1; farm mode: from "

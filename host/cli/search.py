@@ -9,7 +9,7 @@ import sys
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-from .common import (FARM_GIVE_UP_S, STOPPING_FLAGS, CliError, add_stopping_options, non_negative_int, positive_int,
+from .common import (FARM_GIVE_UP_S, STOPPING_FLAGS, CliError, add_stopping_options, seed, positive_int,
                      positive_seconds, print_json, stopping_from)
 
 
@@ -28,7 +28,7 @@ def register(sub) -> None:
                    help="the evolutionary algorithm (inside LINAS, or on real evaluations)")
     p.add_argument("--budget", type=positive_int, default=100, help="real evaluations to spend (default 100)")
     p.add_argument("--batch", type=positive_int, help="LINAS: real evaluations per iteration (default 5)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--accuracy", metavar="MODULE:CALLABLE",
                    help="accuracy evaluator: a function of a config, or a class to instantiate (demo has its own)")
     p.add_argument("--inventory",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import CliError, batch_size, non_negative_int, positive_int, print_json
+from .common import CliError, batch_size, seed, positive_int, print_json
 
 #: The most configs one `space sample` prints (each may be built to count its features).
 MAX_SAMPLE = 100_000
@@ -21,7 +21,7 @@ def register(sub) -> None:
     s.add_argument("--n", type=positive_int, default=5,
                    help=f"how many configs, drawn independently, so a repeat is possible (default 5, at most "
                         f"{MAX_SAMPLE:,})")
-    s.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    s.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     s.add_argument("--batch", type=batch_size, help="batch size the features are counted for (default 1; "
                    "buildable spaces only)")
     s.add_argument("--json", action="store_true", help="print one JSON array instead of one JSON object a line")
