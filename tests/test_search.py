@@ -402,7 +402,7 @@ def test_a_run_driven_by_another_process_is_refused_until_that_one_stops(tmp_pat
     assert not list(tmp_path.glob("*.lock"))  # a lease leaves no file behind
 
 
-def test_a_resume_refused_as_busy_does_not_first_say_it_resumed(tmp_path, capsys):
+def test_a_resume_refused_as_busy_or_given_an_unused_inventory_says_so_first(tmp_path, capsys):
     from fleetnas.cli import main
 
     db = tmp_path / "busy.db"
@@ -413,6 +413,9 @@ def test_a_resume_refused_as_busy_does_not_first_say_it_resumed(tmp_path, capsys
             assert main(["search", "--resume", str(run_id), "--db", str(db)]) == 1
     err = capsys.readouterr().err
     assert f"search run {run_id} is being driven by process {os.getpid()}" in err and "resumed" not in err
+    # Nothing of this run is measured on a device: an --inventory for it would be passed over without a word.
+    assert main(["search", "--resume", str(run_id), "--inventory", str(tmp_path / "farm.toml"), "--db", str(db)]) == 2
+    assert "--inventory is for measurements on devices; this run measures none" in capsys.readouterr().err
 
 
 def test_a_run_stored_while_units_were_read_in_any_case_resumes_with_its_bound(tmp_path):
@@ -789,6 +792,8 @@ def test_search_cli_refuses_bad_requests_clearly(tmp_path):
       "--algorithm", "nsga2"], "--algorithm is for the linas and evolutionary tactics"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--give-up", "5"],
      "--give-up is for measurements on devices"),
+    (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--inventory", "farm.toml"],
+     "--inventory is for measurements on devices"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--seed", "-1"],
      "--seed: must be from 0 to 2147483647, got -1"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--constraint",

@@ -157,6 +157,8 @@ def _new_spec(args: argparse.Namespace):
     on_devices = any("@" in o for o in args.objective)
     if args.give_up != FARM_GIVE_UP_S and not on_devices:
         raise CliError("--give-up is for measurements on devices; no --objective is measured on one", 2)
+    if args.inventory is not None and not on_devices:
+        raise CliError("--inventory is for measurements on devices; no --objective is measured on one", 2)
     stopping = stopping_from(args)
     if stopping and not on_devices:
         raise CliError("a stopping rule is for measurements on devices; no --objective is measured on one", 2)
@@ -192,6 +194,9 @@ def _evaluator(store, spec, inventory: str | None, resuming: bool = False, give_
     objectives = spec.parsed_objectives()
     farm = None
     kinds = sorted({o.device_kind for o in objectives if o.device_kind})
+    if inventory is not None and not kinds:  # a resume's --inventory, which would be passed over without a word
+        raise CliError("--inventory is for measurements on devices; this run measures none of its objectives on one",
+                       2)
     if kinds:
         from fleetnas.farm import Farm
         farm = Farm.open(inventory or spec.inventory, db=store.path, give_up_s=give_up_s)
