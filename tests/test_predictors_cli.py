@@ -73,6 +73,7 @@ def test_numeric_features_and_summed_target(numeric_table, tmp_path):
     (["--space", "nb201", "--target", "enc"], "--space needs --key"),
     (["--space", "nb201", "--key", "a", "--target", "enc"], "not an nb201 cellstr"),
     (["--features", "a", "--target", "enc", "--models", "forest"], "unknown model 'forest'"),
+    (["--features", "a", "--target", "enc", "--models", ","], "--models ',' names no model"),
     (["--features", "a"], "at least one --target"),
 ])
 def test_bad_arguments_are_named(numeric_table, capsys, args, message):

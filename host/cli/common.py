@@ -116,7 +116,9 @@ def model_families(text: str):
     if text == "auto":
         return text
     models = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in models if m not in FAMILIES] or ([] if models else ["(none)"])
+    if not models:
+        raise CliError(f"--models {text!r} names no model; choose from {', '.join(FAMILIES)} or auto", 2)
+    unknown = [m for m in models if m not in FAMILIES]
     if unknown:
         raise CliError(f"--models: unknown model {unknown[0]!r}; choose from {', '.join(FAMILIES)} or auto", 2)
     return models
