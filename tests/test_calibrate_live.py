@@ -266,6 +266,24 @@ def test_a_real_slowdown_to_four_times_the_latency_fires_drift_marks_stale_and_r
     assert 2.0 < float(np.median(ratios)) < 20.0  # against each config's least before
 
 
+def test_a_watch_whose_rounds_reach_no_agent_fails_and_records_no_round(calibrated, tmp_path, capsys):
+    db = calibrated.copy_db(tmp_path)
+    down = tmp_path / "down.toml"  # the same agent, as far as the store knows, where nobody listens
+    Inventory(down, [AgentEntry(AGENT, "127.0.0.1:9", KIND)]).save()
+    with SqliteStore(db) as store:
+        rounds_before = len(store.reference_rounds("demo", KIND, agent=AGENT))
+    argv = calibrated.argv(db, tmp_path / "p", "--watch", "--interval", "0", "--rounds", "2", "--give-up", "1",
+                           "--json")
+    argv[argv.index(str(calibrated.inventory))] = str(down)
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 1 and f"no round of the watch reached an agent of {KIND}: " in err and "UNAVAILABLE" in err
+    reports = [json.loads(line) for line in out.splitlines()]
+    assert [sorted(r["unreached"]) for r in reports] == [[AGENT], [AGENT]] and not reports[0]["verdicts"]
+    with SqliteStore(db) as store:  # a round that measured nothing says nothing about the device's speed
+        assert len(store.reference_rounds("demo", KIND, agent=AGENT)) == rounds_before
+
+
 @pytest.mark.parametrize("args, message", [
     (["--samples", "2", "--seed", "-1"], "--seed: must be from 0 to 2147483647, got -1"),
     (["--samples", "2", "--give-up", "nan"], "--give-up: must be a positive number of seconds"),

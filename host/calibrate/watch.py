@@ -47,6 +47,7 @@ class RoundReport:
     stale_marked: dict = field(default_factory=dict)     # agent -> measurements marked stale
     refit: CalibrationResult | None = None
     refit_error: str = ""
+    unreached: dict = field(default_factory=dict)        # agent -> why it measured none of the reference set
 
     @property
     def changed(self) -> list[str]:
@@ -55,7 +56,8 @@ class RoundReport:
     def to_dict(self) -> dict:
         return {"round": self.round, "verdicts": {a: v.to_dict() for a, v in self.verdicts.items()},
                 "new_baselines": self.new_baselines, "stale_marked": self.stale_marked,
-                "refit": self.refit.to_dict() if self.refit else None, "refit_error": self.refit_error}
+                "refit": self.refit.to_dict() if self.refit else None, "refit_error": self.refit_error,
+                "unreached": self.unreached}
 
 
 def watch(farm, store: Store, space_id: str, device_kind: str, *, interval_s: float = 600.0, rounds: int | None = None,
@@ -112,6 +114,11 @@ def watch_round(farm, store: Store, space_id: str, device_kind: str, number: int
     reference = space_reference(buildable_supernet(space_id).space)
     report = RoundReport(number)
     first = measure_reference_rounds(farm, reference, device_kind, settings.stopping)
+    # An agent that measured nothing (down, out of reach) says nothing about its speed: no record, no verdict.
+    for agent in [agent for agent, measured in first.items() if not any(e.ok for e in measured.entries)]:
+        report.unreached[agent] = first.pop(agent).errors[0].removeprefix(f"{agent}: ")
+        log.warning("%s: measured none of the %d reference configs, trying again next round: %s", agent,
+                    len(reference.keys), report.unreached[agent])
     looks = {agent: _first_look(store, reference, device_kind, settings, measured, threshold, alpha)
              for agent, measured in first.items()}
     # An agent's first round, or one that looks changed, is confirmed by a second round at once.

@@ -184,11 +184,16 @@ def _watch(farm, args: argparse.Namespace, models) -> None:
         "watching %s on %s: reference round every %g s%s; drift = median change ≥ %g %% at p ≤ %g", args.space,
         args.device_kind, args.interval, f", {args.rounds} round(s)" if args.rounds else "",
         args.threshold * 100, args.alpha)
+    reached, why = False, ""
     for report in watch(farm, farm.store, args.space, args.device_kind, interval_s=args.interval,
                         rounds=args.rounds, threshold=args.threshold, alpha=args.alpha, out_dir=args.out_dir,
                         include_throttled=args.include_throttled, models=models, lock=False):
         if args.json:  # JSON Lines: one object per round, so a reader can follow the rounds as they come
             print(json.dumps(report.to_dict()), flush=True)
+        reached = reached or len(report.unreached) < len(farm.agents_of(args.device_kind))
+        why = why or next(iter(report.unreached.values()), "")
+    if not reached:  # a watch that could not watch failed, as a calibration that could not measure does
+        raise CliError(f"no round of the watch reached an agent of {args.device_kind}: {why}")
 
 
 def format_calibration(result, samples: int) -> str:
