@@ -59,6 +59,16 @@ def test_the_demo_never_overwrites_a_farm_inventory_nor_starts_what_it_cannot_fi
     assert not (tmp_path / "big").exists()
 
 
+def test_a_demo_out_that_is_a_file_is_refused_by_name(tmp_path, capsys):
+    from fleetnas.cli import main
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--out", str(tmp_path / "notes.txt")])
+    assert exit_.value.code == 2 and "notes.txt is a file; give a folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
 def test_a_second_demo_in_the_same_folder_is_refused_while_the_first_runs(tmp_path):
     from fleetnas.demo import run_demo
     from fleetnas.locks import Busy, exclusive

@@ -30,6 +30,8 @@ MAX_SAMPLES = 1000
 def _folder(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("must name a folder")
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
     return Path(text)
 
 
