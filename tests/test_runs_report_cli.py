@@ -175,6 +175,19 @@ def test_the_front_figure_draws_its_staircase_from_evaluations_that_meet_the_con
     assert len(drawn) == 1 and drawn[0].max() <= 4e5
 
 
+@pytest.mark.parametrize("evaluations", [[1], [1, 2, 3], list(range(1, 201))])
+def test_the_hypervolume_figure_ticks_whole_evaluations_only(monkeypatch, evaluations):
+    from types import SimpleNamespace
+
+    import fleetnas.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "_png", figures.append)
+    report._hypervolume_figure([SimpleNamespace(payload={"evaluations": n, "hv": n / 300}) for n in evaluations])
+    ticks = figures[0].axes[0].get_xticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_the_report_is_utf8_and_whole_whatever_the_locale(tmp_path):
     import subprocess
     import sys

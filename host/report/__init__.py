@@ -121,15 +121,19 @@ def staircase(x: np.ndarray, y: np.ndarray, x_objective, y_objective) -> tuple[n
 
 def _hypervolume_figure(events) -> bytes:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     if events:
         # markers as well as the line: a run of one evaluation is one point, which a line alone does not draw
-        ax.plot([e.payload["evaluations"] for e in events], [e.payload["hv"] for e in events], color="#1f5fa8",
-                marker="o", markersize=3)
+        evaluations = [e.payload["evaluations"] for e in events]
+        ax.plot(evaluations, [e.payload["hv"] for e in events], color="#1f5fa8", marker="o", markersize=3)
+        if max(evaluations) - min(evaluations) < 2:  # room for whole numbers either side of one or two points
+            ax.set_xlim(min(evaluations) - 1, max(evaluations) + 1)
     else:
         ax.text(0.5, 0.5, f"no hypervolume yet: it is recorded from the {HV_REFERENCE_AFTER}th real evaluation on,\n"
                 "or when a run ends", transform=ax.transAxes, ha="center", va="center", color="#666")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # evaluations are counted: no tick at 0.5
     ax.set_xlabel("real evaluations")
     ax.set_ylabel("hypervolume (normalised)")
     ax.grid(alpha=0.3)
