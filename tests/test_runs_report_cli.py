@@ -188,6 +188,23 @@ def test_the_hypervolume_figure_ticks_whole_evaluations_only(monkeypatch, evalua
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
 
 
+def test_reading_a_store_leaves_no_log_files_beside_it_but_keeps_those_another_process_uses(tmp_path, capsys):
+    db = tmp_path / "s.db"
+    with open_store(db) as store:
+        _analytic_run(store, budget=4)
+    logs = [tmp_path / "s.db-wal", tmp_path / "s.db-shm"]
+    assert not any(log.exists() for log in logs)
+    assert main(["runs", "--db", str(db)]) == 0 and "finished" in capsys.readouterr().out
+    assert main(["report", "1", "--db", str(db), "--out", str(tmp_path / "r")]) == 0
+    assert not any(log.exists() for log in logs)
+    with open_store(db) as writer:  # another process's open store: its log files stay while it writes
+        assert main(["runs", "--db", str(db)]) == 0
+        assert all(log.exists() for log in logs)
+        writer.add_run_event(1, "note", {"after": "a reader came and went"})
+    with open_store(db, read_only=True) as reader:
+        assert reader.run_events(1, "note")[0].payload == {"after": "a reader came and went"}
+
+
 def test_the_report_is_utf8_and_whole_whatever_the_locale(tmp_path):
     import subprocess
     import sys

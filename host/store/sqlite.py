@@ -36,6 +36,7 @@ class SqliteStore(Store):
         self.read_only = read_only
         self._lock = threading.RLock()
         if read_only:
+            self._logs_were_there = any(log.exists() for log in self._log_files())
             self._conn = self._open_read_only(migrations)
             return
         try:
@@ -66,7 +67,7 @@ class SqliteStore(Store):
         real = self.path.resolve()
         if not real.parent.is_dir():
             raise StoreError(f"cannot open database {self.path}: the folder it leads to, {real.parent}, does not exist")
-        logs = [Path(f"{real}-wal"), Path(f"{real}-shm")]
+        logs = self._log_files()
         # The folder need not be writable where the log files are there already and writable (another process
         # has the database open): SQLite then writes only those.
         places = [real] if real.exists() else []
@@ -249,6 +250,29 @@ class SqliteStore(Store):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self.read_only and not self._logs_were_there:
+                self._remove_logs_made_for_reading()
+
+    def _log_files(self) -> list[Path]:
+        real = self.path.resolve()
+        return [Path(f"{real}-wal"), Path(f"{real}-shm")]
+
+    def _remove_logs_made_for_reading(self) -> None:
+        """SQLite makes the -wal and -shm files beside a database that a read-only connection reads, and only a
+        connection that can write removes them, when it closes last (it keeps them while another process has
+        the database open). Without this, `runs` or `report` would leave them behind."""
+        real = self.path.resolve()
+        if not (any(log.exists() for log in self._log_files()) and os.access(real, os.W_OK)
+                and os.access(real.parent, os.W_OK)):
+            return  # nothing was made (an immutable read), or it cannot be undone here: the files are harmless
+        try:
+            conn = sqlite3.connect(str(real), timeout=0, isolation_level=None)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # joins the log, so closing ends it
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass  # SQLite's files to manage: leaving them loses nothing
 
     # ----- devices --------------------------------------------------------------------------------
     def upsert_device(self, device_id: str, label: str, kind: str, description: dict,
