@@ -114,8 +114,8 @@ NON_NEGATIVE = ("latency", "memory", "macs", "params", "activation_bytes", "peak
 
 def _refuse_unmeetable(c: Constraint, metric: str, unit: str, text: str) -> None:
     """A bound no value can meet would spend the whole budget on a run whose front stays empty."""
-    lowest = 0.0 if metric in NON_NEGATIVE or unit == "%" else None
-    if lowest is not None and c.op == "<=" and (c.value < lowest or (metric == "latency" and c.value <= 0)):
+    never_negative = metric in NON_NEGATIVE or unit == "%"
+    if never_negative and c.op == "<=" and (c.value < 0 or (metric == "latency" and c.value <= 0)):
         raise ValueError(f"constraint {text!r}: no {metric} is {'at or ' if metric == 'latency' else ''}below 0; "
                          "no configuration could meet it")
     if unit == "%" and c.op == ">=" and c.value > 1.0:
