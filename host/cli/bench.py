@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import CliError, existing_file, model_families, output_file, positive_int
+from .common import CliError, existing_file, model_families, output_file, positive_int, refuse_overwriting_inputs
 
 
 def register(sub) -> None:
@@ -49,9 +49,7 @@ def _add_predictor(bench_sub) -> None:
 def run_predictor(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..export.artifact import atomic_write
     from ..predictors import fit_predictor, regression_metrics
-    from ..predictors.metrics import json_safe
     from ..predictors.features import feature_views
 
     if args.space is not None and not args.space.strip():
@@ -74,7 +72,7 @@ def run_predictor(args: argparse.Namespace) -> int:
     models = model_families(args.models)
     if args.cv < 2:
         raise CliError(f"--cv needs at least 2 folds, got {args.cv}", 2)
-    output = _output_file(args.json)
+    output = _output_file(args.json, args.table)
     table, X, keys, spec = _table_features(args)
     leaked = [t for t in targets if spec["kind"] == "table" and set(t.split("+")) & set(spec["columns"])]
     if leaked:
@@ -108,11 +106,8 @@ def run_predictor(args: argparse.Namespace) -> int:
                              "keys": [keys[i] for i in test], "y_true": y[test].tolist(), "y_pred": predicted.tolist(),
                              "metrics": regression_metrics(y[test], predicted)})
                 _progress(runs[-1])
-    if output:
-        # Strict JSON: a metric that cannot be computed (Kendall's tau of a constant) is null, not NaN.
-        atomic_write(output, json.dumps(json_safe({"table": str(args.table), "features": spec, "runs": runs}),
-                                        allow_nan=False).encode())
     _print_summary(runs, args.table.name)
+    _write_json(output, {"table": str(args.table), "features": spec, "runs": runs})
     return 0
 
 
@@ -233,12 +228,13 @@ def _refuse_repeats(option: str, values: list[str]) -> None:
         raise ValueError(f"{option} {repeated[0]} is given twice")
 
 
-def _output_file(path: Path | None) -> Path | None:
+def _output_file(path: Path | None, table: Path) -> Path | None:
     """--json OUT, checked before hours of benchmarking: its folder is made now, and one that cannot be
     written to is refused now (a folder given as OUT already was, by `output_file`). OUT itself is written at
     the end, whole (`atomic_write`): a run interrupted or failed leaves no empty file that would pass for results."""
     if path is None:
         return None
+    refuse_overwriting_inputs(path, "--json", {"the --table": table})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent):
@@ -249,7 +245,6 @@ def _output_file(path: Path | None) -> Path | None:
 
 
 def run_search_bench(args: argparse.Namespace) -> int:
-    from ..export.artifact import atomic_write
     from ..search.objectives import parse_column_objective
     from ..search.replay import ReplayProblem, evaluations_to_reach
     from ..tables import read_table
@@ -267,7 +262,7 @@ def run_search_bench(args: argparse.Namespace) -> int:
         problem.known_sample(dict(args.known), 0)  # refuses an unknown column or too many rows before any run
     except (ValueError, KeyError, ImportError) as exc:  # ImportError: a space's plug-in that cannot be loaded
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
-    output = _output_file(args.json)
+    output = _output_file(args.json, args.table)
     runs = []
     for tactic in args.tactic:
         settings = {} if tactic == "random" else {"algorithm": args.algorithm}
@@ -277,11 +272,25 @@ def run_search_bench(args: argparse.Namespace) -> int:
             reached = [evaluations_to_reach(run["hv"], f) for f in REACH]
             print(f"{tactic} seed {seed}: final {run['hv'][-1]:.2%}; evaluations to "
                   + ", ".join(f"{f:.0%}: {r or '-'}" for f, r in zip(REACH, reached)), file=sys.stderr, flush=True)
-    if output:
-        atomic_write(output, json.dumps({"table": str(args.table), "objectives": args.objective,
-                                         "budget": args.budget, "known": dict(args.known), "runs": runs}).encode())
     _print_search_summary(runs, args)
+    _write_json(output, {"table": str(args.table), "objectives": args.objective, "budget": args.budget,
+                         "known": dict(args.known), "runs": runs})
     return 0
+
+
+def _write_json(output: Path | None, results: dict) -> None:
+    """The --json file, whole, after the summary: a write that fails (a full disk) still leaves the figures on
+    the terminal, and the error says what was not saved."""
+    from ..export.artifact import atomic_write
+    from ..predictors.metrics import json_safe
+
+    if output is None:
+        return
+    try:  # strict JSON: a figure that cannot be computed (Kendall's tau of a constant) is null, not NaN
+        atomic_write(output, json.dumps(json_safe(results), allow_nan=False).encode())
+    except OSError as exc:
+        raise CliError(f"cannot write --json {output}: {exc.strerror or exc}; the figures above are all that is "
+                       "left of this benchmark") from None
 
 
 def _print_search_summary(runs: list[dict], args) -> None:

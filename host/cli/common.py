@@ -43,6 +43,21 @@ def output_file(text: str) -> Path:
     return Path(text)
 
 
+def refuse_overwriting_inputs(out: Path, option: str, inputs: dict[str, Path | None]) -> None:
+    """An output that is one of the command's inputs (`inputs`: what it is called -> its path) would replace
+    it: a store or a table, gone. A store's -wal, -shm and -journal files count as the store."""
+    target = out.absolute().resolve()
+    for what, path in inputs.items():
+        if path is None:
+            continue
+        source = Path(path).absolute().resolve()
+        companions = [Path(f"{source}{end}") for end in ("", "-wal", "-shm", "-journal")]
+        same = target in companions or (target.exists() and source.exists() and os.path.samefile(target, source))
+        if same:
+            raise CliError(f"{option} {out} is {what} ({path}): writing there would replace it; give another file",
+                           2)
+
+
 def _number(text: str, convert, kind: str, fits, rule: str):
     """`convert(text)`, or an argparse error saying it is not `kind` or, when it does not `fits`, the `rule`."""
     try:

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .common import CliError, batch_size, seed, output_file, positive_int
+from .common import CliError, batch_size, output_file, positive_int, refuse_overwriting_inputs, seed
 from .space import load_supernet
 
 
@@ -62,7 +62,12 @@ def run(args: argparse.Namespace) -> int:
     from fleetnas.export import ExportError, export_artifact
     from fleetnas.supernets import InvalidConfig
 
+    from fleetnas.store import store_file
+
     out = args.out
+    refuse_overwriting_inputs(out, "--out", {
+        "the --config file": Path(args.config[1:]) if args.config and args.config.startswith("@") else None,
+        "the run's store": store_file(args.db) if args.run is not None else None})
     _check_out(out)  # before the export, which may take a while; it creates nothing
     args.space, config = _what_to_export(args)
     supernet = load_supernet(args.space)

@@ -22,6 +22,12 @@ def default_location() -> str:
     return os.environ.get("FLEETNAS_DB") or DEFAULT_DB
 
 
+def store_file(location: str | Path | None = None) -> Path:
+    """The database file a location names (a path, `sqlite:///PATH`, or None: the default)."""
+    location = str(location or default_location())
+    return Path(location.partition("://")[2] if location.startswith("sqlite://") else location)
+
+
 def open_store(location: str | Path | None = None, busy_timeout_s: float = 30.0, existing: bool = False,
                read_only: bool = False) -> Store:
     """The store at `location`; `existing=True` for readers (a report, a resume): a mistyped path is then an
