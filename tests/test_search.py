@@ -1225,3 +1225,21 @@ def test_a_run_whose_every_evaluation_fails_is_a_failed_run_however_short(tmp_pa
     assert "run 2 keeps what it evaluated: `fleetnas search --resume 2` continues it" in capsys.readouterr().err
     with open_store(tmp_path / "a.db") as store:
         assert store.run(1).state == "failed" and len(store.run_events(1, "failed")) == 2
+
+
+def test_a_search_whose_store_is_removed_under_it_fails_instead_of_reporting_a_lost_run(
+        tmp_path, capsys, user_module):
+    # The evaluator removes the store (as `rm -rf` of its folder would) at its third call: SQLite goes on
+    # committing into the unlinked file, so only a check of the path can tell that nothing is stored.
+    from fleetnas.cli import main
+
+    user_module("vanishing", "import glob, os\ncalls = []\n"
+                             "def accuracy(config):\n    calls.append(1)\n    if len(calls) == 3:\n"
+                             "        for f in glob.glob('gone/s.db*'):\n            os.remove(f)\n"
+                             "    return 0.5 + config['depth_s1'] / 10\n")
+    (tmp_path / "gone").mkdir()
+    code = main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--tactic",
+                 "random", "--budget", "8", "--db", "gone/s.db", "--accuracy", "vanishing:accuracy"])
+    err = capsys.readouterr().err
+    assert code == 1 and "database gone/s.db was removed or replaced while this process wrote to it" in err
+    assert "report" not in capsys.readouterr().out

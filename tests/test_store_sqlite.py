@@ -430,3 +430,13 @@ def test_a_store_path_that_is_a_pipe_is_refused(tmp_path, read_only):
     with pytest.raises(StoreError, match="is not a regular file"):
         open_store(pipe, read_only=read_only)
     assert [p.name for p in tmp_path.iterdir()] == ["fleetnas.db"]
+
+
+def test_a_write_after_the_file_was_removed_under_the_store_is_refused_not_taken_as_stored(tmp_path):
+    with SqliteStore(tmp_path / "s.db") as s:
+        s.upsert_device("d1", "pi", "rpi4", {})
+        for f in tmp_path.glob("s.db*"):  # `rm -rf` of its folder, say; SQLite keeps writing to the open file
+            f.unlink()
+        with pytest.raises(StoreError, match="s.db was removed or replaced while this process wrote to it"):
+            s.upsert_device("d2", "pi", "rpi4", {})
+    assert not list(tmp_path.glob("s.db*"))

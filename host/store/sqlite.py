@@ -38,6 +38,7 @@ class SqliteStore(Store):
         if read_only:
             self._logs_were_there = any(log.exists() for log in self._log_files())
             self._conn = self._open_read_only(migrations)
+            self._identity = self._file_identity()
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +46,7 @@ class SqliteStore(Store):
             raise StoreError(f"cannot make the folder of database {self.path}: {exc.strerror}") from None
         self._check_writable()
         self._conn = self._connect(str(self.path))
+        self._identity = self._file_identity()  # SQLite made the file, if new, as it opened it
         try:
             self._refuse_foreign()
             self._pragmas()
@@ -198,6 +200,7 @@ class SqliteStore(Store):
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
+                self._check_in_place()
             except BaseException as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
@@ -206,6 +209,21 @@ class SqliteStore(Store):
                 if isinstance(exc, sqlite3.Error):
                     raise self._error(exc) from None
                 raise
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def _check_in_place(self) -> None:
+        """SQLite goes on writing to a database file removed (or replaced) under it, and every commit succeeds
+        into a file no path leads to: a search would run to its end and lose all it measured. Checked after
+        each commit, so that no write is taken as stored once the file is gone."""
+        if self._file_identity() != self._identity:
+            raise StoreError(f"database {self.path} was removed or replaced while this process wrote to it: what "
+                             "it wrote went with the old file, and nothing more is written")
 
     def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
         with self._lock:
