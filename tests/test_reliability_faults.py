@@ -161,6 +161,40 @@ def test_a_full_cache_disk_refuses_uploads_clearly_and_keeps_nothing_half_writte
     assert hashlib.sha256(kept).hexdigest() == hashlib.sha256(data).hexdigest()
 
 
+def test_a_search_whose_store_disk_fills_says_how_to_go_on_and_resumes_once_there_is_room(
+        small_disk, tmp_path, monkeypatch, capsys, counts):
+    from fleetnas.cli import main
+
+    # The evaluator fills the store's disk at its third call, as another program writing there would.
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "filling.py").write_text(
+        "calls = []\n"
+        "def accuracy(config):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        f"        with open({str(small_disk.path / 'filler')!r}, 'ab') as f:\n"
+        "            try:\n"
+        "                while True:\n"
+        "                    f.write(bytes(65536))\n"
+        "                    f.flush()\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "    return 0.5 + config['depth_s1'] / 10\n")
+    db = small_disk.path / "s.db"
+    command = ["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--tactic",
+               "random", "--budget", "12", "--db", str(db), "--accuracy", "filling:accuracy"]
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    (small_disk.path / "filler").unlink()  # room again
+    resumed = main(["search", "--resume", "1", "--db", str(db)])
+    with SqliteStore(db) as store:
+        evaluated = len(store.run_members(1, "measured"))
+    counts.add(AREA, requests=2, faults=1, failures=int(resumed != 0) + int(evaluated != 12))
+    assert "database or disk is full" in err and "`fleetnas search --resume 1` continues it" in err
+    assert resumed == 0 and evaluated == 12
+
+
 def test_jobs_refused_by_an_agent_with_a_full_disk_go_to_its_peer(tmp_path, counts):
     """A full disk (or a cache too small) is not the job's fault: its peer measures it, once."""
     if SmallDisk.available(tmp_path):

@@ -522,7 +522,13 @@ def test_runs_are_listed_with_their_state_and_found_by_name(tmp_path, capsys):
                           (["runs", "--db", str(tmp_path)], "is a folder, not a store"),
                           (["runs", "--db", ""], "the store's path is empty"),  # not the default store
                           (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
-                            "--name", "12", "--db", str(db)], "--name 12 is a number"),
+                            "--name", "12", "--db", str(db)], "--name 12 has no letter in it"),
+                          (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
+                            "--name", "\uff12", "--db", str(db)], "has no letter in it"),  # a fullwidth 2
+                          (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
+                            "--name", "2.5", "--db", str(db)], "--name 2.5 has no letter in it"),
+                          (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
+                            "--db", str(tmp_path / "newdir") + "/"], "names a folder"),
                           (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
                             "--name", " baseline ", "--db", str(db)], "has spaces around it"),
                           (["report", "²", "--db", str(db)], "no search run named '²'"),
@@ -531,7 +537,7 @@ def test_runs_are_listed_with_their_state_and_found_by_name(tmp_path, capsys):
                             str(tmp_path / "x.json")], "no search run named ''")):
         assert main(args) != 0
         assert message in capsys.readouterr().err
-    assert not (tmp_path / "typo.db").exists()
+    assert not (tmp_path / "typo.db").exists() and not (tmp_path / "newdir").exists()
 
 
 def test_runs_and_report_read_a_store_on_read_only_media(tmp_path):
@@ -1243,3 +1249,17 @@ def test_a_search_whose_store_is_removed_under_it_fails_instead_of_reporting_a_l
     err = capsys.readouterr().err
     assert code == 1 and "database gone/s.db was removed or replaced while this process wrote to it" in err
     assert "report" not in capsys.readouterr().out
+
+
+def test_a_run_name_is_one_name_however_its_accents_were_typed(tmp_path, capsys):
+    from fleetnas.cli import main
+
+    db = str(tmp_path / "s.db")
+    decomposed, composed = "e\u0301te\u0301", "\u00e9t\u00e9"  # 'été' as letters and accents, and as letters
+    assert main(["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max", "--tactic",
+                 "random", "--budget", "2", "--name", decomposed, "--db", db]) == 0
+    for name in (composed, decomposed):
+        assert main(["report", name, "--db", db, "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    assert main(["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max", "--tactic",
+                 "random", "--budget", "2", "--name", composed, "--db", db]) != 0  # the same name: refused

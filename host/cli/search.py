@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import sys
+import unicodedata
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -102,6 +103,7 @@ def _search(store, args: argparse.Namespace):
     from fleetnas.search.live import EvaluationError
     from fleetnas.search.run import evaluations_spent, find_run, load_spec, start_run
     from fleetnas.search.session import TooManyFailures
+    from fleetnas.store import StoreError, StoreGone
 
     run = find_run(store, args.resume) if args.resume is not None else None
     if run is not None and run.state == "finished":  # nothing to evaluate: no farm or evaluator to set up
@@ -111,16 +113,21 @@ def _search(store, args: argparse.Namespace):
     spec = load_spec(store, run_id) if run_id is not None else _new_spec(args)
     with _evaluator(store, spec, args.inventory if run_id is not None else None, resuming=run_id is not None,
                     give_up_s=args.give_up) as evaluator:
-        if run_id is None:
+        resuming = run_id is not None
+        if not resuming:
             run_id = start_run(store, spec, name=args.name)
-            announce = f"search run {run_id} started in {store.path}"
-        else:
-            announce = (f"search run {run_id} resumed in {store.path}: {evaluations_spent(store, run_id)[0]} of "
-                        f"{spec.budget} evaluations done")
+
+        def announce() -> None:  # once the run is this process's: what it says holds then
+            print(f"search run {run_id} resumed in {store.path}: {evaluations_spent(store, run_id)[0]} of "
+                  f"{spec.budget} evaluations done" if resuming else f"search run {run_id} started in {store.path}",
+                  file=sys.stderr)
+
         try:
-            return _execute(store, run_id, spec, evaluator, lambda: print(announce, file=sys.stderr)), run_id
-        except (EvaluationError, FarmError, TooManyFailures) as exc:  # a device or an evaluator failed: say how
-            # to go on
+            return _execute(store, run_id, spec, evaluator, announce), run_id
+        except StoreGone:
+            raise  # nothing to go on with: the run went with the file
+        except (EvaluationError, FarmError, TooManyFailures, StoreError) as exc:  # a device, an evaluator or the
+            # disk failed: say how to go on
             raise CliError(f"{exc.args[0] if exc.args else exc}\n{_how_to_go_on(store, run_id, spec.budget)}") from None
 
 
@@ -147,6 +154,7 @@ def _new_spec(args: argparse.Namespace):
         raise CliError("give --space and at least two --objective, or --resume RUN", 2)
     if args.name is not None:
         _check_name(args.name)
+        args.name = unicodedata.normalize("NFC", args.name)  # 'é' typed either way is one name (`find_run`)
     settings = {}
     if args.tactic != "random":
         settings["algorithm"] = args.algorithm
@@ -180,8 +188,9 @@ def _check_name(name: str) -> None:
         raise CliError("--name must not be empty", 2)
     if name != name.strip() or not name.isprintable():
         raise CliError(f"--name {name!r} has spaces around it or characters a terminal cannot show", 2)
-    if name.isascii() and name.isdigit():
-        raise CliError(f"--name {name} is a number, which names run ids; give a name with a letter in it", 2)
+    if not any(ch.isalpha() for ch in name):  # '2', '２' and '2.5' would read as (or be mistaken for) run ids
+        raise CliError(f"--name {name} has no letter in it, and run ids are numbers; give a name with a letter in it",
+                       2)
 
 
 @contextmanager

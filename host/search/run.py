@@ -10,6 +10,7 @@ event.
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -182,7 +183,10 @@ def find_run(store, ref: str | int):
     if number and int(text) >= 2 ** 63:  # beyond SQLite's integers: no such id
         run = None
     else:
-        run = store.run(int(text)) if number else store.run_by_name(text)
+        # Names are stored composed (NFC): 'é' typed as one character or as 'e' and an accent finds the same run.
+        # The name as given is tried first, for a run stored before names were composed.
+        run = store.run(int(text)) if number else (store.run_by_name(text)
+                                                   or store.run_by_name(unicodedata.normalize("NFC", text)))
     if run is None:
         what = f"run {text}" if number else f"run named {text!r}"
         raise KeyError(f"no search {what} in this database (`fleetnas runs` lists them)")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .base import (ArtifactRecord, CalibrationRecord, DeviceRecord, EvaluationRecord, MeasurementKey,
                    MeasurementRecord, MetricValue, NewMeasurement, NewReferenceRound, ReferenceRound, RunEvent,
-                   RunMember, RunRecord, Store, StoreError, StoreLocked, canonical_json, parse_metric, settings_hash)
+                   RunMember, RunRecord, Store, StoreError, StoreGone, StoreLocked, canonical_json, parse_metric,
+                   settings_hash)
 from .migrations import MIGRATIONS, Migration
 from .sqlite import SqliteStore
 
@@ -42,6 +43,8 @@ def open_store(location: str | Path | None = None, busy_timeout_s: float = 30.0,
         if scheme != "sqlite":
             raise StoreError(f"unsupported store {location!r}: only sqlite:///PATH or a file path")
         location = rest
+    if location.endswith(("/", os.sep)):  # SQLite would make a file named as the folder
+        raise StoreError(f"{location} names a folder, not a store: give the database file's path")
     found = _is_file(location)  # also for a new store: the OS's reason beats SQLite's "unable to open"
     if not found and Path(location).is_dir():
         raise StoreError(f"{location} is a folder, not a store: give the database file's path")
@@ -72,5 +75,6 @@ def _unusable(location: str, exc: OSError) -> StoreError:
 
 __all__ = ["DEFAULT_DB", "MIGRATIONS", "ArtifactRecord", "CalibrationRecord", "DeviceRecord", "EvaluationRecord",
            "MeasurementKey", "MeasurementRecord", "MetricValue", "Migration", "NewMeasurement", "NewReferenceRound",
-           "ReferenceRound", "RunEvent", "RunMember", "RunRecord", "SqliteStore", "Store", "StoreError", "StoreLocked",
-           "canonical_json", "default_location", "open_store", "parse_metric", "settings_hash"]
+           "ReferenceRound", "RunEvent", "RunMember", "RunRecord", "SqliteStore", "Store", "StoreError", "StoreGone",
+           "StoreLocked", "canonical_json", "default_location", "open_store", "parse_metric", "settings_hash",
+           "store_file"]

@@ -28,6 +28,10 @@ class StoreLocked(StoreError):
     """Another process held the database's write lock for longer than the busy timeout."""
 
 
+class StoreGone(StoreError):
+    """The database file was removed or replaced while this process wrote to it."""
+
+
 def canonical_json(value: Any) -> str:
     """One spelling per value (sorted keys, no spaces): equal configs and settings give equal text."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -18,8 +18,8 @@ from typing import Iterable, Iterator, Sequence
 
 from .base import (CALIBRATION_REASONS, MEMBER_SOURCES, ROUND_ROLES, RUN_STATES, ArtifactRecord, CalibrationRecord,
                    DeviceRecord, EvaluationRecord, MeasurementKey, MeasurementRecord, MetricValue, NewMeasurement,
-                   NewReferenceRound, ReferenceRound, RunEvent, RunMember, RunRecord, Store, StoreError, StoreLocked,
-                   canonical_json, parse_metric, settings_hash)
+                   NewReferenceRound, ReferenceRound, RunEvent, RunMember, RunRecord, Store, StoreError, StoreGone,
+                   StoreLocked, canonical_json, parse_metric, settings_hash)
 from .migrations import MIGRATIONS, Migration
 
 MEASUREMENT_COLUMNS = ("id, device_id, device_kind, agent, artifact, runtime, settings, settings_hash, stats, memory, "
@@ -222,7 +222,7 @@ class SqliteStore(Store):
         into a file no path leads to: a search would run to its end and lose all it measured. Checked after
         each commit, so that no write is taken as stored once the file is gone."""
         if self._file_identity() != self._identity:
-            raise StoreError(f"database {self.path} was removed or replaced while this process wrote to it: what "
+            raise StoreGone(f"database {self.path} was removed or replaced while this process wrote to it: what "
                              "it wrote went with the old file, and nothing more is written")
 
     def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
