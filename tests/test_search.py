@@ -735,9 +735,12 @@ def test_bench_search_writes_every_run_and_summarises(table_path, tmp_path):
     assert known.returncode == 0, known.stderr
     assert json.loads(out.read_text())["known"] == {"accuracy": 200}
     for flag, message in (("speed:5", "cannot know values of 'speed'"), ("accuracy:many", "'accuracy:many'"),
-                          ("latency:99999", "must be 1 to 15625")):
+                          ("latency:99999", "must be 1 to 1000"),  # no live search is given more
+                          ("latency:1001", "must be 1 to 1000 (a search learns from the latest 1000")):
         refused = fleetnas(*base, "--known", flag)
         assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+    blind = fleetnas(*base[:-6], "--tactic", "random", "--budget", "5", "--seeds", "1", "--known", "accuracy:10")
+    assert blind.returncode == 0 and "--known informs linas only: random runs as it would without it" in blind.stderr
 
 
 @pytest.mark.parametrize("change, message", [

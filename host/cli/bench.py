@@ -247,6 +247,7 @@ def _output_file(path: Path | None, table: Path) -> Path | None:
 def run_search_bench(args: argparse.Namespace) -> int:
     from ..search.objectives import parse_column_objective
     from ..search.replay import ReplayProblem, evaluations_to_reach
+    from ..search.tactics import LEARNING
     from ..tables import read_table
 
     try:
@@ -263,6 +264,11 @@ def run_search_bench(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, ImportError) as exc:  # ImportError: a space's plug-in that cannot be loaded
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
     output = _output_file(args.json, args.table)
+    blind = [t for t in args.tactic if t not in LEARNING]
+    if args.known and blind:  # they propose from what they evaluate alone: known values change nothing for them
+        them = "run as they" if len(blind) > 1 else "runs as it"
+        print(f"fleetnas: --known informs {', '.join(sorted(LEARNING))} only: {' and '.join(blind)} {them} would "
+              "without it", file=sys.stderr)
     runs = []
     for tactic in args.tactic:
         settings = {} if tactic == "random" else {"algorithm": args.algorithm}

@@ -19,13 +19,10 @@ import numpy as np
 from ..supernets import Config, get_supernet
 from ..supernets.base import network_of
 from .objectives import Objective
+from .session import KNOWN_LIMIT
 
 ANALYTIC = ("macs", "params", "activation_bytes", "peak_activation_bytes")
 FARM_VALUES = {"latency": "latency_ms", "memory": "peak_bytes"}
-#: At most this many known values per objective (the latest): LINAS refits its predictors on them at every
-#: iteration, and a refit on 500 rows already takes seconds (benchmarks/results/predictors.txt).
-KNOWN_LIMIT = 1000
-
 
 class EvaluationError(RuntimeError):
     pass

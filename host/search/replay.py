@@ -10,7 +10,7 @@ from ..supernets import Config, SearchSpace, get_supernet
 from ..tables import Table, table_configs
 from .hypervolume import Normaliser, hv_curve, hypervolume, non_dominated
 from .objectives import Objective, minimised
-from .session import SearchSession
+from .session import KNOWN_LIMIT, SearchSession
 from .tactics import get_tactic
 
 REF = 1.1
@@ -89,8 +89,9 @@ class ReplayProblem:
         for name, n in counts.items():
             if name not in column:
                 raise ValueError(f"cannot know values of {name!r}: it is not an objective ({', '.join(column)})")
-            if not 0 < n <= len(keys):
-                raise ValueError(f"known rows of {name!r} must be 1 to {len(keys)}, got {n}")
+            if not 0 < n <= min(len(keys), KNOWN_LIMIT):  # beyond the limit: what no live search is given
+                raise ValueError(f"known rows of {name!r} must be 1 to {min(len(keys), KNOWN_LIMIT)} (a search learns "
+                                 f"from the latest {KNOWN_LIMIT} known values of an objective at most), got {n}")
             rows = rng.choice(len(keys), n, replace=False)
             known[name] = ([self.space.from_key(keys[i]) for i in rows],
                            [float(self.evaluator._values[keys[i]][column[name]]) for i in rows])

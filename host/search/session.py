@@ -59,6 +59,10 @@ class BudgetExhausted(Exception):
     pass
 
 
+#: At most this many known values per objective (the latest) are given to a run: LINAS refits its predictors
+#: on them at every iteration, and a refit on 500 rows already takes seconds (benchmarks/results/predictors.txt).
+KNOWN_LIMIT = 1000
+
 #: A run stops, rather than record failure after failure, once this many evaluations have failed with none
 #: done yet, or this many in a row: the cause is then not the configurations (an evaluator that raises on every
 #: one, a runtime missing on the device) and the budget would go on nothing. Isolated failures (a model too
