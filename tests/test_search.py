@@ -891,7 +891,7 @@ def test_memory_a_device_could_not_measure_is_no_value_to_search_on(tmp_path):
     """An agent that cannot measure memory reports it unknown (None): a memory objective is then an error that
     says why, never a 0 that every configuration would win with."""
     from fleetnas.farm.jobs import ArtifactSource, Job, JobResult, Settings
-    from fleetnas.search.live import EvaluationError, LiveEvaluator
+    from fleetnas.search.live import EvaluationError, LiveEvaluator, Unmeasurable
     from fleetnas.store import NewMeasurement
 
     with open_store(tmp_path / "m.db") as store:
@@ -908,8 +908,10 @@ def test_memory_a_device_could_not_measure_is_no_value_to_search_on(tmp_path):
     older = JobResult(job, dataclasses.replace(record, memory={**record.memory, "peak_bytes": 0}))
     for r in (result, older):
         assert r.value("latency_ms") == 2.0 and np.isnan(r.value("peak_bytes")) and r.value("memory.model_bytes") == 10
-        with pytest.raises(EvaluationError, match="memory@k:min: the device could not measure it .no peak on this"):
+        with pytest.raises(Unmeasurable, match="memory@k:min: the device could not measure it .no peak on this "
+                                               r"platform.; search on k without memory@k \(a new run\)"):
             LiveEvaluator._farm_value(parse_objective("memory@k:min"), r)
+    assert issubclass(Unmeasurable, EvaluationError)  # a resume could not change it: no "--resume" hint
 
 
 def test_search_measures_with_the_stopping_rule_it_is_given(tmp_path, capsys):

@@ -100,7 +100,7 @@ def _search(store, args: argparse.Namespace):
     """(session, run id): a new run is stored only once its evaluator could be set up (farm, accuracy), so a
     mistake there leaves no run behind."""
     from fleetnas.farm.scheduler import FarmError
-    from fleetnas.search.live import EvaluationError
+    from fleetnas.search.live import EvaluationError, Unmeasurable
     from fleetnas.search.run import evaluations_spent, find_run, load_spec, start_run
     from fleetnas.search.session import TooManyFailures
     from fleetnas.store import StoreError, StoreGone
@@ -124,8 +124,8 @@ def _search(store, args: argparse.Namespace):
 
         try:
             return _execute(store, run_id, spec, evaluator, announce), run_id
-        except StoreGone:
-            raise  # nothing to go on with: the run went with the file
+        except (StoreGone, Unmeasurable):
+            raise  # nothing a resume could change: the run went with the file, or the device cannot measure it
         except (EvaluationError, FarmError, TooManyFailures, StoreError) as exc:  # a device, an evaluator or the
             # disk failed: say how to go on
             raise CliError(f"{exc.args[0] if exc.args else exc}\n{_how_to_go_on(store, run_id, spec.budget)}") from None

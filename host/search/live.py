@@ -28,6 +28,10 @@ class EvaluationError(RuntimeError):
     pass
 
 
+class Unmeasurable(EvaluationError):
+    """An objective the device cannot measure at all (memory where its platform has no peak figure)."""
+
+
 class ConfigFailed(Exception):
     """One configuration cannot be evaluated; the others may."""
 
@@ -157,8 +161,9 @@ class LiveEvaluator:
     def _farm_value(o: Objective, result) -> float:
         value = result.value(FARM_VALUES[o.metric])
         if not np.isfinite(value):  # memory the device cannot measure: a 0 would be the best value, and a lie
-            raise EvaluationError(f"objective {o}: the device could not measure it "
-                                  f"({result.memory.get('note') or 'no figure reported'})")
+            raise Unmeasurable(f"objective {o}: the device could not measure it "
+                               f"({result.memory.get('note') or 'no figure reported'}); search on {o.device_kind} "
+                               f"without {o.name} (a new run), or give it agents that can measure it")
         return value
 
     def _measure(self, configs, kind: str) -> list:
