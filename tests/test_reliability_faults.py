@@ -195,6 +195,26 @@ def test_a_search_whose_store_disk_fills_says_how_to_go_on_and_resumes_once_ther
     assert resumed == 0 and evaluated == 12
 
 
+def test_a_report_on_a_full_disk_fails_clearly_and_leaves_no_cut_off_file(small_disk, tmp_path, capsys, counts):
+    from fleetnas.cli import main
+
+    db = str(tmp_path / "s.db")
+    assert main(["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max", "--objective",
+                 "accuracy:max", "--tactic", "random", "--budget", "12", "--db", db]) == 0
+    out = small_disk.path / "report"
+    small_disk.fill(leave_bytes=40_000)  # room for the front's JSON, not for every figure
+    code = main(["report", "1", "--db", db, "--out", str(out)])
+    err = capsys.readouterr().err
+    pngs = list(out.glob("*.png"))
+    cut_off = [p.name for p in pngs if not p.read_bytes().endswith(b"IEND\xaeB`\x82")]  # a PNG's last chunk
+    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    counts.add(AREA, requests=1, faults=1, failures=int(code != 1) + len(cut_off) + len(leftovers))
+    assert code == 1 and f"cannot write the report to {out}: No space left on device" in err
+    assert cut_off == [] and leftovers == []
+    (small_disk.path / "filler").unlink()
+    assert main(["report", "1", "--db", db, "--out", str(out)]) == 0 and len(list(out.glob("*.png"))) == 4
+
+
 def test_jobs_refused_by_an_agent_with_a_full_disk_go_to_its_peer(tmp_path, counts):
     """A full disk (or a cache too small) is not the job's fault: its peer measures it, once."""
     if SmallDisk.available(tmp_path):

@@ -64,8 +64,8 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
         "objectives": spec.objectives, "constraints": spec.constraints,
         "front": [{**r, "config": c} for r, c in zip(rows, front_configs)]}, indent=2, allow_nan=False).encode())
     _remove_stale_figures(out, figures)
-    for name, png in figures.items():
-        (out / name).write_bytes(png)
+    for name, png in figures.items():  # each whole or not at all: a full disk leaves no cut-off figure
+        atomic_write(out / name, png)
     _write_csv(out / "front.csv", rows, ["rank", *(o.name for o in objectives), "config"])
     known = store.run_events(run_id, "known")
     warnings = constraint_warnings(store, run_id)
@@ -235,10 +235,11 @@ def _remove_stale_figures(out: Path, figures: dict[str, bytes]) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:  # the header even with no rows: readers expect it
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()  # the header even with no rows: readers expect it
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue().encode("utf-8"))
 
 
 def _table(rows: list[dict]) -> str:
