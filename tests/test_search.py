@@ -121,8 +121,9 @@ def test_objectives_and_constraints_parse_with_units_and_refuse_nonsense():
             parse_constraint(huge)
     # Bounds no value can meet: the run would spend its budget on an empty front.
     for unmeetable, reason in (("accuracy >= 150%", "no accuracy is above 100%"),
-                               ("accuracy <= -1%", "no accuracy is below 0"), ("macs <= -1", "no macs is below 0"),
+                               ("accuracy <= -1%", "no accuracy is below 0"), ("macs <= -1", "no macs is at or below 0"),
                                ("latency@x <= 0ms", "no latency is at or below 0"),
+                               ("macs <= 0", "no macs is at or below 0"), ("params <= 0k", "no params is at or below 0"),
                                ("memory@x <= -2MiB", "no memory is below 0")):
         with pytest.raises(ValueError, match=f"{reason}; no configuration could meet it"):
             parse_constraint(unmeetable)

@@ -108,15 +108,17 @@ def parse_constraint(text: str) -> Constraint:
     return constraint
 
 
-#: Metrics that count or time something: never below zero (a latency never at zero either).
+#: Metrics that count or time something: never below zero.
 NON_NEGATIVE = ("latency", "memory", "macs", "params", "activation_bytes", "peak_activation_bytes")
+#: Of those, the ones no network has at zero either (memory above the baseline can read 0 B).
+POSITIVE = ("latency", "macs", "params", "activation_bytes", "peak_activation_bytes")
 
 
 def _refuse_unmeetable(c: Constraint, metric: str, unit: str, text: str) -> None:
     """A bound no value can meet would spend the whole budget on a run whose front stays empty."""
     never_negative = metric in NON_NEGATIVE or unit == "%"
-    if never_negative and c.op == "<=" and (c.value < 0 or (metric == "latency" and c.value <= 0)):
-        raise ValueError(f"constraint {text!r}: no {metric} is {'at or ' if metric == 'latency' else ''}below 0; "
+    if never_negative and c.op == "<=" and (c.value < 0 or (metric in POSITIVE and c.value <= 0)):
+        raise ValueError(f"constraint {text!r}: no {metric} is {'at or ' if metric in POSITIVE else ''}below 0; "
                          "no configuration could meet it")
     if unit == "%" and c.op == ">=" and c.value > 1.0:
         raise ValueError(f"constraint {text!r}: no {metric} is above 100%; no configuration could meet it")
