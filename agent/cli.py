@@ -13,6 +13,7 @@ from google.protobuf import json_format
 
 from .cache import FolderLock
 from .client import read_token
+from .profiler import DEFAULT_DEVICE_LOCK
 from .server import MIB, AgentConfig, build_server
 
 
@@ -74,6 +75,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--insecure", action="store_true",
                    help="allow plaintext without a token on a non-loopback address")
     s.add_argument("--port-file", type=Path, help="write the listening port here once serving (for scripts)")
+    s.add_argument("--device-lock", default=str(DEFAULT_DEVICE_LOCK), metavar="FILE",
+                   help="the file every agent on this device locks while it measures, so that two agents (another "
+                        "runtime, another thread count) never measure at once (default: %(default)s; 'none': "
+                        "measure without it, for an agent that stands for a device of its own)")
     s.add_argument("--test-slowdown", type=float, default=0.0, help=argparse.SUPPRESS)
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     d = sub.add_parser("describe", help="print this device's description as JSON and exit")
@@ -101,7 +106,8 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         tls_cert=args.tls_cert.read_bytes() if args.tls_cert else None,
         tls_key=args.tls_key.read_bytes() if args.tls_key else None,
         tls_client_ca=args.tls_client_ca.read_bytes() if args.tls_client_ca else None,
-        insecure=args.insecure, test_slowdown=args.test_slowdown)
+        insecure=args.insecure, test_slowdown=args.test_slowdown,
+        device_lock=None if args.device_lock == "none" else Path(args.device_lock))
 
 
 def _check_tls(args: argparse.Namespace) -> None:

@@ -1,12 +1,13 @@
-"""The agent's side of a measurement: the device-wide queue, and the child process that measures.
+"""The agent's side of a measurement: the device-wide queue and lock, and the child process that measures.
 
 One measurement runs at a time on a device (anything else running would disturb it); later requests wait
-in FIFO order, up to a bound. Each measurement runs in a fresh child interpreter
+in FIFO order, up to a bound, and every agent on the device takes one lock file while it measures. Each measurement runs in a fresh child interpreter
 (`python -m fleetnas_agent.worker`), which is killed with its whole process group on a deadline or when
 the client goes away.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import queue
@@ -17,6 +18,8 @@ import tempfile
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator
 
 CHILD_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -30,6 +33,63 @@ class ProfileError(Exception):
     def __init__(self, code: str, message: str, cause: str | None = None):
         super().__init__(message)
         self.code, self.cause = code, cause
+
+
+#: Where every agent on a machine locks its device by default (`DeviceLock`): one file per machine.
+DEFAULT_DEVICE_LOCK = Path(tempfile.gettempdir()) / "fleetnas-device.lock"
+
+
+class DeviceLock:
+    """A lock on a file that every agent on the device takes while it measures (`flock`: the system releases
+    it however the agent ends). One device may run several agents, one per runtime or thread count, each a
+    process of its own: without it they would time their models at once and slow each other, unseen. The
+    DeviceQueue orders one agent's requests; this lock orders the agents. `path` None: no lock (an agent that
+    is alone on its device by construction, or a platform without advisory locks)."""
+
+    POLL_S = 0.05
+
+    def __init__(self, path: Path | None):
+        self.path = path if path is not None and importlib.util.find_spec("fcntl") is not None else None
+
+    def check(self) -> None:
+        """Raises ValueError, naming the file, where the lock cannot be taken at all."""
+        if self.path is not None:
+            try:
+                os.close(self._open())
+            except OSError as exc:
+                raise ValueError(f"cannot use the device lock {self.path}: {exc.strerror or exc}") from None
+
+    def _open(self) -> int:
+        # Read-only is enough to lock, and works on a file another user's agent made (with its umask).
+        return os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
+
+    @contextmanager
+    def held(self, cancelled: Callable[[], bool], on_wait: Callable[[], None]) -> Iterator[None]:
+        """Holds the lock for the block; `on_wait` is called once if another agent holds it first.
+        ProfileError(CANCELLED) when the caller leaves while waiting."""
+        if self.path is None:
+            yield
+            return
+        import fcntl
+
+        fd = self._open()
+        try:
+            waited = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not waited:
+                        on_wait()
+                        waited = True
+                    if cancelled():
+                        raise ProfileError("CANCELLED", "the client left while another agent measured on this "
+                                                        "device") from None
+                    time.sleep(self.POLL_S)  # flock cannot wait with a timeout; a short poll keeps cancelling possible
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
 
 class DeviceQueue:

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from . import device
 from .cache import SNIFF_BYTES, ArtifactCache, CacheError, FolderLock, sniff_format
 from .measure import MAX_SECONDS, StoppingRule
-from .profiler import DeviceQueue, Outbox, ProfileError, run_child
+from .profiler import DeviceLock, DeviceQueue, Outbox, ProfileError, run_child
 from .proto import FAILURE_CAUSE_KEY
 from .proto import agent_pb2 as pb
 from .proto import agent_pb2_grpc as pb_grpc
@@ -89,6 +89,9 @@ class AgentConfig:
     upload_idle_s: float = 60.0
     # A profile whose result is ready but not read for this long is cancelled, freeing its call slot.
     result_unread_s: float = 300.0
+    # The file every agent on this device locks while it measures (`DeviceLock`); None: this agent measures
+    # without it (the command line's default is profiler.DEFAULT_DEVICE_LOCK).
+    device_lock: Path | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -105,6 +108,8 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
         self.config = config
         self.cache = ArtifactCache(config.cache_dir, config.cache_max_bytes, config.max_artifact_bytes, folder_lock)
         self.queue = DeviceQueue(config.max_queued)
+        self.device_lock = DeviceLock(config.device_lock)
+        self.device_lock.check()
         self._upload_slots = threading.BoundedSemaphore(MAX_UPLOADS)
         self.device_id = device.device_id(config.cache_dir)
         device.environment()  # primes psutil's CPU-percent counter so the first real snapshot means something
@@ -224,11 +229,14 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
             entry, child_request = self._child_request(request, path)
             for ahead in self.queue.wait_turn(cancelled):
                 post(_progress(pb.ProfileProgress.PHASE_QUEUED, queue_position=ahead))
-            started = time.time()
             try:
-                result = self._measure(request, entry, child_request, cancelled, post)
-                # Stamped before the lock is released: the next measurement's start comes after it.
-                result.started_unix_s, result.finished_unix_s = started, time.time()
+                # Next in line here, the device may still be another agent's: it is said once, as next in line.
+                with self.device_lock.held(cancelled, lambda: post(_progress(pb.ProfileProgress.PHASE_QUEUED,
+                                                                             queue_position=0))):
+                    started = time.time()
+                    result = self._measure(request, entry, child_request, cancelled, post)
+                    # Stamped before the locks are released: the next measurement's start comes after it.
+                    result.started_unix_s, result.finished_unix_s = started, time.time()
             finally:
                 self.queue.release()
             return result

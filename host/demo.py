@@ -52,6 +52,7 @@ def run_demo(out_dir: str | Path = "fleetnas-demo", budget: int = 60, calibratio
 
 
 def _run_demo(out: Path, spec, calibration_samples: int, seed: int, say: Callable[[str], None]) -> DemoResult:
+    from fleetnas_agent.profiler import DEFAULT_DEVICE_LOCK
     from fleetnas_agent.server import AgentConfig, build_server
 
     from .farm import AgentEntry, Farm, Inventory
@@ -62,7 +63,9 @@ def _run_demo(out: Path, spec, calibration_samples: int, seed: int, say: Callabl
     from .supernets.demo import DemoEvaluator
 
     logging.getLogger("fleetnas_agent").setLevel(logging.WARNING)
-    server, port = build_server(AgentConfig(port=0, label="this-machine", cache_dir=out / "agent-cache"))
+    # The machine is the device: its lock keeps another agent here (a user's own) from measuring at once.
+    server, port = build_server(AgentConfig(port=0, label="this-machine", cache_dir=out / "agent-cache",
+                                            device_lock=DEFAULT_DEVICE_LOCK))
     say(f"agent serving on 127.0.0.1:{port} (this machine is the device)")
     try:
         inventory = Inventory(out / "fleetnas.toml", [AgentEntry("local", f"127.0.0.1:{port}", DEVICE_KIND,

@@ -34,6 +34,8 @@ class AgentProcess:
     def __init__(self, cache_dir: Path, port: int = 0, args: list[str] = (), env: dict | None = None,
                  host: str = "127.0.0.1", wrapper: list[str] = ()):
         self.cache_dir, self.args, self.env = cache_dir, list(args), env
+        if "--device-lock" not in self.args:  # each test agent stands for a device of its own
+            self.args += ["--device-lock", f"{cache_dir}.device.lock"]
         self.port, self.host, self.wrapper = port, host, list(wrapper)
         self.proc: subprocess.Popen | None = None
         self.log_lines: list[str] = []  # the agent's stderr (its log), read continuously so the pipe never fills
@@ -50,8 +52,11 @@ class AgentProcess:
                                      start_new_session=True, env={**os.environ, **(self.env or {})})
         line = _read_line(self.proc, timeout_s)
         if "serving on" not in line:
+            if self.proc.poll() is None:  # still starting (or hung): its stderr ends only once it is stopped
+                self.kill()
+            why = self.proc.stderr.read()[-2000:]
             self.stop()
-            raise RuntimeError(f"agent did not start: {line!r} {self.proc.stderr.read()[-2000:]}")
+            raise RuntimeError(f"agent did not start: {line!r} {why}")
         self.port = int(line.rsplit(":", 1)[1])
         self._log_reader = threading.Thread(target=self._read_log, args=(self.proc.stderr,), daemon=True)
         self._log_reader.start()
