@@ -1269,3 +1269,24 @@ def test_a_run_name_is_one_name_however_its_accents_were_typed(tmp_path, capsys)
     capsys.readouterr()
     assert main(["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max", "--tactic",
                  "random", "--budget", "2", "--name", composed, "--db", db]) != 0  # the same name: refused
+
+
+def test_a_search_on_two_device_kinds_measures_them_side_by_side(tmp_path, capsys):
+    """Each batch goes to every kind's agents at once: the batch takes as long as its slowest kind."""
+    from fleetnas.cli import main
+
+    from agents import running_agent
+
+    db, inventory = tmp_path / "s.db", tmp_path / "farm.toml"
+    with running_agent(tmp_path / "a") as (a, _), running_agent(tmp_path / "b") as (b, _):
+        inventory.write_text(f'[agents.a]\naddress = "{a}"\nkind = "ka"\n\n[agents.b]\naddress = "{b}"\nkind = "kb"\n')
+        assert main(["search", "--space", "demo", "--objective", "latency@ka:min", "--objective", "latency@kb:min",
+                     "--tactic", "random", "--budget", "3", "--db", str(db), "--inventory", str(inventory),
+                     "--warmup-runs", "1", "--warmup-seconds", "0.01", "--min-runs", "3", "--min-seconds", "0.5",
+                     "--max-seconds", "1.0"]) == 0
+    with SqliteStore(db) as store:
+        windows = {kind: [(m.detail["started_unix_s"], m.detail["finished_unix_s"])
+                          for m in store.measurements(ok=True) if m.device_kind == kind] for kind in ("ka", "kb")}
+    assert len(windows["ka"]) == len(windows["kb"]) == 3
+    # One kind after the other, no window of one would overlap any of the other's.
+    assert any(sa < fb and sb < fa for sa, fa in windows["ka"] for sb, fb in windows["kb"]), windows

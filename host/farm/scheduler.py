@@ -214,18 +214,34 @@ class Farm:
                 remeasure: bool = False, batch: int = 1, export_cache_dir=None,
                 answering_first: bool = False) -> list[JobResult]:
         """Measures sub-networks of `space` on `device_kind`: exports each (cached), then run()."""
+        return self.measure_kinds(configs, [device_kind], space=space, stopping=stopping, seed=seed,
+                                  remeasure=remeasure, batch=batch, export_cache_dir=export_cache_dir,
+                                  answering_first=answering_first)[device_kind]
+
+    def measure_kinds(self, configs: Sequence[dict], device_kinds: Sequence[str], *, space: str, stopping=None,
+                      seed: int = 0, remeasure: bool = False, batch: int = 1, export_cache_dir=None,
+                      answering_first: bool = False) -> dict[str, list[JobResult]]:
+        """`measure` on several device kinds at once, in one batch: each kind's agents work side by side with
+        the others', so the batch takes as long as its slowest kind, not as long as all of them together."""
+        jobs = {kind: self.jobs_for(self._exported(configs, space, self.export_format(kind), batch,
+                                                   export_cache_dir), kind, stopping, seed)
+                for kind in dict.fromkeys(device_kinds)}
+        results = iter(self.run([job for kind_jobs in jobs.values() for job in kind_jobs], remeasure=remeasure,
+                                answering_first=answering_first))
+        return {kind: [next(results) for _ in kind_jobs] for kind, kind_jobs in jobs.items()}
+
+    @staticmethod
+    def _exported(configs: Sequence[dict], space: str, fmt: str, batch: int, cache_dir) -> list[ArtifactSource]:
         from fleetnas.export import ExportError, export_artifact
 
-        fmt = self.export_format(device_kind)
         artifacts = []
         for config in configs:
             try:
-                exported = export_artifact(space, config, fmt=fmt, batch=batch, cache_dir=export_cache_dir)
+                exported = export_artifact(space, config, fmt=fmt, batch=batch, cache_dir=cache_dir)
             except (ExportError, ValueError, KeyError) as exc:  # KeyError: unknown space; ValueError: bad config
                 raise JobError(f"cannot export {space} config {config}: {exc.args[0] if exc.args else exc}") from exc
             artifacts.append(ArtifactSource.from_export(exported))
-        return self.run(self.jobs_for(artifacts, device_kind, stopping, seed), remeasure=remeasure,
-                        answering_first=answering_first)
+        return artifacts
 
     def measure_artifacts(self, artifacts: Sequence[ArtifactSource], device_kind: str, *, stopping=None,
                           seed: int = 0, remeasure: bool = False, agent: str | None = None,

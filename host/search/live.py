@@ -108,7 +108,7 @@ class LiveEvaluator:
         """Values (configs × objectives); a config that cannot be evaluated gets a row of NaN and its reason in
         `failures` (by index). Devices measure first, so that no accuracy is paid for a model a device refused."""
         self.failures = {}
-        measured = {kind: self._measure(configs, kind) for kind in {o.device_kind for o in self.objectives} if kind}
+        measured = self._measure(configs, [o.device_kind for o in self.objectives if o.device_kind])
         rows = []
         for i, config in enumerate(configs):
             try:
@@ -166,18 +166,22 @@ class LiveEvaluator:
                                f"without {o.name} (a new run), or give it agents that can measure it")
         return value
 
-    def _measure(self, configs, kind: str) -> list:
-        """The farm's results; a model the device tried and failed on (refused it, could not run it) fails its
-        config alone, while a job no device could take (every agent of the kind gone) stops the run."""
-        results = self.farm.measure(list(configs), kind, space=self.space_id, stopping=self.stopping)
-        stranded = [r for r in results if not r.ok and r.measurement is None]
-        if stranded:
-            raise EvaluationError(f"{len(stranded)} of {len(results)} measurements on {kind!r} could not be made; "
-                                  f"first: {stranded[0].error}")
-        for i, r in enumerate(results):
-            if not r.ok:
-                self.failures.setdefault(i, f"measuring on {kind!r} failed: {r.error}")
-        return results
+    def _measure(self, configs, kinds: list[str]) -> dict[str, list]:
+        """The farm's results per device kind, every kind measured at once; a model a device tried and failed
+        on (refused it, could not run it) fails its config alone, while a job no device could take (every agent
+        of the kind gone) stops the run."""
+        if not kinds:
+            return {}
+        measured = self.farm.measure_kinds(list(configs), kinds, space=self.space_id, stopping=self.stopping)
+        for kind, results in measured.items():
+            stranded = [r for r in results if not r.ok and r.measurement is None]
+            if stranded:
+                raise EvaluationError(f"{len(stranded)} of {len(results)} measurements on {kind!r} could not be "
+                                      f"made; first: {stranded[0].error}")
+            for i, r in enumerate(results):
+                if not r.ok:
+                    self.failures.setdefault(i, f"measuring on {kind!r} failed: {r.error}")
+        return measured
 
     def _accuracy(self, config: Config) -> float:
         """From the store when this config's network was evaluated before, else evaluated now and stored under
