@@ -82,11 +82,23 @@ def sample(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     rows = (_sampled(supernet, config, args.batch or 1) for config in configs)
     if args.json:
-        print_json(list(rows))
+        print_json(list(_with_progress(rows, len(configs), counted=not supernet.table_only)))
     else:
         for row in rows:  # one line as each is ready: a long sample shows its progress
             print(json.dumps(row, separators=(",", ":")), flush=True)
     return 0
+
+
+def _with_progress(rows, total: int, counted: bool):
+    """One JSON array prints only at the end, and counting a config's features builds its network (about a
+    second each for the Transformer spaces): a bar on the terminal says how far the sample has got."""
+    import sys
+
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(rows, total=total, description="counting features", console=Console(stderr=True),
+                 transient=True, disable=not (counted and sys.stderr.isatty()))
 
 
 def _sampled(supernet, config: dict, batch: int) -> dict:
