@@ -440,3 +440,14 @@ def test_a_write_after_the_file_was_removed_under_the_store_is_refused_not_taken
         with pytest.raises(StoreError, match="s.db was removed or replaced while this process wrote to it"):
             s.upsert_device("d2", "pi", "rpi4", {})
     assert not list(tmp_path.glob("s.db*"))
+
+
+def test_a_store_opened_by_a_relative_path_keeps_writing_after_the_process_changes_folder(tmp_path, monkeypatch):
+    # An accuracy evaluator that changes into its data folder must not make the store look removed.
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with SqliteStore("s.db") as s:
+        s.upsert_device("d1", "pi", "rpi4", {})
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        s.upsert_device("d2", "pi", "rpi4", {})
+        assert s.device("d2") is not None

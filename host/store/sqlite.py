@@ -32,6 +32,7 @@ class SqliteStore(Store):
         """`read_only` opens an existing database for reading (a report, a listing), which also works where
         nothing can be written, such as a store archived on read-only media."""
         self.path = Path(path)
+        self._absolute = self.path.absolute()
         self.busy_timeout_s = busy_timeout_s
         self.read_only = read_only
         self._lock = threading.RLock()
@@ -211,9 +212,11 @@ class SqliteStore(Store):
                 raise
 
     def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file the path leads to; None where nothing is there. The path is made absolute
+        at open, as SQLite's own is: a process that changes its working folder still names the same file."""
         try:
-            found = os.stat(self.path)
-        except OSError:
+            found = os.stat(self._absolute)
+        except (FileNotFoundError, NotADirectoryError):
             return None
         return found.st_dev, found.st_ino
 
@@ -221,9 +224,13 @@ class SqliteStore(Store):
         """SQLite goes on writing to a database file removed (or replaced) under it, and every commit succeeds
         into a file no path leads to: a search would run to its end and lose all it measured. Checked after
         each commit, so that no write is taken as stored once the file is gone."""
-        if self._file_identity() != self._identity:
+        try:
+            now = self._file_identity()
+        except OSError:  # cannot tell (a passing error of a network file system): no verdict, and no alarm
+            return
+        if now != self._identity:
             raise StoreGone(f"database {self.path} was removed or replaced while this process wrote to it: what "
-                             "it wrote went with the old file, and nothing more is written")
+                            "it wrote went with the old file, and nothing more is written")
 
     def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
         with self._lock:
