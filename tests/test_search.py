@@ -523,11 +523,11 @@ def test_runs_are_listed_with_their_state_and_found_by_name(tmp_path, capsys):
                           (["runs", "--db", str(tmp_path)], "is a folder, not a store"),
                           (["runs", "--db", ""], "the store's path is empty"),  # not the default store
                           (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
-                            "--name", "12", "--db", str(db)], "--name 12 has no letter in it"),
+                            "--name", "12", "--db", str(db)], "--name 12 is a number"),
                           (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
-                            "--name", "\uff12", "--db", str(db)], "has no letter in it"),  # a fullwidth 2
+                            "--name", "\uff12", "--db", str(db)], "is a number"),  # a fullwidth 2
                           (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
-                            "--name", "2.5", "--db", str(db)], "--name 2.5 has no letter in it"),
+                            "--name", "2.5", "--db", str(db)], "--name 2.5 is a number"),
                           (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
                             "--db", str(tmp_path / "newdir") + "/"], "names a folder"),
                           (["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max",
@@ -1269,6 +1269,13 @@ def test_a_run_name_is_one_name_however_its_accents_were_typed(tmp_path, capsys)
     capsys.readouterr()
     assert main(["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max", "--tactic",
                  "random", "--budget", "2", "--name", composed, "--db", db]) != 0  # the same name: refused
+    assert main(["search", "--space", "demo", "--objective", "macs:min", "--objective", "params:max", "--tactic",
+                 "random", "--budget", "2", "--name", "2024-06-01", "--db", db]) == 0  # a date is a name
+    with open_store(db) as store:  # a run started through the API is stored composed too
+        from fleetnas.search.run import find_run
+
+        run_id = start_run(store, _spec(), name="nai\u0308ve")
+        assert find_run(store, "na\u00efve").id == run_id
 
 
 def test_a_search_on_two_device_kinds_measures_them_side_by_side(tmp_path, capsys):

@@ -154,7 +154,6 @@ def _new_spec(args: argparse.Namespace):
         raise CliError("give --space and at least two --objective, or --resume RUN", 2)
     if args.name is not None:
         _check_name(args.name)
-        args.name = unicodedata.normalize("NFC", args.name)  # 'é' typed either way is one name (`find_run`)
     settings = {}
     if args.tactic != "random":
         settings["algorithm"] = args.algorithm
@@ -188,9 +187,21 @@ def _check_name(name: str) -> None:
         raise CliError("--name must not be empty", 2)
     if name != name.strip() or not name.isprintable():
         raise CliError(f"--name {name!r} has spaces around it or characters a terminal cannot show", 2)
-    if not any(ch.isalpha() for ch in name):  # '2', '２' and '2.5' would read as (or be mistaken for) run ids
-        raise CliError(f"--name {name} has no letter in it, and run ids are numbers; give a name with a letter in it",
-                       2)
+    if _looks_like_a_number(name):  # '2', '２' or '2.5' would read as (or be mistaken for) a run id
+        raise CliError(f"--name {name} is a number, which names run ids; give a name with a letter in it", 2)
+
+
+def _looks_like_a_number(name: str) -> bool:
+    """Digits of any script ('２'), or what Python reads as a number ('2.5', '+3', '1e5'); a date is a name."""
+    if any(ch.isalpha() for ch in name):
+        return False
+    if unicodedata.normalize("NFKC", name).isdigit():
+        return True
+    try:
+        float(name)
+    except ValueError:
+        return False
+    return True
 
 
 @contextmanager

@@ -166,8 +166,10 @@ class StoreRecorder:
 
 
 def start_run(store, spec: RunSpec, name: str | None = None) -> int:
+    """Stores a new run; its name composed (NFC), as `find_run` looks names up."""
     spec.validate()
-    return store.create_run(spec.tactic, spec.__dict__, name=name).id
+    return store.create_run(spec.tactic, spec.__dict__,
+                            name=None if name is None else unicodedata.normalize("NFC", name)).id
 
 
 def measurement_settings(farm, kinds) -> dict:
