@@ -35,8 +35,15 @@ class ProfileError(Exception):
         self.code, self.cause = code, cause
 
 
-#: Where every agent on a machine locks its device by default (`DeviceLock`): one file per machine.
-DEFAULT_DEVICE_LOCK = Path(tempfile.gettempdir()) / "fleetnas-device.lock"
+def _default_device_lock() -> Path:
+    """One path for every agent on the machine: /run/lock where the system has it (a systemd unit's private /tmp
+    and a user's own TMPDIR would each give an agent a lock of its own), else the temporary folder."""
+    folder = Path("/run/lock")
+    return (folder if folder.is_dir() else Path(tempfile.gettempdir())) / "fleetnas-device.lock"
+
+
+#: Where every agent on a machine locks its device by default (`DeviceLock`).
+DEFAULT_DEVICE_LOCK = _default_device_lock()
 
 
 class DeviceLock:
@@ -44,7 +51,10 @@ class DeviceLock:
     it however the agent ends). One device may run several agents, one per runtime or thread count, each a
     process of its own: without it they would time their models at once and slow each other, unseen. The
     DeviceQueue orders one agent's requests; this lock orders the agents. `path` None: no lock (an agent that
-    is alone on its device by construction, or a platform without advisory locks)."""
+    is alone on its device by construction, or a platform without advisory locks).
+
+    Agents take turns: a waiter first holds the turnstile (`<lock>.turn`), so that an agent with a backlog of
+    its own cannot take the device again the moment it lets go while another waits."""
 
     POLL_S = 0.05
 
@@ -52,44 +62,90 @@ class DeviceLock:
         self.path = path if path is not None and importlib.util.find_spec("fcntl") is not None else None
 
     def check(self) -> None:
-        """Raises ValueError, naming the file, where the lock cannot be taken at all."""
+        """Raises ValueError, naming the files, where the lock cannot be taken at all."""
         if self.path is not None:
             try:
-                os.close(self._open())
+                for path in self._files():
+                    os.close(self._open(path))
             except OSError as exc:
-                raise ValueError(f"cannot use the device lock {self.path}: {exc.strerror or exc}") from None
+                raise ValueError(f"cannot use the device lock {exc.filename or self.path}: {exc.strerror or exc} "
+                                 "(give --device-lock a file every agent on this device can open, or 'none')") from None
 
-    def _open(self) -> int:
-        # Read-only is enough to lock, and works on a file another user's agent made (with its umask).
-        return os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
+    def _files(self) -> tuple[Path, Path]:
+        return self.path, self.path.with_name(self.path.name + ".turn")
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        """Read-only is enough to lock. An existing file is opened without O_CREAT: Linux refuses O_CREAT on
+        another user's file in a sticky folder such as /tmp (fs.protected_regular), even to root."""
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:  # another agent made it meanwhile
+            return os.open(path, os.O_RDONLY)
+        os.fchmod(fd, 0o644)  # readable, so lockable, by every user's agent whatever this one's umask
+        return fd
 
     @contextmanager
-    def held(self, cancelled: Callable[[], bool], on_wait: Callable[[], None]) -> Iterator[None]:
+    def held(self, cancelled: Callable[[], bool], on_wait: Callable[[], None], wait_s: float) -> Iterator[None]:
         """Holds the lock for the block; `on_wait` is called once if another agent holds it first.
-        ProfileError(CANCELLED) when the caller leaves while waiting."""
+        ProfileError CANCELLED when the caller leaves while waiting, RESOURCE_EXHAUSTED (the device is busy)
+        after `wait_s`, UNAVAILABLE where the lock file cannot be opened."""
         if self.path is None:
             yield
             return
-        import fcntl
-
-        fd = self._open()
+        main, turn = self._files()
         try:
-            waited = False
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if not waited:
-                        on_wait()
-                        waited = True
-                    if cancelled():
-                        raise ProfileError("CANCELLED", "the client left while another agent measured on this "
-                                                        "device") from None
-                    time.sleep(self.POLL_S)  # flock cannot wait with a timeout; a short poll keeps cancelling possible
+            device_fd, turn_fd = self._open(main), self._open(turn)
+        except OSError as exc:
+            raise ProfileError("UNAVAILABLE", f"cannot open the device lock {exc.filename}: "
+                                              f"{exc.strerror or exc}") from None
+        try:
+            waiting = _Waiting(cancelled, on_wait, wait_s)
+            self._take(turn_fd, waiting)
+            try:
+                self._take(device_fd, waiting)
+            finally:
+                os.close(turn_fd)  # the next waiter's turn; closing releases the lock
+                turn_fd = None
             yield
         finally:
-            os.close(fd)  # releases the lock
+            if turn_fd is not None:
+                os.close(turn_fd)
+            os.close(device_fd)  # releases the device
+
+    def _take(self, fd: int, waiting: "_Waiting") -> None:
+        import fcntl
+
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                waiting.check()
+                time.sleep(self.POLL_S)  # flock cannot wait with a timeout; a short poll keeps cancelling possible
+
+
+class _Waiting:
+    """One wait for the device lock: said once, cancelled with the call, bounded."""
+
+    def __init__(self, cancelled: Callable[[], bool], on_wait: Callable[[], None], wait_s: float):
+        self.cancelled, self.on_wait, self.wait_s = cancelled, on_wait, wait_s
+        self.since: float | None = None
+
+    def check(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            self.on_wait()
+        if self.cancelled():
+            raise ProfileError("CANCELLED", "the client left while another agent measured on this device")
+        if time.monotonic() - self.since > self.wait_s:
+            raise ProfileError("RESOURCE_EXHAUSTED", f"another agent on this device has measured for more than "
+                                                     f"{self.wait_s:g} s; try later, or on a peer",
+                               cause="DEVICE_BUSY")
 
 
 class DeviceQueue:

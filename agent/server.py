@@ -231,8 +231,10 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
                 post(_progress(pb.ProfileProgress.PHASE_QUEUED, queue_position=ahead))
             try:
                 # Next in line here, the device may still be another agent's: it is said once, as next in line.
+                # Waited for no longer than the model itself may run: the host's watchdog allows about that.
                 with self.device_lock.held(cancelled, lambda: post(_progress(pb.ProfileProgress.PHASE_QUEUED,
-                                                                             queue_position=0))):
+                                                                             queue_position=0)),
+                                           wait_s=child_request["timeout_s"]):
                     started = time.time()
                     result = self._measure(request, entry, child_request, cancelled, post)
                     # Stamped before the locks are released: the next measurement's start comes after it.

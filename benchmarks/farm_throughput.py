@@ -52,8 +52,10 @@ def tiny_model(seed: int, width: int = 16) -> bytes:
 
 class Agent:
     def __init__(self, cache_dir: Path):
+        # Each agent stands for a device of its own: its own device lock, or the agents would take turns.
         self.proc = subprocess.Popen([sys.executable, "-m", "fleetnas_agent.cli", "serve", "--port", "0",
-                                      "--cache-dir", str(cache_dir), "--log-level", "WARNING"],
+                                      "--cache-dir", str(cache_dir), "--log-level", "WARNING",
+                                      "--device-lock", f"{cache_dir}.device.lock"],
                                      stdout=subprocess.PIPE, text=True, start_new_session=True)
         with selectors.DefaultSelector() as sel:
             sel.register(self.proc.stdout, selectors.EVENT_READ)
