@@ -36,10 +36,12 @@ class ProfileError(Exception):
 
 
 def _default_device_lock() -> Path:
-    """One path for every agent on the machine: /run/lock where the system has it (a systemd unit's private /tmp
-    and a user's own TMPDIR would each give an agent a lock of its own), else the temporary folder."""
+    """One path for every agent on the machine: /run/lock where the system has it for every user (a systemd
+    unit's private /tmp and a user's own TMPDIR would each give an agent a lock of its own), else the temporary
+    folder (Termux, macOS, a distribution whose /run/lock only root may write)."""
     folder = Path("/run/lock")
-    return (folder if folder.is_dir() else Path(tempfile.gettempdir())) / "fleetnas-device.lock"
+    shared = folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+    return (folder if shared else Path(tempfile.gettempdir())) / "fleetnas-device.lock"
 
 
 #: Where every agent on a machine locks its device by default (`DeviceLock`).
