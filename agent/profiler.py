@@ -1,9 +1,9 @@
 """The agent's side of a measurement: the device-wide queue and lock, and the child process that measures.
 
 One measurement runs at a time on a device (anything else running would disturb it); later requests wait
-in FIFO order, up to a bound, and every agent on the device takes one lock file while it measures. Each measurement runs in a fresh child interpreter
-(`python -m fleetnas_agent.worker`), which is killed with its whole process group on a deadline or when
-the client goes away.
+in FIFO order, up to a bound, and every agent on the device takes one lock file while it measures. Each
+measurement runs in a fresh child interpreter (`python -m fleetnas_agent.worker`), which is killed with its
+whole process group on a deadline or when the client goes away.
 """
 from __future__ import annotations
 

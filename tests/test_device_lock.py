@@ -1,6 +1,7 @@
 """Two agents on one device (one per runtime or thread count, each a process of its own) take turns to measure:
 their `--device-lock` file orders them as each agent's queue orders its own requests."""
 import threading
+from contextlib import contextmanager
 
 from agents import AgentProcess
 from models import onnx_mlp
@@ -54,9 +55,9 @@ def test_an_agent_whose_device_lock_cannot_be_made_refuses_to_start(tmp_path):
         raise AssertionError("the agent started without its device lock")
 
 
-def test_an_agent_with_a_backlog_lets_a_waiting_agent_in_between_its_measurements(tmp_path):
-    """Without the turnstile, the agent with a backlog took the device again within a millisecond of letting
-    go, while the other polled for it, and the other came after the whole backlog."""
+@contextmanager
+def _two_agents_on_one_lock(tmp_path):
+    """(client of agent a, client of agent b, the sha of a model both hold): two agents on one device lock."""
     lock = tmp_path / "device.lock"
     model = onnx_mlp(width=64, layers=2)
     with AgentProcess(tmp_path / "a", args=["--device-lock", str(lock)]) as a, \
@@ -64,6 +65,13 @@ def test_an_agent_with_a_backlog_lets_a_waiting_agent_in_between_its_measurement
             AgentClient(a.address) as client_a, AgentClient(b.address) as client_b:
         sha = client_a.put_artifact(model)
         client_b.put_artifact(model)
+        yield client_a, client_b, sha
+
+
+def test_an_agent_with_a_backlog_lets_a_waiting_agent_in_between_its_measurements(tmp_path):
+    """Without the turnstile, the agent with a backlog took the device again within a millisecond of letting
+    go, while the other polled for it, and the other came after the whole backlog."""
+    with _two_agents_on_one_lock(tmp_path) as (client_a, client_b, sha):
         results, measuring = {}, threading.Event()
 
         def measure(name, client, on_progress=None):
@@ -89,16 +97,10 @@ def test_an_agent_that_waits_longer_than_its_models_time_limit_says_the_device_i
     import grpc
     import pytest
 
-    lock = tmp_path / "device.lock"
     long_rule = pb.StoppingRule(warmup_min_runs=1, warmup_min_s=0.01, min_runs=5, min_s=4.0, max_s=5.0,
                               max_runs=1_000_000)  # a tiny model would reach the default cap of runs first
     short_rule = pb.StoppingRule(warmup_min_runs=1, warmup_min_s=0.01, min_runs=3, min_s=0.1, max_s=0.5)
-    model = onnx_mlp(width=64, layers=2)
-    with AgentProcess(tmp_path / "a", args=["--device-lock", str(lock)]) as a, \
-            AgentProcess(tmp_path / "b", args=["--device-lock", str(lock)]) as b, \
-            AgentClient(a.address) as client_a, AgentClient(b.address) as client_b:
-        sha = client_a.put_artifact(model)
-        client_b.put_artifact(model)
+    with _two_agents_on_one_lock(tmp_path) as (client_a, client_b, sha):
         loading = threading.Event()
         holder = threading.Thread(target=lambda: client_a.profile(
             sha, runtime="onnxruntime", stopping=long_rule, timeout_s=60,

@@ -39,7 +39,6 @@ class SqliteStore(Store):
         if read_only:
             self._logs_were_there = any(log.exists() for log in self._log_files())
             self._conn = self._open_read_only(migrations)
-            self._identity = self._file_identity()
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
