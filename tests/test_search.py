@@ -1025,7 +1025,8 @@ def test_a_user_evaluator_named_like_a_stdlib_module_cannot_edit_the_run_print_i
     assert main([*args, "--accuracy", "test:huge"]) == 1
     err = capsys.readouterr().err
     assert "returned 1000" in err and "it must return a finite number" in err
-    assert "run 2 has spent its budget of 4 evaluations (4 failed); fix the cause and start a new run" in err
+    assert "3 evaluations in a row failed, and none has succeeded" in err  # the fourth is never evaluated
+    assert "run 2 keeps what it evaluated: fix the cause, then `fleetnas search --resume 2` continues it" in err
     assert main(["search", "--space", "demo", "--objective", "params:max", "--objective", "macs:min",
                  "--accuracy", "test:editor", "--db", str(db)]) == 2
     assert "--accuracy test:editor evaluates an accuracy objective" in capsys.readouterr().err
@@ -1192,6 +1193,50 @@ def test_a_resumed_run_counts_failures_over_its_whole_record(tmp_path):
         assert recorded == 16  # random search's batch
 
 
+class BatchSizes:
+    """Wraps an evaluator, keeping the size of each batch it was asked to evaluate."""
+
+    def __init__(self, evaluator):
+        self.evaluator, self.sizes = evaluator, []
+
+    def __getattr__(self, name):
+        return getattr(self.evaluator, name)
+
+    def evaluate(self, configs):
+        self.sizes.append(len(configs))
+        return self.evaluator.evaluate(configs)
+
+
+def test_an_evaluator_failing_from_the_start_costs_three_evaluations_not_the_seed_sample(tmp_path):
+    """LINAS's seed sample of 20 is one batch: an evaluator that fails on everything stops the run after three
+    calls, the rest of the batch stays in the budget, and a resume with a working evaluator spends it."""
+    from fleetnas.search.live import LiveEvaluator
+    from fleetnas.search.run import evaluations_spent
+    from fleetnas.search.session import TooManyFailures
+
+    objectives = [parse_objective("accuracy:max"), parse_objective("macs:min")]
+    broken = ScriptedAccuracy("x")
+    with open_store(tmp_path / "f.db") as store:
+        run_id = _demo_run(store, "linas", 30)
+        with pytest.raises(TooManyFailures, match="^3 evaluations in a row failed, and none has succeeded"):
+            execute_run(store, run_id, LiveEvaluator("demo", objectives, accuracy=broken))
+        assert broken.calls == 3 and evaluations_spent(store, run_id) == (3, 3)
+        session = execute_run(store, run_id, LiveEvaluator("demo", objectives, accuracy=ScriptedAccuracy("o")))
+        assert store.run(run_id).state == "finished" and session.used == 30 and session.failed == 3
+
+
+def test_a_success_among_the_first_evaluations_lets_the_rest_of_the_batch_go_at_once(tmp_path):
+    """Only while a run has no value yet is its batch evaluated in parts (a farm measures a part at a time)."""
+    from fleetnas.search.live import LiveEvaluator
+
+    objectives = [parse_objective("accuracy:max"), parse_objective("macs:min")]
+    evaluator = BatchSizes(LiveEvaluator("demo", objectives, accuracy=ScriptedAccuracy("xxoxxxo")))
+    with open_store(tmp_path / "p.db") as store:
+        session = execute_run(store, _demo_run(store, "linas", 25), evaluator)
+        assert session.used == 25 and session.failed == 5
+    assert evaluator.sizes[:2] == [3, 17]  # the seed sample: three, of which the third gave values, then the rest
+
+
 def test_linas_draws_more_when_failures_leave_too_few_values_to_fit(tmp_path):
     from fleetnas.search.live import LiveEvaluator
 
@@ -1234,7 +1279,8 @@ def test_a_run_whose_every_evaluation_fails_is_a_failed_run_however_short(tmp_pa
     # Stopped with budget left (failures in a row), a resume is what goes on once the cause is fixed.
     assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
                  "--tactic", "random", "--budget", "20", "--accuracy", "always_oom:accuracy", "--db", "a.db"]) == 1
-    assert "run 2 keeps what it evaluated: `fleetnas search --resume 2` continues it" in capsys.readouterr().err
+    assert ("run 2 keeps what it evaluated: fix the cause, then `fleetnas search --resume 2` continues it"
+            in capsys.readouterr().err)
     with open_store(tmp_path / "a.db") as store:
         assert store.run(1).state == "failed" and len(store.run_events(1, "failed")) == 2
 

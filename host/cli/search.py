@@ -128,15 +128,18 @@ def _search(store, args: argparse.Namespace):
             raise  # nothing a resume could change: the run went with the file, or the device cannot measure it
         except (EvaluationError, FarmError, TooManyFailures, StoreError) as exc:  # a device, an evaluator or the
             # disk failed: say how to go on
-            raise CliError(f"{exc.args[0] if exc.args else exc}\n{_how_to_go_on(store, run_id, spec.budget)}") from None
+            hint = _how_to_go_on(store, run_id, spec.budget, fix_first=isinstance(exc, TooManyFailures))
+            raise CliError(f"{exc.args[0] if exc.args else exc}\n{hint}") from None
 
 
-def _how_to_go_on(store, run_id: int, budget: int) -> str:
+def _how_to_go_on(store, run_id: int, budget: int, fix_first: bool = False) -> str:
+    """`fix_first`: the run stopped on failures that a resume would meet again (an evaluator's bug)."""
     from fleetnas.search.run import evaluations_spent
 
     spent, failed = evaluations_spent(store, run_id)
     if spent < budget:
-        return f"run {run_id} keeps what it evaluated: `fleetnas search --resume {run_id}` continues it"
+        then = "fix the cause, then " if fix_first else ""
+        return f"run {run_id} keeps what it evaluated: {then}`fleetnas search --resume {run_id}` continues it"
     # A resume would only say the same again: there is nothing left to evaluate.
     return (f"run {run_id} has spent its budget of {budget} evaluations ({failed} failed); fix the cause and start "
             "a new run")

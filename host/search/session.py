@@ -20,8 +20,9 @@ A configuration that cannot be evaluated (a device refuses its model, the accura
 comes back from the evaluator as a row of NaN, with the reason in the evaluator's `failures`. It costs its
 place in the budget like any evaluation, is recorded as failed (`Recorder.record_failure`) so that a resumed
 run does not try it again, and is never proposed again; `history` leaves it out, so tactics learn only from
-values. Failures that keep coming (FAILURES_BEFORE_ANY_VALUE, FAILURES_IN_A_ROW) end the run once the batch
-is recorded (TooManyFailures): their cause is not the configurations.
+values. Failures that keep coming (FAILURES_BEFORE_ANY_VALUE, FAILURES_IN_A_ROW) end the run (TooManyFailures):
+their cause is not the configurations. Ten in a row end it once their batch is recorded; the first three of a
+run end it within its batch, whose other configurations are never evaluated and stay in the budget.
 """
 from __future__ import annotations
 
@@ -134,13 +135,15 @@ class SearchSession:
             by_key.setdefault(k, c)  # a network asked for twice is evaluated as the config asked for first
         unknown = [k for k in fresh if k not in self._memo]
         failures: dict[str, str] = {}
-        if unknown:
-            values = np.atleast_2d(np.asarray(self.evaluator.evaluate([by_key[k] for k in unknown]), dtype=float))
-            reasons = getattr(self.evaluator, "failures", {})  # index into the configs asked → why it failed
-            for i, (k, v) in enumerate(zip(unknown, values)):
-                self._memo[k], self._configs[k] = v, self.space.validate(by_key[k])
-                if not np.isfinite(v).all():
-                    failures[k] = reasons.get(i, "the evaluator returned no value")
+        done = 0
+        while done < len(unknown):
+            part = unknown[done:done + self._part_size(fresh, len(unknown) - done)]
+            self._evaluate_part(part, by_key, failures)
+            done += len(part)
+            if self._failing_from_the_start(fresh):
+                break
+        if done < len(unknown):  # the rest of the batch is not asked for: the run stops below
+            fresh = fresh[:fresh.index(unknown[done])]
         for k in fresh:
             self._order.append(k)
             self._consumed.add(k)
@@ -159,6 +162,28 @@ class SearchSession:
         if beyond is not None:
             raise BudgetExhausted(beyond)
         return np.stack([self._memo[k] for k in keys]) if keys else np.zeros((0, len(self.objectives)))
+
+    def _evaluate_part(self, keys: list[str], by_key: dict[str, Config], failures: dict[str, str]) -> None:
+        values = np.atleast_2d(np.asarray(self.evaluator.evaluate([by_key[k] for k in keys]), dtype=float))
+        reasons = getattr(self.evaluator, "failures", {})  # index into the configs asked → why it failed
+        for i, (k, v) in enumerate(zip(keys, values)):
+            self._memo[k], self._configs[k] = v, self.space.validate(by_key[k])
+            if not np.isfinite(v).all():
+                failures[k] = reasons.get(i, "the evaluator returned no value")
+
+    def _part_size(self, fresh: list[str], left: int) -> int:
+        """How many of a batch's `left` unevaluated configs to evaluate next: all of them once any evaluation of
+        the run has given values; before that, only as many as may still fail before the run stops. An evaluator
+        that fails on everything (a data set it cannot find, after minutes of loading) then costs
+        FAILURES_BEFORE_ANY_VALUE calls, not a whole seed sample of them, and the budget keeps the rest."""
+        evaluated = [k for k in self._order + fresh if k in self._memo]
+        if any(np.isfinite(self._memo[k]).all() for k in evaluated):
+            return left
+        return max(FAILURES_BEFORE_ANY_VALUE - len(evaluated), 1)
+
+    def _failing_from_the_start(self, fresh: list[str]) -> bool:
+        evaluated = [self._memo[k] for k in self._order + fresh if k in self._memo]
+        return len(evaluated) >= FAILURES_BEFORE_ANY_VALUE and not any(np.isfinite(v).all() for v in evaluated)
 
     def _stop_if_failing(self, new: dict[str, str]) -> None:
         """Counted over the run's whole record, replayed evaluations included, so a resume goes on as it stood."""
