@@ -395,9 +395,42 @@ def test_a_report_lists_every_device_that_measured_each_of_its_kinds(store):
     store.record_measurement(measurement(kind="cpu-ort-1t"))
     store.record_measurement(measurement(kind="cpu-ort-2t", settings={**SETTINGS, "threads": 2}))
     objectives = [parse_objective("latency@cpu-ort-1t:min"), parse_objective("latency@cpu-ort-2t:min")]
-    rows = _device_rows(store, "demo", objectives)
+    rows = _device_rows(store, "demo", objectives, [{"depth": 2, "width": 16}])
     assert [(r["kind"], r["id"], r["cpu"]) for r in rows] == [("cpu-ort-1t", "dev-1", "Xeon"),
                                                               ("cpu-ort-2t", "dev-1", "Xeon")]
+
+
+def test_a_report_lists_only_the_devices_that_measured_its_own_configs(store):
+    """A second device of the kind that measured only another run's config (or a calibration's) is not one of
+    this run's devices."""
+    from fleetnas.report import _device_rows
+    from fleetnas.search.objectives import parse_objective
+
+    store.upsert_device("dev-1", "pi-a", "rpi4", {"cpu_model": "Cortex-A72"})
+    store.upsert_device("dev-2", "pi-b", "rpi4", {"cpu_model": "Cortex-A76"})
+    store.record_measurement(measurement(SHA_A, kind="rpi4", device="dev-1"))
+    store.record_measurement(measurement(SHA_B, kind="rpi4", device="dev-2"))
+    objectives = [parse_objective("accuracy:max"), parse_objective("latency@rpi4:min")]
+    assert [r["id"] for r in _device_rows(store, "demo", objectives, [{"width": 16, "depth": 2}])] == ["dev-1"]
+    assert [r["id"] for r in _device_rows(store, "demo", objectives, [{"depth": 3, "width": 16}])] == ["dev-2"]
+
+
+def test_a_report_finds_its_device_through_another_config_of_the_same_network(store):
+    """An artifact is stored under the first config of its network that was exported; a run's config that
+    differs only in a block its network does not build measured on the same device."""
+    from fleetnas.report import _device_rows
+    from fleetnas.search.objectives import parse_objective
+    from fleetnas.supernets import get_supernet
+
+    supernet = get_supernet("demo")
+    exported = supernet.space.sample(1, 1)[0]
+    unused = sorted(supernet.unused(exported))[0]
+    other = {**exported, unused: next(v for v in supernet.space.variable(unused).choices if v != exported[unused])}
+    store.put_artifact("c" * 64, "onnx", 100, "demo", exported)
+    store.upsert_device("dev-1", "pi-a", "rpi4", {})
+    store.record_measurement(measurement("c" * 64, kind="rpi4"))
+    objectives = [parse_objective("accuracy:max"), parse_objective("latency@rpi4:min")]
+    assert [r["id"] for r in _device_rows(store, "demo", objectives, [other])] == ["dev-1"]
 
 
 def test_old_accuracy_rows_go_to_the_one_evaluator_their_space_was_searched_with(tmp_path):

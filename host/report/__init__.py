@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export.artifact import atomic_write
+from ..store import canonical_json
 from ..search.hypervolume import non_dominated
 from ..search.objectives import minimised
 from ..search.run import (HV_REFERENCE_AFTER, constraint_warnings, feasible, load_spec, measured_front, member_values,
@@ -70,7 +71,8 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     known = store.run_events(run_id, "known")
     warnings = constraint_warnings(store, run_id)
     page = _page(run, state, spec, len(members), rows, warnings, failed, figures,
-                 _device_rows(store, spec.space, objectives), known[0].payload if known else {})
+                 _device_rows(store, spec.space, objectives, [m.config for m in members]),
+                 known[0].payload if known else {})
     atomic_write(out / "index.html", page.encode("utf-8"))
     return out / "index.html"
 
@@ -175,14 +177,25 @@ def _parity_figure(objectives, parity) -> bytes:
     return _png(fig)
 
 
-def _device_rows(store, space: str, objectives) -> list[dict]:
-    """The devices that measured the space for each of the run's kinds, read from the measurements: one machine
-    may serve several kinds (one agent per thread count, say), and the devices table keeps only its latest."""
+def _device_rows(store, space: str, objectives, configs) -> list[dict]:
+    """The devices that measured `configs` (the run's) on each of the run's kinds, read from the measurements:
+    one machine may serve several kinds (one agent per thread count, say), and the devices table keeps only its
+    latest. Another run's or a calibration's devices of the kind are left out, unless they measured a config
+    of this run that the farm then answered from the store. Configs are compared by the network they build: an
+    artifact is stored under the first config of its network that was exported."""
+    network = _network_of_space(space)
+    wanted = {canonical_json(network(c)) for c in configs}
+    artifact_config: dict[str, str] = {}
     rows = []
     for kind in sorted({o.device_kind for o in objectives if o.device_kind}):
         agents = {}
-        for m in store.measurements(space=space, device_kind=kind, include_stale=True):
-            agents.setdefault(m.device_id, m.agent)
+        for m in store.measurements(space=space, device_kind=kind, include_stale=True):  # stale: a later drift's
+            if m.artifact not in artifact_config:
+                artifact = store.artifact(m.artifact)
+                known = artifact is not None and artifact.config is not None
+                artifact_config[m.artifact] = canonical_json(network(artifact.config)) if known else ""
+            if artifact_config[m.artifact] in wanted:
+                agents.setdefault(m.device_id, m.agent)
         for device_id, agent in agents.items():
             device = store.device(device_id)
             d = (device.description if device else None) or {}
@@ -191,6 +204,26 @@ def _device_rows(store, space: str, objectives) -> list[dict]:
                          "runtimes": ", ".join(f"{r['name']} {r.get('version', '')}" for r in d.get("runtimes", [])
                                                if r.get("available"))})
     return rows
+
+
+def _network_of_space(space: str):
+    """`network_of` the space's super-network; each config its own network where there is none to ask (a
+    plug-in space this process has not loaded) and where a config no longer fits the space (stored by an older
+    version of it)."""
+    from ..supernets import get_supernet
+    from ..supernets.base import network_of
+
+    try:
+        network = network_of(get_supernet(space))
+    except KeyError:
+        network = None
+
+    def of(config: dict) -> dict:
+        try:
+            return network(config) if network else config
+        except ValueError:  # InvalidConfig
+            return config
+    return of
 
 
 #: The files a report writes: its figures (`front_I_J.png` for each pair of objectives), page and front.
