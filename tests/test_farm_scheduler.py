@@ -331,3 +331,76 @@ def test_a_busy_device_gets_no_job_while_it_pauses_and_a_job_gives_up_after_give
             [late] = farm.measure_artifacts(tiny(1, start=800), KIND, stopping=FAST)
         busy.join(60)
     assert late.measurement is None and "stayed busy for 1 s" in late.error
+
+
+class HotThenCool:
+    """The device's throttle reading (what the Raspberry Pi firmware's bits say): "throttled" for the first
+    `hot` readings the agent takes, then not. This machine has no throttle signal of its own to heat."""
+
+    def __init__(self, hot: int):
+        self.hot, self.reads = hot, 0
+
+    def __call__(self) -> int:
+        self.reads += 1
+        return 0x4 if self.reads <= self.hot else 0
+
+
+def test_a_measurement_taken_while_throttled_is_taken_again_once_the_device_has_cooled(farm_of, monkeypatch):
+    """Readings: the measurement's before and after (hot), the host's first Environment poll (hot), its
+    second (cool), then the measurement again (cool). The throttled row stays, stale and flagged."""
+    from fleetnas_agent import device
+
+    monkeypatch.setattr("fleetnas.farm.scheduler.COOL_POLL_S", 0.05)
+    farm = farm_of(1, cool_down_s=30.0)
+    reading = HotThenCool(3)
+    monkeypatch.setattr(device, "_firmware_bits", reading)
+    [result] = farm.measure_artifacts(tiny(1), KIND, stopping=FAST)
+    assert result.ok and not result.measurement.env["throttled"]
+    assert reading.reads == 6
+    rows = farm.store.measurements(device_kind=KIND, include_stale=True)
+    assert [(m.env["throttled"], m.stale) for m in rows] == [(True, True), (False, False)]
+
+
+def test_a_peer_measures_again_what_a_throttled_device_measured(farm_of, monkeypatch):
+    """Two agents of the kind on this one machine: the job that came back throttled goes to the other agent,
+    not back to the hot one; throttled again there (every reading hot), it is kept flagged after its retries."""
+    from fleetnas_agent import device
+
+    farm = farm_of(2, cool_down_s=0.0, throttled_retries=1)
+    monkeypatch.setattr(device, "_firmware_bits", lambda: 0x4)
+    [result] = farm.measure_artifacts(tiny(1), KIND, stopping=FAST)
+    assert result.ok and result.measurement.env["throttled"]
+    rows = farm.store.measurements(device_kind=KIND, include_stale=True)
+    assert len(rows) == 2 and {m.agent for m in rows} == {"live0", "live1"}
+
+
+def test_a_stored_throttled_measurement_is_taken_again_and_pinned_jobs_keep_theirs(farm_of, monkeypatch):
+    from fleetnas_agent import device
+
+    farm = farm_of(1, throttled_retries=0)
+    artifacts = tiny(1)
+    monkeypatch.setattr(device, "_firmware_bits", lambda: 0x4)
+    [throttled] = farm.measure_artifacts(artifacts, KIND, stopping=FAST)
+    [pinned] = farm.measure_artifacts(artifacts, KIND, stopping=FAST, agent="live0")
+    assert throttled.measurement.env["throttled"] and pinned.measurement.env["throttled"]
+    monkeypatch.setattr(device, "_firmware_bits", lambda: 0)
+    farm.throttled_retries = 2
+    [again] = farm.measure_artifacts(artifacts, KIND, stopping=FAST)
+    assert not again.from_store and not again.measurement.env["throttled"]
+    [stored] = farm.measure_artifacts(artifacts, KIND, stopping=FAST)
+    assert stored.from_store and stored.measurement.id == again.measurement.id
+
+
+def test_a_device_still_throttled_after_a_whole_cool_down_is_waited_for_no_more(farm_of, monkeypatch, caplog):
+    """A sensor that reads hot at rest: one cool-down and one retry, then its measurements are kept as they
+    come, so that a false alarm costs a search one wait, not one per job."""
+    from fleetnas_agent import device
+
+    monkeypatch.setattr("fleetnas.farm.scheduler.COOL_POLL_S", 0.05)
+    farm = farm_of(1, cool_down_s=0.3)
+    monkeypatch.setattr(device, "_firmware_bits", lambda: 0x4)
+    first, second = farm.measure_artifacts(tiny(2), KIND, stopping=FAST)
+    assert first.measurement.env["throttled"] and second.measurement.env["throttled"]
+    rows = farm.store.measurements(device_kind=KIND, include_stale=True)
+    assert sorted(m.artifact == first.job.artifact.sha256 for m in rows) == [False, True, True]
+    assert "live0 still says throttled after 0.3 s without work" in caplog.text

@@ -7,6 +7,15 @@ that fails repeatedly (or stops answering health checks) is set aside and re-pro
 once it answers. Jobs whose result the store already holds (same artifact, device kind, runtime and
 settings) are not measured again unless asked to re-measure.
 
+A measurement its device took while throttled (agent.proto's `throttled`: a hot CPU, the Raspberry Pi
+firmware's bits) is kept, flagged, and taken again up to `throttled_retries` times: on a peer of the kind if
+one is free, else on the same device once it has cooled down (its Environment no longer says throttled, or
+`cool_down_s` has passed). A throttled device measures every model slower, so its figure would teach a
+predictor, and put on a front, a latency the device does not have. A stored measurement that was throttled
+counts as one such try. Jobs pinned to an agent (a watch's reference rounds) keep what they got: a watch
+judges each device as it is. A device still throttled after a whole cool-down without work (a sensor whose
+limit is set below its resting temperature) is waited for no more: its measurements are kept as they come.
+
 Exactly one row per job: a job is in one agent's hands at a time (it is re-queued only after that
 attempt has ended), and the store's unique index on the dedup key is the backstop against two host
 processes measuring the same job.
@@ -45,6 +54,9 @@ MODEL_FAULT_IF_REPEATED = {"KILLED"}
 BUSY_PAUSE_S, MAX_BUSY_PAUSE_S = 0.25, 8.0
 #: How long a kind may have no usable agent before its waiting jobs fail (Farm's give_up_s).
 GIVE_UP_S = 300.0
+#: Times a measurement taken while throttled is taken again; the longest a throttled device is waited for to
+#: cool down (Farm's throttled_retries, cool_down_s); how often its Environment is asked meanwhile.
+THROTTLED_RETRIES, COOL_DOWN_S, COOL_POLL_S = 2, 60.0, 2.0
 
 
 class FarmError(RuntimeError):
@@ -67,6 +79,8 @@ class AgentState:
         self.max_artifact_bytes: int | None = None  # from Describe; None until known (or 0: not said)
         self.busy_until = 0.0  # monotonic time until which it gets no job: its device is busy with others' work
         self.busy_pause_s = BUSY_PAUSE_S
+        self.hot_since: float | None = None  # monotonic time of its latest throttled measurement, until it cools
+        self.stays_hot = False  # still throttled after a whole cool-down: its measurements are kept as they come
         self.last_error = ""
         self.jobs_done = 0
 
@@ -101,6 +115,7 @@ class _Task:
     result: JobResult | None = None
     stranded_since: float | None = None
     busy_waited_s: float = 0.0  # the pauses it has waited out, refused by devices busy with others' measurements
+    throttled: int = 0  # times it was measured while its device was throttled
 
     def may_run_on(self, agent: "AgentState") -> bool:
         return self.job.agent in (None, agent.name)
@@ -134,16 +149,22 @@ class Farm:
     reprobe_s: how long an agent set aside waits before the next health check.
     give_up_s: how long a kind may have no usable agent before its waiting jobs are reported failed; also the
                most a job waits out devices busy with other hosts' measurements.
+    throttled_retries: times a measurement taken while throttled is taken again (0: kept as it came).
+    cool_down_s: the longest a throttled device is waited for to cool down before it measures again.
     """
 
     def __init__(self, inventory: Inventory, store: Store, *, deadline_s: float | None = None, max_attempts: int = 3,
                  unhealthy_after: int = 2, reprobe_s: float = 30.0, give_up_s: float = GIVE_UP_S,
-                 rpc_timeout_s: float = 10.0, progress: bool = False):
+                 rpc_timeout_s: float = 10.0, progress: bool = False, throttled_retries: int = THROTTLED_RETRIES,
+                 cool_down_s: float = COOL_DOWN_S):
         if max_attempts < 1 or unhealthy_after < 1:
             raise ValueError("max_attempts and unhealthy_after must be at least 1")
+        if throttled_retries < 0 or cool_down_s < 0:
+            raise ValueError("throttled_retries and cool_down_s must not be negative")
         self.inventory, self.store = inventory, store
         self.deadline_s, self.max_attempts, self.unhealthy_after = deadline_s, max_attempts, unhealthy_after
         self.reprobe_s, self.give_up_s, self.rpc_timeout_s = reprobe_s, give_up_s, rpc_timeout_s
+        self.throttled_retries, self.cool_down_s = throttled_retries, cool_down_s
         self.progress = progress
         self.agents = {e.name: AgentState(e, inventory.base_dir) for e in inventory.agents}
         self._run_lock = threading.Lock()
@@ -272,7 +293,11 @@ class Farm:
             free = [t for t in tasks.values() if t.job.agent is None]
             stored = {} if remeasure else self.store.find_measurements(t.job.key for t in free)
             for task in free:
-                if task.job.key in stored:
+                if task.job.key not in stored:
+                    continue
+                if _throttled(stored[task.job.key]) and self.throttled_retries:
+                    task.throttled = 1  # measured again, in place of the stored one
+                else:
                     task.result = JobResult(task.job, stored[task.job.key], from_store=True)
             batch = _Batch([t for t in tasks.values() if t.result is None], remeasure)
             if not batch.closed:
@@ -342,6 +367,13 @@ class Farm:
                     continue
                 if agent.busy_until > now:  # its device is busy with others' work: peers take the jobs meanwhile
                     batch.cond.wait(timeout=agent.busy_until - now)
+                    continue
+                if agent.hot_since is not None:  # peers take the jobs while it cools down
+                    batch.cond.release()
+                    try:
+                        self._cool_down(agent, batch)
+                    finally:
+                        batch.cond.acquire()
                     continue
                 task = self._pick(agent, batch.pending[agent.kind])
                 if task is not None:
@@ -419,7 +451,7 @@ class Farm:
     def _execute(self, agent: AgentState, task: _Task, batch: _Batch) -> None:
         job, started = task.job, time.monotonic()
         try:
-            fresh = batch.remeasure or job.agent is not None
+            fresh = batch.remeasure or job.agent is not None or task.throttled > 0
             record = None if fresh else self.store.find_measurement(*job.key)
             if record is not None:  # another host process measured it meanwhile
                 return self._finish(agent, task, batch, JobResult(job, record, from_store=True))
@@ -430,12 +462,55 @@ class Farm:
             if not inserted:  # another host process stored it first: its row is the measurement, ours is dropped
                 return self._finish(agent, task, batch, JobResult(job, record, from_store=True))
             agent.jobs_done += 1
+            if _throttled(record) and job.agent is None and self.throttled_retries and not agent.stays_hot:
+                if self._measure_again_when_cool(agent, task, batch):
+                    return
             self._finish(agent, task, batch, JobResult(job, record, attempts=task.attempts + 1,
                                                        elapsed_s=time.monotonic() - started))
         except grpc.RpcError as exc:
             self._failed_attempt(agent, task, batch, exc)
         except (JobError, OSError) as exc:
             self._finish(agent, task, batch, self._failed_job(agent, task, str(exc)))
+
+    def _measure_again_when_cool(self, agent: AgentState, task: _Task, batch: _Batch) -> bool:
+        """A measurement its device took while throttled: the job goes back to the queue, for a peer first
+        (`_pick` prefers agents it has not been tried on) and the device cools down. False once the retries are
+        spent: the flagged measurement is the job's result."""
+        task.throttled += 1
+        agent.hot_since = time.monotonic()
+        if task.throttled > self.throttled_retries:
+            log.warning("job %s: measured %d times while throttled, the last on %s; kept, flagged as throttled",
+                        task.job.artifact.sha256[:12], task.throttled, agent.name)
+            return False
+        log.info("job %s: %s measured it while throttled; measuring it again once a device of %s is cool",
+                 task.job.artifact.sha256[:12], agent.name, agent.kind)
+        task.failed_on.add(agent.name)
+        self._put_back(agent, task, batch)
+        return True
+
+    def _cool_down(self, agent: AgentState, batch: _Batch) -> None:
+        """Waits until the agent's device no longer says it is throttled, asking it every COOL_POLL_S, for at
+        most cool_down_s since its throttled measurement; a batch that closes meanwhile ends the wait."""
+        until, waited = agent.hot_since + self.cool_down_s, False
+        agent.hot_since = None
+        while True:
+            try:
+                if agent.client is None or not agent.client.environment().throttled:
+                    return
+            except grpc.RpcError:  # its next job says what is wrong with it
+                return
+            if time.monotonic() >= until:
+                break
+            next_poll, waited = min(time.monotonic() + COOL_POLL_S, until), True
+            with batch.cond:
+                while not batch.closed and time.monotonic() < next_poll:
+                    batch.cond.wait(timeout=next_poll - time.monotonic())
+                if batch.closed:
+                    return
+        if waited:  # a sensor that reads hot at rest (its limit set low): waiting again and again would gain nothing
+            agent.stays_hot = True
+            log.warning("agent %s still says throttled after %g s without work; its measurements are kept as they "
+                        "come, flagged as throttled: check its cooling", agent.name, self.cool_down_s)
 
     def _measure_on(self, agent: AgentState, job: Job):
         from fleetnas_agent.proto import agent_pb2 as pb
@@ -573,6 +648,10 @@ class Farm:
 
 class _NotServing(Exception):
     pass
+
+
+def _throttled(record) -> bool:
+    return bool(record is not None and record.env.get("throttled"))
 
 
 def _rpc_text(exc: BaseException) -> str:
