@@ -283,3 +283,20 @@ def test_an_objective_alike_in_the_first_evaluations_is_scaled_by_its_magnitude(
     normaliser = Normaliser(np.array([5e6, 0.0, -2.0]), np.array([5e6, 0.0, 1.0]))
     assert list(normaliser.span) == [5e6, 1.0, 3.0]
     assert normaliser(np.array([2.5e6, 1.0, 1.0])).tolist() == [[-0.5, 1.0, 1.0]]
+
+
+def test_a_report_shows_each_objective_in_a_unit_a_reader_knows():
+    """Figures and the page's table show memory in MiB and latency in ms, each axis saying which way is
+    better; front.csv keeps the stored units (bytes)."""
+    from fleetnas.report import _shown_rows
+    from fleetnas.search.objectives import parse_objective, shown
+
+    objectives = [parse_objective(t) for t in ("accuracy:max", "latency@rpi4:min", "memory@rpi4:min", "macs:min")]
+    assert [shown(o) for o in objectives] == [("accuracy, higher is better", 1.0),
+                                              ("latency on rpi4 (ms), lower is better", 1.0),
+                                              ("memory on rpi4 (MiB), lower is better", 2.0 ** -20),
+                                              ("macs (M), lower is better", 1e-6)]
+    row = {"rank": 1, "accuracy": 0.9, "latency@rpi4": 12.5, "memory@rpi4": 3 * 2 ** 20, "macs": 2.5e6,
+           "config": "{}"}
+    assert _shown_rows([row], objectives) == [{"rank": 1, "accuracy": 0.9, "latency@rpi4 (ms)": 12.5,
+                                               "memory@rpi4 (MiB)": 3.0, "macs (M)": 2.5, "config": "{}"}]

@@ -23,7 +23,7 @@ import numpy as np
 from ..export.artifact import atomic_write
 from ..store import canonical_json
 from ..search.hypervolume import non_dominated
-from ..search.objectives import minimised
+from ..search.objectives import SHOWN_UNITS, minimised, shown
 from ..search.run import (HV_REFERENCE_AFTER, constraint_warnings, feasible, load_spec, measured_front, member_values,
                           run_state)
 
@@ -70,11 +70,22 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     _write_csv(out / "front.csv", rows, ["rank", *(o.name for o in objectives), "config"])
     known = store.run_events(run_id, "known")
     warnings = constraint_warnings(store, run_id)
-    page = _page(run, state, spec, len(members), rows, warnings, failed, figures,
+    page = _page(run, state, spec, len(members), _shown_rows(rows, objectives), warnings, failed, figures,
                  _device_rows(store, spec.space, objectives, [m.config for m in members]),
                  known[0].payload if known else {})
     atomic_write(out / "index.html", page.encode("utf-8"))
     return out / "index.html"
+
+
+def _shown_rows(rows: list[dict], objectives) -> list[dict]:
+    """The front's rows as the page shows them: each objective in its shown unit (MiB, not bytes), named in
+    its column's head; front.csv and front.json keep the stored units."""
+    heads = {}
+    for o in objectives:
+        unit, factor = SHOWN_UNITS.get(o.metric, ("", 1.0))
+        heads[o.name] = (f"{o.name} ({unit})" if unit else o.name, factor)
+    return [{heads[k][0] if k in heads else k: v * heads[k][1] if k in heads else v for k, v in r.items()}
+            for r in rows]
 
 
 def _png(fig) -> bytes:
@@ -91,6 +102,11 @@ def _front_figure(objectives, i, j, values, met, front, predicted) -> bytes:
     constraints (`met`), the run's front numbered, and the predictors' final front."""
     import matplotlib.pyplot as plt
 
+    (y_label, y_factor), (x_label, x_factor) = shown(objectives[i]), shown(objectives[j])
+    scale = np.array([1.0] * len(objectives))
+    scale[[i, j]] = y_factor, x_factor
+    values, met, front, predicted = (np.asarray(v).reshape(-1, len(objectives)) * scale
+                                     for v in (values, met, front, predicted))
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.scatter(values[:, j], values[:, i], s=14, color="#b0b7c3", label=f"measured ({len(values)})")
     if len(predicted):
@@ -103,8 +119,8 @@ def _front_figure(objectives, i, j, values, met, front, predicted) -> bytes:
         ax.scatter(front[:, j], front[:, i], s=36, color="#1f5fa8", zorder=3, label=f"measured front ({len(front)})")
         for k, (x, y) in enumerate(zip(front[:, j], front[:, i])):
             ax.annotate(str(k + 1), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color="#1f5fa8")
-    ax.set_xlabel(str(objectives[j]))
-    ax.set_ylabel(str(objectives[i]))
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{objectives[i].name} against {objectives[j].name}")
@@ -160,17 +176,20 @@ def _parity_figure(objectives, parity) -> bytes:
 
     from ..predictors import regression_metrics
 
-    names = [o.name for o in objectives if o.name in parity]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False, layout="constrained")
-    for ax, name in zip(axes[0], names):
-        predicted, measured = parity[name]
+    drawn = [o for o in objectives if o.name in parity]
+    fig, axes = plt.subplots(1, len(drawn), figsize=(4.2 * len(drawn), 4), squeeze=False, layout="constrained")
+    for ax, o in zip(axes[0], drawn):
+        predicted, measured = parity[o.name]
         m = regression_metrics(measured, predicted)
+        label, factor = shown(o)
+        label = label.split(",")[0]  # which way is better says nothing here
+        predicted, measured = predicted * factor, measured * factor
         ax.scatter(measured, predicted, s=12, color="#1f5fa8")
         low, high = min(measured.min(), predicted.min()), max(measured.max(), predicted.max())
         ax.plot([low, high], [low, high], color="#888", lw=1)
-        ax.set_xlabel(f"measured {name}")
-        ax.set_ylabel(f"predicted {name} (before measuring)")
-        ax.set_title(f"{name}: τ={m['kendall_tau']:.2f}, ±10% {m['within_10']:.0%}", fontsize=10)
+        ax.set_xlabel(f"measured {label}")
+        ax.set_ylabel(f"predicted {label} (before measuring)")
+        ax.set_title(f"{o.name}: τ={m['kendall_tau']:.2f}, ±10% {m['within_10']:.0%}", fontsize=10)
         ax.locator_params(nbins=5)  # a narrow panel's tick labels (100000, 120000…) would run together
         ax.ticklabel_format(style="sci", scilimits=(-3, 4))
         ax.grid(alpha=0.3)

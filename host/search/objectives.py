@@ -137,6 +137,21 @@ def with_unit_case(text: str) -> str:
     return text[:m.start("unit")] + meant[0] + text[m.end("unit"):] if meant else text
 
 
+#: How a metric's values are shown to a reader (figures, the report's table): the unit, and the factor from the
+#: unit values are stored in (ms, bytes, counts) to it. Others are shown as stored.
+SHOWN_UNITS = {"latency": ("ms", 1.0), "memory": ("MiB", 2.0 ** -20), "macs": ("M", 1e-6), "params": ("M", 1e-6),
+               "activation_bytes": ("MiB", 2.0 ** -20), "peak_activation_bytes": ("MiB", 2.0 ** -20)}
+
+
+def shown(objective: Objective) -> tuple[str, float]:
+    """(label, factor): what to call an objective's axis or column, unit and better direction included
+    ("latency on rpi4 (ms), lower is better"), and what to multiply its stored values by to show them."""
+    unit, factor = SHOWN_UNITS.get(objective.metric, ("", 1.0))
+    where = f" on {objective.device_kind}" if objective.device_kind else ""
+    better = "higher" if objective.direction == "max" else "lower"
+    return f"{objective.metric}{where}{f' ({unit})' if unit else ''}, {better} is better", factor
+
+
 def minimised(values: np.ndarray, objectives: list[Objective]) -> np.ndarray:
     """Natural-unit values (rows × objectives) in all-minimise form."""
     return np.atleast_2d(values) * np.array([o.sign for o in objectives])
