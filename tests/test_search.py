@@ -744,6 +744,21 @@ def test_bench_search_writes_every_run_and_summarises(table_path, tmp_path):
     assert blind.returncode == 0 and "--known informs linas only: random runs as it would without it" in blind.stderr
 
 
+def test_bench_search_says_when_linas_leaves_the_algorithm_unused(table_path, tmp_path, capsys):
+    """On a table that holds part of its space, LINAS predicts each row instead of searching the space: an
+    --algorithm given for it would silently change nothing."""
+    from fleetnas.cli import main
+
+    partial = tmp_path / "part.csv"
+    partial.write_text("".join(table_path.read_text().splitlines(keepends=True)[:3001]))
+    base = ["bench", "search", "--space", "nb201", "--key", "cellstr", "--objective", "accuracy:max", "--objective",
+            "latency:min", "--tactic", "linas", "--budget", "21", "--seeds", "1", "--algorithm", "agemoea"]
+    assert main([*base, "--table", str(partial)]) == 0
+    assert "--algorithm agemoea is unused: part.csv holds part of nb201" in capsys.readouterr().err
+    assert main([*base, "--table", str(table_path)]) == 0  # every cell: linas searches the space with it
+    assert "unused" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("change, message", [
     (["--objective", "accuracy:min"], "--objective accuracy is given twice"),
     (["--tactic", "random"], "--tactic random is given twice"),

@@ -205,7 +205,8 @@ def _add_search(bench_sub) -> None:
     p.add_argument("--objective", action="append", required=True, metavar="COLUMN:max|min",
                    help="a column and its direction (repeat: two or more)")
     p.add_argument("--tactic", action="append", required=True, choices=["linas", "evolutionary", "random"])
-    p.add_argument("--algorithm", default="nsga2", choices=["nsga2", "agemoea", "unsga3", "ctaea", "moead"])
+    p.add_argument("--algorithm", choices=["nsga2", "agemoea", "unsga3", "ctaea", "moead"],
+                   help="the evolutionary algorithm of linas's inner search and of evolutionary (default nsga2)")
     p.add_argument("--budget", type=positive_int, required=True, metavar="N", help="real evaluations per run")
     p.add_argument("--seeds", type=positive_int, default=3, metavar="K", help="runs per tactic (seeds 0..K-1)")
     p.add_argument("--known", action="append", default=[], type=_known_rows, metavar="COLUMN:N",
@@ -269,9 +270,12 @@ def run_search_bench(args: argparse.Namespace) -> int:
         them = "run as they" if len(blind) > 1 else "runs as it"
         print(f"fleetnas: --known informs {', '.join(sorted(LEARNING))} only: {' and '.join(blind)} {them} would "
               "without it", file=sys.stderr)
+    if args.algorithm and problem.pool is not None and set(args.tactic) & {"linas", "evolutionary"} == {"linas"}:
+        print(f"fleetnas: --algorithm {args.algorithm} is unused: {args.table.name} holds part of {args.space}, and "
+              "linas then predicts each of its rows instead of searching the space", file=sys.stderr)
     runs = []
     for tactic in args.tactic:
-        settings = {} if tactic == "random" else {"algorithm": args.algorithm}
+        settings = {} if tactic == "random" else {"algorithm": args.algorithm or "nsga2"}
         for seed in range(args.seeds):
             run = problem.run(tactic, seed, args.budget, known=dict(args.known), **settings)
             runs.append(run)
