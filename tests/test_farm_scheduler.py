@@ -361,17 +361,109 @@ def test_a_measurement_taken_while_throttled_is_taken_again_once_the_device_has_
     assert [(m.env["throttled"], m.stale) for m in rows] == [(True, True), (False, False)]
 
 
-def test_a_peer_measures_again_what_a_throttled_device_measured(farm_of, monkeypatch):
-    """Two agents of the kind on this one machine: the job that came back throttled goes to the other agent,
-    not back to the hot one; throttled again there (every reading hot), it is kept flagged after its retries."""
-    from fleetnas_agent import device
+def per_agent_throttle(monkeypatch, farm, measured_hot, env_hot):
+    """Which agent's device reads throttled, decided host-side where the in-process agents share one sensor:
+    measured_hot(agent, n) for its n-th measurement, env_hot(agent) for its Environment answers."""
+    from fleetnas.farm import scheduler
+    from fleetnas_agent.client import AgentClient
 
-    farm = farm_of(2, cool_down_s=0.0, throttled_retries=1)
-    monkeypatch.setattr(device, "_firmware_bits", lambda: 0x4)
+    counts = {}
+    measurement, environment = scheduler.Farm._measurement, AgentClient.environment
+    by_address = {a.entry.address: a.name for a in farm.agents.values()}
+
+    def measured(self, agent, job, result):
+        m = measurement(self, agent, job, result)
+        counts[agent.name] = counts.get(agent.name, 0) + 1
+        m.env["throttled"] = measured_hot(agent.name, counts[agent.name])
+        return m
+
+    def answered(self):
+        snapshot = environment(self)
+        snapshot.throttled = env_hot(by_address[self.address])
+        return snapshot
+
+    monkeypatch.setattr(scheduler.Farm, "_measurement", measured)
+    monkeypatch.setattr(AgentClient, "environment", answered)
+    monkeypatch.setattr(scheduler, "COOL_POLL_S", 0.05)
+
+
+def _rows(farm):
+    return [(m.agent, m.env["throttled"], m.stale) for m in farm.store.measurements(device_kind=KIND, include_stale=True)]
+
+
+def test_a_cool_peer_measures_again_while_the_throttled_device_cools_down(farm_of, monkeypatch):
+    farm = farm_of(2, cool_down_s=30.0)
+    hot = []  # the agent that measures first: hot, and still hot when asked
+
+    def measured_hot(agent, n):
+        hot[:] = hot or [agent]
+        return agent == hot[0]
+
+    per_agent_throttle(monkeypatch, farm, measured_hot, env_hot=lambda agent: agent in hot)
+    [result] = farm.measure_artifacts(tiny(1), KIND, stopping=FAST)  # no 30 s wait: the peer takes it
+    assert result.ok and not result.measurement.env["throttled"] and result.measurement.agent != hot[0]
+    assert _rows(farm) == [(hot[0], True, True), (result.measurement.agent, False, False)]
+
+
+def test_a_device_that_has_cooled_takes_back_its_job_rather_than_wait_for_a_hot_peer(farm_of, monkeypatch):
+    """Both devices throttled on their first job; live0 is cool when asked, live1 stays hot: live0 measures
+    both jobs again, cool, instead of one waiting out live1's cool-down to be measured hot there."""
+    farm = farm_of(2, cool_down_s=0.5)
+    per_agent_throttle(monkeypatch, farm, measured_hot=lambda agent, n: agent == "live1" or n == 1,
+                       env_hot=lambda agent: agent == "live1")
+    results = farm.measure_artifacts(tiny(2), KIND, stopping=FAST)
+    assert [(r.measurement.agent, r.measurement.env["throttled"]) for r in results] == [("live0", False)] * 2
+    farm.agents["live1"].stays_hot = True  # as a whole cool-down leaves it: no job a cooler peer can take again
+    again = farm.measure_artifacts(tiny(2, start=2), KIND, stopping=FAST)
+    assert not any(r.measurement.env["throttled"] for r in again)
+
+
+def test_a_failed_try_keeps_the_throttled_measurement_as_the_result(farm_of, monkeypatch):
+    """Taking a throttled measurement again can fail (a peer refuses the model, the device goes away): the
+    job still has its measurement, flagged, and a search goes on with it."""
+    from fleetnas.farm import scheduler
+
+    farm = farm_of(1, cool_down_s=1.0)
+    per_agent_throttle(monkeypatch, farm, measured_hot=lambda agent, n: n == 1, env_hot=lambda agent: False)
+    measure_on = scheduler.Farm._measure_on
+    calls = []
+
+    def failing_again(self, agent, job):
+        calls.append(agent.name)
+        if len(calls) > 1:
+            raise JobError("the runtime cannot run it any more")
+        return measure_on(self, agent, job)
+
+    monkeypatch.setattr(scheduler.Farm, "_measure_on", failing_again)
     [result] = farm.measure_artifacts(tiny(1), KIND, stopping=FAST)
-    assert result.ok and result.measurement.env["throttled"]
-    rows = farm.store.measurements(device_kind=KIND, include_stale=True)
-    assert len(rows) == 2 and {m.agent for m in rows} == {"live0", "live1"}
+    assert result.ok and result.measurement.env["throttled"] and len(calls) == 2
+
+
+def test_a_cool_measurement_another_host_stored_meanwhile_is_taken_not_replaced(farm_of, monkeypatch):
+    import dataclasses
+
+    from fleetnas.farm import scheduler
+
+    farm = farm_of(1, cool_down_s=0.2, throttled_retries=1)
+    per_agent_throttle(monkeypatch, farm, measured_hot=lambda agent, n: True, env_hot=lambda agent: False)
+    measurement, cool_down = scheduler.Farm._measurement, scheduler.Farm._cool_down
+    first = []
+
+    def kept(self, agent, job, result):
+        first.append(measurement(self, agent, job, result))
+        return first[-1]
+
+    def other_host_measures_cool(self, agent, batch):
+        m = first[0]
+        self.store.record_measurement(dataclasses.replace(m, env={**m.env, "throttled": False}, agent="other"),
+                                      supersede=True)
+        return cool_down(self, agent, batch)
+
+    monkeypatch.setattr(scheduler.Farm, "_measurement", kept)
+    monkeypatch.setattr(scheduler.Farm, "_cool_down", other_host_measures_cool)
+    [result] = farm.measure_artifacts(tiny(1), KIND, stopping=FAST)
+    assert result.from_store and result.measurement.agent == "other" and not result.measurement.env["throttled"]
+    assert farm.store.find_measurement(*result.job.key).agent == "other"
 
 
 def test_a_stored_throttled_measurement_is_taken_again_and_pinned_jobs_keep_theirs(farm_of, monkeypatch):
@@ -391,6 +483,16 @@ def test_a_stored_throttled_measurement_is_taken_again_and_pinned_jobs_keep_thei
     assert stored.from_store and stored.measurement.id == again.measurement.id
 
 
+def test_a_stored_throttled_measurement_stands_where_no_device_can_take_it_again(farm_of, monkeypatch):
+    from fleetnas_agent import device
+
+    monkeypatch.setattr(device, "_firmware_bits", lambda: 0x4)
+    [throttled] = farm_of(1, throttled_retries=0).measure_artifacts(tiny(1), KIND, stopping=FAST)
+    offline = farm_of(0, dead=1, give_up_s=0.5)  # the same store; its device is off now
+    [result] = offline.measure_artifacts(tiny(1), KIND, stopping=FAST)
+    assert result.ok and result.measurement.id == throttled.measurement.id
+
+
 def test_a_device_still_throttled_after_a_whole_cool_down_is_waited_for_no_more(farm_of, monkeypatch, caplog):
     """A sensor that reads hot at rest: one cool-down and one retry, then its measurements are kept as they
     come, so that a false alarm costs a search one wait, not one per job."""
@@ -403,4 +505,4 @@ def test_a_device_still_throttled_after_a_whole_cool_down_is_waited_for_no_more(
     assert first.measurement.env["throttled"] and second.measurement.env["throttled"]
     rows = farm.store.measurements(device_kind=KIND, include_stale=True)
     assert sorted(m.artifact == first.job.artifact.sha256 for m in rows) == [False, True, True]
-    assert "live0 still says throttled after 0.3 s without work" in caplog.text
+    assert "live0 still says throttled 0.3 s after a throttled measurement" in caplog.text

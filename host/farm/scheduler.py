@@ -8,17 +8,19 @@ once it answers. Jobs whose result the store already holds (same artifact, devic
 settings) are not measured again unless asked to re-measure.
 
 A measurement its device took while throttled (agent.proto's `throttled`: a hot CPU, the Raspberry Pi
-firmware's bits) is kept, flagged, and taken again up to `throttled_retries` times: on a peer of the kind if
-one is free, else on the same device once it has cooled down (its Environment no longer says throttled, or
-`cool_down_s` has passed). A throttled device measures every model slower, so its figure would teach a
-predictor, and put on a front, a latency the device does not have. A stored measurement that was throttled
-counts as one such try. Jobs pinned to an agent (a watch's reference rounds) keep what they got: a watch
-judges each device as it is. A device still throttled after a whole cool-down without work (a sensor whose
-limit is set below its resting temperature) is waited for no more: its measurements are kept as they come.
+firmware's bits) is stored, flagged, and taken again up to `throttled_retries` times: the hot device takes no
+job until its Environment no longer says throttled (or `cool_down_s` has passed), so a free peer takes it
+first, else the device itself once cool. A throttled device measures every model slower, so its figure would
+teach a predictor, and put on a front, a latency the device does not have. A stored measurement that was
+throttled counts as one such try. Whatever becomes of the tries (a peer that fails, a device that goes away),
+the throttled measurement stays the job's result unless a cool one replaces it. Jobs pinned to an agent (a
+watch's reference rounds) keep what they got: a watch judges each device as it is. A device still throttled
+after a whole cool-down (a sensor whose limit is set below its resting temperature) is waited for no more, and
+takes no job a cooler peer could re-measure, until it measures cool again.
 
-Exactly one row per job: a job is in one agent's hands at a time (it is re-queued only after that
+One current row per job: a job is in one agent's hands at a time (it is re-queued only after that
 attempt has ended), and the store's unique index on the dedup key is the backstop against two host
-processes measuring the same job.
+processes measuring the same job. A throttled measurement taken again leaves its row, marked stale.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from typing import Iterable, Iterator, Sequence
 
 import grpc
 
-from fleetnas.store import NewMeasurement, Store, StoreError
+from fleetnas.store import MeasurementRecord, NewMeasurement, Store, StoreError
 
 from .inventory import AgentEntry, Inventory, InventoryError
 from .jobs import FORMAT_RUNTIME, RUNTIME_FORMAT, ArtifactSource, Job, JobError, JobResult, Settings
@@ -116,6 +118,7 @@ class _Task:
     stranded_since: float | None = None
     busy_waited_s: float = 0.0  # the pauses it has waited out, refused by devices busy with others' measurements
     throttled: int = 0  # times it was measured while its device was throttled
+    kept: MeasurementRecord | None = None  # the latest of those: its result, unless a try measures it cool
 
     def may_run_on(self, agent: "AgentState") -> bool:
         return self.job.agent in (None, agent.name)
@@ -296,7 +299,7 @@ class Farm:
                 if task.job.key not in stored:
                     continue
                 if _throttled(stored[task.job.key]) and self.throttled_retries:
-                    task.throttled = 1  # measured again, in place of the stored one
+                    task.throttled, task.kept = 1, stored[task.job.key]  # measured again, in its place
                 else:
                     task.result = JobResult(task.job, stored[task.job.key], from_store=True)
             batch = _Batch([t for t in tasks.values() if t.result is None], remeasure)
@@ -398,6 +401,8 @@ class Farm:
             artifact = task.job.artifact
             if not agent.takes(artifact) and any(p.takes(artifact) and task.may_run_on(p) for p in kin):
                 continue  # theirs, once one of them may serve (`_give_up_on_stranded_kinds` bounds the wait)
+            if task.kept is not None and agent.stays_hot and any(not p.stays_hot for p in peers):
+                continue  # a throttled measurement to take again: a cooler peer's
             if agent.name not in task.failed_on or task.job.agent == agent.name:
                 return pending.pop(i)
             instead = [p for p in peers if task.may_run_on(p) and (p.takes(artifact) or not agent.takes(artifact))]
@@ -451,20 +456,23 @@ class Farm:
     def _execute(self, agent: AgentState, task: _Task, batch: _Batch) -> None:
         job, started = task.job, time.monotonic()
         try:
-            fresh = batch.remeasure or job.agent is not None or task.throttled > 0
+            fresh = batch.remeasure or job.agent is not None
             record = None if fresh else self.store.find_measurement(*job.key)
-            if record is not None:  # another host process measured it meanwhile
+            if record is not None and not (task.kept is not None and _throttled(record)):
+                # another host process measured it meanwhile (cool, where it is a throttled one's next try)
                 return self._finish(agent, task, batch, JobResult(job, record, from_store=True))
             result = self._measure_on(agent, job)
-            record, inserted = self.store.record_measurement(self._measurement(agent, job, result), supersede=fresh)
+            record, inserted = self.store.record_measurement(self._measurement(agent, job, result),
+                                                             supersede=fresh or task.kept is not None)
             agent.consecutive_failures = 0  # it measured: whoever stored first, the agent is well
             agent.busy_pause_s = BUSY_PAUSE_S
             if not inserted:  # another host process stored it first: its row is the measurement, ours is dropped
                 return self._finish(agent, task, batch, JobResult(job, record, from_store=True))
             agent.jobs_done += 1
-            if _throttled(record) and job.agent is None and self.throttled_retries and not agent.stays_hot:
-                if self._measure_again_when_cool(agent, task, batch):
-                    return
+            if not _throttled(record):
+                agent.stays_hot = False  # it measured cool: it cools down again like any device
+            elif job.agent is None and self.throttled_retries and self._measure_again_when_cool(agent, task, record):
+                return self._put_back(agent, task, batch)
             self._finish(agent, task, batch, JobResult(job, record, attempts=task.attempts + 1,
                                                        elapsed_s=time.monotonic() - started))
         except grpc.RpcError as exc:
@@ -472,45 +480,47 @@ class Farm:
         except (JobError, OSError) as exc:
             self._finish(agent, task, batch, self._failed_job(agent, task, str(exc)))
 
-    def _measure_again_when_cool(self, agent: AgentState, task: _Task, batch: _Batch) -> bool:
-        """A measurement its device took while throttled: the job goes back to the queue, for a peer first
-        (`_pick` prefers agents it has not been tried on) and the device cools down. False once the retries are
-        spent: the flagged measurement is the job's result."""
-        task.throttled += 1
-        agent.hot_since = time.monotonic()
-        if task.throttled > self.throttled_retries:
+    def _measure_again_when_cool(self, agent: AgentState, task: _Task, record: MeasurementRecord) -> bool:
+        """A measurement its device took while throttled: kept as the job's result, and whether to take it again
+        (the job then goes back to the queue, where a free peer takes it while this device cools down). False
+        once the tries are spent, or where every device of the kind stays hot."""
+        task.throttled, task.kept = task.throttled + 1, record
+        if not agent.stays_hot:
+            agent.hot_since = agent.hot_since or time.monotonic()
+        kin = [a for a in self.agents.values() if a.kind == agent.kind]
+        if task.throttled > self.throttled_retries or all(a.stays_hot for a in kin):
             log.warning("job %s: measured %d times while throttled, the last on %s; kept, flagged as throttled",
                         task.job.artifact.sha256[:12], task.throttled, agent.name)
             return False
-        log.info("job %s: %s measured it while throttled; measuring it again once a device of %s is cool",
+        log.info("job %s: %s measured it while throttled; measuring it again on a cool device of %s",
                  task.job.artifact.sha256[:12], agent.name, agent.kind)
-        task.failed_on.add(agent.name)
-        self._put_back(agent, task, batch)
         return True
 
     def _cool_down(self, agent: AgentState, batch: _Batch) -> None:
         """Waits until the agent's device no longer says it is throttled, asking it every COOL_POLL_S, for at
-        most cool_down_s since its throttled measurement; a batch that closes meanwhile ends the wait."""
-        until, waited = agent.hot_since + self.cool_down_s, False
-        agent.hot_since = None
+        most cool_down_s since its throttled measurement. A batch that closes meanwhile ends the wait, not the
+        cool-down: the next batch waits out the rest."""
+        until = agent.hot_since + self.cool_down_s
         while True:
             try:
-                if agent.client is None or not agent.client.environment().throttled:
-                    return
+                cool = agent.client is None or not agent.client.environment().throttled
             except grpc.RpcError:  # its next job says what is wrong with it
-                return
-            if time.monotonic() >= until:
+                cool = True
+            if cool or time.monotonic() >= until:
                 break
-            next_poll, waited = min(time.monotonic() + COOL_POLL_S, until), True
+            next_poll = min(time.monotonic() + COOL_POLL_S, until)
             with batch.cond:
                 while not batch.closed and time.monotonic() < next_poll:
                     batch.cond.wait(timeout=next_poll - time.monotonic())
                 if batch.closed:
                     return
-        if waited:  # a sensor that reads hot at rest (its limit set low): waiting again and again would gain nothing
+        agent.hot_since = None
+        if not cool and self.cool_down_s > 0:  # a sensor that reads hot at rest (its limit set low): waiting
+            # again and again would gain nothing
             agent.stays_hot = True
-            log.warning("agent %s still says throttled after %g s without work; its measurements are kept as they "
-                        "come, flagged as throttled: check its cooling", agent.name, self.cool_down_s)
+            log.warning("agent %s still says throttled %g s after a throttled measurement; it is not waited for "
+                        "again until it measures cool, and its measurements are kept, flagged as throttled: check "
+                        "its cooling", agent.name, self.cool_down_s)
 
     def _measure_on(self, agent: AgentState, job: Job):
         from fleetnas_agent.proto import agent_pb2 as pb
@@ -609,7 +619,7 @@ class Farm:
 
     def _finish(self, agent: AgentState, task: _Task, batch: _Batch, result: JobResult) -> None:
         with batch.cond:
-            task.result = result
+            task.result = _or_kept(task, result)
             batch.running[agent.kind] -= 1
             batch.remaining -= 1
             batch.closed = batch.closed or batch.remaining == 0
@@ -637,8 +647,8 @@ class Farm:
                 reasons = "; ".join(f"{a.name}: {a.last_error}" for a in agents)
                 which = (f"agent {task.job.agent!r} was not usable" if task.job.agent
                          else f"no agent of kind {kind!r} was usable")
-                task.result = JobResult(task.job, None, attempts=task.attempts,
-                                        error=f"{which} for {self.give_up_s:g} s ({reasons})")
+                task.result = _or_kept(task, JobResult(task.job, None, attempts=task.attempts,
+                                                       error=f"{which} for {self.give_up_s:g} s ({reasons})"))
                 pending.remove(task)
                 batch.remaining -= 1
         if batch.remaining != before:
@@ -652,6 +662,16 @@ class _NotServing(Exception):
 
 def _throttled(record) -> bool:
     return bool(record is not None and record.env.get("throttled"))
+
+
+def _or_kept(task: _Task, result: JobResult) -> JobResult:
+    """A try of a throttled measurement that failed (a peer refused the model, the device went away): the
+    throttled measurement, flagged, is the job's result, as when the tries are spent."""
+    if result.ok or task.kept is None:
+        return result
+    log.warning("job %s: measuring it again failed (%s); the throttled measurement is kept",
+                task.job.artifact.sha256[:12], result.error)
+    return JobResult(task.job, task.kept, attempts=result.attempts)
 
 
 def _rpc_text(exc: BaseException) -> str:
