@@ -1222,7 +1222,7 @@ class BatchSizes:
         return self.evaluator.evaluate(configs)
 
 
-def test_an_evaluator_failing_from_the_start_costs_three_evaluations_not_the_seed_sample(tmp_path):
+def test_an_evaluator_failing_from_the_start_costs_three_evaluations_not_the_seed_sample(tmp_path, caplog):
     """LINAS's seed sample of 20 is one batch: an evaluator that fails on everything stops the run after three
     calls, the rest of the batch stays in the budget, and a resume with a working evaluator spends it."""
     from fleetnas.search.live import LiveEvaluator
@@ -1238,6 +1238,7 @@ def test_an_evaluator_failing_from_the_start_costs_three_evaluations_not_the_see
         assert broken.calls == 3 and evaluations_spent(store, run_id) == (3, 3)
         session = execute_run(store, run_id, LiveEvaluator("demo", objectives, accuracy=ScriptedAccuracy("o")))
         assert store.run(run_id).state == "finished" and session.used == 30 and session.failed == 3
+    assert "diverged" not in caplog.text  # the replay asks for the stopped batch again: its record's front
 
 
 def test_a_success_among_the_first_evaluations_lets_the_rest_of_the_batch_go_at_once(tmp_path):

@@ -122,7 +122,7 @@ class SearchSession:
         many as are left, in the order asked, and then raises BudgetExhausted."""
         keys = [self.key(c) for c in configs]
         if any(k not in self._memo for k in keys):
-            self._absorb_record()
+            self._absorb_record(keys)
         fresh = list(dict.fromkeys(k for k in keys if k not in self._consumed))
         beyond = None
         if len(fresh) > self.remaining:
@@ -195,12 +195,14 @@ class SearchSession:
             raise TooManyFailures(f"{in_a_row} evaluations in a row failed{none}: the cause is not the "
                                   f"configurations. Last: {list(new.values())[-1]}")
 
-    def _absorb_record(self) -> None:
-        """A resumed run asked for a configuration its record lacks while recorded ones are still unasked: its
-        replay has diverged from the first execution (what the store knew changed in between, say). The
-        recorded evaluations were paid for: they join the history and count against the budget from here on,
-        so the run never spends more than its budget."""
-        left = [k for k in self._recorded if k not in self._consumed]
+    def _absorb_record(self, asked: list[str]) -> None:
+        """A resumed run asked for a configuration its record lacks while recorded ones are still unasked, and
+        not among those asked now (a batch stopped part-way has the rest of it unrecorded): its replay has
+        diverged from the first execution (what the store knew changed in between, say). The recorded
+        evaluations were paid for: they join the history and count against the budget from here on, so the run
+        never spends more than its budget."""
+        asked_now = set(asked)
+        left = [k for k in self._recorded if k not in self._consumed and k not in asked_now]
         if not left:
             return
         log.warning("the resumed run diverged from its record after %d of %d recorded evaluations; the other %d "
