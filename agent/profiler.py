@@ -153,14 +153,23 @@ class _Waiting:
 class DeviceQueue:
     """A FIFO lock with a bounded number of waiters."""
 
+    #: How often a waiter is told its place again while the request ahead holds the device within its bound:
+    #: a client's watchdog takes silence for a frozen agent (agent/client.py), and a measurement ahead may run
+    #: far longer than the waiter's own.
+    HEARTBEAT_S = 5.0
+
     def __init__(self, max_waiting: int):
         self.max_waiting = max_waiting
         self._cond = threading.Condition()
         self._waiting: deque[object] = deque()
         self._busy = False
+        self._holder_until = 0.0  # monotonic time by which the holder must have released the device
 
-    def wait_turn(self, cancelled: Callable[[], bool]) -> Iterator[int]:
-        """Yields the number of requests ahead whenever it changes; returns holding the device.
+    def wait_turn(self, cancelled: Callable[[], bool], hold_s: float) -> Iterator[int]:
+        """Yields the number of requests ahead whenever it changes, and again every HEARTBEAT_S while the
+        request holding the device is within its `hold_s` (what it may take); returns holding the device. A
+        holder past its bound (a measurement that does not end) gets no heartbeat said for it: the waiters'
+        watchdogs then see the queue stand still, as it does.
 
         Raises ProfileError(RESOURCE_EXHAUSTED) when the queue is full, CANCELLED when the caller leaves.
         Callers must call release() after the generator finishes normally.
@@ -174,22 +183,25 @@ class DeviceQueue:
                                                          f"measurements already wait (limit {self.max_waiting})",
                                    cause="DEVICE_BUSY")
             self._waiting.append(ticket)
-        reported = None
+        reported, reported_at = None, 0.0
         try:
             while True:
                 with self._cond:
                     if not self._busy and self._waiting[0] is ticket:
                         self._waiting.popleft()
                         self._busy = True
+                        self._holder_until = time.monotonic() + hold_s
                         return
                     ahead = self._waiting.index(ticket) + (1 if self._busy else 0)
-                    if ahead == reported:
+                    now = time.monotonic()
+                    heartbeat = now - reported_at >= self.HEARTBEAT_S and now < self._holder_until
+                    if ahead == reported and not heartbeat:
                         # Woken by release(), leave(), or the periodic check for a client that left.
-                        self._cond.wait(timeout=1.0)
+                        self._cond.wait(timeout=min(1.0, self.HEARTBEAT_S))
                         if cancelled():
                             raise ProfileError("CANCELLED", "the client left while queued")
                         continue
-                reported = ahead
+                reported, reported_at = ahead, time.monotonic()
                 yield ahead
         except BaseException:
             with self._cond:
@@ -201,6 +213,7 @@ class DeviceQueue:
     def release(self) -> None:
         with self._cond:
             self._busy = False
+            self._holder_until = 0.0
             self._cond.notify_all()
 
     def wake(self) -> None:

@@ -40,6 +40,9 @@ CANCEL_GRACE_S = 0.5
 #: Uploads taken at once. The server's other call slots stay free for measurements, Describe and health checks,
 #: so hosts that upload slowly (a poor link, or one stuck sending a byte now and then) cannot lock others out.
 MAX_UPLOADS = 8
+#: Beyond its time limits, how long a measurement may hold this agent's queue (stopping its child, stats):
+#: its waiters are told their place while it is within that (DeviceQueue.wait_turn).
+HOLD_MARGIN_S = 30.0
 
 
 #: A host that vanishes (power cut, cable pulled) sends no FIN: without pings the agent would notice only after
@@ -227,7 +230,8 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
 
         with self.cache.pinned(request.artifact_sha256) as path:
             entry, child_request = self._child_request(request, path)
-            for ahead in self.queue.wait_turn(cancelled):
+            # Held for at most the wait on another agent's lock and the measurement, each bounded by the time limit.
+            for ahead in self.queue.wait_turn(cancelled, hold_s=2 * child_request["timeout_s"] + HOLD_MARGIN_S):
                 post(_progress(pb.ProfileProgress.PHASE_QUEUED, queue_position=ahead))
             try:
                 # Next in line here, the device may still be another agent's: it is said once, as next in line.

@@ -297,6 +297,32 @@ def test_queue_is_bounded_and_fifo(tmp_path, monkeypatch):
         assert outcome["second"].started_unix_s >= 0
 
 
+def test_a_call_queued_behind_a_long_measurement_is_not_taken_for_a_frozen_agent(tmp_path, monkeypatch):
+    """Another host's measurement runs for seconds; a call queued behind it, whose watchdog allows 1 s of
+    silence, hears its place again and again, and measures once the device is free."""
+    from fleetnas_agent.profiler import DeviceQueue
+
+    monkeypatch.setattr(DeviceQueue, "HEARTBEAT_S", 0.2)
+    monkeypatch.setenv("PYTHONPATH", str(plugins.install_plugin(tmp_path / "plugin")))
+    with running_agent(tmp_path / "cache") as (address, _), AgentClient(address) as client:
+        hang = client.put_artifact(plugins.spec("test-hang"))
+        tiny = client.put_artifact(models.onnx_mlp(16, 1))
+        running, outcome = threading.Event(), {}
+
+        def other_host():
+            try:
+                client.profile(hang, timeout_s=3, on_progress=lambda p: running.set())
+            except grpc.RpcError as exc:
+                outcome["other"] = exc.code()
+
+        thread = threading.Thread(target=other_host)
+        thread.start()
+        assert running.wait(30)
+        result = client.profile(tiny, stopping=FAST, stall_s=1.0)
+        thread.join(60)
+    assert result.latency.n >= 5 and outcome["other"] == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 def test_health_and_reflection_follow_their_standards(agent):
     address, _ = agent
     with grpc.insecure_channel(address) as channel:

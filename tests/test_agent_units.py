@@ -413,7 +413,7 @@ def test_the_device_queue_keeps_its_bound_while_its_next_owner_has_not_yet_woken
     from fleetnas_agent.profiler import DeviceQueue, ProfileError
 
     def queued(queue):
-        turn = queue.wait_turn(lambda: False)
+        turn = queue.wait_turn(lambda: False, hold_s=60.0)
         return turn, next(turn, None)  # None: the device was free, and is now held
 
     queue = DeviceQueue(max_waiting=2)
@@ -445,3 +445,21 @@ def test_a_profile_stream_ended_without_a_result_is_an_error_with_a_status_code(
     assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNKNOWN
     assert error.details() == "the agent ended the profile stream without a result"
     assert failure_cause(error) == "UNSPECIFIED"
+
+
+def test_a_waiter_is_told_its_place_again_only_while_the_measurement_ahead_is_within_its_bound(monkeypatch):
+    """The heartbeat keeps a client's watchdog from taking a long measurement ahead for a frozen agent; one that
+    has outrun its own bound gets none, so that a queue that truly stands still still reads as one."""
+    from fleetnas_agent.profiler import DeviceQueue, ProfileError
+
+    monkeypatch.setattr(DeviceQueue, "HEARTBEAT_S", 0.0)
+    for hold_s, heard_again in ((60.0, True), (0.0, False)):
+        queue = DeviceQueue(max_waiting=2)
+        assert next(queue.wait_turn(lambda: False, hold_s=hold_s), None) is None  # holds the device
+        waiter = queue.wait_turn(lambda: True, hold_s=60.0)  # its client leaves at the first check
+        assert next(waiter) == 1
+        if heard_again:
+            assert next(waiter) == 1
+        else:
+            with pytest.raises(ProfileError, match="the client left while queued"):
+                next(waiter)
