@@ -183,9 +183,32 @@ def test_the_hypervolume_figure_ticks_whole_evaluations_only(monkeypatch, evalua
 
     figures = []
     monkeypatch.setattr(report, "_png", figures.append)
-    report._hypervolume_figure([SimpleNamespace(payload={"evaluations": n, "hv": n / 300}) for n in evaluations])
+    report._hypervolume_figure([SimpleNamespace(payload={"evaluations": n, "hv": n / 300}) for n in evaluations],
+                               len(evaluations))
     ticks = figures[0].axes[0].get_xticks()
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_a_report_of_a_run_whose_every_evaluation_failed_says_so_in_its_figures(tmp_path, monkeypatch):
+    """Empty axes around 0 would read as data, and "no hypervolume yet" as a run still going."""
+    import fleetnas.report as report
+    from fleetnas.search.objectives import parse_objective
+    from fleetnas.search.run import StoreRecorder
+    from fleetnas.supernets import get_supernet
+
+    notes = []
+    note_figure = report._note_figure
+    monkeypatch.setattr(report, "_note_figure", lambda text: notes.append(text) or note_figure(text))
+    with open_store(tmp_path / "f.db") as store:
+        run_id = start_run(store, RunSpec(space="demo", objectives=["accuracy:max", "macs:min"], budget=2))
+        recorder = StoreRecorder(store, run_id, [parse_objective("accuracy:max"), parse_objective("macs:min")])
+        recorder.load()
+        for i, config in enumerate(get_supernet("demo").space.sample(2, 0)):
+            recorder.record_failure(i, config, "CUDA out of memory")
+        recorder.finish()
+        report.write_report(store, run_id, tmp_path / "out")
+    assert notes == ["no evaluation gave values (2 failed): nothing to draw", "no hypervolume: no evaluation gave values"]
+    assert (tmp_path / "out" / "front_0_1.png").is_file()
 
 
 def test_reading_a_store_leaves_no_log_files_beside_it_but_keeps_those_another_process_uses(tmp_path, capsys):

@@ -711,6 +711,32 @@ def test_recorder_catches_up_hypervolume_after_a_crash_between_writes(tmp_path):
         assert len(store.run_events(run_id, "hypervolume")) == 12
 
 
+def test_a_constrained_runs_hypervolume_counts_a_feasible_front_beyond_its_first_evaluations(tmp_path):
+    """`accuracy >= 0.92` met only by a network larger than any of the first ten: measured in their range, the
+    run's one feasible point lay beyond the reference point, and its hypervolume read 0 all run long."""
+    objectives = [parse_objective("accuracy:max"), parse_objective("macs:min")]
+    constraints = [parse_constraint("accuracy >= 0.92")]
+    spec = RunSpec(space="demo", objectives=[str(o) for o in objectives], constraints=["accuracy >= 0.92"],
+                   tactic="random", budget=20)
+    configs = get_supernet("demo").space.sample(14, 0)
+    values = [(0.5 + 0.04 * i, 1e4 * (i + 1)) for i in range(10)] + [(0.95, 1e6), (0.93, 9e5), (0.6, 1e3)]
+    with open_store(tmp_path / "h.db") as store:
+        run_id = start_run(store, spec)
+        recorder = StoreRecorder(store, run_id, objectives, constraints)
+        recorder.load()
+        for i, (config, v) in enumerate(zip(configs, values[:11])):
+            recorder.record(i, config, np.array(v))
+        hv = [e.payload["hv"] for e in store.run_events(run_id, "hypervolume")]
+        assert len(hv) == 11 and hv[:10] == [0.0] * 10 and hv[10] > 0
+        resumed = StoreRecorder(store, run_id, objectives, constraints)  # a resume keeps the range of its curve
+        resumed.load()
+        for i, (config, v) in enumerate(zip(configs[11:], values[11:]), start=11):
+            resumed.record(i, config, np.array(v))
+        events = store.run_events(run_id, "hypervolume")
+        assert len(events) == 13 and events[11].payload["hv"] > events[10].payload["hv"]
+        assert {json.dumps(e.payload["span"]) for e in events} == {json.dumps(events[0].payload["span"])}
+
+
 # ----- command line ------------------------------------------------------------------------------------
 def fleetnas(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fleetnas.cli", *args], capture_output=True, text=True,

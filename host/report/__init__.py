@@ -48,8 +48,10 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
 
     figures = {}
     for i, j in combinations(range(len(objectives)), 2):
-        figures[f"front_{i}_{j}.png"] = _front_figure(objectives, i, j, values, met, front_values, predicted_values)
-    figures["hypervolume.png"] = _hypervolume_figure(store.run_events(run_id, "hypervolume"))
+        figures[f"front_{i}_{j}.png"] = (
+            _front_figure(objectives, i, j, values, met, front_values, predicted_values) if len(values)
+            else _note_figure(f"no evaluation gave values ({len(failed)} failed): nothing to draw"))
+    figures["hypervolume.png"] = _hypervolume_figure(store.run_events(run_id, "hypervolume"), len(values))
     parity = _parity_pairs(store, run_id, members, objectives)
     if parity:
         figures["parity.png"] = _parity_figure(objectives, parity)
@@ -137,20 +139,30 @@ def staircase(x: np.ndarray, y: np.ndarray, x_objective, y_objective) -> tuple[n
     return pair[order, 0], pair[order, 1], "post" if x_objective.direction == "min" else "pre"
 
 
-def _hypervolume_figure(events) -> bytes:
+def _note_figure(text: str) -> bytes:
+    """A figure that says why there is nothing to draw, where axes alone would read as data."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="#666")
+    return _png(fig)
+
+
+def _hypervolume_figure(events, n_with_values: int) -> bytes:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    if not events:
+        return _note_figure("no hypervolume: no evaluation gave values" if not n_with_values else
+                            f"no hypervolume yet: it is recorded from the {HV_REFERENCE_AFTER}th evaluation with "
+                            "values on\n(under constraints, from the first that meets them), or when the run ends")
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    if events:
-        # markers as well as the line: a run of one evaluation is one point, which a line alone does not draw
-        evaluations = [e.payload["evaluations"] for e in events]
-        ax.plot(evaluations, [e.payload["hv"] for e in events], color="#1f5fa8", marker="o", markersize=3)
-        if max(evaluations) - min(evaluations) < 2:  # room for whole numbers either side of one or two points
-            ax.set_xlim(min(evaluations) - 1, max(evaluations) + 1)
-    else:
-        ax.text(0.5, 0.5, f"no hypervolume yet: it is recorded from the {HV_REFERENCE_AFTER}th real evaluation on,\n"
-                "or when a run ends", transform=ax.transAxes, ha="center", va="center", color="#666")
+    # markers as well as the line: a run of one evaluation is one point, which a line alone does not draw
+    evaluations = [e.payload["evaluations"] for e in events]
+    ax.plot(evaluations, [e.payload["hv"] for e in events], color="#1f5fa8", marker="o", markersize=3)
+    if max(evaluations) - min(evaluations) < 2:  # room for whole numbers either side of one or two points
+        ax.set_xlim(min(evaluations) - 1, max(evaluations) + 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # evaluations are counted: no tick at 0.5
     ax.set_xlabel("real evaluations")
     ax.set_ylabel("hypervolume (normalised)")

@@ -28,6 +28,8 @@ from .tactics import LEARNING, get_tactic
 REF = 1.1
 #: The hypervolume of a live run is measured against the range of its first evaluations, fixed from then
 #: on so that the curve is comparable along the run (a table replay uses the table's true front instead).
+#: Under constraints the range reaches at least to the first evaluation that meets them: feasible networks may
+#: lie beyond the early ones (`accuracy >= 0.92` takes large ones), and a front outside the range counts 0.
 HV_REFERENCE_AFTER = 10
 #: The largest --seed: tactics derive further seeds from it (LINAS adds its iteration), which must stay within
 #: the 32-bit signed seeds that LightGBM and scikit-learn take.
@@ -140,19 +142,36 @@ class StoreRecorder:
     def finish(self) -> None:
         self._record_hypervolume(final=True)
 
+    def _scale(self, values: np.ndarray, final: bool) -> Normaliser | None:
+        """The range the run's hypervolume is measured in (HV_REFERENCE_AFTER), once it is known: that of its
+        first HV_REFERENCE_AFTER evaluations with values, and of every one up to the first that meets the
+        constraints; a run's last word takes what there is."""
+        finite = np.flatnonzero(np.isfinite(values).all(axis=1))  # failed evaluations have no values to scale by
+        met = np.flatnonzero(feasible(values, self.objectives, self.constraints))
+        if len(finite) == 0 or (not final and (len(finite) < HV_REFERENCE_AFTER or len(met) == 0)):
+            return None
+        end = finite[min(HV_REFERENCE_AFTER, len(finite)) - 1] + 1
+        if len(met):
+            end = max(end, met[0] + 1)
+        scaled = minimised(values[:end], self.objectives)
+        scaled = scaled[np.isfinite(scaled).all(axis=1)]
+        return Normaliser(scaled.min(axis=0), scaled.max(axis=0))
+
     def _named(self, values) -> dict:
         return {o.name: float(v) for o, v in zip(self.objectives, values)}
 
     def _record_hypervolume(self, final: bool = False) -> None:
         n = len(self._values)
-        if self._normaliser is None:
-            evaluated = minimised(np.stack(self._values), self.objectives) if n else np.zeros((0, 1))
-            evaluated = evaluated[np.isfinite(evaluated).all(axis=1)]  # failed evaluations have no values to scale by
-            if len(evaluated) < HV_REFERENCE_AFTER and not (final and len(evaluated)):
-                return
-            first = evaluated[:HV_REFERENCE_AFTER]
-            self._normaliser = Normaliser(first.min(axis=0), first.max(axis=0))
+        if n == 0:
+            return
         values = np.stack(self._values)
+        if self._normaliser is None and self._hv_done:  # resumed: the range its curve was recorded in
+            scale = self.store.run_events(self.run_id, "hypervolume")[-1].payload
+            self._normaliser = Normaliser(np.array(scale["ideal"]), np.array(scale["ideal"]) + scale["span"])
+        if self._normaliser is None:
+            self._normaliser = self._scale(values, final)
+            if self._normaliser is None:
+                return
         F = self._normaliser(minimised(values, self.objectives))
         ok = feasible(values, self.objectives, self.constraints)
         ref = np.full(F.shape[1], REF)
