@@ -1085,6 +1085,15 @@ def test_a_fraction_bound_that_percentages_always_meet_is_warned_about(tmp_path,
     assert "the evaluator returns percentages, and a bound of 0.95 is none; write `accuracy >= 95`" in err
 
 
+@pytest.mark.parametrize("bound, value, shown", [
+    ("latency@k <= 5us", 0.01234, "12.34us"), ("latency@k <= 5", 0.0123, "0.0123ms"),
+    ("memory@k <= 1MiB", 1.67e7, "15.93MiB"), ("memory@k <= 1000", 1.67e7, "1.67e+07B"),
+    ("macs <= 2M", 1.5e6, "1.5M"), ("accuracy >= 95%", 93.0, "93"), ("accuracy >= 0.95", 0.93, "0.93")])
+def test_a_constraint_warning_gives_the_values_in_the_unit_of_the_bound(bound, value, shown):
+    """`none meets latency <= 5us (they range from 0.01234 to 0.08355)` read as microseconds, all well met."""
+    assert parse_constraint(bound).in_its_unit(value) == shown
+
+
 def test_a_run_refuses_a_seed_beyond_32_bits_and_moead_with_a_constraint():
     RunSpec(space="demo", objectives=["macs:min", "params:min"], seed=2 ** 31 - 1).validate()
     with pytest.raises(ValueError, match="--seed must be 0 to 2147483647, got 4294967295"):

@@ -58,6 +58,17 @@ class Constraint:
     def __str__(self) -> str:
         return f"{self.objective} {self.op} {self.written or format(self.value, 'g')}"
 
+    def in_its_unit(self, value: float) -> str:
+        """A value of its objective (natural units) written in the unit the bound was written in ("12.3us"
+        where the bound is `5us`), or in the natural unit where it was a bare number ("0.0123ms"). Accuracy
+        stays as the evaluator gave it: fractions or percentages, which a warning may be about."""
+        metric = self.objective.split("@")[0]
+        units = {} if metric == "accuracy" else UNITS.get(metric, {})
+        unit = re.sub(r"^[0-9.eE+\-]+", "", self.written)
+        if unit not in units:  # a bare number: its metric's natural unit, where it has a name
+            unit = next((u for u, factor in units.items() if factor == 1.0), "")
+        return f"{value / units.get(unit, 1.0):.4g}{unit}"
+
 
 _OBJECTIVE = re.compile(r"^(?P<metric>[A-Za-z_][\w.\-]*)(@(?P<kind>[\w.\-]+))?:(?P<dir>max|min)$")
 _CONSTRAINT = re.compile(r"^\s*(?P<name>[A-Za-z_][\w.\-]*(@[\w.\-]+)?)\s*(?P<op><=|>=)\s*"

@@ -363,7 +363,7 @@ def constraint_warnings(store, run_id: int) -> list[str]:
     lines = []
     for c in spec.parsed_constraints():
         v = values[:, column[c.objective]]
-        span = f"they range from {v.min():.4g} to {v.max():.4g}"
+        span = f"they range from {c.in_its_unit(v.min())} to {c.in_its_unit(v.max())}"
         if (c.violation(v) > 0).all():
             line = f"none of {len(v)} evaluations meets {c} ({span})"
             if c.objective == "accuracy" and abs(c.value) > 1 >= np.abs(v).max():
