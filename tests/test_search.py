@@ -1085,6 +1085,42 @@ def test_a_fraction_bound_that_percentages_always_meet_is_warned_about(tmp_path,
     assert "the evaluator returns percentages, and a bound of 0.95 is none; write `accuracy >= 95`" in err
 
 
+def test_a_run_killed_after_its_last_evaluation_finishes_without_its_farm(tmp_path, capsys):
+    """Everything is recorded; only "finished" is missing: the agents it measured on may be gone by now."""
+    from fleetnas.cli import main
+
+    objectives = [parse_objective("macs:min"), parse_objective("latency@gone:min")]
+    spec = RunSpec(space="demo", objectives=[str(o) for o in objectives], tactic="random", budget=3,
+                   inventory=str(tmp_path / "gone.toml"))
+    db = tmp_path / "k.db"
+    with open_store(db) as store:
+        run_id = start_run(store, spec)
+        recorder = StoreRecorder(store, run_id, objectives)
+        recorder.load()
+        for i, config in enumerate(get_supernet("demo").space.sample(3, 0)):
+            recorder.record(i, config, np.array([1e5 * (i + 1), 3.0 - i]))
+    assert main(["search", "--resume", str(run_id), "--db", str(db)]) == 0
+    assert "has every evaluation recorded; finishing it" in capsys.readouterr().err
+    with open_store(db) as store:
+        assert store.run(run_id).state == "finished" and len(store.run_events(run_id, "hypervolume")) == 3
+
+
+def test_a_refused_search_leaves_no_new_store_behind(tmp_path, capsys, monkeypatch):
+    """A bad option or a device kind with no agent: `runs` would otherwise find a new, empty store there."""
+    from fleetnas.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    base = ["search", "--space", "demo", "--objective", "accuracy:max", "--db", "new.db"]
+    for extra in (["--objective", "macs:min", "--constraint", "macs <= 1Q"],
+                  ["--objective", "latency@nowhere:min", "--inventory", "none.toml"]):
+        assert main([*base, *extra]) != 0
+        assert not list(tmp_path.glob("new.db*")), extra
+    with open_store(tmp_path / "kept.db") as store:  # a store that was there stays, runs or not
+        store.runs()
+    assert main([*base[:-1], "kept.db", "--objective", "macs:min", "--constraint", "macs <= 1Q"]) != 0
+    assert (tmp_path / "kept.db").exists()
+
+
 @pytest.mark.parametrize("bound, value, shown", [
     ("latency@k <= 5us", 0.01234, "12.34us"), ("latency@k <= 5", 0.0123, "0.0123ms"),
     ("memory@k <= 1MiB", 1.67e7, "15.93MiB"), ("memory@k <= 1000", 1.67e7, "1.67e+07B"),

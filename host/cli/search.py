@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from fleetnas.search.live import EvaluationError
     from fleetnas.store import StoreError, open_store
 
+    made = args.resume is None and not _store_exists(args.db)
     try:
         if args.resume is not None:
             _refuse_options_with_resume(args)
@@ -62,8 +63,39 @@ def run(args: argparse.Namespace) -> int:
             session, run_id = _search(store, args)
             _report(store, run_id, session, args.json)
     except (EvaluationError, FarmError, StoreError, ValueError, KeyError, ImportError) as exc:
+        if made:
+            _remove_if_no_run(args.db)
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
+    except BaseException:  # a refused option (CliError), an interrupt while the farm was set up
+        if made:
+            _remove_if_no_run(args.db)
+        raise
     return 0
+
+
+def _store_exists(db) -> bool:
+    from fleetnas.store import StoreError, store_file
+
+    try:
+        return store_file(db).exists()
+    except (StoreError, OSError, ValueError):
+        return True  # not ours to remove: open_store says what is wrong with it
+
+
+def _remove_if_no_run(db) -> None:
+    """A search refused before its run was stored (a bad option, a device kind with no agent) leaves no new,
+    empty store behind: the next command would find it and say there are no runs."""
+    from fleetnas.store import StoreError, open_store, store_file
+
+    try:
+        with open_store(db, read_only=True) as store:
+            if store.runs():
+                return
+    except StoreError:
+        return
+    path = store_file(db)
+    for leftover in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm", "-journal"))):
+        leftover.unlink(missing_ok=True)
 
 
 def _finished_run(args: argparse.Namespace) -> bool:
@@ -101,7 +133,7 @@ def _search(store, args: argparse.Namespace):
     mistake there leaves no run behind."""
     from fleetnas.farm.scheduler import FarmError
     from fleetnas.search.live import EvaluationError, Unmeasurable
-    from fleetnas.search.run import evaluations_spent, find_run, load_spec, start_run
+    from fleetnas.search.run import evaluations_spent, find_run, finish_recorded, load_spec, start_run
     from fleetnas.search.session import TooManyFailures
     from fleetnas.store import StoreError, StoreGone
 
@@ -111,6 +143,14 @@ def _search(store, args: argparse.Namespace):
         return _finished(store, run.id), run.id
     run_id = run.id if run is not None else None
     spec = load_spec(store, run_id) if run_id is not None else _new_spec(args)
+    if run is not None and evaluations_spent(store, run.id)[0] >= spec.budget:
+        # Killed after its last evaluation: what is left is done from the store, without the farm.
+        print(f"search run {run.id} has every evaluation recorded; finishing it", file=sys.stderr)
+        try:
+            finish_recorded(store, run.id)
+        except TooManyFailures as exc:
+            raise CliError(str(exc)) from None
+        return _finished(store, run.id), run.id
     with _evaluator(store, spec, args.inventory if run_id is not None else None, resuming=run_id is not None,
                     give_up_s=args.give_up) as evaluator:
         resuming = run_id is not None

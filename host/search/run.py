@@ -273,6 +273,23 @@ def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int
     return session
 
 
+def finish_recorded(store, run_id: int) -> None:
+    """Ends a run whose budget is all recorded (its process was killed after its last evaluation, before it
+    stored that it had finished) from the store alone: it needs no farm or evaluator, which may be gone by
+    now. Its hypervolume is completed; a predicted front it had not stored yet stays missing."""
+    spec = load_spec(store, run_id)
+    with run_lease(store, run_id):
+        recorder = StoreRecorder(store, run_id, spec.parsed_objectives(), spec.parsed_constraints())
+        recorder.load()
+        recorder.finish()
+        used, failed = evaluations_spent(store, run_id)
+        if used and failed == used:
+            store.set_run_state(run_id, "failed")
+            last = store.run_events(run_id, "failed")[-1].payload["error"]
+            raise TooManyFailures(f"all {used} evaluations failed; last: {last}")
+        store.set_run_state(run_id, "finished")
+
+
 def _drive(session: SearchSession, spec: RunSpec, store, run_id: int) -> None:
     """The run's tactic, to the end of its budget."""
     try:
