@@ -826,6 +826,9 @@ def test_search_cli_refuses_bad_requests_clearly(tmp_path):
     constraint = fleetnas("search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
                           "--constraint", "latency@x <= 3ms", "--db", str(tmp_path / "x.db"))
     assert constraint.returncode == 1 and "not an objective" in constraint.stderr
+    assert not (tmp_path / "x.db").exists()  # refused, each left no store behind
+    with open_store(tmp_path / "x.db") as store:
+        store.runs()
     missing = fleetnas("search", "--resume", "42", "--db", str(tmp_path / "x.db"))
     assert missing.returncode == 1 and "no search run 42" in missing.stderr
 
@@ -1042,8 +1045,12 @@ def test_a_user_evaluator_named_like_a_stdlib_module_cannot_edit_the_run_print_i
 
     from fleetnas.cli import main
 
-    user_module("test", "def editor(config):\n    print('training', config['resolution'])\n"
+    user_module("test", "import pathlib\n"
+                        "def editor(config):\n    print('training', config['resolution'])\n"
                         "    config['resolution'] = 'edited'\n    return 0.5 + config['depth_s1'] / 10\n"
+                        "def interrupted_once(config):\n    marker = pathlib.Path(__file__).with_name('stopped')\n"
+                        "    if not marker.exists():\n        marker.touch()\n        raise KeyboardInterrupt\n"
+                        "    return 0.5\n"
                         "def huge(config):\n    return 10 ** 400\n")
     db = tmp_path / "s.db"
     args = ["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--tactic",
@@ -1054,20 +1061,20 @@ def test_a_user_evaluator_named_like_a_stdlib_module_cannot_edit_the_run_print_i
     with open_store(db) as store:
         assert all(m.config["resolution"] != "edited" for m in store.run_members(1, "measured"))
     # A resume from another folder finds the module in the folder the run was started in.
-    with open_store(db) as store:
-        store.set_run_state(1, "running")  # as a killed search leaves it: a finished one evaluates nothing
+    assert main([*args, "--accuracy", "test:interrupted_once"]) == 130
+    capsys.readouterr()
     sys.modules.pop("test", None)
     sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert main(["search", "--resume", "1", "--db", str(db), "--json"]) == 0
-    assert f"search run 1 resumed in {db}: 4 of 4 evaluations done" in capsys.readouterr().err
+    assert main(["search", "--resume", "2", "--db", str(db), "--json"]) == 0
+    assert f"search run 2 resumed in {db}: 0 of 4 evaluations done" in capsys.readouterr().err
     assert main([*args, "--accuracy", "test:huge"]) == 1
     err = capsys.readouterr().err
     assert "returned 1000" in err and "it must return a finite number" in err
     assert "3 evaluations in a row failed, and none has succeeded" in err  # the fourth is never evaluated
-    assert "run 2 keeps what it evaluated: fix the cause, then `fleetnas search --resume 2` continues it" in err
+    assert "run 3 keeps what it evaluated: fix the cause, then `fleetnas search --resume 3` continues it" in err
     assert main(["search", "--space", "demo", "--objective", "params:max", "--objective", "macs:min",
                  "--accuracy", "test:editor", "--db", str(db)]) == 2
     assert "--accuracy test:editor evaluates an accuracy objective" in capsys.readouterr().err
