@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from google.protobuf import json_format
+from .client import message_dict
 
 from .cache import FolderLock
 from .client import read_token
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import device
         from .runtimes import describe_runtimes
         description = device.describe("", None, describe_runtimes(), args.cache_dir)
-        print(json.dumps(json_format.MessageToDict(description), indent=2))
+        print(json.dumps(message_dict(description), indent=2))
         return 0
     return serve(args)
 

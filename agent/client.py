@@ -254,16 +254,16 @@ def result_to_dict(result: pb.ProfileResult) -> dict:
     What the device could not tell is None (JSON null), never 0: a temperature without a sensor, a runtime's
     arena size where it gives none, and every memory figure but the model's size where memory could not be
     measured. A predictor or a search must not learn a 0 that was never measured."""
-    latency = _as_dict(result.latency)
+    latency = message_dict(result.latency)
     latency_ms = {key.removesuffix("_ms"): value for key, value in latency.items()}
-    memory = _as_dict(result.memory)
+    memory = message_dict(result.memory)
     if not result.memory.measured:
         memory.update({key: None for key in ("peak_bytes", "baseline_rss_bytes", "peak_rss_bytes")})
     return {
         "artifact_sha256": result.artifact_sha256,
         "latency_ms": latency_ms,
         "memory": memory,
-        "env": {"before": _as_dict(result.env_before), "after": _as_dict(result.env_after),
+        "env": {"before": message_dict(result.env_before), "after": message_dict(result.env_after),
                 "throttled": result.throttled},
         "runtime": {"name": result.runtime.name, "version": result.runtime.version},
         "device": {"id": result.device.device_id, "label": result.device.label},
@@ -280,7 +280,7 @@ WIDE_INTEGERS = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldD
                  FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
 
 
-def _as_dict(message) -> dict:
+def message_dict(message) -> dict:
     """Every field by its proto name, 64-bit integers as numbers (not JSON's strings), and an `optional`
     field the sender left unset (unknown) as None."""
     as_dict = json_format.MessageToDict(message, preserving_proto_field_name=True,

@@ -31,8 +31,14 @@ def test_profile_and_describe_through_a_real_agent_process(tmp_path):
         once = fleetnas("profile", "--agent", agent.address, "--model", str(model), "--max-runs", "1", *FAST)
         assert once.returncode == 0, once.stderr
         assert "n=1, no 95% CI of the median below 6 runs (target NOT met)" in once.stdout
-        described = fleetnas("devices", "describe", agent.address, "--json")
-        assert json.loads(described.stdout)["label"] == "cli-box"
+        described = json.loads(fleetnas("devices", "describe", agent.address, "--json").stdout)
+        assert described["label"] == "cli-box"
+        # 64-bit sizes as JSON numbers, as `profile --json` gives them, not JSON's strings
+        assert isinstance(described["ram_bytes"], int) and isinstance(described["limits"]["cache_max_bytes"], int)
+    on_the_device = subprocess.run([sys.executable, "-m", "fleetnas_agent.cli", "describe", "--cache-dir",
+                                    str(tmp_path / "cache")], capture_output=True, text=True, timeout=120)
+    local = json.loads(on_the_device.stdout)  # the same message, the same shape, read on the device itself
+    assert local["device_id"] == described["device_id"] and local["ram_bytes"] == described["ram_bytes"]
 
 
 def test_profile_failures_exit_non_zero_with_the_status(tmp_path):

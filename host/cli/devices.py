@@ -238,7 +238,7 @@ def _print_checks(results) -> None:
 
 
 def describe(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
+    from fleetnas_agent.client import message_dict
 
     from fleetnas_agent.client import AgentClient
 
@@ -248,7 +248,7 @@ def describe(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             raise agent_error(exc, args.address) from None
     if args.json:
-        print_json(json_format.MessageToDict(d, preserving_proto_field_name=True))
+        print_json(message_dict(d))
         return 0
     runtimes = ", ".join(f"{r.name} {r.version}" for r in d.runtimes if r.available) or "none"
     print(f"{d.label or '(no label)'}  id {d.device_id}  on {d.hostname}\n"

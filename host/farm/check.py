@@ -41,7 +41,7 @@ class AgentCheck:
 def check_agent(entry: AgentEntry, base_dir, timeout_s: float = 10.0, reference: bool = True,
                 store=None) -> AgentCheck:
     from fleetnas_agent.client import AgentClient
-    from google.protobuf import json_format
+    from fleetnas_agent.client import message_dict
 
     result = AgentCheck(entry.name, entry.kind, entry.address)
     try:
@@ -65,7 +65,7 @@ def check_agent(entry: AgentEntry, base_dir, timeout_s: float = 10.0, reference:
         result.throttled, result.throttle_reason, result.load_1m = env.throttled, env.throttle_reason, env.load_1m
         if store is not None:
             store.upsert_device(description.device_id, description.label or entry.name, entry.kind,
-                                json_format.MessageToDict(description, preserving_proto_field_name=True))
+                                message_dict(description))
         if reference and result.healthy:
             _reference_latency(client, entry, result)
     return result

@@ -422,7 +422,7 @@ class Farm:
 
     def _connect(self, agent: AgentState) -> None:
         from fleetnas_agent.client import AgentClient
-        from google.protobuf import json_format
+        from fleetnas_agent.client import message_dict
 
         try:
             client = AgentClient(agent.entry.address, agent.entry.credentials(agent.base_dir), self.rpc_timeout_s)
@@ -440,7 +440,7 @@ class Farm:
         agent.device_label = description.label or agent.name
         agent.max_artifact_bytes = description.limits.max_artifact_bytes
         self.store.upsert_device(description.device_id, agent.device_label, agent.kind,
-                                 json_format.MessageToDict(description, preserving_proto_field_name=True))
+                                 message_dict(description))
         if not agent.healthy and agent.last_error:
             log.warning("agent %s (%s) is back", agent.name, agent.entry.address)
         agent.client, agent.healthy, agent.consecutive_failures, agent.last_error = client, True, 0, ""
