@@ -4,7 +4,9 @@ The method follows TFLite's benchmark_model and MLPerf's single-stream scenario:
   1. warm up until both a minimum number of runs and a minimum time are reached;
   2. repeat timed runs until the 95 % confidence interval of the median is narrower than a target
      (relative half-width, default 1 %) — or a run or time cap is hit — but never fewer than the minimum
-     runs and time;
+     runs and time, except where the time cap comes first: it bounds every measurement (the host's
+     deadlines are made from it), so a model too slow for the minimum runs stops at the cap, short of
+     its target (`target_met` false);
   3. report n, mean, median, p90, p99, std, min, max, the median's confidence interval, and whether the
      target was met.
 The median's interval is distribution-free (order statistics of a binomial(n, 1/2)), because latency

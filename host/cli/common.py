@@ -162,7 +162,9 @@ def add_stopping_options(p: argparse.ArgumentParser) -> None:
                    help="stop when the median's 95%% CI half-width is below this fraction (default 0.01)")
     g.add_argument("--max-seconds", type=float, default=0.0, help="time cap of the timed phase (default 30)")
     g.add_argument("--min-seconds", type=float, default=0.0, help="measure at least this long (default 1)")
-    g.add_argument("--min-runs", type=int, default=0, help="at least this many timed runs (default 10)")
+    g.add_argument("--min-runs", type=int, default=0,
+                   help="at least this many timed runs (default 10), unless --max-seconds comes first: the time "
+                        "cap bounds every measurement, and a model too slow for both reads 'target NOT met'")
     g.add_argument("--max-runs", type=int, default=0, help="at most this many timed runs (default 100000)")
     g.add_argument("--warmup-runs", type=int, default=0, help="warm-up runs at least (default 5)")
     g.add_argument("--warmup-seconds", type=float, default=0.0, help="warm-up time at least (default 0.5)")
