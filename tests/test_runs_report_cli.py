@@ -323,3 +323,23 @@ def test_a_report_shows_each_objective_in_a_unit_a_reader_knows():
            "config": "{}"}
     assert _shown_rows([row], objectives) == [{"rank": 1, "accuracy": 0.9, "latency@rpi4 (ms)": 12.5,
                                                "memory@rpi4 (MiB)": 3.0, "macs (M)": 2.5, "config": "{}"}]
+
+
+def test_front_csv_and_json_name_the_unit_of_what_was_measured(tmp_path):
+    import fleetnas.report as report
+    from fleetnas.search.objectives import parse_objective
+    from fleetnas.search.run import StoreRecorder
+    from fleetnas.supernets import get_supernet
+
+    names = ["accuracy:max", "latency@pi:min", "memory@pi:min", "macs:min"]
+    with open_store(tmp_path / "u.db") as store:
+        run_id = start_run(store, RunSpec(space="demo", objectives=names, budget=2))
+        recorder = StoreRecorder(store, run_id, [parse_objective(n) for n in names])
+        recorder.load()
+        for i, config in enumerate(get_supernet("demo").space.sample(2, 0)):
+            recorder.record(i, config, np.array([0.9 - i / 10, 2.0 + i, 3e6 - i, 1e5]))
+        report.write_report(store, run_id, tmp_path / "out")
+    head = (tmp_path / "out" / "front.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert head == "rank,accuracy,latency@pi (ms),memory@pi (bytes),macs,config"
+    assert json.loads((tmp_path / "out" / "front.json").read_text())["units"] == {"latency@pi": "ms",
+                                                                                "memory@pi": "bytes"}
