@@ -339,6 +339,7 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from fleetnas.search.objectives import SHOWN_UNITS, has_known_unit
     from fleetnas.search.run import known_summary, measured_front
 
     configs, values, objectives = measured_front(store, run_id)
@@ -354,11 +355,14 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
         return
     failed = f", {session.failed} failed" if session.failed else ""
     table = Table(title=f"run {run_id}: measured Pareto front ({len(configs)} of {session.used} evaluations{failed})")
+    factors = []
     for o in objectives:
-        table.add_column(str(o), justify="right")
+        unit, factor = SHOWN_UNITS.get(o.metric, ("", 1.0)) if has_known_unit(o) else ("", 1.0)
+        table.add_column(f"{o} ({unit})" if unit else str(o), justify="right")
+        factors.append(factor)
     table.add_column("config")
     for c, row in zip(configs, values):
-        table.add_row(*[f"{v:.4g}" for v in row], json.dumps(c, separators=(",", ":"))[:80])
+        table.add_row(*[f"{v * f:.4g}" for v, f in zip(row, factors)], json.dumps(c, separators=(",", ":"))[:80])
     Console().print(table)
     learned = known_summary(session)
     if learned:
