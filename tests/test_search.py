@@ -783,6 +783,9 @@ def test_bench_search_says_when_linas_leaves_the_algorithm_unused(table_path, tm
     assert "--algorithm agemoea is unused: part.csv holds part of nb201" in capsys.readouterr().err
     assert main([*base, "--table", str(table_path)]) == 0  # every cell: linas searches the space with it
     assert "unused" not in capsys.readouterr().err
+    base[base.index("linas")] = "random"
+    assert main([*base, "--table", str(table_path)]) == 0
+    assert "--algorithm agemoea is unused: random search uses none" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change, message", [

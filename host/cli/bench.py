@@ -270,9 +270,11 @@ def run_search_bench(args: argparse.Namespace) -> int:
         them = "run as they" if len(blind) > 1 else "runs as it"
         print(f"fleetnas: --known informs {', '.join(sorted(LEARNING))} only: {' and '.join(blind)} {them} would "
               "without it", file=sys.stderr)
-    if args.algorithm and problem.pool is not None and set(args.tactic) & {"linas", "evolutionary"} == {"linas"}:
-        print(f"fleetnas: --algorithm {args.algorithm} is unused: {args.table.name} holds part of {args.space}, and "
-              "linas then predicts each of its rows instead of searching the space", file=sys.stderr)
+    searching = set(args.tactic) - {"random"} - ({"linas"} if problem.pool is not None else set())
+    if args.algorithm and not searching:
+        why = (f"{args.table.name} holds part of {args.space}, and linas then predicts each of its rows instead "
+               "of searching the space" if "linas" in args.tactic else "random search uses none")
+        print(f"fleetnas: --algorithm {args.algorithm} is unused: {why}", file=sys.stderr)
     runs = []
     for tactic in args.tactic:
         settings = {} if tactic == "random" else {"algorithm": args.algorithm or "nsga2"}
