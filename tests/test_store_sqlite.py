@@ -9,6 +9,7 @@ import time
 import pytest
 
 from faults import on_read_only_mount
+from fleetnas.search.run import RunSpec
 from fleetnas.store import (MIGRATIONS, Migration, NewMeasurement, SqliteStore, StoreError, StoreLocked, open_store,
                             settings_hash)
 
@@ -385,6 +386,10 @@ def test_another_programs_database_is_refused_and_left_as_it_was(tmp_path):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
 
 
+#: A run that has not noted how it measured: its device table is not narrowed by settings.
+DEMO_RUN = RunSpec(space="demo", objectives=[])
+
+
 def test_a_report_lists_every_device_that_measured_each_of_its_kinds(store):
     """One machine (one device id) serving two kinds, one agent per thread count: both kinds list it."""
     from fleetnas.report import _device_rows
@@ -395,7 +400,7 @@ def test_a_report_lists_every_device_that_measured_each_of_its_kinds(store):
     store.record_measurement(measurement(kind="cpu-ort-1t"))
     store.record_measurement(measurement(kind="cpu-ort-2t", settings={**SETTINGS, "threads": 2}))
     objectives = [parse_objective("latency@cpu-ort-1t:min"), parse_objective("latency@cpu-ort-2t:min")]
-    rows = _device_rows(store, "demo", objectives, [{"depth": 2, "width": 16}])
+    rows = _device_rows(store, DEMO_RUN, objectives, [{"depth": 2, "width": 16}])
     assert [(r["kind"], r["id"], r["cpu"]) for r in rows] == [("cpu-ort-1t", "dev-1", "Xeon"),
                                                               ("cpu-ort-2t", "dev-1", "Xeon")]
 
@@ -411,8 +416,23 @@ def test_a_report_lists_only_the_devices_that_measured_its_own_configs(store):
     store.record_measurement(measurement(SHA_A, kind="rpi4", device="dev-1"))
     store.record_measurement(measurement(SHA_B, kind="rpi4", device="dev-2"))
     objectives = [parse_objective("accuracy:max"), parse_objective("latency@rpi4:min")]
-    assert [r["id"] for r in _device_rows(store, "demo", objectives, [{"width": 16, "depth": 2}])] == ["dev-1"]
-    assert [r["id"] for r in _device_rows(store, "demo", objectives, [{"depth": 3, "width": 16}])] == ["dev-2"]
+    assert [r["id"] for r in _device_rows(store, DEMO_RUN, objectives, [{"width": 16, "depth": 2}])] == ["dev-1"]
+    assert [r["id"] for r in _device_rows(store, RunSpec(space="demo", objectives=[]), objectives,
+                                          [{"depth": 3, "width": 16}])] == ["dev-2"]
+
+
+def test_a_report_lists_only_the_devices_that_measured_as_its_run_measures(store):
+    """dev-2 measured the run's config with two threads; the run measured with one."""
+    from fleetnas.report import _device_rows
+    from fleetnas.search.objectives import parse_objective
+
+    store.upsert_device("dev-1", "pi-a", "rpi4", {})
+    store.upsert_device("dev-2", "pi-b", "rpi4", {})
+    store.record_measurement(measurement(SHA_A, kind="rpi4", device="dev-1"))
+    store.record_measurement(measurement(SHA_A, kind="rpi4", device="dev-2", settings={**SETTINGS, "threads": 2}))
+    objectives = [parse_objective("accuracy:max"), parse_objective("latency@rpi4:min")]
+    spec = RunSpec(space="demo", objectives=[], measured_with={"rpi4": {"runtime": "onnxruntime", "threads": 1}})
+    assert [r["id"] for r in _device_rows(store, spec, objectives, [{"depth": 2, "width": 16}])] == ["dev-1"]
 
 
 def test_a_report_finds_its_device_through_another_config_of_the_same_network(store):
@@ -430,7 +450,7 @@ def test_a_report_finds_its_device_through_another_config_of_the_same_network(st
     store.upsert_device("dev-1", "pi-a", "rpi4", {})
     store.record_measurement(measurement("c" * 64, kind="rpi4"))
     objectives = [parse_objective("accuracy:max"), parse_objective("latency@rpi4:min")]
-    assert [r["id"] for r in _device_rows(store, "demo", objectives, [other])] == ["dev-1"]
+    assert [r["id"] for r in _device_rows(store, DEMO_RUN, objectives, [other])] == ["dev-1"]
 
 
 def test_old_accuracy_rows_go_to_the_one_evaluator_their_space_was_searched_with(tmp_path):

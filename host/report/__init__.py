@@ -77,7 +77,7 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
     known = store.run_events(run_id, "known")
     warnings = constraint_warnings(store, run_id)
     page = _page(run, state, spec, len(members), _shown_rows(rows, objectives), warnings, failed, figures,
-                 _device_rows(store, spec.space, objectives, [m.config for m in members]),
+                 _device_rows(store, spec, objectives, [m.config for m in members]),
                  known[0].payload if known else {})
     atomic_write(out / "index.html", page.encode("utf-8"))
     return out / "index.html"
@@ -212,19 +212,22 @@ def _parity_figure(objectives, parity) -> bytes:
     return _png(fig)
 
 
-def _device_rows(store, space: str, objectives, configs) -> list[dict]:
-    """The devices that measured `configs` (the run's) on each of the run's kinds, read from the measurements:
-    one machine may serve several kinds (one agent per thread count, say), and the devices table keeps only its
-    latest. Another run's or a calibration's devices of the kind are left out, unless they measured a config
-    of this run that the farm then answered from the store. Configs are compared by the network they build: an
-    artifact is stored under the first config of its network that was exported."""
+def _device_rows(store, spec, objectives, configs) -> list[dict]:
+    """The devices that measured `configs` (the run's) on each of the run's kinds with the run's settings,
+    read from the measurements: one machine may serve several kinds (one agent per thread count, say), and the
+    devices table keeps only its latest. Another run's or a calibration's devices of the kind are left out,
+    unless they measured a config of this run as the run measures it, which the farm then answered from the
+    store. Configs are compared by the network they build: an artifact is stored under the first config of its
+    network that was exported."""
+    space = spec.space
     network = _network_of_space(space)
     wanted = {canonical_json(network(c)) for c in configs}
     artifact_config: dict[str, str] = {}
     rows = []
     for kind in sorted({o.device_kind for o in objectives if o.device_kind}):
         agents = {}
-        for m in store.measurements(space=space, device_kind=kind, include_stale=True):  # stale: a later drift's
+        for m in store.measurements(space=space, device_kind=kind, include_stale=True,  # stale: a later drift's
+                                    settings_hash=_settings_hash(spec, kind)):
             if m.artifact not in artifact_config:
                 artifact = store.artifact(m.artifact)
                 known = artifact is not None and artifact.config is not None
@@ -239,6 +242,20 @@ def _device_rows(store, space: str, objectives, configs) -> list[dict]:
                          "runtimes": ", ".join(f"{r['name']} {r.get('version', '')}" for r in d.get("runtimes", [])
                                                if r.get("available"))})
     return rows
+
+
+def _settings_hash(spec, kind: str) -> str | None:
+    """The settings hash the run's measurements on `kind` carry (runtime and threads as the run started with,
+    its stopping rule, seed 0); None for a run stored before it noted how it measured."""
+    from ..farm.jobs import JobError, Settings
+
+    measured = (spec.measured_with or {}).get(kind)
+    if not measured:
+        return None
+    try:
+        return Settings(measured["runtime"], measured["threads"], spec.stopping or {}, 0).hash
+    except (JobError, KeyError, TypeError):  # settings this version cannot read: no filter, rather than no row
+        return None
 
 
 def _network_of_space(space: str):
