@@ -318,7 +318,13 @@ def test_a_search_resumes_only_on_a_farm_that_measures_its_kinds_the_same_way(ca
     with SqliteStore(db) as store:
         [run] = store.runs()
         assert run.settings["measured_with"] == {KIND: {"runtime": "onnxruntime", "threads": 1}}
-        store.set_run_state(run.id, "running")  # as a killed search leaves it: a finished one needs no farm
+        # As a search killed after its first evaluation leaves it: a finished one, or one with every evaluation
+        # recorded, needs no farm.
+        store.set_run_state(run.id, "running")
+        store._conn.execute("DELETE FROM run_members WHERE id = (SELECT max(id) FROM run_members WHERE run_id = ?)",
+                            (run.id,))
+        store._conn.execute("DELETE FROM run_events WHERE run_id = ? AND kind = 'hypervolume'", (run.id,))
+        store._conn.commit()
     entry = Inventory.load(calibrated.inventory).get(AGENT)
     moved = tmp_path / "four-threads.toml"
     Inventory(moved, [AgentEntry(AGENT, entry.address, KIND, "onnxruntime", threads=4)]).save()

@@ -506,3 +506,87 @@ def test_a_device_still_throttled_after_a_whole_cool_down_is_waited_for_no_more(
     rows = farm.store.measurements(device_kind=KIND, include_stale=True)
     assert sorted(m.artifact == first.job.artifact.sha256 for m in rows) == [False, True, True]
     assert "live0 still says throttled 0.3 s after a throttled measurement" in caplog.text
+
+
+def _finishes_within(seconds: float, batch):
+    """The batch's results, or None where it is still running after `seconds` (a hang, left to its thread)."""
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(results=batch()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return out.get("results")
+
+
+def test_a_device_that_stays_hot_takes_a_try_back_when_its_cool_peer_failed_it(farm_of, monkeypatch):
+    """live0 stays hot; live1 refuses the try once (busy with another host's queue, a passing error): live1
+    waits for live0 to fail it too, so live0 must take it, or the batch never ends."""
+    import grpc
+
+    from fleetnas.farm import scheduler
+
+    farm = farm_of(2, cool_down_s=0.2)
+    per_agent_throttle(monkeypatch, farm, measured_hot=lambda agent, n: True, env_hot=lambda agent: True)
+    farm.throttled_retries = 0
+    artifacts = tiny(1)
+    farm.measure_artifacts(artifacts, KIND, stopping=FAST)  # a throttled measurement, stored
+    farm.throttled_retries = 2
+    per_agent_throttle(monkeypatch, farm, measured_hot=lambda agent, n: agent == "live0",
+                       env_hot=lambda agent: agent == "live0")
+    farm.agents["live0"].stays_hot, farm.agents["live0"].hot_since = True, None
+    measure_on, calls = scheduler.Farm._measure_on, []
+
+    class Refused(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.ABORTED
+
+        def details(self):
+            return "another host's measurement holds the device"
+
+    def refused_once_on_live1(self, agent, job):
+        calls.append(agent.name)
+        if calls.count("live1") == 1 and agent.name == "live1":
+            raise Refused()
+        return measure_on(self, agent, job)
+
+    monkeypatch.setattr(scheduler.Farm, "_measure_on", refused_once_on_live1)
+    [result] = _finishes_within(60, lambda: farm.measure_artifacts(artifacts, KIND, stopping=FAST))
+    assert result.ok and "live0" in calls
+
+
+def test_a_device_that_stays_hot_takes_a_try_back_that_its_peer_cannot_take(tmp_path, monkeypatch):
+    """The only cooler peer refuses models this large (its upload limit): the hot device must measure it."""
+    from models import onnx_mlp
+
+    big = ArtifactSource.from_bytes(onnx_mlp(width=256, layers=2, seed=1))
+    with running_agent(tmp_path / "c0", label="strict", max_artifact_bytes=64 * 1024) as (strict, _), \
+            running_agent(tmp_path / "c1", label="roomy") as (roomy, _):
+        inventory = Inventory(tmp_path / "farm.toml", [AgentEntry("strict", strict, KIND),
+                                                       AgentEntry("roomy", roomy, KIND)])
+        with Farm(inventory, SqliteStore(tmp_path / "x.db"), cool_down_s=0.3) as farm:
+            per_agent_throttle(monkeypatch, farm, measured_hot=lambda agent, n: agent == "roomy",
+                               env_hot=lambda agent: agent == "roomy")
+            [result] = _finishes_within(60, lambda: farm.measure_artifacts([big], KIND, stopping=FAST))
+    assert result.ok and result.measurement.agent == "roomy" and result.measurement.env["throttled"]
+
+
+def test_a_throttled_try_does_not_replace_a_cool_row_stored_while_it_measured(farm_of, monkeypatch):
+    import dataclasses
+
+    from fleetnas.farm import scheduler
+
+    farm = farm_of(1, cool_down_s=0.1, throttled_retries=1)
+    per_agent_throttle(monkeypatch, farm, measured_hot=lambda agent, n: True, env_hot=lambda agent: False)
+    measurement, made = scheduler.Farm._measurement, []
+
+    def other_host_stores_cool_meanwhile(self, agent, job, result):
+        m = measurement(self, agent, job, result)
+        if made:  # the try: another host stored a cool row while this one measured
+            self.store.record_measurement(dataclasses.replace(made[0], env={**made[0].env, "throttled": False},
+                                                              agent="other"), supersede=True)
+        made.append(m)
+        return m
+
+    monkeypatch.setattr(scheduler.Farm, "_measurement", other_host_stores_cool_meanwhile)
+    [result] = farm.measure_artifacts(tiny(1), KIND, stopping=FAST)
+    current = farm.store.find_measurement(*result.job.key)
+    assert current.agent == "other" and not current.env["throttled"] and result.measurement.id == current.id

@@ -401,8 +401,10 @@ class Farm:
             artifact = task.job.artifact
             if not agent.takes(artifact) and any(p.takes(artifact) and task.may_run_on(p) for p in kin):
                 continue  # theirs, once one of them may serve (`_give_up_on_stranded_kinds` bounds the wait)
-            if task.kept is not None and agent.stays_hot and any(not p.stays_hot for p in peers):
-                continue  # a throttled measurement to take again: a cooler peer's
+            if task.kept is not None and agent.stays_hot and any(
+                    not p.stays_hot and task.may_run_on(p) and p.takes(artifact) and p.name not in task.failed_on
+                    for p in peers):
+                continue  # a throttled measurement to take again: a cooler peer's, one that would take it
             if agent.name not in task.failed_on or task.job.agent == agent.name:
                 return pending.pop(i)
             instead = [p for p in peers if task.may_run_on(p) and (p.takes(artifact) or not agent.takes(artifact))]
@@ -461,9 +463,12 @@ class Farm:
             if record is not None and not (task.kept is not None and _throttled(record)):
                 # another host process measured it meanwhile (cool, where it is a throttled one's next try)
                 return self._finish(agent, task, batch, JobResult(job, record, from_store=True))
-            result = self._measure_on(agent, job)
-            record, inserted = self.store.record_measurement(self._measurement(agent, job, result),
-                                                             supersede=fresh or task.kept is not None)
+            measured = self._measurement(agent, job, self._measure_on(agent, job))
+            if task.kept is not None and measured.env.get("throttled"):  # throttled again: a cool row stored
+                current = self.store.find_measurement(*job.key)           # meanwhile stands
+                if current is not None and not _throttled(current):
+                    return self._finish(agent, task, batch, JobResult(job, current, from_store=True))
+            record, inserted = self.store.record_measurement(measured, supersede=fresh or task.kept is not None)
             agent.consecutive_failures = 0  # it measured: whoever stored first, the agent is well
             agent.busy_pause_s = BUSY_PAUSE_S
             if not inserted:  # another host process stored it first: its row is the measurement, ours is dropped
