@@ -1129,6 +1129,29 @@ def test_a_refused_search_leaves_no_new_store_behind(tmp_path, capsys, monkeypat
         store.runs()
     assert main([*base[:-1], "kept.db", "--objective", "macs:min", "--constraint", "macs <= 1Q"]) != 0
     assert (tmp_path / "kept.db").exists()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link.db").symlink_to(tmp_path / "data" / "real.db")  # a link made to be filled: it stays
+    assert main([*base[:-1], "link.db", "--objective", "macs:min", "--constraint", "macs <= 1Q"]) != 0
+    assert (tmp_path / "link.db").is_symlink()
+
+
+def test_a_refused_search_keeps_a_new_store_another_process_wrote_to_meanwhile(tmp_path, monkeypatch):
+    from fleetnas.cli import main
+    from fleetnas.cli import search as cli_search
+
+    monkeypatch.chdir(tmp_path)
+    new_spec = cli_search._new_spec
+
+    def another_process_writes_first(args):
+        with open_store(tmp_path / "new.db") as other:
+            other.put_artifact("ab" * 32, "onnx", 10, "demo", {"x": 1})
+        return new_spec(args)
+
+    monkeypatch.setattr(cli_search, "_new_spec", another_process_writes_first)
+    assert main(["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min",
+                 "--constraint", "macs <= 1Q", "--db", "new.db"]) != 0
+    with open_store(tmp_path / "new.db") as store:
+        assert store.artifact("ab" * 32) is not None
 
 
 @pytest.mark.parametrize("bound, value, shown", [

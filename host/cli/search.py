@@ -74,28 +74,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _store_exists(db) -> bool:
+    """Whether --db names something already there: a file, or a link (even one that leads nowhere yet)."""
     from fleetnas.store import StoreError, store_file
 
     try:
-        return store_file(db).exists()
+        return os.path.lexists(store_file(db))
     except (StoreError, OSError, ValueError):
         return True  # not ours to remove: open_store says what is wrong with it
 
 
 def _remove_if_no_run(db) -> None:
     """A search refused before its run was stored (a bad option, a device kind with no agent) leaves no new,
-    empty store behind: the next command would find it and say there are no runs."""
-    from fleetnas.store import StoreError, open_store, store_file
+    empty store behind: the next command would find it and say there are no runs. A store another process
+    has written to meanwhile stays."""
+    from fleetnas.store import store_file
+    from fleetnas.store.sqlite import remove_if_empty
 
-    try:
-        with open_store(db, read_only=True) as store:
-            if store.runs():
-                return
-    except StoreError:
-        return
-    path = store_file(db)
-    for leftover in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm", "-journal"))):
-        leftover.unlink(missing_ok=True)
+    remove_if_empty(store_file(db))
 
 
 def _finished_run(args: argparse.Namespace) -> bool:

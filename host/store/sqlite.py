@@ -572,6 +572,32 @@ class SqliteStore(Store):
 
 
 # ----- row helpers --------------------------------------------------------------------------------
+def remove_if_empty(path: Path) -> bool:
+    """Removes a database file (and its -wal/-shm) that holds no row beyond its schema, under an exclusive lock
+    so that no other process writes to it meanwhile (one that opened it carries on into a removed file, which
+    its next commit reports: `StoreGone`). For a command that made a store and was then refused: it leaves no
+    empty store behind. True where it was removed; a link is never followed or removed."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN "
+                                             "('schema_version', 'sqlite_sequence')")]
+        if any(conn.execute(f'SELECT EXISTS (SELECT 1 FROM "{t}")').fetchone()[0] for t in tables):
+            return False
+        for leftover in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm", "-journal"))):
+            leftover.unlink(missing_ok=True)
+        return True
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
 def _filters(**equal) -> tuple[list[str], list]:
     where, params = [], []
     for column, value in equal.items():
