@@ -178,8 +178,9 @@ class DeviceQueue:
         with self._cond:
             # Counted as if the device were taken: just after release() it is not, yet its next owner is among
             # the waiters, and those admitted meanwhile would then stand beyond the bound.
-            if len(self._waiting) + (1 if self._busy else 0) > self.max_waiting:
-                raise ProfileError("RESOURCE_EXHAUSTED", f"the device is busy and {len(self._waiting)} "
+            taken_or_next = len(self._waiting) + (1 if self._busy else 0)  # the measuring one or its next owner,
+            if taken_or_next > self.max_waiting:                            # and those who wait behind it
+                raise ProfileError("RESOURCE_EXHAUSTED", f"the device is busy and {taken_or_next - 1} "
                                                          f"measurements already wait (limit {self.max_waiting})",
                                    cause="DEVICE_BUSY")
             self._waiting.append(ticket)

@@ -425,7 +425,8 @@ def test_the_device_queue_keeps_its_bound_while_its_next_owner_has_not_yet_woken
     queue.release()  # the owner is done; the first waiter has not run yet
     late, ahead = queued(queue)  # one more fits: one waiter will measure, two will wait
     assert ahead == 2
-    with pytest.raises(ProfileError, match="limit 2") as refused:
+    # Its refusal counts those who wait behind the next owner, as the bound does: not 3 of a limit of 2.
+    with pytest.raises(ProfileError, match="2 measurements already wait \\(limit 2\\)") as refused:
         queued(queue)
     assert refused.value.code == "RESOURCE_EXHAUSTED"
     assert next(waiters[0][0], None) is None  # the first waiter takes the device

@@ -59,8 +59,8 @@ def _print(rows: list[dict], where) -> None:
 
     table = Table(title=Text(f"search runs in {where}"),  # Text: a path's "[old]" is no markup
                   caption="HV: the hypervolume of the run's feasible front, each objective scaled to the range of "
-                          "its first 10 evaluations (reference point 1.1): for following one run, not for comparing "
-                          "runs")
+                          "its first 10 evaluations and, under constraints, of those up to the first that meets "
+                          "them (reference point 1.1): for following one run, not for comparing runs")
     for column in ("id", "name", "state", "space", "tactic", "objectives", "evaluated", "HV", "updated"):
         table.add_column(column, justify="right" if column in ("id", "evaluated", "HV") else "left")
     for r in rows:
