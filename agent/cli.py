@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -169,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         from . import device
         from .runtimes import describe_runtimes
         description = device.describe("", None, describe_runtimes(), args.cache_dir)
-        print(json.dumps(message_dict(description), indent=2))
+        try:
+            print(json.dumps(message_dict(description), indent=2), flush=True)
+        except BrokenPipeError:  # `fleetnas-agent describe | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes again at exit
+            return 141
         return 0
     return serve(args)
 

@@ -138,3 +138,12 @@ def test_serve_refuses_limits_that_do_not_fit_the_wire_and_describes_the_largest
     assert described.returncode == 0, described.stderr
     limits = json.loads(described.stdout)["limits"]
     assert int(limits["max_queued_profiles"]) == 2**32 - 1 and int(limits["cache_max_bytes"]) == (2**44 - 1) * 2**20
+
+
+def test_agent_describe_into_a_pipe_closed_early_ends_without_a_traceback(tmp_path):
+    """`fleetnas-agent describe | head -2`: the reader has what it wanted; the agent says nothing more."""
+    proc = subprocess.Popen([sys.executable, "-m", "fleetnas_agent.cli", "describe", "--cache-dir",
+                             str(tmp_path / "cache")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `head` does once it has its lines
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and b"Traceback" not in err, err.decode()

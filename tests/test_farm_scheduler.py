@@ -439,6 +439,34 @@ def test_a_failed_try_keeps_the_throttled_measurement_as_the_result(farm_of, mon
     assert result.ok and result.measurement.env["throttled"] and len(calls) == 2
 
 
+def test_a_failed_try_gives_the_cool_row_another_host_stored_meanwhile(farm_of, monkeypatch):
+    """The try fails, but another host has measured the job cool in between: that row, the store's current
+    one, is the job's result, not the throttled row it replaced."""
+    import dataclasses
+
+    from fleetnas.farm import scheduler
+
+    farm = farm_of(1, cool_down_s=1.0)
+    per_agent_throttle(monkeypatch, farm, measured_hot=lambda agent, n: True, env_hot=lambda agent: False)
+    measure_on, measurement, made = scheduler.Farm._measure_on, scheduler.Farm._measurement, []
+
+    def kept(self, agent, job, result):
+        made.append(measurement(self, agent, job, result))
+        return made[-1]
+
+    def other_host_then_failure(self, agent, job):
+        if made:  # the try: another host stores a cool row, then this device cannot run the model
+            self.store.record_measurement(dataclasses.replace(made[0], env={**made[0].env, "throttled": False},
+                                                              agent="other"), supersede=True)
+            raise JobError("the runtime cannot run it any more")
+        return measure_on(self, agent, job)
+
+    monkeypatch.setattr(scheduler.Farm, "_measurement", kept)
+    monkeypatch.setattr(scheduler.Farm, "_measure_on", other_host_then_failure)
+    [result] = farm.measure_artifacts(tiny(1), KIND, stopping=FAST)
+    assert result.ok and result.measurement.agent == "other" and not result.measurement.env["throttled"]
+
+
 def test_a_cool_measurement_another_host_stored_meanwhile_is_taken_not_replaced(farm_of, monkeypatch):
     import dataclasses
 

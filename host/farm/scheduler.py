@@ -624,11 +624,24 @@ class Farm:
 
     def _finish(self, agent: AgentState, task: _Task, batch: _Batch, result: JobResult) -> None:
         with batch.cond:
-            task.result = _or_kept(task, result)
+            task.result = self._or_kept(task, result)
             batch.running[agent.kind] -= 1
             batch.remaining -= 1
             batch.closed = batch.closed or batch.remaining == 0
             batch.cond.notify_all()
+
+    def _or_kept(self, task: _Task, result: JobResult) -> JobResult:
+        """A try of a throttled measurement that failed (a peer refused the model, the device went away): the
+        throttled measurement, flagged, is the job's result, as when the tries are spent, unless a cool one
+        that another host stored meanwhile has replaced it."""
+        if result.ok or task.kept is None:
+            return result
+        log.warning("job %s: measuring it again failed (%s); the throttled measurement is kept",
+                    task.job.artifact.sha256[:12], result.error)
+        current = self.store.find_measurement(*task.job.key)
+        if current is not None and not _throttled(current):
+            return JobResult(task.job, current, from_store=True, attempts=result.attempts)
+        return JobResult(task.job, task.kept, attempts=result.attempts)
 
     def _give_up_on_stranded_kinds(self, batch: _Batch) -> None:
         """Fails waiting jobs that have had no usable agent for give_up_s (called under the batch's lock)."""
@@ -652,7 +665,7 @@ class Farm:
                 reasons = "; ".join(f"{a.name}: {a.last_error}" for a in agents)
                 which = (f"agent {task.job.agent!r} was not usable" if task.job.agent
                          else f"no agent of kind {kind!r} was usable")
-                task.result = _or_kept(task, JobResult(task.job, None, attempts=task.attempts,
+                task.result = self._or_kept(task, JobResult(task.job, None, attempts=task.attempts,
                                                        error=f"{which} for {self.give_up_s:g} s ({reasons})"))
                 pending.remove(task)
                 batch.remaining -= 1
@@ -667,16 +680,6 @@ class _NotServing(Exception):
 
 def _throttled(record) -> bool:
     return bool(record is not None and record.env.get("throttled"))
-
-
-def _or_kept(task: _Task, result: JobResult) -> JobResult:
-    """A try of a throttled measurement that failed (a peer refused the model, the device went away): the
-    throttled measurement, flagged, is the job's result, as when the tries are spent."""
-    if result.ok or task.kept is None:
-        return result
-    log.warning("job %s: measuring it again failed (%s); the throttled measurement is kept",
-                task.job.artifact.sha256[:12], result.error)
-    return JobResult(task.job, task.kept, attempts=result.attempts)
 
 
 def _rpc_text(exc: BaseException) -> str:
