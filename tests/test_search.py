@@ -1345,6 +1345,30 @@ def test_an_evaluator_failing_from_the_start_costs_three_evaluations_not_the_see
     assert "diverged" not in caplog.text  # the replay asks for the stopped batch again: its record's front
 
 
+def test_a_replay_whose_record_fails_later_in_the_batch_stops_instead_of_returning_half_of_it(tmp_path):
+    """A diverged replay: the batch asks two new configs first, then two its record holds as failed. One new
+    failure makes three with the recorded ones: the run stops there, rather than hand the tactic a batch whose
+    second config was never evaluated."""
+    from fleetnas.search.live import LiveEvaluator
+    from fleetnas.search.session import TooManyFailures
+
+    objectives = [parse_objective("accuracy:max"), parse_objective("macs:min")]
+    space = get_supernet("demo").space
+    new, recorded = space.sample(2, 0), space.sample(2, 1)
+    with open_store(tmp_path / "d.db") as store:
+        run_id = _demo_run(store, "random", 10)
+        recorder = StoreRecorder(store, run_id, objectives)
+        recorder.load()
+        for i, config in enumerate(recorded):
+            recorder.record_failure(i, config, "CUDA out of memory")
+        broken = ScriptedAccuracy("x")
+        session = SearchSession(space, LiveEvaluator("demo", objectives, accuracy=broken), budget=10,
+                                recorder=StoreRecorder(store, run_id, objectives))
+        with pytest.raises(TooManyFailures, match="none has succeeded"):
+            session.evaluate([*new, *recorded])
+        assert broken.calls == 1 and len(store.run_events(run_id, "failed")) == 3  # the new one is recorded
+
+
 def test_a_success_among_the_first_evaluations_lets_the_rest_of_the_batch_go_at_once(tmp_path):
     """Only while a run has no value yet is its batch evaluated in parts (a farm measures a part at a time)."""
     from fleetnas.search.live import LiveEvaluator

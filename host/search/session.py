@@ -142,7 +142,8 @@ class SearchSession:
             done += len(part)
             if self._failing_from_the_start(fresh):
                 break
-        if done < len(unknown):  # the rest of the batch is not asked for: the run stops below
+        stopped = done < len(unknown)
+        if stopped:  # the rest of the batch is not asked for: the run stops below
             fresh = fresh[:fresh.index(unknown[done])]
         for k in fresh:
             self._order.append(k)
@@ -159,6 +160,9 @@ class SearchSession:
             self.on_evaluation(self.used, self.budget)
         if failures:
             self._stop_if_failing(failures)
+        if stopped:  # failures a diverged replay had recorded later in the batch counted too
+            raise TooManyFailures(f"{FAILURES_BEFORE_ANY_VALUE} evaluations failed, and none has succeeded: the "
+                                  "cause is not the configurations")
         if beyond is not None:
             raise BudgetExhausted(beyond)
         return np.stack([self._memo[k] for k in keys]) if keys else np.zeros((0, len(self.objectives)))
