@@ -1115,6 +1115,19 @@ def test_a_run_killed_after_its_last_evaluation_finishes_without_its_farm(tmp_pa
         assert store.run(run_id).state == "finished" and len(store.run_events(run_id, "hypervolume")) == 3
 
 
+def test_a_bound_below_the_smallest_network_is_warned_about_before_any_evaluation(tmp_path, capsys):
+    from fleetnas.cli import main
+
+    args = ["search", "--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--tactic",
+            "random", "--budget", "2", "--db", str(tmp_path / "b.db")]
+    assert main([*args, "--constraint", "macs <= 5k"]) == 0
+    err = capsys.readouterr().err
+    early = "warning: macs <= 5k may be unmeetable: the network of demo's first choices, its smallest, has 8.608k"
+    assert early in err and err.index(early) < err.index("none of 2 evaluations meets")
+    assert main([*args, "--constraint", "macs <= 9k"]) == 0  # 8,608 MACs meet it: nothing to say up front
+    assert "may be unmeetable" not in capsys.readouterr().err
+
+
 def test_a_refused_search_leaves_no_new_store_behind(tmp_path, capsys, monkeypatch):
     """A bad option or a device kind with no agent: `runs` would otherwise find a new, empty store there."""
     from fleetnas.cli import main

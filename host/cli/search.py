@@ -151,6 +151,7 @@ def _search(store, args: argparse.Namespace):
         resuming = run_id is not None
         if not resuming:
             run_id = start_run(store, spec, name=args.name)
+            _warn_about_bounds_below_the_smallest_network(spec)
 
         def announce() -> None:  # once the run is this process's: what it says holds then
             print(f"search run {run_id} resumed in {store.path}: {evaluations_spent(store, run_id)[0]} of "
@@ -321,6 +322,30 @@ def _execute(store, run_id: int, spec, evaluator, on_start):
                 _warn_about_constraints(store, run_id)
 
         return execute_run(store, run_id, evaluator, progress, on_start)
+
+
+def _warn_about_bounds_below_the_smallest_network(spec) -> None:
+    """A bound on MACs, parameters or activations below what the space's network of first choices has (the
+    smallest, in spaces whose choices grow from small to large, as FleetNAS's do), said before the run spends
+    its budget on a front that stays empty; a warning only, since a plug-in's choices may run otherwise."""
+    import numpy as np
+
+    from fleetnas.search.live import ANALYTIC
+    from fleetnas.supernets import get_supernet
+    from fleetnas.supernets.analytic import analytic_features
+
+    bounds = [c for c in spec.parsed_constraints() if c.objective in ANALYTIC and c.op == "<="]
+    supernet = get_supernet(spec.space) if bounds else None
+    if supernet is None or supernet.table_only:
+        return
+    first = supernet.space.decode(np.zeros(supernet.space.n_var, dtype=np.int64))
+    if not supernet.space.is_valid(first):
+        return
+    features = analytic_features(supernet, first)
+    for c in bounds:
+        if features[c.objective] > c.value:
+            print(f"warning: {c} may be unmeetable: the network of {spec.space}'s first choices, its smallest, has "
+                  f"{c.in_its_unit(features[c.objective])}", file=sys.stderr, flush=True)
 
 
 def _warn_about_constraints(store, run_id: int) -> None:
