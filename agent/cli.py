@@ -10,10 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-from .client import message_dict
-
 from .cache import FolderLock
-from .client import read_token
+from .client import message_dict, read_token
 from .profiler import DEFAULT_DEVICE_LOCK
 from .server import MIB, AgentConfig, build_server
 

@@ -9,7 +9,8 @@ import sys
 from .common import CliError
 
 # Modules under fleetnas.cli that add sub-commands, in the order `fleetnas --help` lists them.
-COMMAND_MODULES = ["profile", "devices", "bench", "space", "export", "search", "runs", "report", "calibrate", "predict", "demo"]
+COMMAND_MODULES = ["profile", "devices", "bench", "space", "export", "search", "runs", "report", "calibrate", "predict",
+                   "demo"]
 
 
 def parser() -> argparse.ArgumentParser:

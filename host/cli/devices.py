@@ -238,9 +238,7 @@ def _print_checks(results) -> None:
 
 
 def describe(args: argparse.Namespace) -> int:
-    from fleetnas_agent.client import message_dict
-
-    from fleetnas_agent.client import AgentClient
+    from fleetnas_agent.client import AgentClient, message_dict
 
     with AgentClient(args.address, credentials_from(args)) as client:
         try:

@@ -40,8 +40,7 @@ class AgentCheck:
 
 def check_agent(entry: AgentEntry, base_dir, timeout_s: float = 10.0, reference: bool = True,
                 store=None) -> AgentCheck:
-    from fleetnas_agent.client import AgentClient
-    from fleetnas_agent.client import message_dict
+    from fleetnas_agent.client import AgentClient, message_dict
 
     result = AgentCheck(entry.name, entry.kind, entry.address)
     try:
