@@ -362,7 +362,7 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from fleetnas.search.objectives import SHOWN_UNITS, has_known_unit
+    from fleetnas.search.objectives import shown_unit
     from fleetnas.search.run import known_summary, measured_front
 
     configs, values, objectives = measured_front(store, run_id)
@@ -380,7 +380,7 @@ def _report(store, run_id: int, session, as_json: bool) -> None:
     table = Table(title=f"run {run_id}: measured Pareto front ({len(configs)} of {session.used} evaluations{failed})")
     factors = []
     for o in objectives:
-        unit, factor = SHOWN_UNITS.get(o.metric, ("", 1.0)) if has_known_unit(o) else ("", 1.0)
+        unit, factor = shown_unit(o)
         table.add_column(f"{o} ({unit})" if unit else str(o), justify="right")
         factors.append(factor)
     table.add_column("config")

@@ -23,7 +23,7 @@ import numpy as np
 from ..export.artifact import atomic_write
 from ..store import canonical_json
 from ..search.hypervolume import non_dominated
-from ..search.objectives import SHOWN_UNITS, STORED_UNITS, has_known_unit, minimised, shown
+from ..search.objectives import minimised, shown, shown_unit, stored_unit
 from ..search.run import (HV_REFERENCE_AFTER, constraint_warnings, feasible, load_spec, measured_front, member_values,
                           run_state)
 
@@ -65,13 +65,12 @@ def write_report(store, run_id: int, out_dir: str | Path) -> Path:
         "run": run_id, "name": run.name, "state": state, "budget": spec.budget,
         "evaluations": len(members) + len(failed), "failed": len(failed), "space": spec.space,
         "objectives": spec.objectives, "constraints": spec.constraints,
-        "units": {o.name: STORED_UNITS[o.metric] for o in objectives if o.metric in STORED_UNITS and has_known_unit(o)},
+        "units": {o.name: stored_unit(o) for o in objectives if stored_unit(o)},
         "front": [{**r, "config": c} for r, c in zip(rows, front_configs)]}, indent=2, allow_nan=False).encode())
     _remove_stale_figures(out, figures)
     for name, png in figures.items():  # each whole or not at all: a full disk leaves no cut-off figure
         atomic_write(out / name, png)
-    heads = {o.name: f"{o.name} ({STORED_UNITS[o.metric]})" if o.metric in STORED_UNITS and has_known_unit(o)
-             else o.name for o in objectives}
+    heads = {o.name: f"{o.name} ({stored_unit(o)})" if stored_unit(o) else o.name for o in objectives}
     _write_csv(out / "front.csv", [{heads.get(k, k): v for k, v in r.items()} for r in rows],
                ["rank", *heads.values(), "config"])
     known = store.run_events(run_id, "known")
@@ -88,7 +87,7 @@ def _shown_rows(rows: list[dict], objectives) -> list[dict]:
     its column's head; front.csv and front.json keep the stored units."""
     heads = {}
     for o in objectives:
-        unit, factor = SHOWN_UNITS.get(o.metric, ("", 1.0)) if has_known_unit(o) else ("", 1.0)
+        unit, factor = shown_unit(o)
         heads[o.name] = (f"{o.name} ({unit})" if unit else o.name, factor)
     return [{heads[k][0] if k in heads else k: v * heads[k][1] if k in heads else v for k, v in r.items()}
             for r in rows]

@@ -152,22 +152,33 @@ def with_unit_case(text: str) -> str:
 STORED_UNITS = {"latency": "ms", "memory": "bytes", "activation_bytes": "bytes", "peak_activation_bytes": "bytes"}
 
 
-def has_known_unit(objective: "Objective") -> bool:
-    """Whether FleetNAS measured or counted the objective, and so knows its unit: a table's column named
-    `latency` may hold anything."""
-    return bool(objective.device_kind) or objective.metric in ("macs", "params", "activation_bytes",
-                                                                "peak_activation_bytes")
-
 #: How a metric's values are shown to a reader (figures, the report's table): the unit, and the factor from the
 #: unit values are stored in (ms, bytes, counts) to it. Others are shown as stored.
 SHOWN_UNITS = {"latency": ("ms", 1.0), "memory": ("MiB", 2.0 ** -20), "macs": ("M", 1e-6), "params": ("M", 1e-6),
                "activation_bytes": ("MiB", 2.0 ** -20), "peak_activation_bytes": ("MiB", 2.0 ** -20)}
 
 
+def _has_known_unit(objective: "Objective") -> bool:
+    """Whether FleetNAS measured or counted the objective, and so knows its unit: a table's column named
+    `latency` may hold anything."""
+    return objective.metric in NON_NEGATIVE and (bool(objective.device_kind) or objective.metric not in DEVICE_METRICS)
+
+
+def stored_unit(objective: "Objective") -> str:
+    """The unit the objective's values are stored in ("ms", "bytes"), or "" where it has none or none is known."""
+    return STORED_UNITS.get(objective.metric, "") if _has_known_unit(objective) else ""
+
+
+def shown_unit(objective: "Objective") -> tuple[str, float]:
+    """(unit, factor): the unit the objective is shown in ("MiB"; "" for none) and what to multiply its stored
+    values by to show them."""
+    return SHOWN_UNITS.get(objective.metric, ("", 1.0)) if _has_known_unit(objective) else ("", 1.0)
+
+
 def shown(objective: Objective) -> tuple[str, float]:
     """(label, factor): what to call an objective's axis or column, unit and better direction included
     ("latency on rpi4 (ms), lower is better"), and what to multiply its stored values by to show them."""
-    unit, factor = SHOWN_UNITS.get(objective.metric, ("", 1.0)) if has_known_unit(objective) else ("", 1.0)
+    unit, factor = shown_unit(objective)
     where = f" on {objective.device_kind}" if objective.device_kind else ""
     better = "higher" if objective.direction == "max" else "lower"
     return f"{objective.metric}{where}{f' ({unit})' if unit else ''}, {better} is better", factor
