@@ -52,7 +52,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from fleetnas.farm.scheduler import FarmError
     from fleetnas.search.live import EvaluationError
-    from fleetnas.store import StoreError, open_store
+    from fleetnas.store import StoreError, open_store, store_file
+    from fleetnas.store.sqlite import remove_if_empty
 
     made = args.resume is None and not _store_exists(args.db)
     try:
@@ -62,13 +63,11 @@ def run(args: argparse.Namespace) -> int:
         with open_store(args.db, existing=args.resume is not None, read_only=_finished_run(args)) as store:
             session, run_id = _search(store, args)
             _report(store, run_id, session, args.json)
-    except (EvaluationError, FarmError, StoreError, ValueError, KeyError, ImportError) as exc:
-        if made:
-            _remove_if_no_run(args.db)
-        raise CliError(exc.args[0] if exc.args else str(exc)) from None
-    except BaseException:  # a refused option (CliError), an interrupt while the farm was set up
-        if made:
-            _remove_if_no_run(args.db)
+    except BaseException as exc:
+        if made:  # refused before its run was stored (a bad option, a device kind with no agent): the new, empty
+            remove_if_empty(store_file(args.db))  # store would read as one with no runs; one with data stays
+        if isinstance(exc, (EvaluationError, FarmError, StoreError, ValueError, KeyError, ImportError)):
+            raise CliError(exc.args[0] if exc.args else str(exc)) from None
         raise
     return 0
 
@@ -81,16 +80,6 @@ def _store_exists(db) -> bool:
         return os.path.lexists(store_file(db))
     except (StoreError, OSError, ValueError):
         return True  # not ours to remove: open_store says what is wrong with it
-
-
-def _remove_if_no_run(db) -> None:
-    """A search refused before its run was stored (a bad option, a device kind with no agent) leaves no new,
-    empty store behind: the next command would find it and say there are no runs. A store another process
-    has written to meanwhile stays."""
-    from fleetnas.store import store_file
-    from fleetnas.store.sqlite import remove_if_empty
-
-    remove_if_empty(store_file(db))
 
 
 def _finished_run(args: argparse.Namespace) -> bool:

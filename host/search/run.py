@@ -282,11 +282,11 @@ def finish_recorded(store, run_id: int) -> None:
         recorder = StoreRecorder(store, run_id, spec.parsed_objectives(), spec.parsed_constraints())
         recorder.load()
         recorder.finish()
-        used, failed = evaluations_spent(store, run_id)
-        if used and failed == used:
+        try:
+            _stop_if_all_failed(store, run_id, *evaluations_spent(store, run_id))
+        except TooManyFailures:
             store.set_run_state(run_id, "failed")
-            last = store.run_events(run_id, "failed")[-1].payload["error"]
-            raise TooManyFailures(f"all {used} evaluations failed; last: {last}")
+            raise
         store.set_run_state(run_id, "finished")
 
 
@@ -296,9 +296,14 @@ def _drive(session: SearchSession, spec: RunSpec, store, run_id: int) -> None:
         get_tactic(spec.tactic)(session, seed=spec.seed, **spec.tactic_settings)
     except BudgetExhausted:  # a diverged replay asked for more than its budget has left: it is spent
         pass
-    if session.used and session.failed == session.used:  # too few to have stopped on the way, yet all failed
+    _stop_if_all_failed(store, run_id, session.used, session.failed)
+
+
+def _stop_if_all_failed(store, run_id: int, used: int, failed: int) -> None:
+    """A run too short to have stopped on its failures on the way, all of whose evaluations failed."""
+    if used and failed == used:
         last = store.run_events(run_id, "failed")[-1].payload["error"]
-        raise TooManyFailures(f"all {session.used} evaluations failed; last: {last}")
+        raise TooManyFailures(f"all {used} evaluations failed; last: {last}")
 
 
 def evaluations_spent(store, run_id: int) -> tuple[int, int]:
