@@ -465,9 +465,9 @@ class Farm:
                 return self._finish(agent, task, batch, JobResult(job, record, from_store=True))
             measured = self._measurement(agent, job, self._measure_on(agent, job))
             if task.kept is not None and measured.env.get("throttled"):  # throttled again: a cool row stored
-                current = self.store.find_measurement(*job.key)           # meanwhile stands
-                if current is not None and not _throttled(current):
-                    return self._finish(agent, task, batch, JobResult(job, current, from_store=True))
+                cool = self._stored_cool(job)                               # meanwhile stands
+                if cool is not None:
+                    return self._finish(agent, task, batch, JobResult(job, cool, from_store=True))
             record, inserted = self.store.record_measurement(measured, supersede=fresh or task.kept is not None)
             agent.consecutive_failures = 0  # it measured: whoever stored first, the agent is well
             agent.busy_pause_s = BUSY_PAUSE_S
@@ -623,8 +623,9 @@ class Farm:
         return JobResult(job, record, error=error, attempts=task.attempts + 1)
 
     def _finish(self, agent: AgentState, task: _Task, batch: _Batch, result: JobResult) -> None:
+        result = self._or_kept(task, result)  # before the lock: it may read the store
         with batch.cond:
-            task.result = self._or_kept(task, result)
+            task.result = result
             batch.running[agent.kind] -= 1
             batch.remaining -= 1
             batch.closed = batch.closed or batch.remaining == 0
@@ -638,10 +639,16 @@ class Farm:
             return result
         log.warning("job %s: measuring it again failed (%s); the throttled measurement is kept",
                     task.job.artifact.sha256[:12], result.error)
-        current = self.store.find_measurement(*task.job.key)
-        if current is not None and not _throttled(current):
-            return JobResult(task.job, current, from_store=True, attempts=result.attempts)
+        cool = self._stored_cool(task.job)
+        if cool is not None:
+            return JobResult(task.job, cool, from_store=True, attempts=result.attempts)
         return JobResult(task.job, task.kept, attempts=result.attempts)
+
+    def _stored_cool(self, job: Job) -> MeasurementRecord | None:
+        """The store's current measurement of the job where it was not taken while throttled (another host's,
+        stored while this one re-measured a throttled one)."""
+        current = self.store.find_measurement(*job.key)
+        return None if current is None or _throttled(current) else current
 
     def _give_up_on_stranded_kinds(self, batch: _Batch) -> None:
         """Fails waiting jobs that have had no usable agent for give_up_s (called under the batch's lock)."""
