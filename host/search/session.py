@@ -180,14 +180,18 @@ class SearchSession:
         the run has given values; before that, only as many as may still fail before the run stops. An evaluator
         that fails on everything (a data set it cannot find, after minutes of loading) then costs
         FAILURES_BEFORE_ANY_VALUE calls, not a whole seed sample of them, and the budget keeps the rest."""
-        evaluated = [k for k in self._order + fresh if k in self._memo]
-        if any(np.isfinite(self._memo[k]).all() for k in evaluated):
+        so_far = self._values_so_far(fresh)
+        if any(np.isfinite(v).all() for v in so_far):
             return left
-        return max(FAILURES_BEFORE_ANY_VALUE - len(evaluated), 1)
+        return max(FAILURES_BEFORE_ANY_VALUE - len(so_far), 1)
 
     def _failing_from_the_start(self, fresh: list[str]) -> bool:
-        evaluated = [self._memo[k] for k in self._order + fresh if k in self._memo]
-        return len(evaluated) >= FAILURES_BEFORE_ANY_VALUE and not any(np.isfinite(v).all() for v in evaluated)
+        so_far = self._values_so_far(fresh)
+        return len(so_far) >= FAILURES_BEFORE_ANY_VALUE and not any(np.isfinite(v).all() for v in so_far)
+
+    def _values_so_far(self, fresh: list[str]) -> list[np.ndarray]:
+        """The run's evaluations so far, the batch's (`fresh`) evaluated ones included."""
+        return [self._memo[k] for k in self._order + fresh if k in self._memo]
 
     def _stop_if_failing(self, new: dict[str, str]) -> None:
         """Counted over the run's whole record, replayed evaluations included, so a resume goes on as it stood."""
