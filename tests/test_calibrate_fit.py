@@ -362,6 +362,11 @@ def test_calibrate_refuses_at_once_when_no_agent_of_the_kind_answers(inventory, 
     # Nobody listens on 127.0.0.1:9. Without the check each batch would wait --give-up for an agent.
     assert cli(inventory, tmp_path, "--samples", "2", "--give-up", "5") == 1
     assert f"no agent of kind '{KIND}' answers: a0 at 127.0.0.1:9: UNAVAILABLE" in capsys.readouterr().err
+    # What it made for the calibration it could not make, the store and the predictors' folder, is gone.
+    assert not list(tmp_path.glob("x.db*")) and not (tmp_path / "predictors").exists()
+    (tmp_path / "predictors").mkdir()
+    assert cli(inventory, tmp_path, "--samples", "2", "--give-up", "5") == 1
+    assert (tmp_path / "predictors").is_dir()  # a folder that was there stays
 
 
 def test_a_watch_keeps_going_while_every_agent_of_its_kind_is_down(inventory, tmp_path, caplog, capsys):
@@ -372,3 +377,29 @@ def test_a_watch_keeps_going_while_every_agent_of_its_kind_is_down(inventory, tm
     caplog.set_level("INFO", logger="fleetnas.calibrate")
     assert cli(inventory, tmp_path, "--watch", "--rounds", "2", "--interval", "0", "--give-up", "1", "--json") == 1
     assert caplog.text.count("trying again next round") == 2 and len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_a_sample_that_mostly_failed_is_an_error_and_records_no_calibration(store, tmp_path):
+    # A calibration (or a watch's refit) whose sample could not be measured would otherwise be fitted on the
+    # reference set alone and become the kind's latest, used by every search.
+    from fleetnas.calibrate.calibration import measure_sample
+
+    farm = Farm(Inventory(tmp_path / "f.toml", [AgentEntry("a0", "127.0.0.1:9", KIND)]), store, give_up_s=0.5)
+    with farm:
+        with pytest.raises(CalibrationError, match="^3 of 3 sampled sub-networks failed, so no calibration was "
+                                                   "recorded; first: .*a0"):
+            measure_sample(farm, "demo", KIND, SUPERNET.space.latin_hypercube(3, 0), None)
+        assert store.latest_calibration("demo", KIND) is None
+
+
+def test_a_calibration_that_a_watch_follows_prints_the_first_of_its_json_lines(store, tmp_path, capsys):
+    import argparse
+
+    from fleetnas.cli.calibrate import print_calibration
+
+    result = fit_rows(store, tmp_path / "p")
+    print_calibration(result, argparse.Namespace(json=True, watch=True, samples=1))
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1 and json.loads(out)["calibration_id"] == result.calibration_id
+    print_calibration(result, argparse.Namespace(json=True, watch=False, samples=1))  # alone: one indented document
+    assert json.loads(capsys.readouterr().out)["calibration_id"] == result.calibration_id

@@ -233,3 +233,4 @@ def test_profile_refuses_at_once_when_no_agent_of_the_kind_answers(tmp_path, cap
     assert main(["profile", "--device-kind", "k", "--model", model, "--inventory", str(inv),
                  "--db", str(tmp_path / "f.db"), "--give-up", "5"]) == 1
     assert "no agent of kind 'k' answers: gone at 127.0.0.1:9: UNAVAILABLE" in capsys.readouterr().err
+    assert not list(tmp_path.glob("f.db*"))  # the store it made holds nothing: it would read as an empty farm

@@ -199,9 +199,15 @@ def measure_sample(farm, space_id: str, device_kind: str, configs: list, stoppin
         results = farm.measure(configs, device_kind, space=space_id, stopping=stopping)
     except JobError as exc:
         raise CalibrationError(str(exc)) from None
+    failed = [r.error for r in results if not r.ok]
+    if len(failed) > len(results) - len(failed):
+        # The sample is what a calibration fits: a predictor fitted on the few that worked (or on the reference
+        # set alone) would be recorded as the kind's latest and used by every search. What was measured is
+        # stored, so a rerun measures only the rest.
+        raise CalibrationError(f"{len(failed)} of {len(results)} sampled sub-networks failed, so no calibration "
+                               f"was recorded; first: {failed[0]}")
     return {"measured": sum(r.ok and not r.from_store for r in results),
-            "from_store": sum(r.from_store for r in results),
-            "failed": [r.error for r in results if not r.ok]}
+            "from_store": sum(r.from_store for r in results), "failed": failed}
 
 
 # ----- reference rounds -------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ import logging
 import re
 import sys
 import tempfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 from .common import (FARM_GIVE_UP_S, CliError, add_stopping_options, count_up_to, model_families, seed,
-                     positive_int, positive_seconds, print_json, stopping_from)
+                     no_empty_store_if_refused, positive_int, positive_seconds, print_json, stopping_from)
 from .space import MAX_SAMPLE
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d)?\s*$")
@@ -80,7 +80,8 @@ def register(sub) -> None:
                    help="significance level of the paired test across reference configs (default 0.01)")
     add_stopping_options(p)
     p.add_argument("--json", action="store_true",
-                   help="print JSON instead of a summary (with --watch: one line per round, JSON Lines)")
+                   help="print JSON instead of a summary (with --watch: JSON Lines, the calibration that --samples "
+                        "makes first, then one line per round)")
     p.set_defaults(handler=run)
 
 
@@ -109,35 +110,48 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--interval 0 needs --rounds N: without it the watch would measure back to back forever", 2)
     if args.out_dir is not None and args.out_dir.exists() and not args.out_dir.is_dir():
         raise CliError(f"--out-dir {args.out_dir} is a file; give a folder", 2)
-    if args.out_dir is not None:
-        writable_folder(args.out_dir, "--out-dir")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, datefmt="%Y-%m-%d %H:%M:%S",
                         format="%(asctime)s %(message)s" if args.watch else "fleetnas: %(message)s")
     # Watching, every round's verdict is news (INFO); a one-off calibration only says what went wrong.
     logging.getLogger("fleetnas.calibrate").setLevel(logging.INFO if args.watch else logging.WARNING)
-    try:
-        inventory = Inventory.load(args.inventory)
-        inventory.of_kind(args.device_kind)
-        store = open_store(args.db)
-    except (InventoryError, StoreError) as exc:
-        raise CliError(str(exc)) from None
-    if args.out_dir is None:
+    with no_empty_store_if_refused(args.db), _no_empty_folder_if_refused(args.out_dir, "--out-dir"):
         try:
-            writable_folder(default_out_dir(store), "the predictors' folder (--out-dir)")
-        except CliError:
-            store.close()
-            raise
-    farm = Farm(inventory, store, give_up_s=args.give_up, progress=sys.stderr.isatty() and not args.json)
-    try:
-        # A watch holds its lock from the start: the calibration it may begin with takes its drift baseline.
-        with farm, watch_lock(farm.store, args.space, args.device_kind) if args.watch else nullcontext():
-            if args.samples is not None:
-                _calibrate(farm, args, stopping, models)
-            if args.watch:
-                _watch(farm, args, models)
-    except (CalibrationError, FarmError, StoreError, JobError, InventoryError) as exc:
-        raise CliError(str(exc)) from None
+            inventory = Inventory.load(args.inventory)
+            inventory.of_kind(args.device_kind)
+            store = open_store(args.db)
+        except (InventoryError, StoreError) as exc:
+            raise CliError(str(exc)) from None
+        default_folder = default_out_dir(store) if args.out_dir is None else None
+        with store, _no_empty_folder_if_refused(default_folder, "the predictors' folder (--out-dir)"):
+            farm = Farm(inventory, store, give_up_s=args.give_up, progress=sys.stderr.isatty() and not args.json)
+            try:
+                # A watch holds its lock from the start: the calibration it may begin with takes its drift baseline.
+                with farm, watch_lock(farm.store, args.space, args.device_kind) if args.watch else nullcontext():
+                    if args.samples is not None:
+                        _calibrate(farm, args, stopping, models)
+                    if args.watch:
+                        _watch(farm, args, models)
+            except (CalibrationError, FarmError, StoreError, JobError, InventoryError) as exc:
+                raise CliError(str(exc)) from None
     return 0
+
+
+@contextmanager
+def _no_empty_folder_if_refused(folder: Path | None, what: str):
+    """Makes the predictors' folder now, so that one that cannot be written is refused before the measuring,
+    and removes it again if the command is refused and the folder is still empty."""
+    if folder is None:
+        yield
+        return
+    made = not folder.exists()
+    try:
+        writable_folder(folder, what)
+        yield
+    except BaseException:
+        if made:
+            with suppress(OSError):  # something was written there after all: it stays
+                folder.rmdir()
+        raise
 
 
 def _check_alpha(alpha: float) -> None:
@@ -170,7 +184,13 @@ def _calibrate(farm, args: argparse.Namespace, stopping: dict, models) -> None:
     result = calibrate(farm, farm.store, args.space, args.device_kind, args.samples, seed=args.seed,
                        stopping=stopping, out_dir=args.out_dir, include_throttled=args.include_throttled,
                        models=models)
-    if args.json:
+    print_calibration(result, args)
+
+
+def print_calibration(result, args: argparse.Namespace) -> None:
+    if args.json and args.watch:  # the first of the watch's JSON Lines
+        print(json.dumps(result.to_dict()))
+    elif args.json:
         print_json(result.to_dict())
     else:
         print(format_calibration(result, args.samples))

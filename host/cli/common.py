@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -17,6 +18,33 @@ class CliError(Exception):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@contextmanager
+def no_empty_store_if_refused(db, may_make: bool = True):
+    """Removes the store at `db` if this block made it and was then refused (a bad option, a device kind with
+    no agent) with nothing stored: a new, empty store would read as one that holds no runs or measurements.
+    A store with any row stays, and so does one that was there before (or a link that --db named)."""
+    from fleetnas.store import store_file
+    from fleetnas.store.sqlite import remove_if_empty
+
+    made = may_make and not _store_exists(db)
+    try:
+        yield
+    except BaseException:
+        if made:
+            remove_if_empty(store_file(db))
+        raise
+
+
+def _store_exists(db) -> bool:
+    """Whether --db names something already there: a file, or a link (even one that leads nowhere yet)."""
+    from fleetnas.store import StoreError, store_file
+
+    try:
+        return os.path.lexists(store_file(db))
+    except (StoreError, OSError, ValueError):
+        return True  # not ours to remove: open_store says what is wrong with it
 
 
 def existing_file(text: str) -> Path:

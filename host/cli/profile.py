@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 
-from .common import CliError, add_credential_options, add_stopping_options, agent_error, credentials_from
-from .common import (AGENT_MAX_TIMEOUT_S, FARM_GIVE_UP_S, agent_address, count_up_to, deadline_seconds,
-                     existing_file, seed, positive_int, positive_seconds, print_json, stopping_from)
+from .common import (AGENT_MAX_TIMEOUT_S, FARM_GIVE_UP_S, CliError, add_credential_options, add_stopping_options,
+                     agent_address, agent_error, count_up_to, credentials_from, deadline_seconds, existing_file,
+                     no_empty_store_if_refused, positive_int, positive_seconds, print_json, seed, stopping_from)
 from .space import MAX_SAMPLE
 
 
@@ -172,30 +172,31 @@ def run_farm(args: argparse.Namespace) -> int:
     if args.token_file or args.tls_ca or args.tls_cert:
         raise CliError("in farm mode credentials come from the inventory: drop --token-file/--tls-*", 2)
     logging.basicConfig(level=logging.WARNING, format="fleetnas: %(message)s")
-    try:
-        inventory = Inventory.load(args.inventory)
-        inventory.of_kind(args.device_kind)
-        configs, keys, space = _configs(args) if args.space else (None, None, None)
-        store = open_store(args.db)
-    except (InventoryError, StoreError, JobError) as exc:
-        raise CliError(str(exc)) from None
-    farm = Farm(inventory, store, deadline_s=args.deadline, max_attempts=args.max_attempts, reprobe_s=args.reprobe,
-                give_up_s=args.give_up, progress=sys.stderr.isatty())
-    try:
-        with farm:
-            # Every agent of the kind down while something is left to measure: refuse at once, as `search`
-            # does, instead of waiting --give-up; what the store holds is still answered with no agent up.
-            if configs is not None:
-                results = farm.measure(configs, args.device_kind, space=space, stopping=stopping_from(args),
-                                       remeasure=args.remeasure, answering_first=True)
-                names = keys
-            else:
-                artifacts = [ArtifactSource.from_file(path) for path in args.model]
-                results = farm.measure_artifacts(artifacts, args.device_kind, stopping=stopping_from(args),
-                                                 remeasure=args.remeasure, answering_first=True)
-                names = [str(path) for path in args.model]
-    except (FarmError, StoreError, JobError, InventoryError) as exc:
-        raise CliError(str(exc)) from None
+    with no_empty_store_if_refused(args.db):
+        try:
+            inventory = Inventory.load(args.inventory)
+            inventory.of_kind(args.device_kind)
+            configs, keys, space = _configs(args) if args.space else (None, None, None)
+            store = open_store(args.db)
+        except (InventoryError, StoreError, JobError) as exc:
+            raise CliError(str(exc)) from None
+        farm = Farm(inventory, store, deadline_s=args.deadline, max_attempts=args.max_attempts,
+                    reprobe_s=args.reprobe, give_up_s=args.give_up, progress=sys.stderr.isatty())
+        try:
+            with farm:
+                # Every agent of the kind down while something is left to measure: refuse at once, as `search`
+                # does, instead of waiting --give-up; what the store holds is still answered with no agent up.
+                if configs is not None:
+                    results = farm.measure(configs, args.device_kind, space=space, stopping=stopping_from(args),
+                                           remeasure=args.remeasure, answering_first=True)
+                    names = keys
+                else:
+                    artifacts = [ArtifactSource.from_file(path) for path in args.model]
+                    results = farm.measure_artifacts(artifacts, args.device_kind, stopping=stopping_from(args),
+                                                     remeasure=args.remeasure, answering_first=True)
+                    names = [str(path) for path in args.model]
+        except (FarmError, StoreError, JobError, InventoryError) as exc:
+            raise CliError(str(exc)) from None
     rows = []
     for name, config, result in zip(names, configs or [None] * len(names), results):
         row = {"key": name, **({"config": config} if config is not None else {}), **result.to_dict()}

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 from .common import (FARM_GIVE_UP_S, STOPPING_FLAGS, CliError, add_stopping_options, seed, positive_int,
-                     positive_seconds, print_json, stopping_from)
+                     no_empty_store_if_refused, positive_seconds, print_json, stopping_from)
 
 
 def register(sub) -> None:
@@ -52,34 +52,19 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from fleetnas.farm.scheduler import FarmError
     from fleetnas.search.live import EvaluationError
-    from fleetnas.store import StoreError, open_store, store_file
-    from fleetnas.store.sqlite import remove_if_empty
+    from fleetnas.store import StoreError, open_store
 
-    made = args.resume is None and not _store_exists(args.db)
     try:
-        if args.resume is not None:
-            _refuse_options_with_resume(args)
-        # A finished run's front is only read: that also works on a store that cannot be written (an archive).
-        with open_store(args.db, existing=args.resume is not None, read_only=_finished_run(args)) as store:
-            session, run_id = _search(store, args)
-            _report(store, run_id, session, args.json)
-    except BaseException as exc:
-        if made:  # refused before its run was stored (a bad option, a device kind with no agent): the new, empty
-            remove_if_empty(store_file(args.db))  # store would read as one with no runs; one with data stays
-        if isinstance(exc, (EvaluationError, FarmError, StoreError, ValueError, KeyError, ImportError)):
-            raise CliError(exc.args[0] if exc.args else str(exc)) from None
-        raise
+        with no_empty_store_if_refused(args.db, may_make=args.resume is None):
+            if args.resume is not None:
+                _refuse_options_with_resume(args)
+            # A finished run's front is only read: that also works on a store that cannot be written (an archive).
+            with open_store(args.db, existing=args.resume is not None, read_only=_finished_run(args)) as store:
+                session, run_id = _search(store, args)
+                _report(store, run_id, session, args.json)
+    except (EvaluationError, FarmError, StoreError, ValueError, KeyError, ImportError) as exc:
+        raise CliError(exc.args[0] if exc.args else str(exc)) from None
     return 0
-
-
-def _store_exists(db) -> bool:
-    """Whether --db names something already there: a file, or a link (even one that leads nowhere yet)."""
-    from fleetnas.store import StoreError, store_file
-
-    try:
-        return os.path.lexists(store_file(db))
-    except (StoreError, OSError, ValueError):
-        return True  # not ours to remove: open_store says what is wrong with it
 
 
 def _finished_run(args: argparse.Namespace) -> bool:

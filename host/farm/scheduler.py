@@ -290,9 +290,6 @@ class Farm:
             tasks: dict[tuple, _Task] = {}  # one task per distinct measurement (and pinned agent)
             for job in jobs:
                 tasks.setdefault((*job.key, job.agent), _Task(job))
-            for artifact in {job.artifact.sha256: job.artifact for job in jobs}.values():
-                self.store.put_artifact(artifact.sha256, artifact.format, artifact.size_bytes, artifact.supernet,
-                                        artifact.config)
             free = [t for t in tasks.values() if t.job.agent is None]
             stored = {} if remeasure else self.store.find_measurements(t.job.key for t in free)
             for task in free:
@@ -302,10 +299,16 @@ class Farm:
                     task.throttled, task.kept = 1, stored[task.job.key]  # measured again, in its place
                 else:
                     task.result = JobResult(task.job, stored[task.job.key], from_store=True)
-            batch = _Batch([t for t in tasks.values() if t.result is None], remeasure)
+            todo = [t for t in tasks.values() if t.result is None]
+            batch = _Batch(todo, remeasure)
             if not batch.closed:
                 if answering_first:
                     self.require_answering(set(batch.pending))
+                # Recorded once something is to be measured (what the store answered has its artifact already):
+                # a command refused here leaves a store it made empty, for it to remove.
+                for artifact in {t.job.artifact.sha256: t.job.artifact for t in todo}.values():
+                    self.store.put_artifact(artifact.sha256, artifact.format, artifact.size_bytes,
+                                            artifact.supernet, artifact.config)
                 self._run_batch(batch, from_store=len(tasks) - batch.total)
         return [dataclasses.replace(tasks[(*job.key, job.agent)].result, job=job) for job in jobs]
 
