@@ -107,6 +107,36 @@ def test_a_kind_without_a_usable_agent_fails_its_jobs_after_the_give_up_time(far
     assert farm.store.measurements(ok=None) == []
 
 
+def test_an_agent_back_before_the_farm_gives_up_is_seen_though_its_reprobe_time_is_longer(tmp_path):
+    # A give-up time shorter than the re-probe time let the jobs fail while the agent was serving again.
+    with running_agent(tmp_path / "c", label="back") as (address, config):
+        port = int(address.rsplit(":", 1)[1])  # the agent's port, free again once it stops below
+    inv = Inventory(tmp_path / "farm.toml", [AgentEntry("back", address, KIND)])
+    farm = Farm(inv, SqliteStore(tmp_path / "fleet.db"), reprobe_s=60, give_up_s=6)
+    waiting = threading.Event()
+
+    class Restart(logging.Handler):  # the agent comes back once the farm has found it down and waits
+        def emit(self, record):
+            if "is usable now" in record.getMessage():
+                waiting.set()
+
+    handler = Restart()
+    logging.getLogger("fleetnas.farm").addHandler(handler)
+    try:
+        results: list = []
+        measuring = threading.Thread(target=lambda: results.extend(farm.measure_artifacts(tiny(1), KIND,
+                                                                                          stopping=FAST)))
+        measuring.start()
+        assert waiting.wait(timeout=30)
+        with running_agent(tmp_path / "c", label="back", port=port):
+            measuring.join(timeout=60)
+        assert not measuring.is_alive()
+    finally:
+        logging.getLogger("fleetnas.farm").removeHandler(handler)
+        farm.close()
+    assert [r.ok for r in results] == [True], results[0].error
+
+
 def test_a_job_the_device_cannot_run_fails_once_and_is_kept_as_a_failure(farm_of):
     farm = farm_of(2)
     bad = ArtifactSource.from_bytes(onnx_huge_input())  # a 4 GB input: the agent refuses it

@@ -149,7 +149,8 @@ class Farm:
     deadline_s: per-job bound on one measurement (default: from the stopping rule, see Settings.deadline_s).
     max_attempts: agents a job may be tried on before it is reported failed.
     unhealthy_after: consecutive failures that set an agent aside (at once if it stops answering health checks).
-    reprobe_s: how long an agent set aside waits before the next health check.
+    reprobe_s: how long an agent set aside waits before the next health check; at most a third of give_up_s,
+               so that an agent back (restarted, rebooted) before the farm gives up on its kind is seen to be.
     give_up_s: how long a kind may have no usable agent before its waiting jobs are reported failed; also the
                most a job waits out devices busy with other hosts' measurements.
     throttled_retries: times a measurement taken while throttled is taken again (0: kept as it came).
@@ -166,7 +167,7 @@ class Farm:
             raise ValueError("throttled_retries and cool_down_s must not be negative")
         self.inventory, self.store = inventory, store
         self.deadline_s, self.max_attempts, self.unhealthy_after = deadline_s, max_attempts, unhealthy_after
-        self.reprobe_s, self.give_up_s, self.rpc_timeout_s = reprobe_s, give_up_s, rpc_timeout_s
+        self.reprobe_s, self.give_up_s, self.rpc_timeout_s = min(reprobe_s, give_up_s / 3), give_up_s, rpc_timeout_s
         self.throttled_retries, self.cool_down_s = throttled_retries, cool_down_s
         self.progress = progress
         self.agents = {e.name: AgentState(e, inventory.base_dir) for e in inventory.agents}
@@ -452,7 +453,7 @@ class Farm:
 
     def _set_aside(self, agent: AgentState, reason: str) -> None:
         if agent.healthy or not agent.last_error:
-            log.warning("agent %s (%s) set aside for %.0f s: %s", agent.name, agent.entry.address, self.reprobe_s,
+            log.warning("agent %s (%s) set aside for %.3g s: %s", agent.name, agent.entry.address, self.reprobe_s,
                         reason)
         agent.healthy, agent.last_error = False, reason
         agent.next_probe_at = time.monotonic() + self.reprobe_s
