@@ -57,6 +57,11 @@ def test_model_files_on_a_farm_then_again_from_the_database(tmp_path, farm, caps
     capsys.readouterr()
     assert main([str(down) if a == str(inv) else a for a in base]) == 0
     assert "0 measured, 3 already stored, 0 failed" in capsys.readouterr().out
+    # A file given twice is one measurement, counted once.
+    twice = ["profile", "--device-kind", "cpu-ort-1t", "--model", files[0], files[1], files[0], "--inventory", str(inv),
+             "--db", str(db), "--remeasure", *FLAGS]
+    assert main(twice) == 0
+    assert "2 measured, 0 already stored, 0 failed (1 repeated)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

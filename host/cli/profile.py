@@ -238,7 +238,10 @@ def _print_farm_results(rows: list[dict], kind: str) -> None:
         table.add_row(escape(r["key"]), escape(r["device"]["agent"] or ""), f"{lat['median']:.3f}" if lat else "",
                       f"{lat['p90']:.3f}" if lat else "", peak, note)
     console().print(table)
-    measured = sum(r["ok"] and not r["from_store"] for r in rows)
-    stored = sum(r["from_store"] for r in rows)
+    # A model or config given twice is one measurement (the farm measures it once): counted once.
+    measured = {r["measurement_id"] for r in rows if r["ok"] and not r["from_store"]}
+    stored = {r["measurement_id"] for r in rows if r["from_store"]}
     failed = sum(not r["ok"] for r in rows)
-    print(f"{measured} measured, {stored} already stored, {failed} failed")
+    repeats = sum(r["ok"] for r in rows) - len(measured | stored)
+    print(f"{len(measured)} measured, {len(stored)} already stored, {failed} failed"
+          + (f" ({repeats} repeated)" if repeats else ""))
