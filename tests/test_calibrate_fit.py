@@ -243,7 +243,7 @@ def test_a_predictor_file_changed_since_it_was_recorded_is_refused(store, tmp_pa
     assert recorded["sha256"] == hashlib.sha256(fit.predictor_path.read_bytes()).hexdigest()
     other = fit_rows(store, tmp_path / "q", include_throttled=True).fits["latency_ms"].predictor_path
     fit.predictor_path.write_bytes(other.read_bytes())  # what one shared file name used to allow
-    with pytest.raises(CalibrationError, match="latency_ms predictor .* has been overwritten since it was recorded"):
+    with pytest.raises(CalibrationError, match="latency_ms predictor .* has been changed since it was recorded"):
         _recorded_predictor(1, recorded)
 
 
@@ -256,7 +256,7 @@ def test_a_store_moved_with_its_predictors_folder_keeps_its_calibrations(tmp_pat
         assert latest_predictor(s, "demo", KIND).training["rows"] == rows
         for file in (tmp_path / "workstation" / "predictors").rglob("*.json"):
             file.write_bytes(file.read_bytes().replace(b'"rows"', b'"rows" '))  # same name, other content
-        with pytest.raises(CalibrationError, match="has been overwritten since it was recorded"):
+        with pytest.raises(CalibrationError, match="has been changed since it was recorded"):
             latest_predictor(s, "demo", KIND)
         shutil.rmtree(tmp_path / "workstation" / "predictors")
         with pytest.raises(CalibrationError, match=r"predictor latency_ms-\w+\.json is not in .*farm/predictors/demo/"

@@ -439,6 +439,6 @@ def _recorded_predictor(calibration_id: int, fit: dict, beside_store: Path | Non
     changed = digest != fit["sha256"] if fit.get("sha256") else predictor.training.get("rows") != fit.get("rows")
     if changed:
         raise CalibrationError(f"calibration {calibration_id}'s {fit['metric']} predictor {path} has been "
-                               "overwritten since it was recorded (by another calibration into the same folder); "
-                               "calibrate again")
+                               "changed since it was recorded (its content is not what the calibration recorded: "
+                               "edited, or replaced); calibrate again")
     return predictor

@@ -578,7 +578,7 @@ class Farm:
         if code in AGENT_FAULTS:
             agent.consecutive_failures += 1
             if agent.consecutive_failures >= self.unhealthy_after or not self._answers(agent):
-                self._set_aside(agent, text)
+                self._set_aside(agent, _rpc_text(exc))  # its reasons are listed under its name
         log.info("job %s: attempt on %s failed (%s); retrying", task.job.artifact.sha256[:12], agent.name, code)
         if task.attempts + 1 >= self.max_attempts:
             error = f"gave up after {task.attempts + 1} attempt(s): " + "; ".join(task.errors)
