@@ -107,6 +107,15 @@ def test_a_kind_without_a_usable_agent_fails_its_jobs_after_the_give_up_time(far
     assert farm.store.measurements(ok=None) == []
 
 
+def test_jobs_pinned_to_a_dead_agent_say_they_wait_for_it_not_that_its_kind_has_no_agent(farm_of, caplog):
+    farm = farm_of(1, dead=1, reprobe_s=0.1, give_up_s=0.5)
+    with caplog.at_level(logging.WARNING, logger="fleetnas.farm"):
+        [result] = farm.measure_artifacts(tiny(1), KIND, stopping=FAST, agent="dead0")
+    waiting = [r.getMessage() for r in caplog.records if "come back" in r.getMessage()]
+    assert waiting == ["agent 'dead0' is not usable now; its own jobs wait up to 0.5 s for it to come back"]
+    assert not result.ok and result.error.startswith("agent 'dead0' was not usable for 0.5 s (dead0: UNAVAILABLE")
+
+
 def test_an_agent_back_before_the_farm_gives_up_is_seen_though_its_reprobe_time_is_longer(tmp_path):
     # A give-up time shorter than the re-probe time let the jobs fail while the agent was serving again.
     with running_agent(tmp_path / "c", label="back") as (address, config):

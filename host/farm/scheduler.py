@@ -137,7 +137,7 @@ class _Batch:
         self.total = len(tasks)
         self.fatal: BaseException | None = None
         self.closed = self.remaining == 0
-        self.waiting_for: set[str] = set()  # kinds with no usable agent, said once each
+        self.waiting_for: set[tuple] = set()  # kinds with no usable agent, and pinned agents not usable: said once
 
     def kind_done(self, kind: str) -> bool:
         return not self.pending.get(kind) and not self.running.get(kind)
@@ -667,10 +667,15 @@ class Farm:
                     task.stranded_since = None
                     continue
                 task.stranded_since = task.stranded_since or now
-                if kind not in batch.waiting_for:  # else a user sees one agent's error, then minutes of silence
-                    batch.waiting_for.add(kind)
-                    log.warning("no agent of kind %r is usable now; waiting up to %g s for one to come back",
-                                kind, self.give_up_s)
+                waiting_for = ("agent", task.job.agent) if task.job.agent else ("kind", kind)
+                if waiting_for not in batch.waiting_for:  # else a user sees one agent's error, then minutes of silence
+                    batch.waiting_for.add(waiting_for)
+                    if task.job.agent:  # jobs for this device alone (a calibration's reference rounds)
+                        log.warning("agent %r is not usable now; its own jobs wait up to %g s for it to come back",
+                                    task.job.agent, self.give_up_s)
+                    else:
+                        log.warning("no agent of kind %r is usable now; waiting up to %g s for one to come back",
+                                    kind, self.give_up_s)
                 if now - task.stranded_since < self.give_up_s:
                     continue
                 reasons = "; ".join(f"{a.name}: {a.last_error}" for a in agents)
