@@ -62,8 +62,12 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: How long a simple call (Describe, HasArtifact, a health check) waits, connecting included.
+CALL_TIMEOUT_S = 30.0
+
+
 class AgentClient:
-    def __init__(self, address: str, credentials: Credentials = Credentials(), timeout_s: float = 30.0,
+    def __init__(self, address: str, credentials: Credentials = Credentials(), timeout_s: float = CALL_TIMEOUT_S,
                  max_message_bytes: int = 8 * 1024 * 1024):
         self.address = address
         self.timeout_s = timeout_s

@@ -156,6 +156,23 @@ def test_one_agent_frozen_mid_measurement_ends_the_profile_command_past_its_dead
     assert "DEADLINE_EXCEEDED: no progress for 8 s" in capsys.readouterr().err
 
 
+def test_an_agent_frozen_before_it_answers_ends_the_profile_command_past_its_deadline(tmp_path, capsys):
+    """Frozen before the connection was set up, the agent held the command for gRPC's connection timeout
+    (20 s, UNAVAILABLE), whatever --deadline said."""
+    from fleetnas.cli import main
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(onnx_mlp(width=16, layers=1, seed=8))
+    agent = AgentProcess(tmp_path / "cache").start()
+    agent.signal(signal.SIGSTOP)  # its socket still accepts connections: the kernel does that
+    try:
+        rc = main(["profile", "--agent", agent.address, "--model", str(model), "--deadline", "2"])
+    finally:
+        agent.signal(signal.SIGCONT)
+        agent.stop()
+    assert rc == 1 and "DEADLINE_EXCEEDED" in capsys.readouterr().err
+
+
 def test_a_model_that_runs_out_of_memory_or_time_fails_alone_and_is_not_tried_on_a_peer(tmp_path):
     """The agent names the cause (FailureCause): a model's own fault is final, the agent stays in use, and the
     rest of the batch is measured. Tried on each peer in turn, a model the device cannot hold ended the batch.

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 # ----- one agent ------------------------------------------------------------------------------------
 def run_single(args: argparse.Namespace, model: Path) -> int:
-    from fleetnas_agent.client import AgentClient, result_to_dict
+    from fleetnas_agent.client import CALL_TIMEOUT_S, AgentClient, result_to_dict
     from fleetnas_agent.proto import agent_pb2 as pb
 
     from ..farm.jobs import JobError, deadline_for, sniff
@@ -96,7 +96,9 @@ def run_single(args: argparse.Namespace, model: Path) -> int:
     except JobError as exc:
         raise CliError(str(exc)) from None
     live = not args.json and sys.stderr.isatty()  # a progress line only where it can be redrawn
-    with AgentClient(args.agent, credentials_from(args)) as client:
+    # The calls before the measurement (connecting, the upload) are bounded so too: an agent frozen before it
+    # answered would otherwise hold the command for the connection timeout, 20 s, whatever --deadline said.
+    with AgentClient(args.agent, credentials_from(args), timeout_s=min(CALL_TIMEOUT_S, deadline_s + 5.0)) as client:
         try:
             sha = client.put_artifact(data, name=model.name)
             result = client.profile(sha, runtime=args.runtime, threads=args.threads, stopping=stopping,
