@@ -62,3 +62,25 @@ def test_predict_refuses_what_it_cannot_answer_by_name(calibrated, capsys, monke
     argv = ["predict", *[x for k, v in {**base, **given}.items() for x in (k, v)]]
     assert main(argv) == 1
     assert message in capsys.readouterr().err
+
+
+def test_predict_warns_of_a_change_a_watch_found_after_the_calibration_and_did_not_refit(calibrated, capsys):
+    # A watch stopped between marking the drift and refitting: the latest calibration predates the change.
+    from fleetnas.calibrate.calibration import space_reference
+    from fleetnas.store import NewReferenceRound
+
+    argv = ["predict", "--space", "demo", "--device-kind", KIND, "--db", str(calibrated), "--sample", "1", "--json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["calibration"]["changed_since"] == {} and "warning" not in err
+    with SqliteStore(calibrated) as store:
+        calibration = store.latest_calibration("demo", KIND)
+        store.add_reference_round(NewReferenceRound(
+            "demo", KIND, "a0", "dev-1", "onnxruntime", calibration.settings_hash,
+            space_reference(SUPERNET.space).digest, "baseline", [],
+            verdict={"drift": True, "changed": True, "reason": "median +42.0 % over 10 configs"}))
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["calibration"]["changed_since"]["a0"]["reason"] == "median +42.0 % over 10 configs"
+    assert ("warning: a0 changed after calibration 1 (median +42.0 % over 10 configs), which has not been refitted "
+            "since") in err and f"--device-kind {KIND} --watch` refits it" in err

@@ -206,6 +206,13 @@ def _settle(store: Store, reference: ReferenceSet, device_kind: str, settings, m
                 stale)
 
 
+def changes_since(store: Store, calibration) -> dict[str, dict]:
+    """agent -> verdict of each change (drift, a runtime or firmware version) that a watch recorded after
+    `calibration` on its space, kind and settings: what its predictors do not know yet."""
+    reference = space_reference(buildable_supernet(calibration.space).space)
+    return _pending_changes(store, reference, calibration.device_kind, calibration.settings_hash, calibration)
+
+
 def _pending_changes(store: Store, reference: ReferenceSet, device_kind: str, settings_hash: str,
                      calibration) -> dict[str, dict]:
     """agent -> verdict of each change recorded after the latest calibration (so not yet refitted)."""

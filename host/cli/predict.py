@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import datetime
 
 from .common import CliError, count_up_to, print_json, seed
@@ -35,6 +36,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from fleetnas.calibrate import latest_predictor
     from fleetnas.calibrate.calibration import CalibrationError
+    from fleetnas.calibrate.watch import changes_since
     from fleetnas.store import StoreError, open_store
 
     supernet = load_supernet(args.space)
@@ -44,14 +46,19 @@ def run(args: argparse.Namespace) -> int:
             calibration = store.latest_calibration(args.space, args.device_kind)
             predictors = {m: latest_predictor(store, args.space, args.device_kind, m)
                           for m in SHOWN if calibration is None or m in calibration.result["metrics"]}
+            changes = changes_since(store, calibration)
     except (StoreError, CalibrationError) as exc:
         raise CliError(str(exc)) from None
+    for agent, verdict in changes.items():  # a watch stopped before its refit: the fit predates the device's change
+        print(f"warning: {agent} changed after calibration {calibration.id} ({verdict['reason']}), which has not been "
+              f"refitted since: these predictions may be out of date; `fleetnas calibrate --space {args.space} "
+              f"--device-kind {args.device_kind} --watch` refits it", file=sys.stderr)
     predicted = {m: _predict(supernet, p, configs, calibration.id) for m, p in predictors.items()}
     rows = [{"config": c, **{m: {"mean": float(mean[i]), "std": float(std[i])} for m, (mean, std) in predicted.items()}}
             for i, c in enumerate(configs)]
     if args.json:
-        print_json({"space": args.space, "device_kind": args.device_kind, "calibration": _about(calibration),
-                    "predictions": rows})
+        print_json({"space": args.space, "device_kind": args.device_kind,
+                    "calibration": {**_about(calibration), "changed_since": changes}, "predictions": rows})
     else:
         _print(rows, calibration, args)
     return 0
