@@ -791,7 +791,7 @@ def test_bench_search_says_when_linas_leaves_the_algorithm_unused(table_path, tm
 @pytest.mark.parametrize("change, message", [
     (["--objective", "accuracy:min"], "--objective accuracy is given twice"),
     (["--tactic", "random"], "--tactic random is given twice"),
-    (["--budget", "15626"], "--budget 15626 is more than the 15625 configurations"),
+    (["--budget", "15626"], "--budget 15626 is more than the 15,625 configurations"),
     (["--json", "."], "is a folder; give a file name"),
     (["--json", "results/"], "results/ is a folder; give a file name"),  # not a file named "results"
     (["--json", "/dev/null"], "/dev/null is not a regular file"),  # refused before the runs, not after them
@@ -872,7 +872,7 @@ def test_search_refuses_a_run_it_could_not_evaluate_before_storing_it(tmp_path, 
 
 
 def test_a_run_cannot_be_given_more_evaluations_than_its_space_has_configurations():
-    with pytest.raises(ValueError, match="--budget 15626 is more than the 15625 configurations of nb201"):
+    with pytest.raises(ValueError, match="--budget 15626 is more than the 15,625 configurations of nb201"):
         RunSpec(space="nb201", objectives=["accuracy:max", "latency:min"], tactic="random", budget=15626).validate()
 
 

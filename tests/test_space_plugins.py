@@ -74,3 +74,96 @@ def test_a_rule_that_no_config_meets_is_refused_not_searched(plugins, capsys):
         RunSpec(space="never", objectives=["accuracy:max", "latency:min"], tactic="random", budget=1).validate()
     assert main(["space", "sample", "never", "--n", "1"]) == 1
     assert "could not find a valid never config" in capsys.readouterr().err
+
+
+class _Linear(SuperNetwork):
+    def input_specs(self, config, batch=1):
+        return [{"name": "x", "shape": [batch, 8], "dtype": "float32"}]
+
+
+class ShapeFailNetwork(_Linear):
+    """A plug-in whose builder fails on some configs (a == 2), as a shape mismatch would."""
+    space = SearchSpace("shapefail", [Variable("a", (1, 2, 3, 4)), Variable("b", (8, 16))])
+
+    def build(self, config, weights=None):
+        import torch
+
+        if config["a"] == 2:
+            raise RuntimeError("shape mismatch for a=2")
+        return torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(config["a"])], torch.nn.Linear(8, config["b"]))
+
+
+class FewNetworksNetwork(_Linear):
+    """3.9 million configs that build 10 networks: the eight j variables are never used."""
+    space = SearchSpace("fewnets", [Variable("a", (1, 2)), Variable("b", (8, 16, 32, 64, 128))]
+                        + [Variable(f"j{i}", (0, 1, 2, 3, 4)) for i in range(8)])
+
+    def unused(self, config):
+        return {f"j{i}" for i in range(8)}
+
+    def build(self, config, weights=None):
+        import torch
+
+        return torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(config["a"])], torch.nn.Linear(8, config["b"]))
+
+
+SHAPEFAIL, FEWNETS = ShapeFailNetwork(), FewNetworksNetwork()
+
+
+@pytest.fixture
+def buildable(monkeypatch):
+    group = base.ENTRY_POINT_GROUP
+    builtin = base._entry_points()
+    extra = {"shapefail": importlib.metadata.EntryPoint("shapefail", f"{__name__}:SHAPEFAIL", group),
+             "fewnets": importlib.metadata.EntryPoint("fewnets", f"{__name__}:FEWNETS", group)}
+    monkeypatch.setattr(base, "_entry_points", lambda: {**builtin, **extra})
+
+
+def test_a_config_whose_network_cannot_be_built_fails_alone(buildable, tmp_path, capsys):
+    """A plug-in's builder that raised on one config ended search, export and space sample with a traceback."""
+    import json
+
+    assert main(["search", "--space", "shapefail", "--objective", "macs:min", "--objective", "params:min",
+                 "--tactic", "random", "--budget", "8", "--db", str(tmp_path / "s.db"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["evaluations"] == 8
+    assert "2 configurations could not be evaluated" in err and "shape mismatch for a=2" in err
+    bad = json.dumps({"a": 2, "b": 8})
+    assert main(["export", "--space", "shapefail", "--config", bad, "--format", "onnx",
+                 "--out", str(tmp_path / "m.onnx")]) == 1
+    assert "the shapefail network of {'a': 2, 'b': 8} could not be built: RuntimeError('shape mismatch for a=2')" in (
+        capsys.readouterr().err)
+    assert main(["space", "sample", "shapefail", "--n", "8", "--seed", "0"]) == 1
+    assert "could not be built" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tactic", ["random", "evolutionary", "linas"])
+def test_a_search_ends_when_the_networks_it_can_draw_are_spent(buildable, tmp_path, capsys, caplog, tactic):
+    """Random and evolutionary search drew for ever, and LINAS crashed, once the 10 networks were evaluated."""
+    import json
+
+    assert main(["search", "--space", "fewnets", "--objective", "macs:min", "--objective", "params:min",
+                 "--tactic", tactic, "--budget", "12", "--db", str(tmp_path / "s.db"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["evaluations"] == 10
+    assert "draws in a row found no network that was not evaluated yet" in caplog.text
+    with pytest.raises(ValueError, match=r"--budget 4000000 is more than the 3,906,250 configurations of fewnets$"):
+        RunSpec(space="fewnets", objectives=["macs:min", "params:min"], tactic="random", budget=4_000_000).validate()
+
+
+def test_a_config_whose_network_cannot_be_built_fails_alone_when_measured_on_a_device(buildable, tmp_path, capsys):
+    """Its model, exported on the host, could not be made: the batch ended with a traceback."""
+    import json
+
+    from agents import running_agent
+
+    inventory = tmp_path / "farm.toml"
+    with running_agent(tmp_path / "cache", label="pc") as (address, _):
+        assert main(["devices", "add", "pc", "--address", address, "--kind", "cpu", "--inventory", str(inventory)]) == 0
+        capsys.readouterr()
+        assert main(["search", "--space", "shapefail", "--objective", "latency@cpu:min", "--objective", "params:min",
+                     "--tactic", "random", "--budget", "8", "--inventory", str(inventory), "--db",
+                     str(tmp_path / "s.db"), "--json", "--warmup-runs", "1", "--warmup-seconds", "0.001",
+                     "--min-runs", "3", "--min-seconds", "0.001", "--max-seconds", "0.05"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["evaluations"] == 8
+    assert "2 configurations could not be evaluated" in err and "cannot export shapefail config" in err

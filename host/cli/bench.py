@@ -260,7 +260,7 @@ def run_search_bench(args: argparse.Namespace) -> int:
         _refuse_repeats("--known", [column for column, _ in args.known])
         problem = ReplayProblem.from_table(read_table(args.table), args.space, args.key, objectives)
         if args.budget > problem.size:
-            raise ValueError(f"--budget {args.budget} is more than the {problem.size} configurations of {args.table.name}")
+            raise ValueError(f"--budget {args.budget} is more than the {problem.size:,} configurations of {args.table.name}")
         problem.known_sample(dict(args.known), 0)  # refuses an unknown column or too many rows before any run
     except (ValueError, KeyError, ImportError) as exc:  # ImportError: a space's plug-in that cannot be loaded
         raise CliError(exc.args[0] if exc.args else str(exc)) from None

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from .common import CliError, batch_size, output_file, positive_int, refuse_overwriting_inputs, seed
@@ -61,6 +62,8 @@ def _read_config_file(name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from fleetnas.export import ExportError, export_artifact
     from fleetnas.supernets import InvalidConfig
+    from fleetnas.supernets.base import BuildError
+    from fleetnas.supernets.space import NoValidConfig
 
     from fleetnas.store import store_file
 
@@ -71,22 +74,23 @@ def run(args: argparse.Namespace) -> int:
     _check_out(out)  # before the export, which may take a while; it creates nothing
     args.space, config = _what_to_export(args)
     supernet = load_supernet(args.space)
-    if config is None:
-        config = supernet.space.sample(1, args.seed or 0)[0] if args.sample else parse_config(args.config)
     try:
+        if config is None:
+            config = supernet.space.sample(1, args.seed or 0)[0] if args.sample else parse_config(args.config)
         artifact = export_artifact(args.space, config, args.fmt, args.batch, args.cache_dir)
         # --out's folders only now, the export done: a refused config or export leaves nothing behind.
         out.parent.mkdir(parents=True, exist_ok=True)
         _copy_into_place(artifact.path, out)
     except InvalidConfig as exc:
         raise CliError(f"bad config for {args.space}: {exc}") from None
-    except ExportError as exc:
+    except (ExportError, BuildError, NoValidConfig) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     made = "from the cache" if artifact.meta.get("from_cache") else f"exported in {artifact.meta['export_s']:.2f} s"
+    # What was written goes to stderr: stdout is the config alone, for a script to read.
     print(f"wrote {out} ({artifact.format}, {artifact.size_bytes / 2**20:.2f} MiB, sha256 {artifact.sha256[:16]}…, "
-          f"{made}; cached at {artifact.path})")
+          f"{made}; cached at {artifact.path})", file=sys.stderr)
     print(json.dumps(supernet.space.validate(config), separators=(",", ":")))
     return 0
 

@@ -76,16 +76,22 @@ def sample(args: argparse.Namespace) -> int:
     supernet = load_supernet(args.name)
     if supernet.table_only and args.batch is not None:
         raise CliError(f"--batch: {args.name} is table-only; its configs have no counted features to batch", 2)
+    from fleetnas.supernets.base import BuildError
+    from fleetnas.supernets.space import NoValidConfig
+
     try:
         configs = supernet.space.sample(args.n, args.seed)
-    except RuntimeError as exc:  # a validity rule that (nearly) nothing meets
+    except NoValidConfig as exc:  # a validity rule that (nearly) nothing meets
         raise CliError(str(exc)) from None
     rows = (_sampled(supernet, config, args.batch or 1) for config in configs)
-    if args.json:
-        print_json(list(_with_progress(rows, len(configs), counted=not supernet.table_only)))
-    else:
-        for row in rows:  # one line as each is ready: a long sample shows its progress
-            print(json.dumps(row, separators=(",", ":")), flush=True)
+    try:
+        if args.json:
+            print_json(list(_with_progress(rows, len(configs), counted=not supernet.table_only)))
+        else:
+            for row in rows:  # one line as each is ready: a long sample shows its progress
+                print(json.dumps(row, separators=(",", ":")), flush=True)
+    except BuildError as exc:  # a plug-in's builder that fails on a config: its features cannot be counted
+        raise CliError(str(exc)) from None
     return 0
 
 

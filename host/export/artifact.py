@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import __version__
 from ..paths import cache_root
 from ..supernets.analytic import builder_fingerprint, one_thread, resolve_supernet
+from ..supernets.base import built
 from . import formats
 from .formats import ExportError
 
@@ -103,14 +104,20 @@ def _export_module(supernet, config: dict, inputs: list[dict], fmt: str, path: P
 
     with torch.random.fork_rng():  # a fixed seed without disturbing the caller's random state
         torch.manual_seed(seed)
-        module = supernet.build(config).eval()
+        module = built(supernet, config).eval()
         args = tuple(torch.randn(i["shape"], dtype=getattr(torch, i["dtype"])) if i["dtype"].startswith("float")
                      else torch.zeros(i["shape"], dtype=getattr(torch, i["dtype"])) for i in inputs)
     tmp = temp_file_beside(path)
     try:
-        with torch.no_grad(), one_thread():
-            made = (formats.write_onnx(module, args, [i["name"] for i in inputs], tmp) if fmt == "onnx"
-                    else formats.write_tflite(module, args, tmp))
+        try:
+            with torch.no_grad(), one_thread():
+                made = (formats.write_onnx(module, args, [i["name"] for i in inputs], tmp) if fmt == "onnx"
+                        else formats.write_tflite(module, args, tmp))
+        except ExportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the network fails on its inputs (a plug-in's shape mismatch, say)
+            raise ExportError(f"the {supernet.space.id} network of {config} could not be exported to {fmt}: "
+                              f"{exc!r}"[:2000]) from exc
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

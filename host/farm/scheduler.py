@@ -248,15 +248,17 @@ class Farm:
                       answering_first: bool = False) -> dict[str, list[JobResult]]:
         """`measure` on several device kinds at once, in one batch: each kind's agents work side by side with
         the others', so the batch takes as long as its slowest kind, not as long as all of them together."""
-        jobs = {kind: self.jobs_for(self._exported(configs, space, self.export_format(kind), batch,
-                                                   export_cache_dir), kind, stopping, seed)
+        jobs = {kind: self.jobs_for(self.exported(configs, space, self.export_format(kind), batch,
+                                                  export_cache_dir), kind, stopping, seed)
                 for kind in dict.fromkeys(device_kinds)}
         results = iter(self.run([job for kind_jobs in jobs.values() for job in kind_jobs], remeasure=remeasure,
                                 answering_first=answering_first))
         return {kind: [next(results) for _ in kind_jobs] for kind, kind_jobs in jobs.items()}
 
     @staticmethod
-    def _exported(configs: Sequence[dict], space: str, fmt: str, batch: int, cache_dir) -> list[ArtifactSource]:
+    def exported(configs: Sequence[dict], space: str, fmt: str, batch: int = 1, cache_dir=None) -> list[ArtifactSource]:
+        """The artifacts of `configs` (exported, or from the export cache); JobError names the first that
+        cannot be made."""
         from fleetnas.export import ExportError, export_artifact
 
         artifacts = []

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..supernets import Config, get_supernet
-from ..supernets.base import network_of
+from ..supernets.base import BuildError, network_of
 from .objectives import Objective
 from .session import KNOWN_LIMIT
 
@@ -126,7 +126,10 @@ class LiveEvaluator:
         if o.metric == "accuracy":
             return self._accuracy(config)
         from ..supernets.analytic import analytic_features
-        return float(analytic_features(self.supernet, config)[o.metric])
+        try:
+            return float(analytic_features(self.supernet, config)[o.metric])
+        except BuildError as exc:  # a plug-in's builder that fails on this config: it alone fails
+            raise ConfigFailed(str(exc)) from exc
 
     def known(self, before: float) -> dict[str, tuple[list[Config], list[float]]]:
         """What the store held of each objective at time `before` (a run's start): current, unthrottled
@@ -167,21 +170,43 @@ class LiveEvaluator:
         return value
 
     def _measure(self, configs, kinds: list[str]) -> dict[str, list]:
-        """The farm's results per device kind, every kind measured at once; a model a device tried and failed
-        on (refused it, could not run it) fails its config alone, while a job no device could take (every agent
-        of the kind gone) stops the run."""
+        """The farm's results per device kind (None for a config whose model could not be made), every kind
+        measured at once; a model that could not be made, or that a device tried and failed on (refused it,
+        could not run it), fails its config alone, while a job no device could take (every agent of the kind
+        gone) stops the run."""
         if not kinds:
             return {}
-        measured = self.farm.measure_kinds(list(configs), kinds, space=self.space_id, stopping=self.stopping)
-        for kind, results in measured.items():
+        made = self._exportable(configs, kinds)
+        measured: dict[str, list] = {kind: [None] * len(configs) for kind in kinds}
+        if not made:
+            return measured
+        by_kind = self.farm.measure_kinds([configs[i] for i in made], kinds, space=self.space_id,
+                                          stopping=self.stopping)
+        for kind, results in by_kind.items():
             stranded = [r for r in results if not r.ok and r.measurement is None]
             if stranded:
                 raise EvaluationError(f"{len(stranded)} of {len(results)} measurements on {kind!r} could not be "
                                       f"made; first: {stranded[0].error}")
-            for i, r in enumerate(results):
+            for i, r in zip(made, results):
+                measured[kind][i] = r
                 if not r.ok:
                     self.failures.setdefault(i, f"measuring on {kind!r} failed: {r.error}")
         return measured
+
+    def _exportable(self, configs, kinds: list[str]) -> list[int]:
+        """Indices of the configs whose models can be made for every kind; each other one fails alone, with
+        why (a plug-in's builder that fails on it, say). The farm then finds them in the export cache."""
+        from ..farm import JobError
+
+        made = []
+        for i, config in enumerate(configs):
+            try:
+                for kind in kinds:
+                    self.farm.exported([config], self.space_id, self.farm.export_format(kind))
+                made.append(i)
+            except JobError as exc:
+                self.failures.setdefault(i, str(exc))
+        return made
 
     def _accuracy(self, config: Config) -> float:
         """From the store when this config's network was evaluated before, else evaluated now and stored under

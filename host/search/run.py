@@ -83,9 +83,10 @@ class RunSpec:
         counted = network_count(supernet)
         available = supernet.space.size if counted is None else counted
         if self.budget > available:
-            what = f"{'valid ' if supernet.space.rule else ''}configurations of {self.space}"
-            raise ValueError(f"--budget {self.budget} is more than the {available:g} "
-                             + (f"distinct networks that the {what} build" if network_of(supernet) else what))
+            what = f"{'valid ' if supernet.space.rule and counted is not None else ''}configurations of {self.space}"
+            count = f"{available:,.0f}" if available < 1e15 else f"{available:g}"
+            raise ValueError(f"--budget {self.budget} is more than the {count} " + (
+                f"distinct networks that the {what} build" if network_of(supernet) and counted is not None else what))
 
 
 class StoreRecorder:

@@ -70,6 +70,10 @@ KNOWN_LIMIT = 1000
 #: large for the device, an out-of-memory error on the largest networks) are recorded and the search goes on.
 FAILURES_BEFORE_ANY_VALUE = 3
 FAILURES_IN_A_ROW = 10
+#: A tactic stops once this many draws in a row found no network it had not evaluated: what it can reach of the
+#: space is spent (a space whose configs build few distinct networks, the last few of a small space), and
+#: drawing on would spin for ever.
+EMPTY_DRAWS_IN_A_ROW = 50
 
 
 class TooManyFailures(RuntimeError):
@@ -108,6 +112,7 @@ class SearchSession:
                 self._memo[key], self._configs[key] = np.asarray(values, dtype=float), config
         self._recorded = list(self._memo)  # keys in the order they were recorded
         self._known = self._check_known(known or {})
+        self._empty_draws = 0
 
     @property
     def used(self) -> int:
@@ -287,6 +292,16 @@ class SearchSession:
     def keys(self) -> list[str]:
         """The keys of the configs consumed so far, in order (each network's first config)."""
         return [self.space.key(self._configs[k]) for k in self._order]
+
+    def keep_drawing(self, found: int) -> bool:
+        """Whether a tactic whose latest draw found `found` unseen networks should draw again: False once
+        EMPTY_DRAWS_IN_A_ROW draws in a row found none, which it says (the run then ends short of its budget)."""
+        self._empty_draws = 0 if found else self._empty_draws + 1
+        if self._empty_draws < EMPTY_DRAWS_IN_A_ROW:
+            return True
+        log.warning("%d draws in a row found no network that was not evaluated yet: the search ends with %d of its "
+                    "%d evaluations spent", EMPTY_DRAWS_IN_A_ROW, self.used, self.budget)
+        return False
 
     def fresh(self, X: np.ndarray) -> np.ndarray:
         """The rows of X (integer encodings) not consumed yet, de-duplicated, in their first order."""

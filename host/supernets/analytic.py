@@ -34,7 +34,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-from .base import SuperNetwork, get_supernet
+from .base import SuperNetwork, built, get_supernet
 from .space import Config
 
 ANALYTIC_VERSION = 1
@@ -192,7 +192,7 @@ def _compute(supernet: SuperNetwork, config: Config, batch: int) -> dict:
         return _count_at(supernet, module, config, batch)
     except Exception:  # noqa: BLE001 - e.g. a builder that keeps unregistered tensors: count it built normally
         pass
-    return _count_at(supernet, supernet.build(config), config, batch)
+    return _count_at(supernet, built(supernet, config), config, batch)
 
 
 def _count_at(supernet: SuperNetwork, module, config: Config, batch: int) -> dict:

@@ -15,6 +15,19 @@ from .space import COUNTED_UP_TO, Config, SearchSpace
 ENTRY_POINT_GROUP = "fleetnas.supernets"
 
 
+class BuildError(ValueError):
+    """A super-network's builder failed on one config (a plug-in's shape mismatch, say): that config fails
+    alone, in a search as in a command, instead of ending the whole with a traceback."""
+
+
+def built(supernet, config: Config):
+    """`supernet.build(config)`, its failure a BuildError naming the space and the config."""
+    try:
+        return supernet.build(config)
+    except Exception as exc:  # noqa: BLE001 - a plug-in's builder may raise anything
+        raise BuildError(f"the {supernet.space.id} network of {config} could not be built: {exc!r}") from exc
+
+
 class SuperNetwork:
     """Base class. Subclasses set `space` and, unless table-only, implement `build` and `input_specs`."""
 

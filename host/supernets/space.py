@@ -62,6 +62,10 @@ class Variable:
 COUNTED_UP_TO = 200_000
 
 
+class NoValidConfig(ValueError):
+    """A space whose validity rule (nearly) nothing meets: no valid config was found in many draws."""
+
+
 class SearchSpace:
     """A product of finite choices, optionally narrowed by a validity rule.
 
@@ -254,7 +258,7 @@ class SearchSpace:
             config = self.decode(rng.integers(0, self.upper + 1))
             if self.rule(config) is None:
                 return config
-        raise RuntimeError(f"could not find a valid {self.id} config in {2 * tries} draws; is its rule satisfiable?")
+        raise NoValidConfig(f"could not find a valid {self.id} config in {2 * tries} draws; is its rule satisfiable?")
 
 
 def _plain(value):

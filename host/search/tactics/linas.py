@@ -76,7 +76,9 @@ def run(session: SearchSession, seed: int = 0, n_init: int = 20, batch: int = 5,
         if len(candidates) == 0:
             if session.pool is not None:
                 break  # every row of the table has been evaluated
-            candidates = session.fresh(space.encode_many(space.sample(10 * batch, seed + iteration)))
+            candidates = _unseen_at_random(session, 10 * batch, seed + iteration)
+            if len(candidates) == 0:
+                break  # nothing unseen found: what the space builds is spent
         samples = surrogates.samples(candidates)
         candidates, samples = _feasible(session, candidates, samples)
         mean, std = samples.mean(axis=0), samples.std(axis=0)
@@ -286,6 +288,15 @@ def _enough_to_fit(session: SearchSession, seed: int) -> bool:
         if len(rows):
             session.evaluate([space.decode(x) for x in rows])
     return len(session.history()[0]) >= MIN_ROWS
+
+
+def _unseen_at_random(session: SearchSession, n: int, seed: int) -> np.ndarray:
+    """Up to n unseen configurations drawn at random, drawing again while draws find none (`keep_drawing`)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        found = session.fresh(session.space.encode_many(session.space.sample(n, rng)))
+        if not session.keep_drawing(len(found)) or len(found):
+            return found
 
 
 def _candidates(session: SearchSession, surrogates: Surrogates, algorithm: str, pop_size: int, generations: int,
