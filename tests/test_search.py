@@ -839,6 +839,9 @@ def test_search_cli_refuses_bad_requests_clearly(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--space", "nb201", "--objective", "macs:min", "--objective", "params:min"], "nb201 is a table-only space"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "speed:min"], "unknown metric 'speed'"),
+    (["--space", "demo", "--objective", "accuracy:max", "--objective", "latency@pi:max", "--inventory",
+      "farm.toml"], "objective latency@pi:max: latency on a device is a cost, searched for its least; give "
+                    "latency@pi:min"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "latency@pi:min", "--inventory",
       "farm.toml"], "no agent of kind 'pi'"),
     (["--space", "demo", "--objective", "accuracy:max", "--objective", "macs:min", "--accuracy", "nowhere:f"],
@@ -1323,6 +1326,9 @@ def test_a_resumed_run_counts_failures_over_its_whole_record(tmp_path):
         # The batch that stopped it was recorded: nothing of it is evaluated again on resume.
         recorded = len(store.run_members(stopped, "measured")) + len(store.run_events(stopped, "failed"))
         assert recorded == 16  # random search's batch
+        # Its hypervolume, over the 5 that gave values, though fewer than the 10 that usually set its range.
+        curve = [e.payload["hv"] for e in store.run_events(stopped, "hypervolume")]
+        assert len(curve) == 16 and curve[-1] > 0
 
 
 class BatchSizes:

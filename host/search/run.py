@@ -10,6 +10,7 @@ event.
 """
 from __future__ import annotations
 
+import contextlib
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -65,6 +66,10 @@ class RunSpec:
         objectives = self.parsed_objectives()
         if len(objectives) < 2:
             raise ValueError("a multi-objective search needs at least two --objective")
+        for o in objectives:  # devices measuring for a front of the slowest, largest networks help no one (params
+            if o.sign < 0 and o.device_kind:  # maximised stand for capacity, a cheap proxy of accuracy: allowed)
+                raise ValueError(f"objective {o}: {o.metric} on a device is a cost, searched for its least; give "
+                                 f"{o.name}:min")
         names = [o.name for o in objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"an objective is repeated: {', '.join(names)}")
@@ -267,6 +272,8 @@ def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int
         except KeyboardInterrupt:  # stopped, not failed: it stays "running", which `fleetnas runs` shows as
             raise                  # interrupted once no process holds its lease
         except BaseException:
+            with contextlib.suppress(Exception):  # never in the way of the error that stopped the run
+                recorder.finish()  # its curve up to where it stopped, for `runs` and its report
             store.set_run_state(run_id, "failed")
             raise
         recorder.finish()
