@@ -367,6 +367,11 @@ def test_calibrate_refuses_at_once_when_no_agent_of_the_kind_answers(inventory, 
     (tmp_path / "predictors").mkdir()
     assert cli(inventory, tmp_path, "--samples", "2", "--give-up", "5") == 1
     assert (tmp_path / "predictors").is_dir()  # a folder that was there stays
+    # Folders made on the way to the store and to --out-dir go too.
+    assert main(["calibrate", "--space", "demo", "--device-kind", KIND, "--inventory", str(inventory), "--samples",
+                 "2", "--give-up", "5", "--db", str(tmp_path / "new" / "deep" / "x.db"),
+                 "--out-dir", str(tmp_path / "out" / "deep" / "p")]) == 1
+    assert not (tmp_path / "new").exists() and not (tmp_path / "out").exists()
 
 
 def test_a_watch_keeps_going_while_every_agent_of_its_kind_is_down(inventory, tmp_path, caplog, capsys):

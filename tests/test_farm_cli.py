@@ -5,7 +5,7 @@ import re
 import pytest
 
 from agents import running_agent
-from models import onnx_mlp
+from models import onnx_huge_input, onnx_mlp
 from fleetnas.cli import main
 
 FLAGS = ["--warmup-runs", "1", "--warmup-seconds", "0.001", "--min-runs", "3", "--min-seconds", "0.001",
@@ -62,6 +62,12 @@ def test_model_files_on_a_farm_then_again_from_the_database(tmp_path, farm, caps
              "--db", str(db), "--remeasure", *FLAGS]
     assert main(twice) == 0
     assert "2 measured, 0 already stored, 0 failed (1 repeated)" in capsys.readouterr().out
+    huge = tmp_path / "huge.onnx"  # a 4 GB input the agents refuse: a repeated failure counts once too
+    huge.write_bytes(onnx_huge_input())
+    twice[twice.index(files[1])] = str(huge)
+    twice[twice.index(files[0], twice.index(str(huge)))] = str(huge)
+    assert main(twice) == 1
+    assert "1 measured, 0 already stored, 1 failed (1 repeated)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

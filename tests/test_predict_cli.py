@@ -83,4 +83,4 @@ def test_predict_warns_of_a_change_a_watch_found_after_the_calibration_and_did_n
     out, err = capsys.readouterr()
     assert json.loads(out)["calibration"]["changed_since"]["a0"]["reason"] == "median +42.0 % over 10 configs"
     assert ("warning: a0 changed after calibration 1 (median +42.0 % over 10 configs), which has not been refitted "
-            "since") in err and f"--device-kind {KIND} --watch` refits it" in err
+            "since") in err and f"--device-kind {KIND} --watch --db {calibrated}` refits it" in err

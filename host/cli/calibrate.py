@@ -7,11 +7,12 @@ import logging
 import re
 import sys
 import tempfile
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from .common import (FARM_GIVE_UP_S, CliError, add_stopping_options, count_up_to, model_families, seed,
-                     no_empty_store_if_refused, positive_int, positive_seconds, print_json, stopping_from)
+from .common import (FARM_GIVE_UP_S, CliError, add_stopping_options, count_up_to, missing_folders, model_families,
+                     no_empty_store_if_refused, positive_int, positive_seconds, print_json, remove_empty, seed,
+                     stopping_from)
 from .space import MAX_SAMPLE
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d)?\s*$")
@@ -143,14 +144,12 @@ def _no_empty_folder_if_refused(folder: Path | None, what: str):
     if folder is None:
         yield
         return
-    made = not folder.exists()
+    made = missing_folders(folder)
     try:
         writable_folder(folder, what)
         yield
     except BaseException:
-        if made:
-            with suppress(OSError):  # something was written there after all: it stays
-                folder.rmdir()
+        remove_empty(made)  # a folder something was written to after all stays
         raise
 
 

@@ -29,12 +29,32 @@ def no_empty_store_if_refused(db, may_make: bool = True):
     from fleetnas.store.sqlite import remove_if_empty
 
     made = may_make and not _store_exists(db)
+    folders = missing_folders(store_file(db).parent) if made else []
     try:
         yield
     except BaseException:
-        if made:
-            remove_if_empty(store_file(db))
+        if made and remove_if_empty(store_file(db)):
+            remove_empty(folders)
         raise
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """The folders on the way to `folder` (itself included) that are not there yet, deepest first: those a
+    command makes, and removes again when it is refused (`remove_empty`)."""
+    missing, folder = [], Path(os.path.abspath(folder))
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Removes each folder, deepest first, while they are empty: one something was written to stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _store_exists(db) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from datetime import datetime
 
@@ -49,10 +50,11 @@ def run(args: argparse.Namespace) -> int:
             changes = changes_since(store, calibration)
     except (StoreError, CalibrationError) as exc:
         raise CliError(str(exc)) from None
+    watch_store = f" --db {shlex.quote(args.db)}" if args.db else ""
     for agent, verdict in changes.items():  # a watch stopped before its refit: the fit predates the device's change
         print(f"warning: {agent} changed after calibration {calibration.id} ({verdict['reason']}), which has not been "
               f"refitted since: these predictions may be out of date; `fleetnas calibrate --space {args.space} "
-              f"--device-kind {args.device_kind} --watch` refits it", file=sys.stderr)
+              f"--device-kind {args.device_kind} --watch{watch_store}` refits it", file=sys.stderr)
     predicted = {m: _predict(supernet, p, configs, calibration.id) for m, p in predictors.items()}
     rows = [{"config": c, **{m: {"mean": float(mean[i]), "std": float(std[i])} for m, (mean, std) in predicted.items()}}
             for i, c in enumerate(configs)]

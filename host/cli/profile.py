@@ -46,7 +46,8 @@ def register(sub) -> None:
                         "--max-seconds plus a minute)")
     f.add_argument("--max-attempts", type=positive_int, help="agents one job may be tried on (default 3)")
     f.add_argument("--reprobe", type=positive_seconds, metavar="SECONDS",
-                   help="how long an agent that failed waits before it is checked again (default 30)")
+                   help="how long an agent that failed waits before it is checked again (default 30; at most a "
+                        "third of --give-up)")
     f.add_argument("--give-up", type=positive_seconds, metavar="SECONDS",
                    help="fail the waiting jobs once no agent of the kind has answered for this long "
                         f"(default {FARM_GIVE_UP_S:g})")
@@ -240,10 +241,11 @@ def _print_farm_results(rows: list[dict], kind: str) -> None:
         table.add_row(escape(r["key"]), escape(r["device"]["agent"] or ""), f"{lat['median']:.3f}" if lat else "",
                       f"{lat['p90']:.3f}" if lat else "", peak, note)
     console().print(table)
-    # A model or config given twice is one measurement (the farm measures it once): counted once.
-    measured = {r["measurement_id"] for r in rows if r["ok"] and not r["from_store"]}
-    stored = {r["measurement_id"] for r in rows if r["from_store"]}
-    failed = sum(not r["ok"] for r in rows)
-    repeats = sum(r["ok"] for r in rows) - len(measured | stored)
-    print(f"{len(measured)} measured, {len(stored)} already stored, {failed} failed"
+    # A model or config given twice is one job (the farm measures it once): counted once, whatever came of it.
+    first = list({r["artifact_sha256"]: r for r in reversed(rows)}.values())
+    measured = sum(r["ok"] and not r["from_store"] for r in first)
+    stored = sum(r["ok"] and r["from_store"] for r in first)
+    failed = sum(not r["ok"] for r in first)
+    repeats = len(rows) - len(first)
+    print(f"{measured} measured, {stored} already stored, {failed} failed"
           + (f" ({repeats} repeated)" if repeats else ""))

@@ -455,7 +455,7 @@ class Farm:
 
     def _set_aside(self, agent: AgentState, reason: str) -> None:
         if agent.healthy or not agent.last_error:
-            log.warning("agent %s (%s) set aside for %.3g s: %s", agent.name, agent.entry.address, self.reprobe_s,
+            log.warning("agent %s (%s) set aside for %.1f s: %s", agent.name, agent.entry.address, self.reprobe_s,
                         reason)
         agent.healthy, agent.last_error = False, reason
         agent.next_probe_at = time.monotonic() + self.reprobe_s
