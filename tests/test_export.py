@@ -376,3 +376,36 @@ def test_a_search_runs_front_member_is_exported_by_run_and_rank(capsys, tmp_path
                            (["--space", "demo", "--sample", "--rank", "2"], "--rank goes with --run")):
         assert cli([*base, *extra, "--out", str(tmp_path / "x.json")]) != 0
         assert message in capsys.readouterr().err
+
+
+def test_the_dynamo_fallback_keeps_stdout_clean_and_a_double_failure_names_both_causes(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """The TorchScript exporter failing on a network that runs (an operator it has no conversion for) falls back
+    to the dynamo exporter, whose progress lines went to stdout, into a command's --json output; where dynamo
+    failed too, its pages of coloured log buried the first exporter's cause."""
+    export = torch.onnx.export
+
+    def without_torchscript(*args, dynamo=True, **kwargs):
+        if not dynamo:  # as for an operator the TorchScript exporter cannot convert
+            raise RuntimeError("ONNX export failed: Couldn't export operator aten::made_up")
+        return export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", without_torchscript)
+    module, args = torch.nn.Linear(4, 2).eval(), (torch.randn(1, 4),)
+    made = formats.write_onnx(module, args, ["x"], tmp_path / "m.onnx")
+    assert made["exporter"] == "dynamo" and "aten::made_up" in made["fallback_reason"]
+    out, err = capsys.readouterr()
+    assert out == "" and "[torch.onnx]" in err
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    np.testing.assert_allclose(session.run(None, {"x": args[0].numpy()})[0], module(*args).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+    class Unexportable(torch.nn.Module):  # runs in torch; dynamo cannot trace its data-dependent Python branch
+        def forward(self, x):
+            return x * 2 if float(x.sum()) > 0 else x
+
+    with pytest.raises(RuntimeError, match=r"^the TorchScript exporter failed \(RuntimeError: ONNX export failed: "
+                                           r"Couldn't export operator aten::made_up\), and so did the dynamo exporter"):
+        formats.write_onnx(Unexportable().eval(), args, ["x"], tmp_path / "u.onnx")

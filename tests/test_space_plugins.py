@@ -107,7 +107,37 @@ class FewNetworksNetwork(_Linear):
         return torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(config["a"])], torch.nn.Linear(8, config["b"]))
 
 
-SHAPEFAIL, FEWNETS = ShapeFailNetwork(), FewNetworksNetwork()
+class GridNetwork(_Linear):
+    """5 × 5 × 5 configs, each its own network."""
+    space = SearchSpace("grid", [Variable("a", (1, 2, 3, 4, 5)), Variable("b", (8, 16, 24, 32, 40)),
+                                 Variable("c", (1, 2, 3, 4, 5))])
+
+    def build(self, config, weights=None):
+        import torch
+
+        return torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(config["a"])],
+                                   torch.nn.Linear(8, config["b"] * config["c"]))
+
+
+class MisbehavingNetwork(_Linear):
+    """A plug-in that fails outside its builder: a network that does not fit its inputs (a == 2), input specs that
+    raise (a == 3), a builder that returns no module (a == 4)."""
+    space = SearchSpace("misbehaving", [Variable("a", (1, 2, 3, 4, 5, 6)), Variable("b", (8, 16))])
+
+    def input_specs(self, config, batch=1):
+        if config["a"] == 3:
+            raise ValueError("no inputs for a=3")
+        return super().input_specs(config, batch)
+
+    def build(self, config, weights=None):
+        import torch
+
+        if config["a"] == 4:
+            return "not a module"
+        return torch.nn.Sequential(torch.nn.Linear(8, 9 if config["a"] == 2 else 8), torch.nn.Linear(8, config["b"]))
+
+
+SHAPEFAIL, FEWNETS, GRID, MISBEHAVING = ShapeFailNetwork(), FewNetworksNetwork(), GridNetwork(), MisbehavingNetwork()
 
 
 @pytest.fixture
@@ -115,8 +145,20 @@ def buildable(monkeypatch):
     group = base.ENTRY_POINT_GROUP
     builtin = base._entry_points()
     extra = {"shapefail": importlib.metadata.EntryPoint("shapefail", f"{__name__}:SHAPEFAIL", group),
-             "fewnets": importlib.metadata.EntryPoint("fewnets", f"{__name__}:FEWNETS", group)}
+             "fewnets": importlib.metadata.EntryPoint("fewnets", f"{__name__}:FEWNETS", group),
+             "grid": importlib.metadata.EntryPoint("grid", f"{__name__}:GRID", group),
+             "misbehaving": importlib.metadata.EntryPoint("misbehaving", f"{__name__}:MISBEHAVING", group)}
     monkeypatch.setattr(base, "_entry_points", lambda: {**builtin, **extra})
+
+
+def test_moead_spends_a_whole_small_space(buildable, tmp_path, capsys):
+    """MOEA/D asks for one configuration at a time: 50 asks of seen ones in a row ended its run at 64 of 125."""
+    import json
+
+    assert main(["search", "--space", "grid", "--objective", "macs:min", "--objective", "params:min",
+                 "--tactic", "evolutionary", "--algorithm", "moead", "--budget", "125",
+                 "--db", str(tmp_path / "s.db"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["evaluations"] == 125
 
 
 def test_a_config_whose_network_cannot_be_built_fails_alone(buildable, tmp_path, capsys):
@@ -137,6 +179,44 @@ def test_a_config_whose_network_cannot_be_built_fails_alone(buildable, tmp_path,
     assert "could not be built" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("a, counted, exported", [
+    (2, "could not be counted: RuntimeError('mat1 and mat2 shapes cannot be multiplied",
+     "could not be exported to onnx: RuntimeError('mat1 and mat2 shapes cannot be multiplied"),
+    (3, "could not be counted: ValueError('no inputs for a=3')", "could not be described: ValueError('no inputs for a=3')"),
+    (4, "could not be built: build() returned str, not a torch.nn.Module",
+     "could not be built: build() returned str, not a torch.nn.Module")])
+def test_a_network_that_fails_after_it_is_built_fails_its_config_alone(buildable, tmp_path, capsys, a, counted,
+                                                                      exported):
+    """A forward pass that did not fit the inputs, input specs that raised, a builder that returned no module:
+    each ended the search, the export or the count with a traceback."""
+    import json
+
+    from fleetnas.farm.jobs import JobError
+    from fleetnas.farm.scheduler import Farm
+    from fleetnas.supernets.analytic import analytic_features
+    from fleetnas.supernets.base import BuildError
+
+    config = {"a": a, "b": 8}
+    with pytest.raises(BuildError, match=f"network of {config}") as raised:
+        analytic_features(MISBEHAVING, config, cache=False)
+    assert counted in str(raised.value)
+    assert main(["export", "--space", "misbehaving", "--config", json.dumps(config), "--format", "onnx",
+                 "--out", str(tmp_path / "m.onnx"), "--cache-dir", str(tmp_path / "cache")]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and exported in err
+    with pytest.raises(JobError, match=f"cannot export misbehaving config {config}"):
+        Farm.exported([config], "misbehaving", "onnx", cache_dir=tmp_path / "cache")
+
+
+def test_a_search_over_a_misbehaving_plugin_goes_on_past_its_failures(buildable, tmp_path, capsys):
+    import json
+
+    assert main(["search", "--space", "misbehaving", "--objective", "macs:min", "--objective", "params:min",
+                 "--tactic", "random", "--budget", "12", "--db", str(tmp_path / "s.db"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["evaluations"] == 12 and "6 configurations could not be evaluated" in err
+
+
 @pytest.mark.parametrize("tactic", ["random", "evolutionary", "linas"])
 def test_a_search_ends_when_the_networks_it_can_draw_are_spent(buildable, tmp_path, capsys, caplog, tactic):
     """Random and evolutionary search drew for ever, and LINAS crashed, once the 10 networks were evaluated."""
@@ -145,7 +225,7 @@ def test_a_search_ends_when_the_networks_it_can_draw_are_spent(buildable, tmp_pa
     assert main(["search", "--space", "fewnets", "--objective", "macs:min", "--objective", "params:min",
                  "--tactic", tactic, "--budget", "12", "--db", str(tmp_path / "s.db"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["evaluations"] == 10
-    assert "draws in a row found no network that was not evaluated yet" in caplog.text
+    assert "configurations drawn in a row held no network that was not evaluated yet" in caplog.text
     with pytest.raises(ValueError, match=r"--budget 4000000 is more than the 3,906,250 configurations of fewnets$"):
         RunSpec(space="fewnets", objectives=["macs:min", "params:min"], tactic="random", budget=4_000_000).validate()
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from .. import __version__
 from ..paths import cache_root
 from ..supernets.analytic import builder_fingerprint, one_thread, resolve_supernet
-from ..supernets.base import built
+from ..supernets.base import BuildError, built, described_inputs
 from . import formats
 from .formats import ExportError
 
@@ -70,7 +70,7 @@ def export_artifact(space_id: str, config: dict, fmt: str = "onnx", batch: int =
     if fmt == "tflite":
         formats.tflite_converter()  # fail before any work when the extra is missing
     config = supernet.space.validate(config)
-    inputs = supernet.input_specs(config, batch)
+    inputs = described_inputs(supernet, config, batch)
     described = {"space": space_id, "config": supernet.space.key(config), "inputs": inputs, "format": fmt,
                  "fleetnas": __version__, "tools": formats.tools(fmt), "seed": seed,
                  "builder": builder_fingerprint(supernet) if fmt != "spec" else "",
@@ -102,20 +102,22 @@ def export_artifact(space_id: str, config: dict, fmt: str = "onnx", batch: int =
 def _export_module(supernet, config: dict, inputs: list[dict], fmt: str, path: Path, seed: int) -> dict:
     import torch
 
-    with torch.random.fork_rng():  # a fixed seed without disturbing the caller's random state
-        torch.manual_seed(seed)
-        module = built(supernet, config).eval()
-        args = tuple(torch.randn(i["shape"], dtype=getattr(torch, i["dtype"])) if i["dtype"].startswith("float")
-                     else torch.zeros(i["shape"], dtype=getattr(torch, i["dtype"])) for i in inputs)
     tmp = temp_file_beside(path)
     try:
         try:
+            with torch.random.fork_rng():  # a fixed seed without disturbing the caller's random state
+                torch.manual_seed(seed)
+                module = built(supernet, config).eval()
+                args = tuple(torch.randn(i["shape"], dtype=getattr(torch, i["dtype"]))
+                             if i["dtype"].startswith("float")
+                             else torch.zeros(i["shape"], dtype=getattr(torch, i["dtype"])) for i in inputs)
             with torch.no_grad(), one_thread():
                 made = (formats.write_onnx(module, args, [i["name"] for i in inputs], tmp) if fmt == "onnx"
                         else formats.write_tflite(module, args, tmp))
-        except ExportError:
+        except (ExportError, BuildError):
             raise
-        except Exception as exc:  # noqa: BLE001 - the network fails on its inputs (a plug-in's shape mismatch, say)
+        except Exception as exc:  # noqa: BLE001 - a plug-in's network that fails on its inputs (a shape mismatch,
+            # say) or whose input specs do not describe tensors: that config fails alone
             raise ExportError(f"the {supernet.space.id} network of {config} could not be exported to {fmt}: "
                               f"{exc!r}"[:2000]) from exc
         os.replace(tmp, path)

@@ -1,9 +1,12 @@
 """The three exporters: a built torch module (or a spec) -> one file."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import json
+import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -64,11 +67,24 @@ def write_onnx(module, args: tuple, input_names: list[str], path: Path) -> dict:
                               output_names=["output"], opset_version=ONNX_OPSET, do_constant_folding=True)
         return {"exporter": "torchscript", "opset": ONNX_OPSET}
     except (TypeError, NotImplementedError, AttributeError, RuntimeError) as legacy_error:
-        fallback_reason = f"{type(legacy_error).__name__}: {legacy_error}"[:300]
-    program = torch.onnx.export(module, args, dynamo=True, input_names=input_names, output_names=["output"],
-                                opset_version=DYNAMO_MIN_OPSET)
-    program.save(str(path), external_data=False)
+        fallback_reason = _reason(legacy_error)
+    module(*args)  # a network that fails on its inputs raises that here, before the dynamo exporter's pages of logs
+    try:
+        # The dynamo exporter prints its progress: on stderr, where a command's --json output is not.
+        with contextlib.redirect_stdout(sys.stderr):
+            program = torch.onnx.export(module, args, dynamo=True, input_names=input_names,
+                                        output_names=["output"], opset_version=DYNAMO_MIN_OPSET)
+            program.save(str(path), external_data=False)
+    except Exception as dynamo_error:  # noqa: BLE001 - both failed: the first exporter's error is the cause
+        raise RuntimeError(f"the TorchScript exporter failed ({fallback_reason}), and so did the dynamo exporter "
+                           f"({_reason(dynamo_error)})") from dynamo_error
     return {"exporter": "dynamo", "opset": DYNAMO_MIN_OPSET, "fallback_reason": fallback_reason}
+
+
+def _reason(error: BaseException) -> str:
+    """An exporter's error in one short plain line (the dynamo exporter's are pages long, in colour)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(error).__name__}: {error}")
+    return " ".join(text.split())[:300]
 
 
 def write_tflite(module, args: tuple, path: Path) -> dict:

@@ -267,6 +267,8 @@ class Farm:
                 exported = export_artifact(space, config, fmt=fmt, batch=batch, cache_dir=cache_dir)
             except (ExportError, ValueError, KeyError) as exc:  # KeyError: unknown space; ValueError: bad config
                 raise JobError(f"cannot export {space} config {config}: {exc.args[0] if exc.args else exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - a plug-in may fail in ways no export step foresaw
+                raise JobError(f"cannot export {space} config {config}: {exc!r}") from exc
             artifacts.append(ArtifactSource.from_export(exported))
         return artifacts
 

@@ -26,12 +26,13 @@ run end it within its batch, whose other configurations are never evaluated and 
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from ..supernets.space import Config, SearchSpace
+from ..supernets.space import COUNTED_UP_TO, Config, SearchSpace
 from .objectives import Constraint, Objective, minimised
 
 log = logging.getLogger("fleetnas.search")
@@ -70,10 +71,14 @@ KNOWN_LIMIT = 1000
 #: large for the device, an out-of-memory error on the largest networks) are recorded and the search goes on.
 FAILURES_BEFORE_ANY_VALUE = 3
 FAILURES_IN_A_ROW = 10
-#: A tactic stops once this many draws in a row found no network it had not evaluated: what it can reach of the
-#: space is spent (a space whose configs build few distinct networks, the last few of a small space), and
-#: drawing on would spin for ever.
-EMPTY_DRAWS_IN_A_ROW = 50
+#: A tactic stops once it has drawn this many configurations in a row without one whose network it had not
+#: evaluated: what it can reach of the space is spent (a space whose configs build few distinct networks, an
+#: evolution converged on what it evaluated), and drawing on would spin for ever. Counted in configurations, not
+#: draws, so that MOEA/D's asks of one stop no sooner than NSGA-II's generations of 20. A space small enough to
+#: count (whose budget may reach its every network) draws IN_VAIN_PER_NETWORK times its networks first, if more:
+#: uniform draws then miss its last unseen network with odds of e^-30.
+EMPTY_CONFIGS_IN_A_ROW = 10_000
+IN_VAIN_PER_NETWORK = 30
 
 
 class TooManyFailures(RuntimeError):
@@ -112,7 +117,7 @@ class SearchSession:
                 self._memo[key], self._configs[key] = np.asarray(values, dtype=float), config
         self._recorded = list(self._memo)  # keys in the order they were recorded
         self._known = self._check_known(known or {})
-        self._empty_draws = 0
+        self._drawn_in_vain = 0
 
     @property
     def used(self) -> int:
@@ -293,15 +298,27 @@ class SearchSession:
         """The keys of the configs consumed so far, in order (each network's first config)."""
         return [self.space.key(self._configs[k]) for k in self._order]
 
-    def keep_drawing(self, found: int) -> bool:
-        """Whether a tactic whose latest draw found `found` unseen networks should draw again: False once
-        EMPTY_DRAWS_IN_A_ROW draws in a row found none, which it says (the run then ends short of its budget)."""
-        self._empty_draws = 0 if found else self._empty_draws + 1
-        if self._empty_draws < EMPTY_DRAWS_IN_A_ROW:
+    def keep_drawing(self, found: int, drawn: int) -> bool:
+        """Whether a tactic whose latest draw of `drawn` configurations found `found` unseen networks should draw
+        again: False once EMPTY_CONFIGS_IN_A_ROW (in a countable space, IN_VAIN_PER_NETWORK per network, if
+        more) were drawn in a row without an unseen one, which it says (the run then ends short of its budget)."""
+        self._drawn_in_vain = 0 if found else self._drawn_in_vain + drawn
+        if found:
             return True
-        log.warning("%d draws in a row found no network that was not evaluated yet: the search ends with %d of its "
-                    "%d evaluations spent", EMPTY_DRAWS_IN_A_ROW, self.used, self.budget)
+        count = self._network_count
+        if self._drawn_in_vain < max(EMPTY_CONFIGS_IN_A_ROW, IN_VAIN_PER_NETWORK * (count or 0)):
+            return True
+        self._absorb_record([])  # a resumed run's record was paid for, asked again or not
+        log.warning("%s configurations drawn in a row held no network that was not evaluated yet: the search ends "
+                    "with %d of its %d evaluations spent", f"{self._drawn_in_vain:,}", self.used, self.budget)
         return False
+
+    @functools.cached_property
+    def _network_count(self) -> int | None:
+        """How many networks the space's valid configs build, where it has at most COUNTED_UP_TO configs."""
+        if self.space.size > COUNTED_UP_TO:
+            return None
+        return len({self.key(config) for config in self.space.valid_configs()})
 
     def fresh(self, X: np.ndarray) -> np.ndarray:
         """The rows of X (integer encodings) not consumed yet, de-duplicated, in their first order."""

@@ -34,7 +34,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-from .base import SuperNetwork, built, get_supernet
+from .base import BuildError, SuperNetwork, built, get_supernet
 from .space import Config
 
 ANALYTIC_VERSION = 1
@@ -192,7 +192,12 @@ def _compute(supernet: SuperNetwork, config: Config, batch: int) -> dict:
         return _count_at(supernet, module, config, batch)
     except Exception:  # noqa: BLE001 - e.g. a builder that keeps unregistered tensors: count it built normally
         pass
-    return _count_at(supernet, built(supernet, config), config, batch)
+    module = built(supernet, config)
+    try:
+        return _count_at(supernet, module, config, batch)
+    except Exception as exc:  # noqa: BLE001 - a plug-in's network that fails on its inputs (a shape mismatch), or
+        # whose input_specs raise: that config fails alone
+        raise BuildError(f"the {supernet.space.id} network of {config} could not be counted: {exc!r}"[:2000]) from exc
 
 
 def _count_at(supernet: SuperNetwork, module, config: Config, batch: int) -> dict:

@@ -22,10 +22,25 @@ class BuildError(ValueError):
 
 def built(supernet, config: Config):
     """`supernet.build(config)`, its failure a BuildError naming the space and the config."""
+    import torch
+
     try:
-        return supernet.build(config)
+        module = supernet.build(config)
     except Exception as exc:  # noqa: BLE001 - a plug-in's builder may raise anything
         raise BuildError(f"the {supernet.space.id} network of {config} could not be built: {exc!r}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise BuildError(f"the {supernet.space.id} network of {config} could not be built: build() returned "
+                         f"{type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def described_inputs(supernet, config: Config, batch: int = 1) -> list[dict]:
+    """`supernet.input_specs(config, batch)`, its failure a BuildError naming the space and the config."""
+    try:
+        return supernet.input_specs(config, batch)
+    except Exception as exc:  # noqa: BLE001 - a plug-in's input_specs may raise anything
+        raise BuildError(f"the inputs of the {supernet.space.id} network of {config} could not be described: "
+                         f"{exc!r}") from exc
 
 
 class SuperNetwork:

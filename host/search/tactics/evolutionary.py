@@ -38,7 +38,7 @@ def run(session: SearchSession, seed: int = 0, algorithm: str = "nsga2", pop_siz
             pop.set("X", X)
         configs = [space.decode(x) for x in X]
         new = len(session.fresh(X))
-        if not session.keep_drawing(new):
+        if not session.keep_drawing(new, len(X)):
             return
         if new > session.remaining:  # the last generation does not fit: measure what the budget allows
             session.evaluate([space.decode(x) for x in session.fresh(X)[:session.remaining]])

@@ -295,7 +295,7 @@ def _unseen_at_random(session: SearchSession, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     while True:
         found = session.fresh(session.space.encode_many(session.space.sample(n, rng)))
-        if not session.keep_drawing(len(found)) or len(found):
+        if not session.keep_drawing(len(found), n) or len(found):
             return found
 
 

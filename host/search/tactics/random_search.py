@@ -19,7 +19,7 @@ def run(session: SearchSession, seed: int = 0, batch: int = BATCH) -> None:
     while session.remaining > 0:
         want = min(batch, session.remaining)
         fresh = session.fresh(space.encode_many(space.sample(want * 2, rng)))[:want]
-        if not session.keep_drawing(len(fresh)):
+        if not session.keep_drawing(len(fresh), want * 2):
             return
         if len(fresh):
             session.evaluate([space.decode(x) for x in fresh])
