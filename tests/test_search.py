@@ -16,7 +16,7 @@ from pymoo.indicators.hv import HV
 
 from faults import on_read_only_mount
 from fleetnas.search.hypervolume import Normaliser, hv_curve, hvi_2d, hypervolume, non_dominated
-from fleetnas.search.objectives import Objective, parse_constraint, parse_objective
+from fleetnas.search.objectives import Objective, minimised, parse_constraint, parse_objective
 from fleetnas.search.replay import ReplayProblem, evaluations_to_reach
 from fleetnas.search.run import (RunBusy, RunSpec, StoreRecorder, execute_run, load_spec, measured_front,
                                  run_lease, run_state, start_run)
@@ -1326,9 +1326,15 @@ def test_a_resumed_run_counts_failures_over_its_whole_record(tmp_path):
         # The batch that stopped it was recorded: nothing of it is evaluated again on resume.
         recorded = len(store.run_members(stopped, "measured")) + len(store.run_events(stopped, "failed"))
         assert recorded == 16  # random search's batch
-        # Its hypervolume, over the 5 that gave values, though fewer than the 10 that usually set its range.
-        curve = [e.payload["hv"] for e in store.run_events(stopped, "hypervolume")]
-        assert len(curve) == 16 and curve[-1] > 0
+        # 5 gave values, fewer than the 10 that set the range its hypervolume is measured in: it has none yet, and
+        # resumed, the range is that of its first 10 values, as it would be had the run not stopped.
+        assert store.run_events(stopped, "hypervolume") == []
+        session = execute_run(store, stopped, LiveEvaluator("demo", objectives, accuracy=ScriptedAccuracy("o")))
+        curve = store.run_events(stopped, "hypervolume")
+        assert len(curve) == 40 and curve[-1].payload["hv"] > 0
+        configs, values = session.history()
+        first = minimised(values[:10], objectives)
+        assert curve[0].payload["ideal"] == pytest.approx(first.min(axis=0).tolist())
 
 
 class BatchSizes:

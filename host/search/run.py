@@ -10,7 +10,6 @@ event.
 """
 from __future__ import annotations
 
-import contextlib
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -271,10 +270,8 @@ def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int
             _drive(session, spec, store, run_id)
         except KeyboardInterrupt:  # stopped, not failed: it stays "running", which `fleetnas runs` shows as
             raise                  # interrupted once no process holds its lease
-        except BaseException:
-            with contextlib.suppress(Exception):  # never in the way of the error that stopped the run
-                recorder.finish()  # its curve up to where it stopped, for `runs` and its report
-            store.set_run_state(run_id, "failed")
+        except BaseException:  # no finish(): a range set now from fewer than HV_REFERENCE_AFTER values would
+            store.set_run_state(run_id, "failed")  # stay the range of its resumed curve
             raise
         recorder.finish()
         store.set_run_state(run_id, "finished")
