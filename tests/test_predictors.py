@@ -115,6 +115,32 @@ def test_predict_dist_spread_of_the_fold_ensemble():
     assert (fit_predictor(X, y, models="ridge", ensemble=0).predict_dist(X[:3])[1] == 0).all()
 
 
+def test_a_cost_on_the_raw_scale_is_never_predicted_zero_or_below(tmp_path):
+    """A raw-scale latency model predicted a negative latency for a network unlike those it was fitted on."""
+    X, y = _data(linear)
+    y = y - y.min() + 0.5                                # a cost: every y > 0, additive (raw scale)
+    p = fit_predictor(X, y, models="ridge", log_target=False)
+    far = np.array([k * np.array([-1.0, 1, -1, -1, -1, 1]) for k in (5, 10, 50, 1e6)])  # ever further below zero
+    raw = p.final.predict(far)
+    assert (raw < 0).all() and (np.diff(raw) < 0).all()
+    predicted = p.predict(far)
+    assert (predicted > 0).all() and (np.diff(predicted) < 0).all() and (predicted < y.min()).all()  # same order
+    assert (p.predict_members(far) > 0).all()
+    inside = p.final.predict(X) >= y.min()  # where it does not extrapolate below the cheapest: untouched
+    assert inside.mean() > 0.9 and (p.predict(X)[inside] == p.final.predict(X)[inside]).all()
+    # A search ranks by the model's own extrapolation, and records it as predict gives it.
+    assert (p.predict(far, bounded=False) == raw).all() and (p.bound(raw) == predicted).all()
+    assert (p.predict_members(far, bounded=False) < 0).all()
+    assert load_predictor(p.save(tmp_path / "cost.json")).predict(far).tolist() == predicted.tolist()
+    # A quality that may be zero or negative has no floor; nor has a file written before floors were.
+    signed = fit_predictor(X, y - 3.0, models="ridge", log_target=False)
+    assert signed.floor is None and (signed.predict(far) < 0).all()
+    data = json.loads((tmp_path / "cost.json").read_text())
+    del data["floor"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert (load_predictor(tmp_path / "old.json").predict(far) < 0).all()
+
+
 # ----- files --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["ridge", "svr", "lgbm", "mlp"])
 def test_save_load_gives_identical_predictions(tmp_path, family):

@@ -11,6 +11,9 @@ File format (JSON, UTF-8; never pickle). Top-level object:
     model           family of the chosen model: ridge | svr | lgbm | mlp
     params          its hyper-parameters
     log_target      true when the model predicts log(y) (predictions are exp'd back)
+    floor           (optional) for a cost (every training y > 0) fitted on the raw scale, where its predictions
+                    bend towards zero without reaching it (`_natural`), so that no latency or memory is
+                    predicted zero or below; absent or null: none
     feature_spec    what the caller said the columns are (e.g. space id + column names), plus n_features
     columns         indices of the feature columns the model reads (a view chosen by cross-validation),
                     or null for all of them
@@ -50,8 +53,9 @@ LARGEST_VALUE = 1e150
 class Predictor:
     def __init__(self, final: Model, members: Sequence[Model], *, params: dict, log_target: bool,
                  feature_spec: dict, training: dict, cv_metrics: dict, columns: Sequence[int] | None = None,
-                 out_of_fold: np.ndarray | None = None):
+                 out_of_fold: np.ndarray | None = None, floor: float | None = None):
         self.final, self.members = final, list(members)
+        self.floor = None if floor is None else float(floor)
         self.columns = None if columns is None else [int(c) for c in columns]
         self.params, self.log_target = params, log_target
         self.feature_spec, self.training, self.cv_metrics = feature_spec, training, cv_metrics
@@ -72,8 +76,10 @@ class Predictor:
         return (f"Predictor({self.model_name}{' on log(y)' if self.log_target else ''}, {self.training['rows']} rows, "
                 f"CV MAPE {figure(cv.get('mape'))} %, within ±10 % {figure(cv.get('within_10'), '.1%')})")
 
-    def predict(self, X) -> np.ndarray:
-        return self._back(self.final.predict(self._check(X)))
+    def predict(self, X, *, bounded: bool = True) -> np.ndarray:
+        """Predictions in the units of y. bounded=False gives a raw-scale model's own extrapolation, below zero
+        included, for a search to rank by (`bound` makes them what predict gives)."""
+        return self._back(self.final.predict(self._check(X)), bounded)
 
     def predict_dist(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(prediction, std of the ensemble members' predictions), both in the units of y."""
@@ -84,14 +90,19 @@ class Predictor:
         spread = np.stack([self._back(m.predict(X)) for m in self.members])
         return mean, spread.std(axis=0, ddof=1)
 
-    def predict_members(self, X) -> np.ndarray:
+    def predict_members(self, X, *, bounded: bool = True) -> np.ndarray:
         """Each ensemble member's predictions, (members × rows): samples of what the truth might be."""
         X = self._check(X)
         models = self.members or [self.final]
-        return np.stack([self._back(m.predict(X)) for m in models])
+        return np.stack([self._back(m.predict(X), bounded) for m in models])
 
-    def _back(self, raw: np.ndarray) -> np.ndarray:
-        return np.exp(raw) if self.log_target else raw
+    def bound(self, predictions: np.ndarray) -> np.ndarray:
+        """Predictions made with bounded=False, as predict gives them."""
+        predictions = np.asarray(predictions, dtype=np.float64)
+        return predictions if self.log_target else _natural(predictions, False, self.floor)
+
+    def _back(self, raw: np.ndarray, bounded: bool = True) -> np.ndarray:
+        return _natural(raw, self.log_target, self.floor if bounded else None)
 
     def _check(self, X) -> np.ndarray:
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
@@ -102,8 +113,8 @@ class Predictor:
     # ----- files ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model_name,
-                "params": self.params, "log_target": self.log_target, "feature_spec": self.feature_spec,
-                "columns": self.columns,
+                "params": self.params, "log_target": self.log_target, "floor": self.floor,
+                "feature_spec": self.feature_spec, "columns": self.columns,
                 "training": self.training, "cv_metrics": json_safe(self.cv_metrics),
                 "final": self.final.to_dict(), "members": [m.to_dict() for m in self.members]}
 
@@ -123,7 +134,7 @@ class Predictor:
                              f"(this FleetNAS reads version {FORMAT_VERSION})")
         return cls(Model.from_dict(d["final"]), [Model.from_dict(m) for m in d["members"]], params=d["params"],
                    log_target=bool(d["log_target"]), feature_spec=d["feature_spec"], training=d["training"],
-                   cv_metrics=d["cv_metrics"], columns=d.get("columns"))
+                   cv_metrics=d["cv_metrics"], columns=d.get("columns"), floor=d.get("floor"))
 
 
 def load_predictor(path) -> Predictor:
@@ -207,7 +218,7 @@ def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec
         spec["view"] = view
     return Predictor(final, members, params=dict(params), log_target=log, feature_spec=spec,
                      training=training_fingerprint(X, y), cv_metrics=cv_metrics, columns=columns,
-                     out_of_fold=winner.out_of_fold)
+                     out_of_fold=winner.out_of_fold, floor=_floor(y, log))
 
 
 #: After each fold, candidates whose mean fold score is worse than the best's by more than this factor stop.
@@ -253,6 +264,25 @@ def _race(candidates, folds, X, y, views: dict, metric: str, seed: int):
                   "log_target": candidates[e.index][2], "view": candidates[e.index][3], "folds": len(e.scores),
                   metric: e.score} for e in entries]
     return winner, selection
+
+
+def _floor(y: np.ndarray, log: bool) -> float | None:
+    """Where a raw-scale model of a cost (every y > 0) bends towards zero: the cheapest value it was fitted on,
+    below which it extrapolates. None for a log-scale model (its predictions are positive) or a target that may be
+    zero or below."""
+    return float(y.min()) if not log and (y > 0).all() else None
+
+
+def _natural(raw: np.ndarray, log: bool, floor: float | None) -> np.ndarray:
+    """A model's raw output in the units of y. Below `floor`, a raw-scale prediction of a cost bends towards zero
+    without reaching it: floor² / (2·floor − raw), continuous with slope 1 at the floor and increasing, so that an
+    extrapolation that went to zero or below (a negative latency) is a positive cost that keeps its order: 0
+    becomes half the floor."""
+    if log:
+        return np.exp(raw)
+    if floor is None:
+        return raw
+    return np.where(raw >= floor, raw, floor ** 2 / (2 * floor - np.minimum(raw, floor)))
 
 
 def _fold_score(y_true: np.ndarray, y_pred: np.ndarray, metric: str) -> float:
