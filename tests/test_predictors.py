@@ -132,13 +132,20 @@ def test_a_cost_on_the_raw_scale_is_never_predicted_zero_or_below(tmp_path):
     assert (p.predict(far, bounded=False) == raw).all() and (p.bound(raw) == predicted).all()
     assert (p.predict_members(far, bounded=False) < 0).all()
     assert load_predictor(p.save(tmp_path / "cost.json")).predict(far).tolist() == predicted.tolist()
-    # A quality that may be zero or negative has no floor; nor has a file written before floors were.
-    signed = fit_predictor(X, y - 3.0, models="ridge", log_target=False)
-    assert signed.floor is None and (signed.predict(far) < 0).all()
+    # A quality (scored by absolute error, as a search fits accuracy), or one that may be zero or negative, has no
+    # floor; nor has a file written before floors were.
+    for quality in (fit_predictor(X, y, models="ridge", log_target=False, score="rmse"),
+                    fit_predictor(X, y - 3.0, models="ridge", log_target=False)):
+        assert quality.floor is None and (quality.predict(far) < 0).all()
     data = json.loads((tmp_path / "cost.json").read_text())
     del data["floor"]
     (tmp_path / "old.json").write_text(json.dumps(data))
     assert (load_predictor(tmp_path / "old.json").predict(far) < 0).all()
+    for bad in (float("nan"), 0.0, -1.0, "1.5", True):
+        data["floor"] = bad
+        (tmp_path / "bad.json").write_text(json.dumps(data))
+        with pytest.raises(ValueError, match="floor must be a positive number or null"):
+            load_predictor(tmp_path / "bad.json")
 
 
 # ----- files --------------------------------------------------------------------------------------------

@@ -1335,6 +1335,12 @@ def test_a_resumed_run_counts_failures_over_its_whole_record(tmp_path):
         configs, values = session.history()
         first = minimised(values[:10], objectives)
         assert curve[0].payload["ideal"] == pytest.approx(first.min(axis=0).tolist())
+        # One stopped with its budget spent will not be resumed: its curve is recorded over the values it has.
+        spent = _demo_run(store, "random", 16, seed=4)
+        with pytest.raises(TooManyFailures):
+            execute_run(store, spent, LiveEvaluator("demo", objectives, accuracy=ScriptedAccuracy("o" * 5 + "x")))
+        curve = [e.payload["hv"] for e in store.run_events(spent, "hypervolume")]
+        assert store.run(spent).state == "failed" and len(curve) == 16 and curve[-1] > 0
 
 
 class BatchSizes:

@@ -121,12 +121,16 @@ class GridNetwork(_Linear):
 
 class MisbehavingNetwork(_Linear):
     """A plug-in that fails outside its builder: a network that does not fit its inputs (a == 2), input specs that
-    raise (a == 3), a builder that returns no module (a == 4)."""
-    space = SearchSpace("misbehaving", [Variable("a", (1, 2, 3, 4, 5, 6)), Variable("b", (8, 16))])
+    raise (a == 3) or are not JSON (a == 5), a builder that returns no module (a == 4)."""
+    space = SearchSpace("misbehaving", [Variable("a", (1, 2, 3, 4, 5, 6, 7, 8)), Variable("b", (8, 16))])
 
     def input_specs(self, config, batch=1):
+        import torch
+
         if config["a"] == 3:
             raise ValueError("no inputs for a=3")
+        if config["a"] == 5:
+            return [{"name": "x", "shape": [batch, 8], "dtype": torch.float32}]
         return super().input_specs(config, batch)
 
     def build(self, config, weights=None):
@@ -184,7 +188,9 @@ def test_a_config_whose_network_cannot_be_built_fails_alone(buildable, tmp_path,
      "could not be exported to onnx: RuntimeError('mat1 and mat2 shapes cannot be multiplied"),
     (3, "could not be counted: ValueError('no inputs for a=3')", "could not be described: ValueError('no inputs for a=3')"),
     (4, "could not be built: build() returned str, not a torch.nn.Module",
-     "could not be built: build() returned str, not a torch.nn.Module")])
+     "could not be built: build() returned str, not a torch.nn.Module"),
+    (5, "could not be counted: TypeError(", "input_specs returned [{'name': 'x', 'shape': [1, 8], 'dtype': "
+     "torch.float32}], not a list of {\"name\": str, \"shape\": [int], \"dtype\": str}")])
 def test_a_network_that_fails_after_it_is_built_fails_its_config_alone(buildable, tmp_path, capsys, a, counted,
                                                                       exported):
     """A forward pass that did not fit the inputs, input specs that raised, a builder that returned no module:
@@ -212,9 +218,9 @@ def test_a_search_over_a_misbehaving_plugin_goes_on_past_its_failures(buildable,
     import json
 
     assert main(["search", "--space", "misbehaving", "--objective", "macs:min", "--objective", "params:min",
-                 "--tactic", "random", "--budget", "12", "--db", str(tmp_path / "s.db"), "--json"]) == 0
+                 "--tactic", "random", "--budget", "16", "--db", str(tmp_path / "s.db"), "--json"]) == 0
     out, err = capsys.readouterr()
-    assert json.loads(out)["evaluations"] == 12 and "6 configurations could not be evaluated" in err
+    assert json.loads(out)["evaluations"] == 16 and "8 configurations could not be evaluated" in err
 
 
 @pytest.mark.parametrize("tactic", ["random", "evolutionary", "linas"])

@@ -34,6 +34,7 @@ the identical predictions.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import time
 from pathlib import Path
@@ -55,6 +56,8 @@ class Predictor:
                  feature_spec: dict, training: dict, cv_metrics: dict, columns: Sequence[int] | None = None,
                  out_of_fold: np.ndarray | None = None, floor: float | None = None):
         self.final, self.members = final, list(members)
+        if floor is not None and not (isinstance(floor, (int, float)) and not isinstance(floor, bool) and math.isfinite(floor) and floor > 0):
+            raise ValueError(f"floor must be a positive number or null, got {floor!r}")
         self.floor = None if floor is None else float(floor)
         self.columns = None if columns is None else [int(c) for c in columns]
         self.params, self.log_target = params, log_target
@@ -145,7 +148,7 @@ def load_predictor(path) -> Predictor:
         raise ValueError(f"cannot read predictor {path}: {exc}") from None
     try:
         return Predictor.from_dict(data)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"predictor file {path} is incomplete or malformed: {exc!r}") from None
 
 
@@ -218,7 +221,7 @@ def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec
         spec["view"] = view
     return Predictor(final, members, params=dict(params), log_target=log, feature_spec=spec,
                      training=training_fingerprint(X, y), cv_metrics=cv_metrics, columns=columns,
-                     out_of_fold=winner.out_of_fold, floor=_floor(y, log))
+                     out_of_fold=winner.out_of_fold, floor=_floor(y, log, metric))
 
 
 #: After each fold, candidates whose mean fold score is worse than the best's by more than this factor stop.
@@ -266,11 +269,11 @@ def _race(candidates, folds, X, y, views: dict, metric: str, seed: int):
     return winner, selection
 
 
-def _floor(y: np.ndarray, log: bool) -> float | None:
-    """Where a raw-scale model of a cost (every y > 0) bends towards zero: the cheapest value it was fitted on,
-    below which it extrapolates. None for a log-scale model (its predictions are positive) or a target that may be
-    zero or below."""
-    return float(y.min()) if not log and (y > 0).all() else None
+def _floor(y: np.ndarray, log: bool, metric: str) -> float | None:
+    """Where a raw-scale model of a cost bends towards zero: the cheapest value it was fitted on, below which it
+    extrapolates. A cost is what the selection scored by relative error (every y > 0); a quality scored by RMSE
+    (accuracy) has none, nor has a log-scale model, whose predictions are positive."""
+    return float(y.min()) if not log and metric == "mape" else None
 
 
 def _natural(raw: np.ndarray, log: bool, floor: float | None) -> np.ndarray:
@@ -282,7 +285,7 @@ def _natural(raw: np.ndarray, log: bool, floor: float | None) -> np.ndarray:
         return np.exp(raw)
     if floor is None:
         return raw
-    return np.where(raw >= floor, raw, floor ** 2 / (2 * floor - np.minimum(raw, floor)))
+    return np.where(raw >= floor, raw, floor * (floor / (2 * floor - np.minimum(raw, floor))))
 
 
 def _fold_score(y_true: np.ndarray, y_pred: np.ndarray, metric: str) -> float:

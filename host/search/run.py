@@ -10,6 +10,7 @@ event.
 """
 from __future__ import annotations
 
+import contextlib
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -270,8 +271,11 @@ def execute_run(store, run_id: int, evaluator, on_evaluation: Callable[[int, int
             _drive(session, spec, store, run_id)
         except KeyboardInterrupt:  # stopped, not failed: it stays "running", which `fleetnas runs` shows as
             raise                  # interrupted once no process holds its lease
-        except BaseException:  # no finish(): a range set now from fewer than HV_REFERENCE_AFTER values would
-            store.set_run_state(run_id, "failed")  # stay the range of its resumed curve
+        except BaseException:
+            if session.remaining <= 0:  # no resume can add values: its curve ends here, over what there is
+                with contextlib.suppress(Exception):  # (a run that can go on sets its range from
+                    recorder.finish()                 # HV_REFERENCE_AFTER values, as an unstopped run does)
+            store.set_run_state(run_id, "failed")
             raise
         recorder.finish()
         store.set_run_state(run_id, "finished")

@@ -76,7 +76,8 @@ FAILURES_IN_A_ROW = 10
 #: evolution converged on what it evaluated), and drawing on would spin for ever. Counted in configurations, not
 #: draws, so that MOEA/D's asks of one stop no sooner than NSGA-II's generations of 20. A space small enough to
 #: count (whose budget may reach its every network) draws IN_VAIN_PER_NETWORK times its networks first, if more:
-#: uniform draws then miss its last unseen network with odds of e^-30.
+#: uniform draws then miss its last unseen network with odds of e^-30 where every network is built by as many
+#: configs (more where it is built by fewer than most, such as a stage at its greatest depth).
 EMPTY_CONFIGS_IN_A_ROW = 10_000
 IN_VAIN_PER_NETWORK = 30
 

@@ -35,12 +35,24 @@ def built(supernet, config: Config):
 
 
 def described_inputs(supernet, config: Config, batch: int = 1) -> list[dict]:
-    """`supernet.input_specs(config, batch)`, its failure a BuildError naming the space and the config."""
+    """`supernet.input_specs(config, batch)`, its failure, or specs that are not [{"name": str, "shape": [int],
+    "dtype": str}], a BuildError naming the space and the config."""
     try:
-        return supernet.input_specs(config, batch)
+        specs = supernet.input_specs(config, batch)
     except Exception as exc:  # noqa: BLE001 - a plug-in's input_specs may raise anything
         raise BuildError(f"the inputs of the {supernet.space.id} network of {config} could not be described: "
                          f"{exc!r}") from exc
+    if not (isinstance(specs, list) and specs and all(_is_input_spec(s) for s in specs)):
+        raise BuildError(f"the inputs of the {supernet.space.id} network of {config} could not be described: "
+                         f"input_specs returned {specs!r}"[:500] + ', not a list of {"name": str, "shape": [int], '
+                         '"dtype": str}')
+    return specs
+
+
+def _is_input_spec(spec) -> bool:
+    return (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("dtype"), str)
+            and isinstance(spec.get("shape"), (list, tuple))
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in spec["shape"]))
 
 
 class SuperNetwork:

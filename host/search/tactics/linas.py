@@ -85,7 +85,8 @@ def run(session: SearchSession, seed: int = 0, n_init: int = 20, batch: int = 5,
         chosen = choose_batch(session.history_encoded()[1], mean, samples, min(batch, session.remaining))
         configs = [space.decode(candidates[i]) for i in chosen]
         signs = np.array([o.sign for o in session.objectives])
-        session.note_predictions(configs, surrogates.bound(mean[chosen]) * signs, std[chosen])
+        recorded = np.stack([surrogates.bound(s) for s in samples[:, chosen]])  # what predict gives, as a user sees it
+        session.note_predictions(configs, surrogates.bound(mean[chosen]) * signs, recorded.std(axis=0))
         last = (candidates, surrogates.bound(mean))
         try:
             session.evaluate(configs)
