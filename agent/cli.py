@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "describe":
         from . import device
         from .runtimes import describe_runtimes
-        description = device.describe("", None, describe_runtimes(), args.cache_dir)
+        description = device.describe("", None, describe_runtimes(), device.device_id(args.cache_dir))
         try:
             print(json.dumps(message_dict(description), indent=2), flush=True)
         except BrokenPipeError:  # `fleetnas-agent describe | head`: the reader has what it wanted

@@ -38,19 +38,49 @@ class Credentials:
 
     @classmethod
     def from_files(cls, token_file=None, tls_ca=None, tls_cert=None, tls_key=None, server_name=None) -> "Credentials":
-        read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+        """ValueError names a file that cannot be read, or TLS files gRPC could not use (it would only log a
+        handshake failure and report the agent UNAVAILABLE)."""
         token = read_token(token_file) if token_file else None
-        return cls(token, read(tls_ca), read(tls_cert), read(tls_key), server_name)
+        _check_tls_files(tls_ca, tls_cert, tls_key)
+        return cls(token, _read_file(tls_ca, "TLS CA file"), _read_file(tls_cert, "TLS certificate"),
+                   _read_file(tls_key, "TLS key"), server_name)
 
     @property
     def secure(self) -> bool:
         return self.tls_ca is not None or self.tls_cert is not None
 
 
+def _read_file(path, what: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _check_tls_files(tls_ca, tls_cert, tls_key) -> None:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if tls_cert and tls_key:  # an empty password: an encrypted key fails here instead of prompting
+            context.load_cert_chain(tls_cert, tls_key, password=b"")
+        if tls_ca:
+            context.load_verify_locations(cafile=str(tls_ca))
+    except ssl.SSLError as exc:
+        files = f"TLS CA file {tls_ca}" if tls_ca and not (tls_cert and tls_key) else \
+            f"TLS certificate {tls_cert} and key {tls_key}" + (f" or CA file {tls_ca}" if tls_ca else "")
+        raise ValueError(f"{files}: not usable for TLS: {exc.reason or exc} (PEM files: a certificate, the "
+                         "unencrypted key it was issued for, a CA certificate)") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read TLS file {exc.filename}: {exc.strerror or exc}") from None
+
+
 def read_token(path) -> str:
     """The bearer token of a file: one line of visible ASCII, which is what a gRPC header may carry (anything
     else failed later, inside gRPC, as 'Invalid metadata' with no word of the file; an empty file sent none)."""
-    raw = Path(path).read_bytes().strip()
+    raw = _read_file(path, "token file").strip()
     if not raw:
         raise ValueError(f"token file {path} is empty")
     if not all(0x21 <= b <= 0x7E for b in raw):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import socket
 import time
 import uuid
@@ -32,15 +33,32 @@ def device_id(state_dir: Path | None = None) -> str:
         if text:
             return "dev-" + hashlib.sha256(text.encode()).hexdigest()[:16]
     if state_dir is not None:
-        path = Path(state_dir) / "device-id"
-        try:
-            return path.read_text().strip()
-        except OSError:
-            new = "dev-" + uuid.uuid4().hex[:16]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(new + "\n")
-            return new
+        return _kept_id(Path(state_dir) / "device-id")
     return "dev-" + hashlib.sha256(socket.gethostname().encode()).hexdigest()[:16]
+
+
+def _kept_id(path: Path) -> str:
+    """The random id kept in `path`, made there on first use. Written whole or not at all (a temporary file,
+    synced, then renamed): a write cut short by a full disk or a power cut left an empty file, read back as the
+    id "" for good, which every such device then shared in the host's store."""
+    try:
+        kept = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        kept = ""
+    if re.fullmatch(r"dev-[0-9a-f]{16}", kept):
+        return kept
+    new = "dev-" + uuid.uuid4().hex[:16]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(new + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return new
 
 
 def cpu_model() -> str:
@@ -77,10 +95,12 @@ def accelerators() -> list[str]:
     return found
 
 
-def describe(label: str, limits: pb.Limits, runtimes: list[pb.RuntimeInfo], state_dir: Path | None) -> pb.DeviceDescription:
+def describe(label: str, limits: pb.Limits, runtimes: list[pb.RuntimeInfo], device_id: str) -> pb.DeviceDescription:
+    """`device_id` is the one the agent found when it started: its measurements are reported under it, and a
+    cache folder removed while it runs must not give it another."""
     uname = platform.uname()
     return pb.DeviceDescription(
-        device_id=device_id(state_dir),
+        device_id=device_id,
         label=label,
         os=f"{uname.system} {uname.release}",
         machine=uname.machine,

@@ -123,7 +123,7 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
                          max_message_bytes=self.config.max_message_bytes)
 
     def Describe(self, request, context):
-        return device.describe(self.config.label, self._limits(), describe_runtimes(), self.config.cache_dir)
+        return device.describe(self.config.label, self._limits(), describe_runtimes(), self.device_id)
 
     def Environment(self, request, context):
         return device.environment()

@@ -464,3 +464,30 @@ def test_a_waiter_is_told_its_place_again_only_while_the_measurement_ahead_is_wi
         else:
             with pytest.raises(ProfileError, match="the client left while queued"):
                 next(waiter)
+
+
+def test_a_device_without_a_machine_id_keeps_one_id_even_after_a_write_cut_short(tmp_path, monkeypatch):
+    """A device-id file left empty by a full disk was read back as the id "" for good."""
+    import errno
+    import os
+    import re
+
+    from fleetnas_agent import device
+
+    path = tmp_path / "state" / "device-id"
+    path.parent.mkdir()
+    path.write_text("")  # what a write cut short left
+    made = device._kept_id(path)
+    assert re.fullmatch(r"dev-[0-9a-f]{16}", made) and device._kept_id(path) == made
+    assert path.read_text() == made + "\n"
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    other = tmp_path / "full" / "device-id"
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        device._kept_id(other)
+    assert list(other.parent.iterdir()) == []  # nothing half-written to be read back later
+    monkeypatch.undo()
+    assert device._kept_id(other) == device._kept_id(other) != made

@@ -265,3 +265,45 @@ def test_a_token_file_a_header_cannot_carry_is_refused_naming_the_file(tmp_path,
     assert f"token file {path}" in capsys.readouterr().err
     (tmp_path / "ok.token").write_text("s3cr3t-T0ken_~+/=\n")
     assert Credentials.from_files(token_file=tmp_path / "ok.token").token == "s3cr3t-T0ken_~+/="
+
+
+def test_credential_files_that_cannot_be_read_or_used_are_named_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """A token file that could not be read ended the command with a PermissionError's traceback, and a client
+    certificate given in place of its key was accepted, to fail at every call as an unexplained UNAVAILABLE."""
+    from fleetnas.cli import main
+    from fleetnas_agent.client import Credentials
+
+    unreadable = tmp_path / "folder.token"
+    unreadable.mkdir()  # reading it fails as an unreadable file does (an OSError), also for root
+    with pytest.raises(ValueError, match=f"cannot read token file {unreadable}: Is a directory"):
+        Credentials.from_files(token_file=unreadable)
+    import pathlib
+
+    private = tmp_path / "private.token"
+    private.write_text("s3cr3t\n")
+    read_bytes = pathlib.Path.read_bytes
+
+    def as_another_user(path):  # a file of mode 600 that another user owns (the tests may run as root)
+        if path == private:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", as_another_user)
+    assert main(["devices", "describe", "127.0.0.1:9", "--token-file", str(private)]) != 0
+    assert f"cannot read token file {private}: Permission denied" in capsys.readouterr().err
+    monkeypatch.undo()
+    ca = CertificateAuthority("farm-ca")
+    client = ca.issue("host", server=False)
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    (tmp_path / "c.pem").write_bytes(client.cert)
+    (tmp_path / "c.key").write_bytes(client.key)
+    good = Credentials.from_files(tls_ca=tmp_path / "ca.pem", tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "c.key")
+    assert good.secure and good.tls_key == client.key
+    with pytest.raises(ValueError, match=f"TLS certificate {tmp_path / 'c.key'} and key {tmp_path / 'c.pem'}"):
+        Credentials.from_files(tls_cert=tmp_path / "c.key", tls_key=tmp_path / "c.pem")  # swapped
+    with pytest.raises(ValueError, match=f"TLS CA file {tmp_path / 'c.key'}: not usable for TLS"):
+        Credentials.from_files(tls_ca=tmp_path / "c.key")
+    assert main(["devices", "add", "swapped", "--address", "127.0.0.1:9", "--kind", "cpu", "--tls-cert",
+                 str(tmp_path / "c.key"), "--tls-key", str(tmp_path / "c.pem"),
+                 "--inventory", str(tmp_path / "farm.toml")]) != 0
+    assert "not usable for TLS" in capsys.readouterr().err and not (tmp_path / "farm.toml").exists()

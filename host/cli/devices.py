@@ -118,8 +118,7 @@ def editing_inventory(path: Path):
 def add(args: argparse.Namespace) -> int:
     from fleetnas.farm import AgentEntry
 
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise CliError("--tls-cert and --tls-key go together", 2)
+    credentials_from(args)  # files that cannot be read or used are named now, not at the first call to the agent
     with editing_inventory(args.inventory) as inventory:
         base = inventory.base_dir
         entry = AgentEntry(args.name, args.address, args.kind, args.runtime, args.threads,
