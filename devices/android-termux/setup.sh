@@ -2,16 +2,19 @@
 # Installs the FleetNAS agent in Termux and writes ~/start-agent.sh.
 set -eu
 pkg update -y
-pkg install -y python python-numpy python-grpcio python-psutil termux-api
+# ONNX Runtime from Termux's own package: PyPI has no wheel that installs under Termux.
+pkg install -y python python-numpy python-grpcio python-psutil python-onnxruntime termux-api
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
-pip install --no-build-isolation "$HERE[onnx]"
+pip install --no-build-isolation "$HERE"
+python -c 'import onnxruntime' 2>/dev/null || echo "warning: ONNX Runtime does not import (see 'python -c \"import onnxruntime\"'); the agent will refuse ONNX models until it does (after a Python upgrade, 'pkg upgrade python-onnxruntime' may be needed)" >&2
 mkdir -p ~/.config/fleetnas
 [ -f ~/.config/fleetnas/token ] || python -c 'import secrets; print(secrets.token_urlsafe(32))' > ~/.config/fleetnas/token
 chmod 600 ~/.config/fleetnas/token
 cat > ~/start-agent.sh <<'SCRIPT'
 #!/data/data/com.termux/files/usr/bin/sh
 termux-wake-lock
-ADDR=$(ip -4 addr show wlan0 | sed -n 's/.*inet \([0-9.]*\).*/\1/p')
+ADDR=$(ip -4 addr show wlan0 2>/dev/null | sed -n 's/.*inet \([0-9.]*\).*/\1/p')
+[ -n "$ADDR" ] || echo "no Wi-Fi address on wlan0: serving on 127.0.0.1, which the farm reaches only through 'adb forward'" >&2
 exec fleetnas-agent serve --host "${ADDR:-127.0.0.1}" --port 50051 --label "$(getprop ro.product.model | tr ' ' '-')" \
     --token-file ~/.config/fleetnas/token --cache-max-mb 512
 SCRIPT
