@@ -199,6 +199,34 @@ def test_a_model_that_runs_out_of_memory_or_time_fails_alone_and_is_not_tried_on
             agent.stop()
 
 
+def test_an_agent_whose_runtime_is_broken_leaves_its_jobs_to_a_healthy_peer(tmp_path, capsys):
+    """An onnxruntime that is installed but does not import (a NumPy it was not built for, as on a Pi) failed
+    its agent's jobs as the models' fault (INTERNAL, stored as failed measurements), with a healthy peer idle."""
+    broken = tmp_path / "broken" / "onnxruntime"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("numpy.core.multiarray failed to import")\n')
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(broken.parent), os.environ.get("PYTHONPATH")]))}
+    sick = AgentProcess(tmp_path / "cache-sick", args=["--label", "sick"], env=env).start()
+    well = AgentProcess(tmp_path / "cache-well", args=["--label", "well"]).start()
+    try:
+        from fleetnas.cli import main
+
+        model = tmp_path / "m.onnx"
+        model.write_bytes(onnx_mlp(width=16, layers=1, seed=1))
+        assert main(["profile", "--agent", sick.address, "--model", str(model), *FAST_FLAGS]) != 0
+        assert ("FAILED_PRECONDITION: runtime 'onnxruntime' is installed but cannot be used on this device: "
+                "ImportError: numpy.core.multiarray failed to import") in capsys.readouterr().err
+        inv = Inventory(tmp_path / "farm.toml", [AgentEntry("sick", sick.address, KIND),
+                                                 AgentEntry("well", well.address, KIND)])
+        with Farm(inv, SqliteStore(tmp_path / "farm.db")) as farm:
+            results = farm.measure_artifacts(tiny(5, start=5000), KIND, stopping=FAST)
+            assert all(r.ok and r.measurement.agent == "well" for r in results)
+            assert farm.store.measurements(ok=False) == []
+    finally:
+        sick.stop()
+        well.stop()
+
+
 def test_the_host_killed_mid_batch_resumes_without_remeasuring_what_is_stored(farm_agents):
     root, agents = farm_agents
     inv = inventory(root, agents, "host-kill.toml")

@@ -42,7 +42,9 @@ log = logging.getLogger("fleetnas.farm")
 
 # How an RPC failure is handled: the agent's fault (retry on a peer, count against the agent), a passing
 # condition (retry, no blame), or the job's own fault (final: recorded as a failed measurement).
-AGENT_FAULTS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+# FAILED_PRECONDITION is the agent's state: its runtime not installed, or installed but broken.
+AGENT_FAULTS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "UNAUTHENTICATED", "PERMISSION_DENIED",
+                "FAILED_PRECONDITION"}
 TRANSIENT = {"RESOURCE_EXHAUSTED", "ABORTED", "NOT_FOUND"}
 # Where the agent names the cause (agent.proto's FailureCause), the model's own faults are final whatever the
 # code: a model that ran out of memory or time on one device of a kind does the same on its peers, and three
