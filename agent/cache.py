@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import stat
 import threading
 import time
@@ -342,7 +343,9 @@ class ArtifactCache:
                     del self._pins[sha256]
 
     def _make_room(self, needed: int, keep: str) -> None:
-        """Evicts stale partial uploads, then least recently used artifacts, until `needed` bytes fit.
+        """Evicts stale partial uploads, then least recently used artifacts, until `needed` bytes fit: within
+        the cap, and on the disk. A disk that fills up (other files on it, a cap above its size) evicts as the
+        cap does; it refused every new upload while holding artifacts it could have let go.
 
         Uploads in progress count at their full declared size; `keep`'s own partial file is part of
         `needed`. Call with self._lock held.
@@ -351,17 +354,23 @@ class ArtifactCache:
         files = [(path, size, mtime) for path, size, mtime in sorted(self._stats(), key=lambda f: f[2])  # LRU first
                  if not (path.parent == self.part_dir and path.name[:64] in {keep, *self._uploading})]
         used = sum(self._uploading.values()) + sum(size for _, size, _ in files)
+        free = _free_bytes(self.done_dir)
+        room = self.max_bytes if free is None else min(self.max_bytes, used + free)  # what evictions can make
+        in_use = sum(size for path, size, _ in files if path.name[:64] in self._pins)
+        if used - sum(size for _, size, _ in files) + in_use + needed > room:  # no eviction would do: keep all
+            if room < self.max_bytes:
+                raise CacheError("RESOURCE_EXHAUSTED", f"the agent's cache disk is full: {needed} bytes needed, "
+                                                       f"{free} free, and what it holds in use")
+            raise CacheError("RESOURCE_EXHAUSTED", f"no room for {needed} bytes: the cache is capped at "
+                                                   f"{self.max_bytes} bytes and the rest is in use")
         for path, size, mtime in files:
             stale_part = path.parent == self.part_dir and now - mtime > PARTIAL_MAX_AGE_S
-            if not stale_part and used + needed <= self.max_bytes:
+            if not stale_part and used + needed <= room:
                 continue
             if path.name[:64] in self._pins:
                 continue
             path.unlink(missing_ok=True)
             used -= size
-        if used + needed > self.max_bytes:
-            raise CacheError("RESOURCE_EXHAUSTED", f"no room for {needed} bytes: the cache is capped at "
-                                                   f"{self.max_bytes} bytes and the rest is in use")
 
     def _stats(self) -> list[tuple[Path, int, float]]:
         """(path, size, last use) of every cached file; files that vanish meanwhile are skipped, and so is
@@ -386,6 +395,13 @@ class ArtifactCache:
             os.utime(path)
         except OSError:
             pass
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:  # removed meanwhile: made again by the upload, whose write then says if the disk is full
+        return None
 
 
 def _storage_error(exc: OSError, what: str) -> CacheError:

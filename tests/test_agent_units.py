@@ -491,3 +491,22 @@ def test_a_device_without_a_machine_id_keeps_one_id_even_after_a_write_cut_short
     assert list(other.parent.iterdir()) == []  # nothing half-written to be read back later
     monkeypatch.undo()
     assert device._kept_id(other) == device._kept_id(other) != made
+
+
+def test_a_cache_whose_disk_fills_up_evicts_as_its_cap_would(tmp_path, monkeypatch):
+    """A disk smaller than the cap (or filled by other files) refused every new upload as 'disk full' while it
+    held artifacts it could let go."""
+    import collections
+
+    import fleetnas_agent.cache as cache_module
+
+    cache = ArtifactCache(tmp_path, max_bytes=1 << 30, max_artifact_bytes=1 << 20)
+    stored = [_put(cache, bytes([i]) * 1000) for i in range(3)]
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage(10_000, 8_500, 1_500))  # 1,500 free
+    with cache.pinned(stored[0]):
+        new = _put(cache, b"n" * 2000)  # needs the room of the least recently used unpinned artifact
+        assert [cache.has(s).present for s in stored] == [True, False, True] and cache.has(new).present
+        with pytest.raises(CacheError, match="cache disk is full: 6000 bytes needed, 1500 free"):
+            _put(cache, b"m" * 6000)  # more than evicting all but the pinned one would make room for
+        assert [cache.has(s).present for s in (*stored, new)] == [True, False, True, True]  # nothing evicted for it
