@@ -506,7 +506,11 @@ def build_server(config: AgentConfig, folder_lock: FolderLock | None = None) -> 
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    address = f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
+    # gRPC binds "localhost" on both 127.0.0.1 and [::1] and goes on when one of them is taken: a second agent on
+    # a busy port then started, serving [::1] alone, and callers of "localhost" reached the one, callers of
+    # 127.0.0.1 the other. The name means the machine itself: its IPv4 loopback ("::1" asks for IPv6).
+    host = "127.0.0.1" if config.host.rstrip(".").lower() == "localhost" else config.host
+    address = f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
     try:
         if config.tls_cert is not None:
             credentials = grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)],

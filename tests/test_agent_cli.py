@@ -90,6 +90,8 @@ def test_a_second_agent_on_a_busy_port_or_a_busy_cache_folder_is_refused(tmp_pat
         same_port = _serve("--port", str(agent.port), "--cache-dir", str(tmp_path / "other"))
         assert same_port.returncode == 2 and f"cannot listen on 127.0.0.1:{agent.port}" in same_port.stderr
         assert "Traceback" not in same_port.stderr
+        by_name = _serve("--host", "localhost", "--port", str(agent.port), "--cache-dir", str(tmp_path / "other"))
+        assert by_name.returncode == 2 and f"cannot listen on 127.0.0.1:{agent.port}" in by_name.stderr
         same_cache = _serve("--port", "0", "--cache-dir", str(tmp_path / "cache"))
         assert same_cache.returncode == 2 and "another agent uses the cache folder" in same_cache.stderr
     assert not port_file.exists()  # a relaunch script must not read a port nobody listens on
