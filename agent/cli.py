@@ -151,7 +151,8 @@ def serve(args: argparse.Namespace) -> int:
             print(f"fleetnas-agent: cannot write --port-file {args.port_file}: {exc.strerror or exc}", file=sys.stderr)
             return 2
     # Scripts and tests wait for this line instead of polling the port.
-    print(f"fleetnas-agent: serving on {config.host}:{port}", flush=True)
+    host = f"[{config.host}]" if ":" in config.host else config.host  # an IPv6 address as --address takes it
+    print(f"fleetnas-agent: serving on {host}:{port}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -171,7 +171,8 @@ def test_bad_profile_requests_get_clear_statuses(agent):
         code, details = code_of(lambda: client.profile(tflite, runtime="tensorrt", stopping=FAST))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown runtime 'tensorrt'" in details
         code, details = code_of(lambda: client.profile(tflite, runtime="onnxruntime", stopping=FAST))
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and "cannot run" in details
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details == ("runtime 'onnxruntime' cannot run this "
+                                                                        "TFLite model artifact; it runs onnx")
         assert code_of(lambda: client.profile("f" * 64, stopping=FAST))[0] == grpc.StatusCode.NOT_FOUND
         huge = client.put_artifact(models.onnx_huge_input())
         code, details = code_of(lambda: client.profile(huge, stopping=FAST))

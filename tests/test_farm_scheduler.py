@@ -202,7 +202,7 @@ def test_bad_batches_are_refused_before_anything_runs(farm_of):
         ArtifactSource.from_file("/nonexistent/model.onnx")
     litert_farm_entry = AgentEntry("pi", "127.0.0.1:2", "rpi4-litert", runtime="litert")
     farm.inventory.add(litert_farm_entry)
-    with pytest.raises(JobError, match="runs litert, which cannot run a onnx artifact"):
+    with pytest.raises(JobError, match="runs litert, which cannot run onnx artifacts"):
         farm.jobs_for(tiny(1), "rpi4-litert")
     assert farm.export_format("rpi4-litert") == "tflite" and farm.export_format(KIND) == "onnx"
 

@@ -79,7 +79,10 @@ def resolve(name: str, artifact_format: int) -> RuntimeEntry:
     if entry is None:
         raise ValueError(f"unknown runtime {name!r}; this agent knows {', '.join(RUNTIMES)}")
     if artifact_format not in entry.formats:
-        raise ValueError(f"runtime {name!r} cannot run a {pb.ArtifactFormat.Name(artifact_format)} artifact")
+        kind = {pb.ARTIFACT_FORMAT_TFLITE: "TFLite model", pb.ARTIFACT_FORMAT_ONNX: "ONNX model",
+                pb.ARTIFACT_FORMAT_TORCH_SPEC: "torch spec"}.get(artifact_format, "unrecognised")
+        raise ValueError(f"runtime {name!r} cannot run this {kind} artifact; it runs "
+                         f"{', '.join(pb.ArtifactFormat.Name(f).removeprefix('ARTIFACT_FORMAT_').lower() for f in entry.formats)}")
     return entry
 
 

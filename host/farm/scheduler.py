@@ -223,7 +223,7 @@ class Farm:
         entry = self.agents_of(device_kind)[0]
         runtime = entry.runtime or FORMAT_RUNTIME[fmt]
         if RUNTIME_FORMAT[runtime] != fmt:
-            raise JobError(f"device kind {device_kind!r} runs {runtime}, which cannot run a {fmt} artifact")
+            raise JobError(f"device kind {device_kind!r} runs {runtime}, which cannot run {fmt} artifacts")
         return Settings(runtime, entry.threads, stopping or {}, seed)
 
     def export_format(self, device_kind: str) -> str:
