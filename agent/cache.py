@@ -222,7 +222,7 @@ class ArtifactCache:
                 raise CacheError("ABORTED", f"another upload of {sha} is in progress; retry when it ends")
             have = _size(part) or 0
             if header.offset_bytes not in (0, have):
-                raise CacheError("FAILED_PRECONDITION", f"resume offset {header.offset_bytes} does not match the "
+                raise CacheError("ABORTED", f"resume offset {header.offset_bytes} does not match the "
                                                         f"{have} bytes received so far; ask HasArtifact again")
             # Room for the whole artifact is taken now, before its bytes arrive, so that uploads running side
             # by side cannot together overshoot the cap.
@@ -351,11 +351,16 @@ class ArtifactCache:
         `needed`. Call with self._lock held.
         """
         now = time.time()
-        files = [(path, size, mtime) for path, size, mtime in sorted(self._stats(), key=lambda f: f[2])  # LRU first
-                 if not (path.parent == self.part_dir and path.name[:64] in {keep, *self._uploading})]
+        stats = sorted(self._stats(), key=lambda f: f[2])  # LRU first
+        own = {keep, *self._uploading}
+        files = [f for f in stats if not (f[0].parent == self.part_dir and f[0].name[:64] in own)]
+        written = sum(size for path, size, _ in stats if path.parent == self.part_dir and path.name[:64] in own)
         used = sum(self._uploading.values()) + sum(size for _, size, _ in files)
         free = _free_bytes(self.done_dir)
-        room = self.max_bytes if free is None else min(self.max_bytes, used + free)  # what evictions can make
+        # The disk holds what the cache's files take now (the partial files of `keep` and of uploads in
+        # progress included: their bytes are already off `free`) plus what is free.
+        disk = None if free is None else sum(size for _, size, _ in files) + written + free
+        room = self.max_bytes if disk is None else min(self.max_bytes, disk)  # what evictions can make
         in_use = sum(size for path, size, _ in files if path.name[:64] in self._pins)
         if used - sum(size for _, size, _ in files) + in_use + needed > room:  # no eviction would do: keep all
             if room < self.max_bytes:

@@ -41,9 +41,10 @@ class Credentials:
         """ValueError names a file that cannot be read, or TLS files gRPC could not use (it would only log a
         handshake failure and report the agent UNAVAILABLE)."""
         token = read_token(token_file) if token_file else None
+        files = (_read_file(tls_ca, "TLS CA file"), _read_file(tls_cert, "TLS certificate"),
+                 _read_file(tls_key, "TLS key"))  # each named if it cannot be read, before ssl (which does not)
         _check_tls_files(tls_ca, tls_cert, tls_key)
-        return cls(token, _read_file(tls_ca, "TLS CA file"), _read_file(tls_cert, "TLS certificate"),
-                   _read_file(tls_key, "TLS key"), server_name)
+        return cls(token, *files, server_name)
 
     @property
     def secure(self) -> bool:
@@ -63,18 +64,16 @@ def _check_tls_files(tls_ca, tls_cert, tls_key) -> None:
     import ssl
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        if tls_cert and tls_key:  # an empty password: an encrypted key fails here instead of prompting
-            context.load_cert_chain(tls_cert, tls_key, password=b"")
-        if tls_ca:
-            context.load_verify_locations(cafile=str(tls_ca))
-    except ssl.SSLError as exc:
-        files = f"TLS CA file {tls_ca}" if tls_ca and not (tls_cert and tls_key) else \
-            f"TLS certificate {tls_cert} and key {tls_key}" + (f" or CA file {tls_ca}" if tls_ca else "")
-        raise ValueError(f"{files}: not usable for TLS: {exc.reason or exc} (PEM files: a certificate, the "
-                         "unencrypted key it was issued for, a CA certificate)") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read TLS file {exc.filename}: {exc.strerror or exc}") from None
+    checks = [(f"TLS certificate {tls_cert} and key {tls_key}", "a PEM certificate and the unencrypted key it was "
+               "issued for", lambda: context.load_cert_chain(tls_cert, tls_key, password=b"")) if tls_cert and tls_key
+              else None,  # an empty password: an encrypted key fails here instead of prompting
+              (f"TLS CA file {tls_ca}", "a PEM CA certificate", lambda: context.load_verify_locations(cafile=str(tls_ca)))
+              if tls_ca else None]
+    for files, wanted, load in filter(None, checks):
+        try:
+            load()
+        except ssl.SSLError as exc:
+            raise ValueError(f"{files}: not usable for TLS: {exc.reason or exc} ({wanted})") from None
 
 
 def read_token(path) -> str:

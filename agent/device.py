@@ -41,9 +41,9 @@ def _kept_id(path: Path) -> str:
     """The random id kept in `path`, made there on first use. Written whole or not at all (a temporary file,
     synced, then renamed): a write cut short by a full disk or a power cut left an empty file, read back as the
     id "" for good, which every such device then shared in the host's store."""
-    try:
-        kept = path.read_text().strip()
-    except (OSError, UnicodeDecodeError):
+    try:  # any other failure to read it stops the agent: a new id would cut the device's history off
+        kept = path.read_text(errors="replace").strip()
+    except FileNotFoundError:
         kept = ""
     if re.fullmatch(r"dev-[0-9a-f]{16}", kept):
         return kept
@@ -56,6 +56,11 @@ def _kept_id(path: Path) -> str:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:  # the rename itself survives a power cut
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     finally:
         tmp.unlink(missing_ok=True)
     return new

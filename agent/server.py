@@ -524,7 +524,8 @@ def build_server(config: AgentConfig, folder_lock: FolderLock | None = None) -> 
     if port == 0:
         raise OSError(f"cannot listen on {address}: the port is in use, or the address is not this machine's")
     server.start()
-    log.info("agent %s listening on %s:%d (%s%s); runtimes: %s", config.label or "(no label)", config.host, port,
+    log.info("agent %s listening on %s (%s%s); runtimes: %s", config.label or "(no label)",
+             address.rsplit(":", 1)[0] + f":{port}",
              "TLS" if config.tls_cert else "plaintext", ", token" if config.token else "",
              ", ".join(r.name for r in describe_runtimes() if r.available) or "none")
     return server, port

@@ -491,6 +491,16 @@ def test_a_device_without_a_machine_id_keeps_one_id_even_after_a_write_cut_short
     assert list(other.parent.iterdir()) == []  # nothing half-written to be read back later
     monkeypatch.undo()
     assert device._kept_id(other) == device._kept_id(other) != made
+    # An id that is there but cannot be read stops the agent: a new one would cut the device's history off.
+    import pathlib
+
+    read_text = pathlib.Path.read_text
+    monkeypatch.setattr(pathlib.Path, "read_text", lambda p, *a, **k: (_ for _ in ()).throw(
+        PermissionError(13, "Permission denied")) if p == path else read_text(p, *a, **k))
+    with pytest.raises(PermissionError):
+        device._kept_id(path)
+    monkeypatch.undo()
+    assert device._kept_id(path) == made
 
 
 def test_a_cache_whose_disk_fills_up_evicts_as_its_cap_would(tmp_path, monkeypatch):
@@ -510,3 +520,28 @@ def test_a_cache_whose_disk_fills_up_evicts_as_its_cap_would(tmp_path, monkeypat
         with pytest.raises(CacheError, match="cache disk is full: 6000 bytes needed, 1500 free"):
             _put(cache, b"m" * 6000)  # more than evicting all but the pinned one would make room for
         assert [cache.has(s).present for s in (*stored, new)] == [True, False, True, True]  # nothing evicted for it
+
+
+def test_a_resumed_upload_counts_the_disk_its_own_bytes_already_take(tmp_path, monkeypatch):
+    """The bytes an interrupted upload kept are off the disk's free space already: a resume that fit was refused
+    as 'disk full', for ever, since its own partial file is never evicted for it."""
+    import collections
+
+    import fleetnas_agent.cache as cache_module
+
+    cache = ArtifactCache(tmp_path, max_bytes=1 << 30, max_artifact_bytes=1 << 20)
+    usage = collections.namedtuple("usage", "total used free")
+    on_disk = lambda: sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())  # noqa: E731
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage(10_000, on_disk(), 10_000 - on_disk()))
+    data = bytes(range(256)) * 32  # 8,192 bytes: fits the 10,000-byte disk
+    sha = hashlib.sha256(data).hexdigest()
+    upload = cache.begin(pb.ArtifactHeader(sha256=sha, size_bytes=len(data)))
+    cache.write(upload, data[:5000])
+    cache.abort(upload, keep_partial=True)  # the connection dropped: 5,000 bytes kept for a resume
+    resumed = cache.begin(pb.ArtifactHeader(sha256=sha, size_bytes=len(data), offset_bytes=5000))
+    cache.write(resumed, data[5000:])
+    cache.commit(resumed)
+    assert cache.has(sha).present
+    with pytest.raises(CacheError) as err:  # a resume from an offset the agent does not hold: ask again
+        cache.begin(pb.ArtifactHeader(sha256="1" * 64, size_bytes=100, offset_bytes=50))
+    assert err.value.code == "ABORTED"

@@ -222,6 +222,13 @@ def test_an_agent_whose_runtime_is_broken_leaves_its_jobs_to_a_healthy_peer(tmp_
             results = farm.measure_artifacts(tiny(5, start=5000), KIND, stopping=FAST)
             assert all(r.ok and r.measurement.agent == "well" for r in results)
             assert farm.store.measurements(ok=False) == []
+        # Alone in its kind, it fails each job at once (one try), naming the cause, and stores no failure: the
+        # models are not at fault. Set aside and probed again, it took about 40 s a job.
+        alone = Inventory(tmp_path / "alone.toml", [AgentEntry("sick", sick.address, KIND)])
+        with Farm(alone, SqliteStore(tmp_path / "alone.db")) as farm:
+            results = farm.measure_artifacts(tiny(3, start=5100), KIND, stopping=FAST)
+            assert all(not r.ok and r.attempts == 1 and "cannot be used on this device" in r.error for r in results)
+            assert farm.store.measurements(ok=False) == [] and farm.agents["sick"].healthy
     finally:
         sick.stop()
         well.stop()

@@ -302,7 +302,9 @@ def test_credential_files_that_cannot_be_read_or_used_are_named_not_a_traceback(
     with pytest.raises(ValueError, match=f"TLS certificate {tmp_path / 'c.key'} and key {tmp_path / 'c.pem'}"):
         Credentials.from_files(tls_cert=tmp_path / "c.key", tls_key=tmp_path / "c.pem")  # swapped
     with pytest.raises(ValueError, match=f"TLS CA file {tmp_path / 'c.key'}: not usable for TLS"):
-        Credentials.from_files(tls_ca=tmp_path / "c.key")
+        Credentials.from_files(tls_ca=tmp_path / "c.key", tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "c.key")
+    with pytest.raises(ValueError, match=f"cannot read TLS CA file {unreadable}: Is a directory"):
+        Credentials.from_files(tls_ca=unreadable)  # named: ssl's own error gives no file name
     assert main(["devices", "add", "swapped", "--address", "127.0.0.1:9", "--kind", "cpu", "--tls-cert",
                  str(tmp_path / "c.key"), "--tls-key", str(tmp_path / "c.pem"),
                  "--inventory", str(tmp_path / "farm.toml")]) != 0

@@ -42,9 +42,9 @@ log = logging.getLogger("fleetnas.farm")
 
 # How an RPC failure is handled: the agent's fault (retry on a peer, count against the agent), a passing
 # condition (retry, no blame), or the job's own fault (final: recorded as a failed measurement).
-# FAILED_PRECONDITION is the agent's state: its runtime not installed, or installed but broken.
-AGENT_FAULTS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "UNAUTHENTICATED", "PERMISSION_DENIED",
-                "FAILED_PRECONDITION"}
+# FAILED_PRECONDITION is neither: the agent answers but cannot run the job (its runtime not installed, or
+# installed but broken): a peer whose runtime works takes it, and with none the job fails at once, unrecorded.
+AGENT_FAULTS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "UNAUTHENTICATED", "PERMISSION_DENIED"}
 TRANSIENT = {"RESOURCE_EXHAUSTED", "ABORTED", "NOT_FOUND"}
 # Where the agent names the cause (agent.proto's FailureCause), the model's own faults are final whatever the
 # code: a model that ran out of memory or time on one device of a kind does the same on its peers, and three
@@ -87,6 +87,7 @@ class AgentState:
         self.stays_hot = False  # still throttled after a whole cool-down: its measurements are kept as they come
         self.last_error = ""
         self.jobs_done = 0
+        self.cannot_run: dict[str, str] = {}  # runtime -> the agent's FAILED_PRECONDITION, for this batch
 
     @property
     def name(self) -> str:
@@ -323,6 +324,7 @@ class Farm:
     def _run_batch(self, batch: _Batch, from_store: int) -> None:
         agents = [a for a in self.agents.values() if a.kind in batch.pending]
         for agent in agents:
+            agent.cannot_run.clear()
             if agent.healthy or time.monotonic() >= agent.next_probe_at:
                 agent.probe_due = True  # confirm before use, and record the device's latest description
         workers = [threading.Thread(target=self._work, args=(agent, batch), name=f"farm-{agent.name}", daemon=True)
@@ -415,6 +417,10 @@ class Farm:
                     not p.stays_hot and task.may_run_on(p) and p.takes(artifact) and p.name not in task.failed_on
                     for p in peers):
                 continue  # a throttled measurement to take again: a cooler peer's, one that would take it
+            if task.job.settings.runtime in agent.cannot_run and any(
+                    task.may_run_on(p) and p.takes(artifact) and task.job.settings.runtime not in p.cannot_run
+                    for p in peers):
+                continue  # a peer whose runtime works takes it
             if agent.name not in task.failed_on or task.job.agent == agent.name:
                 return pending.pop(i)
             instead = [p for p in peers if task.may_run_on(p) and (p.takes(artifact) or not agent.takes(artifact))]
@@ -574,6 +580,18 @@ class Farm:
         if cause in MODEL_FAULTS or (cause in MODEL_FAULT_IF_REPEATED and cause in task.causes):
             agent.consecutive_failures = 0  # it answered, and said why: the agent is well
             return self._finish(agent, task, batch, self._failed_job(agent, task, "; ".join([*task.errors, text])))
+        if code == "FAILED_PRECONDITION":  # the agent answers, but cannot run this job (its runtime, its cache)
+            agent.consecutive_failures = 0
+            agent.cannot_run[task.job.settings.runtime] = text
+            task.errors.append(text)
+            task.failed_on.add(agent.name)
+            kin = [a for a in self.agents.values() if a.kind == agent.kind and a is not agent and task.may_run_on(a)
+                   and a.name not in task.failed_on and task.job.settings.runtime not in a.cannot_run]
+            if not kin or task.attempts + 1 >= self.max_attempts:
+                return self._finish(agent, task, batch, JobResult(task.job, None, error="; ".join(task.errors),
+                                                                  attempts=task.attempts + 1))
+            task.attempts += 1
+            return self._put_back(agent, task, batch)
         if code not in AGENT_FAULTS | TRANSIENT:
             return self._finish(agent, task, batch, self._failed_job(agent, task, text))
         task.errors.append(text)
@@ -622,7 +640,7 @@ class Farm:
             return False
 
     def _failed_job(self, agent: AgentState, task: _Task, error: str) -> JobResult:
-        """The job itself cannot be measured (bad model, runtime missing): kept as a failed measurement."""
+        """The job itself cannot be measured (a bad model): kept as a failed measurement."""
         job = task.job
         record = None
         if agent.device_id is not None:
