@@ -19,6 +19,8 @@ from .server import MIB, AgentConfig, build_server
 #: Bounds of the options Describe reports (Limits): a count is a uint32 on the wire, a size in bytes a uint64.
 MAX_UINT32 = 2**32 - 1
 MAX_MB_UINT64 = (2**64 - 1) // MIB
+#: How long a stopping agent lets requests in flight run on.
+STOP_GRACE_S = 5
 
 
 def _positive(kind, at_most=None):
@@ -97,6 +99,8 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         raise ValueError(f"--test-slowdown must be in [0, 10), got {args.test_slowdown}")
     if args.tls_cert:
         _check_tls(args)
+    if args.cache_dir.exists() and not args.cache_dir.is_dir():
+        raise ValueError(f"--cache-dir {args.cache_dir} is a file, not a folder")
     return AgentConfig(
         host=args.host, port=args.port, label=args.label, cache_dir=args.cache_dir,
         cache_max_bytes=args.cache_max_mb * MIB, max_artifact_bytes=args.max_artifact_mb * MIB,
@@ -140,8 +144,12 @@ def serve(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
         server, port = build_server(config, FolderLock.hold(config.cache_dir))
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:
         print(f"fleetnas-agent: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the cache folder: named with the reason, not as "[Errno 17] File exists: '...'"
+        where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != args.cache_dir else ""
+        print(f"fleetnas-agent: cannot use --cache-dir {args.cache_dir}: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     if args.port_file:  # before the line below: whoever waits for it may read the file at once
         try:
@@ -153,11 +161,16 @@ def serve(args: argparse.Namespace) -> int:
     # Scripts and tests wait for this line instead of polling the port.
     host = f"[{config.host}]" if ":" in config.host else config.host  # an IPv6 address as --address takes it
     print(f"fleetnas-agent: serving on {host}:{port}", flush=True)
+    stopped_by: list[str] = []
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda number, _: (stopped_by.append(signal.Signals(number).name), stop.set()))
     stop.wait()
-    server.stop(grace=5).wait()
+    # A service manager's log shows why the agent went away, and that it let measurements in flight finish.
+    logging.getLogger("fleetnas_agent").info("stopping on %s: requests in flight get up to %d s to finish",
+                                             stopped_by[0], STOP_GRACE_S)
+    server.stop(grace=STOP_GRACE_S).wait()
+    logging.getLogger("fleetnas_agent").info("stopped")
     if args.port_file:  # a relaunch script must not read a port nobody listens on any more
         args.port_file.unlink(missing_ok=True)
     return 0

@@ -28,6 +28,8 @@ NO_INTERVAL = 1e9
 MAX_SECONDS = 3600
 #: The most timed runs a rule may ask for (a run count beyond it would outlast any time cap on a fast model).
 MAX_RUNS = 1_000_000
+#: The most intra-op threads a measurement may ask for (the host's options and inventory check it too).
+MAX_THREADS = 256
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import device
 from .cache import SNIFF_BYTES, ArtifactCache, CacheError, FolderLock, sniff_format
-from .measure import MAX_SECONDS, StoppingRule
+from .measure import MAX_SECONDS, MAX_THREADS, StoppingRule
 from .profiler import DeviceLock, DeviceQueue, Outbox, ProfileError, run_child
 from .proto import FAILURE_CAUSE_KEY
 from .proto import agent_pb2 as pb
@@ -259,8 +259,8 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
             raise ProfileError("FAILED_PRECONDITION", f"runtime {entry.name!r} is not installed on this device "
                                                       f"(install {providers})")
         threads = request.threads or 1
-        if threads > 256:
-            raise ProfileError("INVALID_ARGUMENT", f"threads must be at most 256, got {threads}")
+        if threads > MAX_THREADS:
+            raise ProfileError("INVALID_ARGUMENT", f"threads must be at most {MAX_THREADS}, got {threads}")
         stopping = {f.name: v for f, v in request.stopping.ListFields()}
         try:  # here, not only in the child: the deadline below depends on it, and a refusal costs no process
             rule = StoppingRule.from_message(stopping)

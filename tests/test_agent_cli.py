@@ -85,7 +85,8 @@ def _serve(*args: str) -> subprocess.CompletedProcess:
 def test_a_second_agent_on_a_busy_port_or_a_busy_cache_folder_is_refused(tmp_path):
     port_file = tmp_path / "run" / "port"
     port_file.parent.mkdir()
-    with AgentProcess(tmp_path / "cache", args=["--port-file", str(port_file)]) as agent:
+    agent = AgentProcess(tmp_path / "cache", args=["--port-file", str(port_file), "--log-level", "INFO"])
+    with agent:
         assert port_file.read_text().strip() == str(agent.port)  # written before the "serving on" line
         same_port = _serve("--port", str(agent.port), "--cache-dir", str(tmp_path / "other"))
         assert same_port.returncode == 2 and f"cannot listen on 127.0.0.1:{agent.port}" in same_port.stderr
@@ -95,6 +96,7 @@ def test_a_second_agent_on_a_busy_port_or_a_busy_cache_folder_is_refused(tmp_pat
         same_cache = _serve("--port", "0", "--cache-dir", str(tmp_path / "cache"))
         assert same_cache.returncode == 2 and "another agent uses the cache folder" in same_cache.stderr
     assert not port_file.exists()  # a relaunch script must not read a port nobody listens on
+    assert agent.proc.returncode == 0 and "stopping on SIGTERM" in agent.log and agent.log.endswith("stopped")
 
 
 def test_serve_names_bad_tls_files_message_sizes_and_port_files(tmp_path):
@@ -107,6 +109,11 @@ def test_serve_names_bad_tls_files_message_sizes_and_port_files(tmp_path):
     nowhere = _serve("--port", "0", "--cache-dir", str(tmp_path), "--port-file", str(tmp_path / "no" / "dir" / "p"))
     assert nowhere.returncode == 2 and "cannot write --port-file" in nowhere.stderr
     assert "serving on" not in nowhere.stdout  # nobody is told to connect to an agent that is gone
+    a_file = _serve("--port", "0", "--cache-dir", str(garbage))
+    assert a_file.returncode == 2 and f"--cache-dir {garbage} is a file, not a folder" in a_file.stderr
+    below_a_file = _serve("--port", "0", "--cache-dir", str(garbage / "cache"))
+    assert below_a_file.returncode == 2 and f"cannot use --cache-dir {garbage / 'cache'}: Not a directory" in \
+        below_a_file.stderr and "Errno" not in below_a_file.stderr
 
 
 def test_an_encrypted_tls_key_is_named_without_a_prompt(tmp_path):
@@ -149,3 +156,4 @@ def test_agent_describe_into_a_pipe_closed_early_ends_without_a_traceback(tmp_pa
     proc.stdout.close()  # as `head` does once it has its lines
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and b"Traceback" not in err, err.decode()
+

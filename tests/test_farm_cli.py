@@ -245,3 +245,12 @@ def test_profile_refuses_at_once_when_no_agent_of_the_kind_answers(tmp_path, cap
                  "--db", str(tmp_path / "f.db"), "--give-up", "5"]) == 1
     assert "no agent of kind 'k' answers: gone at 127.0.0.1:9: UNAVAILABLE" in capsys.readouterr().err
     assert not list(tmp_path.glob("f.db*"))  # the store it made holds nothing: it would read as an empty farm
+
+
+def test_a_thread_count_an_agent_would_refuse_is_refused_by_the_command(tmp_path, capsys):
+    [model] = models(tmp_path, 1)
+    for threads in ("0", "257", "5000000000"):  # the last one does not even fit the wire's uint32
+        with pytest.raises(SystemExit) as stop:
+            main(["profile", "--agent", "127.0.0.1:1", "--model", model, "--threads", threads])
+        assert stop.value.code == 2
+        assert f"argument --threads: must be from 1 to 256, got {threads}" in capsys.readouterr().err

@@ -132,6 +132,13 @@ def positive_int(text: str) -> int:
     return _number(text, int, "an integer", lambda v: v > 0, "must be positive")
 
 
+def thread_count(text: str) -> int:
+    """A --threads: what an agent accepts (its uint32 on the wire would otherwise fail as 'Value out of range')."""
+    from fleetnas_agent.measure import MAX_THREADS
+
+    return _number(text, int, "an integer", lambda v: 1 <= v <= MAX_THREADS, f"must be from 1 to {MAX_THREADS}")
+
+
 #: The largest batch a model is exported or counted for: beyond it, inputs alone would fill a host's memory.
 MAX_BATCH = 1024
 

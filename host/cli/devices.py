@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from .common import (CliError, add_credential_options, agent_address, agent_error, credentials_from, positive_int,
+from .common import (CliError, add_credential_options, agent_address, agent_error, credentials_from, thread_count,
                      positive_seconds, print_json)
 
 RUNTIME_CHOICES = ("litert", "onnxruntime", "torch")
@@ -25,7 +25,7 @@ def register(sub) -> None:
                                                  "(e.g. rpi4-litert-1t)")
     a.add_argument("--runtime", choices=RUNTIME_CHOICES, default="",
                    help="runtime to measure with (default: from each artifact's format)")
-    a.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (default 1)")
+    a.add_argument("--threads", type=thread_count, default=1, help="intra-op threads (default 1)")
     a.add_argument("--replace", action="store_true", help="replace an agent of the same name")
     add_credential_options(a)
     _inventory_option(a)

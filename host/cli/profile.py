@@ -10,7 +10,8 @@ import grpc
 
 from .common import (AGENT_MAX_TIMEOUT_S, FARM_GIVE_UP_S, CliError, add_credential_options, add_stopping_options,
                      agent_address, agent_error, count_up_to, credentials_from, deadline_seconds, existing_file,
-                     no_empty_store_if_refused, positive_int, positive_seconds, print_json, seed, stopping_from)
+                     no_empty_store_if_refused, positive_int, positive_seconds, print_json, seed, stopping_from,
+                     thread_count)
 from .space import MAX_SAMPLE
 
 
@@ -33,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=seed, help="farm mode: sampling seed (default 0)")
     p.add_argument("--runtime", default="", help="litert, onnxruntime or torch (default: from the model's format; "
                                                  "farm mode: from the inventory)")
-    p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (default 1; farm mode: from "
+    p.add_argument("--threads", type=thread_count, default=1, help="intra-op threads (default 1; farm mode: from "
                                                                    "the inventory)")
     add_stopping_options(p)
     f = p.add_argument_group("farm mode")

@@ -23,6 +23,8 @@ import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from fleetnas_agent.measure import MAX_THREADS
+
 DEFAULT_INVENTORY = "fleetnas.toml"
 RUNTIMES = ("", "litert", "onnxruntime", "torch")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # whole names only (fullmatch): "$" lets "a\n" through
@@ -60,8 +62,8 @@ class AgentEntry:
         if self.runtime not in RUNTIMES:
             raise InventoryError(f"{where}: runtime {self.runtime!r} is not one of "
                                  f"{', '.join(r for r in RUNTIMES if r)} (or empty: from the artifact's format)")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 1 <= self.threads <= 256:
-            raise InventoryError(f"{where}: threads must be an integer from 1 to 256, got {self.threads!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 1 <= self.threads <= MAX_THREADS:
+            raise InventoryError(f"{where}: threads must be an integer from 1 to {MAX_THREADS}, got {self.threads!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InventoryError(f"{where}: tls_cert and tls_key go together")
         for name in (*CREDENTIAL_FIELDS, "tls_server_name"):
