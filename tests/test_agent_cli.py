@@ -157,3 +157,23 @@ def test_agent_describe_into_a_pipe_closed_early_ends_without_a_traceback(tmp_pa
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and b"Traceback" not in err, err.decode()
 
+
+def test_the_command_leaves_no_grpc_call_for_the_collection_at_exit(tmp_path):
+    """A gRPC call left in a reference cycle is finalised at exit, where its finaliser can wait for ever on a
+    lock that a gRPC daemon thread held when the interpreter stopped it: `main` collects such calls first."""
+    import gc
+
+    from fleetnas.cli import main
+
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(models.onnx_mlp(width=16, layers=1))
+    with AgentProcess(tmp_path / "cache") as agent:
+        assert main(["profile", "--agent", agent.address, "--model", str(model), "--max-runs", "1", *FAST]) == 0
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if type(o).__module__.startswith("grpc")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []

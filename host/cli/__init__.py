@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -35,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         # Python flushes stdout again at exit, into the closed pipe: point it at nothing first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a shell reports a process that SIGPIPE ended
+    finally:
+        # gRPC calls left in reference cycles are collected now, while gRPC's own threads still run. At exit a
+        # call's finaliser waits for a lock that a daemon thread, stopped by the interpreter's shutdown, may
+        # hold for ever: 1 `fleetnas profile` in about 15 on 2 busy cores hung after printing its result.
+        gc.collect()
 
 
 if __name__ == "__main__":
