@@ -100,6 +100,7 @@ class AgentClient:
                  max_message_bytes: int = 8 * 1024 * 1024):
         self.address = address
         self.timeout_s = timeout_s
+        self.secure = credentials.secure
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
         if credentials.server_name:
@@ -120,6 +121,15 @@ class AgentClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def hint(self, exc: grpc.RpcError) -> str:
+        """What a failed connection likely means where gRPC's own words do not say: TLS on one side only."""
+        details = (exc.details() if hasattr(exc, "details") else "") or ""
+        if self.secure and "WRONG_VERSION_NUMBER" in details:
+            return "the agent answered in plaintext: it serves no TLS; connect without a CA certificate"
+        if not self.secure and "Socket closed" in details and exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return "if the agent serves TLS, connect with its CA certificate: --tls-ca, or tls_ca in an inventory"
+        return ""
 
     # ----- simple calls --------------------------------------------------------------------------
     def describe(self) -> pb.DeviceDescription:

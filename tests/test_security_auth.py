@@ -67,6 +67,7 @@ class Way:
     credentials: dict
     expected: str           # SERVING, or the refusal's status
     logged: str = ""        # what the agent's log must show for a refusal
+    hint: str = ""          # what the host adds to gRPC's words, where TLS is on one side only
 
 
 TOKEN_REFUSED = "missing or wrong bearer token"
@@ -77,9 +78,10 @@ WAYS = {
     "token: right": Way("token", {"token_file": "token"}, "SERVING"),
     "token: missing": Way("token", {}, "UNAUTHENTICATED", TOKEN_REFUSED),
     "token: wrong": Way("token", {"token_file": "wrong-token"}, "UNAUTHENTICATED", TOKEN_REFUSED),
-    "token: TLS to a plaintext agent": Way("token", {"tls_ca": "ca.pem", "token_file": "token"}, "UNAVAILABLE"),
+    "token: TLS to a plaintext agent": Way("token", {"tls_ca": "ca.pem", "token_file": "token"}, "UNAVAILABLE",
+                                           hint="the agent answered in plaintext: it serves no TLS"),
     "mtls: right": Way("mtls", {"tls_ca": "ca.pem", "tls_cert": "host.pem", "tls_key": "host.key"}, "SERVING"),
-    "mtls: plaintext": Way("mtls", {}, "UNAVAILABLE", PLAINTEXT),
+    "mtls: plaintext": Way("mtls", {}, "UNAVAILABLE", PLAINTEXT, hint="if the agent serves TLS, connect with its CA"),
     "mtls: plaintext with the token": Way("mtls", {"token_file": "token"}, "UNAVAILABLE", PLAINTEXT),
     "mtls: no client certificate": Way("mtls", {"tls_ca": "ca.pem"}, "UNAVAILABLE", NO_CERTIFICATE),
     "mtls: certificate from another CA": Way("mtls", {"tls_ca": "ca.pem", "tls_cert": "stranger.pem",
@@ -98,6 +100,7 @@ def test_each_way_in_from_the_inventory_is_served_or_refused_and_logged(way, pki
     check = check_agent(entry, pki, timeout_s=5, reference=False)
     counts.add(AREA, requests=1, failures=int(check.status != way.expected))
     assert check.status == way.expected, check.detail
+    assert way.hint in check.detail
     if way.expected == "SERVING":
         assert check.healthy and check.label == f"{way.agent}-box"
     else:

@@ -281,10 +281,10 @@ def credentials_from(args: argparse.Namespace):
         raise CliError(str(exc)) from None
 
 
-def agent_error(exc: grpc.RpcError, address: str) -> CliError:
+def agent_error(exc: grpc.RpcError, address: str, hint: str = "") -> CliError:
     code = exc.code().name if hasattr(exc, "code") and exc.code() else "UNKNOWN"
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    return CliError(f"agent {address}: {code}: {details}")
+    return CliError(f"agent {address}: {code}: {details}" + (f" ({hint})" if hint else ""))
 
 
 def print_json(value) -> None:

@@ -243,7 +243,7 @@ def describe(args: argparse.Namespace) -> int:
         try:
             d = client.describe()
         except grpc.RpcError as exc:
-            raise agent_error(exc, args.address) from None
+            raise agent_error(exc, args.address, client.hint(exc)) from None
     if args.json:
         print_json(message_dict(d))
         return 0

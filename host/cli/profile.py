@@ -107,7 +107,7 @@ def run_single(args: argparse.Namespace, model: Path) -> int:
                                     timeout_s=deadline_s, stall_s=deadline_s + 5.0,
                                     on_progress=_show_progress if live else None)
         except grpc.RpcError as exc:
-            raise agent_error(exc, args.agent) from None
+            raise agent_error(exc, args.agent, client.hint(exc)) from None
         except ValueError as exc:
             raise CliError(str(exc)) from None
         finally:

@@ -55,7 +55,8 @@ def check_agent(entry: AgentEntry, base_dir, timeout_s: float = 10.0, reference:
             env = client.environment()
         except grpc.RpcError as exc:
             result.status = exc.code().name if exc.code() else "UNKNOWN"
-            result.detail = exc.details() or ""
+            hint = client.hint(exc)
+            result.detail = (exc.details() or "") + (f" ({hint})" if hint else "")
             return result
         result.healthy = result.status == "SERVING"
         result.device_id, result.label = description.device_id, description.label

@@ -453,7 +453,8 @@ class Farm:
             description = client.describe()
         except (grpc.RpcError, _NotServing) as exc:
             client.close()
-            return self._set_aside(agent, _rpc_text(exc))
+            hint = client.hint(exc) if isinstance(exc, grpc.RpcError) else ""
+            return self._set_aside(agent, _rpc_text(exc) + (f" ({hint})" if hint else ""))
         agent.device_id = description.device_id
         agent.device_label = description.label or agent.name
         agent.max_artifact_bytes = description.limits.max_artifact_bytes
