@@ -139,6 +139,15 @@ def _write_port_file(path: Path, port: int) -> None:
     tmp.replace(path)
 
 
+def _start_up_error(exc: OSError, cache_dir: Path) -> str:
+    path = Path(exc.filename) if exc.filename else None
+    if path is None:
+        return f"cannot start: {exc.strerror or exc}"
+    if path == cache_dir or cache_dir in path.parents:
+        return f"cannot use --cache-dir {cache_dir}: {exc.strerror}" + ("" if path == cache_dir else f" ({path})")
+    return f"cannot use {path}: {exc.strerror}"
+
+
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -147,9 +156,8 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fleetnas-agent: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # the cache folder: named with the reason, not as "[Errno 17] File exists: '...'"
-        where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != args.cache_dir else ""
-        print(f"fleetnas-agent: cannot use --cache-dir {args.cache_dir}: {exc.strerror or exc}{where}", file=sys.stderr)
+    except OSError as exc:  # named with the reason, not as "[Errno 13] Permission denied: '...'"
+        print(f"fleetnas-agent: {_start_up_error(exc, args.cache_dir)}", file=sys.stderr)
         return 2
     if args.port_file:  # before the line below: whoever waits for it may read the file at once
         try:
