@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import grpc
+import grpc.experimental
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -102,7 +103,10 @@ class AgentClient:
         self.timeout_s = timeout_s
         self.secure = credentials.secure
         options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes)]
+                   ("grpc.max_send_message_length", max_message_bytes),
+                   # Profile's stream is read on the calling thread, not on gRPC's daemon thread: a process
+                   # ending while that thread held the call's lock hung at exit in the call's finaliser.
+                   (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
         if credentials.server_name:
             options.append(("grpc.ssl_target_name_override", credentials.server_name))
         if credentials.secure:

@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a shell reports a process that SIGPIPE ended
     finally:
-        # gRPC calls left in reference cycles are collected now, while gRPC's own threads still run. At exit a
-        # call's finaliser waits for a lock that a daemon thread, stopped by the interpreter's shutdown, may
-        # hold for ever: 1 `fleetnas profile` in about 15 on 2 busy cores hung after printing its result.
+        # gRPC calls left in reference cycles are collected now, while gRPC's own threads still run: at exit a
+        # call's finaliser waits for its lock, which a daemon thread stopped by the interpreter's shutdown may
+        # hold for ever (1 `fleetnas profile` in about 15 on 2 busy cores hung so after printing its result).
         gc.collect()
 
 
