@@ -257,7 +257,7 @@ class ProfilerAgent(pb_grpc.ProfilerAgentServicer):
         if entry.installed() is None:
             providers = " or ".join(dist for _, dist in entry.packages)
             raise ProfileError("FAILED_PRECONDITION", f"runtime {entry.name!r} is not installed on this device "
-                                                      f"(install {providers})")
+                                                      f"(install {providers})", cause="RUNTIME_UNAVAILABLE")
         threads = request.threads or 1
         if threads > MAX_THREADS:
             raise ProfileError("INVALID_ARGUMENT", f"threads must be at most {MAX_THREADS}, got {threads}")

@@ -101,7 +101,7 @@ def run(request: dict, progress) -> dict:
     except Exception as exc:  # noqa: BLE001 - a runtime installed yet broken (a NumPy it was not built for, a
         # missing shared library): this device's install, not the model; a peer of the kind may measure it
         raise Failure("FAILED_PRECONDITION", f"runtime {request['runtime']!r} is installed but cannot be used on "
-                                             f"this device: {type(exc).__name__}: {exc}") from exc
+                                             f"this device: {type(exc).__name__}: {exc}", "RUNTIME_UNAVAILABLE") from exc
     with _load_errors(request["runtime"]):  # what the model needs besides itself, imported before the baseline
         source = adapter.prepare(request["artifact"]) if hasattr(adapter, "prepare") else request["artifact"]
     baseline = _reset_peak()

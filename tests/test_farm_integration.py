@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 
@@ -199,7 +200,20 @@ def test_a_model_that_runs_out_of_memory_or_time_fails_alone_and_is_not_tried_on
             agent.stop()
 
 
-def test_an_agent_whose_runtime_is_broken_leaves_its_jobs_to_a_healthy_peer(tmp_path, capsys):
+class Aborted(grpc.RpcError):
+    """A passing refusal (an upload of the same artifact still in flight), as an agent gives it."""
+
+    def code(self):
+        return grpc.StatusCode.ABORTED
+
+    def details(self):
+        return "another upload of this artifact is in progress"
+
+    def trailing_metadata(self):
+        return ()
+
+
+def test_an_agent_whose_runtime_is_broken_leaves_its_jobs_to_a_healthy_peer(tmp_path, capsys, monkeypatch):
     """An onnxruntime that is installed but does not import (a NumPy it was not built for, as on a Pi) failed
     its agent's jobs as the models' fault (INTERNAL, stored as failed measurements), with a healthy peer idle."""
     broken = tmp_path / "broken" / "onnxruntime"
@@ -229,6 +243,37 @@ def test_an_agent_whose_runtime_is_broken_leaves_its_jobs_to_a_healthy_peer(tmp_
             results = farm.measure_artifacts(tiny(3, start=5100), KIND, stopping=FAST)
             assert all(not r.ok and r.attempts == 1 and "cannot be used on this device" in r.error for r in results)
             assert farm.store.measurements(ok=False) == [] and farm.agents["sick"].healthy
+        # Beside a peer that is down, too: the job is not tried again and again on the agent that cannot run it.
+        with Farm(Inventory(tmp_path / "dead.toml", [AgentEntry("sick", sick.address, KIND),
+                                                     AgentEntry("dead", "127.0.0.1:9", KIND)]),
+                  SqliteStore(tmp_path / "dead.db")) as farm:
+            results = farm.measure_artifacts(tiny(3, start=5200), KIND, stopping=FAST)
+            assert all(not r.ok and r.attempts < farm.max_attempts for r in results), [r.attempts for r in results]
+        # A job the healthy peer failed once for a passing reason goes back to it, not to the agent that cannot
+        # run it: it waited for ever between the two.
+        sick_failed, first_on_well = threading.Event(), threading.Event()
+        measure_on = Farm._measure_on
+
+        def abort_once_on_well(self, agent, job):
+            if agent.name == "well" and not first_on_well.is_set():
+                first_on_well.set()
+                assert sick_failed.wait(60), "the agent that cannot run the job never tried one"
+                raise Aborted()
+            try:
+                return measure_on(self, agent, job)
+            finally:
+                if agent.name == "sick":
+                    sick_failed.set()
+
+        monkeypatch.setattr(Farm, "_measure_on", abort_once_on_well)
+        with Farm(inv, SqliteStore(tmp_path / "passing.db"), give_up_s=30) as farm:
+            out = []
+            batch = threading.Thread(target=lambda: out.append(farm.measure_artifacts(tiny(3, start=5300), KIND,
+                                                                                      stopping=FAST)), daemon=True)
+            batch.start()
+            batch.join(120)
+            assert not batch.is_alive(), "the batch never ended"
+            assert all(r.ok and r.measurement.agent == "well" for r in out[0])
     finally:
         sick.stop()
         well.stop()

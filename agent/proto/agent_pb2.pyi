@@ -23,6 +23,7 @@ class FailureCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILURE_CAUSE_MODEL_TIMEOUT: _ClassVar[FailureCause]
     FAILURE_CAUSE_MODEL_CRASHED: _ClassVar[FailureCause]
     FAILURE_CAUSE_KILLED: _ClassVar[FailureCause]
+    FAILURE_CAUSE_RUNTIME_UNAVAILABLE: _ClassVar[FailureCause]
 ARTIFACT_FORMAT_UNSPECIFIED: ArtifactFormat
 ARTIFACT_FORMAT_TFLITE: ArtifactFormat
 ARTIFACT_FORMAT_ONNX: ArtifactFormat
@@ -33,6 +34,7 @@ FAILURE_CAUSE_MODEL_OUT_OF_MEMORY: FailureCause
 FAILURE_CAUSE_MODEL_TIMEOUT: FailureCause
 FAILURE_CAUSE_MODEL_CRASHED: FailureCause
 FAILURE_CAUSE_KILLED: FailureCause
+FAILURE_CAUSE_RUNTIME_UNAVAILABLE: FailureCause
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

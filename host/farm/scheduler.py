@@ -42,9 +42,11 @@ log = logging.getLogger("fleetnas.farm")
 
 # How an RPC failure is handled: the agent's fault (retry on a peer, count against the agent), a passing
 # condition (retry, no blame), or the job's own fault (final: recorded as a failed measurement).
-# FAILED_PRECONDITION is neither: the agent answers but cannot run the job (its runtime not installed, or
-# installed but broken): a peer whose runtime works takes it, and with none the job fails at once, unrecorded.
-AGENT_FAULTS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+# FAILED_PRECONDITION is the agent's state (its cache holding what it cannot use, say), except where the agent
+# names the cause RUNTIME_UNAVAILABLE (its runtime not installed, or installed but broken): then a peer whose
+# runtime works takes the job, and with none the job fails at once, unrecorded; the agent is well.
+AGENT_FAULTS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "UNAUTHENTICATED", "PERMISSION_DENIED",
+                "FAILED_PRECONDITION"}
 TRANSIENT = {"RESOURCE_EXHAUSTED", "ABORTED", "NOT_FOUND"}
 # Where the agent names the cause (agent.proto's FailureCause), the model's own faults are final whatever the
 # code: a model that ran out of memory or time on one device of a kind does the same on its peers, and three
@@ -87,7 +89,7 @@ class AgentState:
         self.stays_hot = False  # still throttled after a whole cool-down: its measurements are kept as they come
         self.last_error = ""
         self.jobs_done = 0
-        self.cannot_run: dict[str, str] = {}  # runtime -> the agent's FAILED_PRECONDITION, for this batch
+        self.cannot_run: dict[str, str] = {}  # runtime -> why the agent cannot run it (RUNTIME_UNAVAILABLE), this batch
 
     @property
     def name(self) -> str:
@@ -423,7 +425,8 @@ class Farm:
                 continue  # a peer whose runtime works takes it
             if agent.name not in task.failed_on or task.job.agent == agent.name:
                 return pending.pop(i)
-            instead = [p for p in peers if task.may_run_on(p) and (p.takes(artifact) or not agent.takes(artifact))]
+            instead = [p for p in peers if task.may_run_on(p) and (p.takes(artifact) or not agent.takes(artifact))
+                       and task.job.settings.runtime not in p.cannot_run]  # one that cannot run it takes it never
             if fallback is None and all(p.name in task.failed_on for p in instead):
                 fallback = i
         return pending.pop(fallback) if fallback is not None else None
@@ -581,13 +584,14 @@ class Farm:
         if cause in MODEL_FAULTS or (cause in MODEL_FAULT_IF_REPEATED and cause in task.causes):
             agent.consecutive_failures = 0  # it answered, and said why: the agent is well
             return self._finish(agent, task, batch, self._failed_job(agent, task, "; ".join([*task.errors, text])))
-        if code == "FAILED_PRECONDITION":  # the agent answers, but cannot run this job (its runtime, its cache)
+        if cause == "RUNTIME_UNAVAILABLE":  # the agent answers, but cannot run this job's runtime
             agent.consecutive_failures = 0
             agent.cannot_run[task.job.settings.runtime] = text
             task.errors.append(text)
             task.failed_on.add(agent.name)
+            # A peer that failed the job for a passing reason may take it again (max_attempts bounds the tries).
             kin = [a for a in self.agents.values() if a.kind == agent.kind and a is not agent and task.may_run_on(a)
-                   and a.name not in task.failed_on and task.job.settings.runtime not in a.cannot_run]
+                   and a.may_serve() and a.takes(task.job.artifact) and task.job.settings.runtime not in a.cannot_run]
             if not kin or task.attempts + 1 >= self.max_attempts:
                 return self._finish(agent, task, batch, JobResult(task.job, None, error="; ".join(task.errors),
                                                                   attempts=task.attempts + 1))
