@@ -189,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "describe":
         from . import device
         from .runtimes import describe_runtimes
-        description = device.describe("", None, describe_runtimes(), device.device_id(args.cache_dir))
+        try:
+            device_id = device.device_id(args.cache_dir)
+        except OSError as exc:  # an id file it may not read: named, as serve names it
+            print(f"fleetnas-agent: {_start_up_error(exc, args.cache_dir)}", file=sys.stderr)
+            return 2
+        description = device.describe("", None, describe_runtimes(), device_id)
         try:
             print(json.dumps(message_dict(description), indent=2), flush=True)
         except BrokenPipeError:  # `fleetnas-agent describe | head`: the reader has what it wanted

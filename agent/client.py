@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Callable
 
 import grpc
-import grpc.experimental
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -103,10 +102,7 @@ class AgentClient:
         self.timeout_s = timeout_s
         self.secure = credentials.secure
         options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes),
-                   # Profile's stream is read on the calling thread, not on gRPC's daemon thread: a process
-                   # ending while that thread held the call's lock hung at exit in the call's finaliser.
-                   (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
+                   ("grpc.max_send_message_length", max_message_bytes)]
         if credentials.server_name:
             options.append(("grpc.ssl_target_name_override", credentials.server_name))
         if credentials.secure:
@@ -131,7 +127,8 @@ class AgentClient:
         details = (exc.details() if hasattr(exc, "details") else "") or ""
         if self.secure and "WRONG_VERSION_NUMBER" in details:
             return "the agent answered in plaintext: it serves no TLS; connect without a CA certificate"
-        if not self.secure and "Socket closed" in details and exc.code() == grpc.StatusCode.UNAVAILABLE:
+        connecting = "failed to connect to all addresses" in details  # not an agent gone mid-call
+        if not self.secure and connecting and "Socket closed" in details and exc.code() == grpc.StatusCode.UNAVAILABLE:
             return "if the agent serves TLS, connect with its CA certificate: --tls-ca, or tls_ca in an inventory"
         return ""
 
@@ -246,9 +243,15 @@ class _Watchdog:
         self.cancel()
 
     def stop(self) -> None:
+        """Cancels the timer and waits for its thread: the timer refers back to this watchdog, which holds the
+        call, so a thread still ending kept the call alive past its use, and at exit the interpreter collected
+        it while stopping gRPC's threads, one of which could hold the call's lock: `fleetnas profile` hung so."""
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            if timer is not threading.current_thread():
+                timer.join()
 
 
 class IncompleteStream(grpc.RpcError):

@@ -21,10 +21,3 @@ def counts():
     """The session's tally of requests tried, faults injected and failures seen (see tests/counts.py)."""
     return COUNTS
 
-
-def pytest_unconfigure(config):
-    """gRPC calls left in reference cycles are collected while gRPC's threads still run (fleetnas.cli.main's
-    reason): at exit their finalisers could wait for ever on a lock a stopped daemon thread holds."""
-    import gc
-
-    gc.collect()

@@ -177,3 +177,17 @@ def test_the_command_leaves_no_grpc_call_for_the_collection_at_exit(tmp_path):
         gc.set_debug(0)
         gc.garbage.clear()
     assert left == []
+
+
+def test_agent_describe_names_a_device_id_it_cannot_read(tmp_path, monkeypatch, capsys):
+    """Where a device has no machine id, the agent keeps its own id file: one it may not read is named."""
+    from fleetnas_agent import cli, device
+
+    unreadable = tmp_path / "cache" / "device-id"
+
+    def no_permission(cache_dir):
+        raise PermissionError(13, "Permission denied", str(unreadable))
+
+    monkeypatch.setattr(device, "device_id", no_permission)
+    assert cli.main(["describe", "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert f"cannot use --cache-dir {tmp_path / 'cache'}: Permission denied ({unreadable})" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 
+import grpc
 import numpy as np
 import pytest
 
@@ -545,3 +546,29 @@ def test_a_resumed_upload_counts_the_disk_its_own_bytes_already_take(tmp_path, m
     with pytest.raises(CacheError) as err:  # a resume from an offset the agent does not hold: ask again
         cache.begin(pb.ArtifactHeader(sha256="1" * 64, size_bytes=100, offset_bytes=50))
     assert err.value.code == "ABORTED"
+
+
+class _Refused(grpc.RpcError):
+    def __init__(self, details: str):
+        self._details = details
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return self._details
+
+
+def test_the_tls_hint_is_given_for_a_refused_connection_only():
+    from fleetnas_agent.client import AgentClient, Credentials
+
+    with AgentClient("127.0.0.1:9") as plaintext:
+        refused = _Refused("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:9: Socket closed")
+        assert "if the agent serves TLS" in plaintext.hint(refused)
+        # An agent killed in the middle of a call is no TLS mismatch.
+        assert plaintext.hint(_Refused("Stream removed (Socket closed)")) == ""
+    with AgentClient("127.0.0.1:9", Credentials(tls_ca=b"ca")) as tls:
+        wrong = _Refused("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9: Tls handshake "
+                         "failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:100000f7:SSL routines:OPENSSL_internal:"
+                         "WRONG_VERSION_NUMBER")
+        assert "the agent answered in plaintext" in tls.hint(wrong)

@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a shell reports a process that SIGPIPE ended
     finally:
-        # gRPC calls left in reference cycles are collected now, while gRPC's own threads still run: at exit a
-        # call's finaliser waits for its lock, which a daemon thread stopped by the interpreter's shutdown may
-        # hold for ever (1 `fleetnas profile` in about 15 on 2 busy cores hung so after printing its result).
+        # A gRPC call left in a reference cycle (a failed call is its own exception, whose traceback holds it)
+        # is collected now, while gRPC's threads still run: at exit its finaliser waits for its lock, which a
+        # daemon thread stopped by the interpreter's shutdown may hold for ever (`fleetnas profile` hung so).
         gc.collect()
 
 
