@@ -355,14 +355,16 @@ class ArtifactCache:
         own = {keep, *self._uploading}
         files = [f for f in stats if not (f[0].parent == self.part_dir and f[0].name[:64] in own)]
         written = sum(size for path, size, _ in stats if path.parent == self.part_dir and path.name[:64] in own)
-        used = sum(self._uploading.values()) + sum(size for _, size, _ in files)
+        evictable = sum(size for _, size, _ in files)
+        uploading = sum(self._uploading.values())
+        used = uploading + evictable
         free = _free_bytes(self.done_dir)
         # The disk holds what the cache's files take now (the partial files of `keep` and of uploads in
         # progress included: their bytes are already off `free`) plus what is free.
-        disk = None if free is None else sum(size for _, size, _ in files) + written + free
+        disk = None if free is None else evictable + written + free
         room = self.max_bytes if disk is None else min(self.max_bytes, disk)  # what evictions can make
         in_use = sum(size for path, size, _ in files if path.name[:64] in self._pins)
-        if used - sum(size for _, size, _ in files) + in_use + needed > room:  # no eviction would do: keep all
+        if uploading + in_use + needed > room:  # no eviction would do: keep all
             if room < self.max_bytes:
                 raise CacheError("RESOURCE_EXHAUSTED", f"the agent's cache disk is full: {needed} bytes needed, "
                                                        f"{free} free, and what it holds in use")

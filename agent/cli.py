@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from .cache import FolderLock
-from .client import message_dict, read_token
+from .client import message_dict, read_token, tls_file_problem
 from .profiler import DEFAULT_DEVICE_LOCK
 from .server import MIB, AgentConfig, build_server
 
@@ -116,21 +116,14 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
 def _check_tls(args: argparse.Namespace) -> None:
     """A key that does not match its certificate, or a file that is not PEM, named now: gRPC would only say
     that it cannot bind the port."""
-    import ssl
-
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:  # an empty password: an encrypted key fails here instead of prompting (gRPC cannot use one anyway)
-        context.load_cert_chain(args.tls_cert, args.tls_key, password=b"")
-    except ssl.SSLError as exc:
-        raise ValueError(f"--tls-cert {args.tls_cert} and --tls-key {args.tls_key} cannot serve TLS: "
-                         f"{exc.reason or exc} (a PEM certificate and the unencrypted PEM key it was issued "
-                         "for)") from None
-    if args.tls_client_ca:
-        try:
-            context.load_verify_locations(cafile=args.tls_client_ca)
-        except ssl.SSLError as exc:
-            raise ValueError(f"--tls-client-ca {args.tls_client_ca} is not a PEM certificate: "
-                             f"{exc.reason or exc}") from None
+    problem = tls_file_problem(args.tls_cert, args.tls_key, args.tls_client_ca)
+    if problem is None:
+        return
+    which, reason = problem
+    if which == "pair":
+        raise ValueError(f"--tls-cert {args.tls_cert} and --tls-key {args.tls_key} cannot serve TLS: {reason} "
+                         "(a PEM certificate and the unencrypted PEM key it was issued for)")
+    raise ValueError(f"--tls-client-ca {args.tls_client_ca} is not a PEM certificate: {reason}")
 
 
 def _write_port_file(path: Path, port: int) -> None:
@@ -171,8 +164,13 @@ def serve(args: argparse.Namespace) -> int:
     print(f"fleetnas-agent: serving on {host}:{port}", flush=True)
     stopped_by: list[str] = []
     stop = threading.Event()
+
+    def on_signal(number, _frame) -> None:
+        stopped_by.append(signal.Signals(number).name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda number, _: (stopped_by.append(signal.Signals(number).name), stop.set()))
+        signal.signal(sig, on_signal)
     stop.wait()
     # A service manager's log shows why the agent went away, and that it let measurements in flight finish.
     logging.getLogger("fleetnas_agent").info("stopping on %s: requests in flight get up to %d s to finish",

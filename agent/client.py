@@ -61,19 +61,34 @@ def _read_file(path, what: str) -> bytes | None:
 
 
 def _check_tls_files(tls_ca, tls_cert, tls_key) -> None:
+    problem = tls_file_problem(tls_cert, tls_key, tls_ca)
+    if problem is None:
+        return
+    which, reason = problem
+    files, wanted = {"pair": (f"TLS certificate {tls_cert} and key {tls_key}",
+                              "a PEM certificate and the unencrypted key it was issued for"),
+                     "ca": (f"TLS CA file {tls_ca}", "a PEM CA certificate")}[which]
+    raise ValueError(f"{files}: not usable for TLS: {reason} ({wanted})")
+
+
+def tls_file_problem(cert=None, key=None, ca=None) -> tuple[str, str] | None:
+    """The first of the TLS files that ssl cannot load, as ("pair" or "ca", ssl's reason), or None: a key that
+    does not match its certificate, an encrypted key (an empty password fails instead of prompting; gRPC cannot
+    use one), a file that is not PEM. The agent and the host check their files alike with it."""
     import ssl
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    checks = [(f"TLS certificate {tls_cert} and key {tls_key}", "a PEM certificate and the unencrypted key it was "
-               "issued for", lambda: context.load_cert_chain(tls_cert, tls_key, password=b"")) if tls_cert and tls_key
-              else None,  # an empty password: an encrypted key fails here instead of prompting
-              (f"TLS CA file {tls_ca}", "a PEM CA certificate", lambda: context.load_verify_locations(cafile=str(tls_ca)))
-              if tls_ca else None]
-    for files, wanted, load in filter(None, checks):
+    loads = []
+    if cert and key:
+        loads.append(("pair", lambda: context.load_cert_chain(cert, key, password=b"")))
+    if ca:
+        loads.append(("ca", lambda: context.load_verify_locations(cafile=str(ca))))
+    for which, load in loads:
         try:
             load()
         except ssl.SSLError as exc:
-            raise ValueError(f"{files}: not usable for TLS: {exc.reason or exc} ({wanted})") from None
+            return which, str(exc.reason or exc)
+    return None
 
 
 def read_token(path) -> str:

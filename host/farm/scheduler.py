@@ -419,9 +419,7 @@ class Farm:
                     not p.stays_hot and task.may_run_on(p) and p.takes(artifact) and p.name not in task.failed_on
                     for p in peers):
                 continue  # a throttled measurement to take again: a cooler peer's, one that would take it
-            if task.job.settings.runtime in agent.cannot_run and any(
-                    task.may_run_on(p) and p.takes(artifact) and task.job.settings.runtime not in p.cannot_run
-                    for p in peers):
+            if task.job.settings.runtime in agent.cannot_run and self._peers_that_can_run(agent, task):
                 continue  # a peer whose runtime works takes it
             if agent.name not in task.failed_on or task.job.agent == agent.name:
                 return pending.pop(i)
@@ -430,6 +428,13 @@ class Farm:
             if fallback is None and all(p.name in task.failed_on for p in instead):
                 fallback = i
         return pending.pop(fallback) if fallback is not None else None
+
+    def _peers_that_can_run(self, agent: AgentState, task: _Task) -> list[AgentState]:
+        """The other agents of `agent`'s kind that may serve now and could run `task`: free to take it (not pinned
+        elsewhere), the artifact within their upload limit, and its runtime not refused there this batch."""
+        runtime = task.job.settings.runtime
+        return [p for p in self.agents.values() if p.kind == agent.kind and p is not agent and p.may_serve()
+                and task.may_run_on(p) and p.takes(task.job.artifact) and runtime not in p.cannot_run]
 
     def _probe(self, agent: AgentState) -> None:
         """Health check and Describe on a fresh channel; records the device. Sets agent.healthy."""
@@ -590,9 +595,7 @@ class Farm:
             task.errors.append(text)
             task.failed_on.add(agent.name)
             # A peer that failed the job for a passing reason may take it again (max_attempts bounds the tries).
-            kin = [a for a in self.agents.values() if a.kind == agent.kind and a is not agent and task.may_run_on(a)
-                   and a.may_serve() and a.takes(task.job.artifact) and task.job.settings.runtime not in a.cannot_run]
-            if not kin or task.attempts + 1 >= self.max_attempts:
+            if not self._peers_that_can_run(agent, task) or task.attempts + 1 >= self.max_attempts:
                 return self._finish(agent, task, batch, JobResult(task.job, None, error="; ".join(task.errors),
                                                                   attempts=task.attempts + 1))
             task.attempts += 1
