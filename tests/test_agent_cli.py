@@ -69,6 +69,23 @@ def test_generated_code_matches_the_proto():
     assert out.returncode == 0, out.stderr
 
 
+def test_the_dependency_floors_are_what_the_generated_code_accepts():
+    """The generated code refuses a grpcio or protobuf older than its generator's; the floors must say so, and
+    stay at Termux's python-grpcio (1.81.1), which the phone's setup keeps instead of building grpcio."""
+    import re
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    grpc_code = (ROOT / "agent" / "proto" / "agent_pb2_grpc.py").read_text()
+    proto_code = (ROOT / "agent" / "proto" / "agent_pb2.py").read_text()
+    grpc_version = re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", grpc_code)[1]
+    protobuf_version = re.search(r"# Protobuf Python Version: ([0-9.]+)", proto_code)[1]
+    for package in ("grpcio", "grpcio-health-checking", "grpcio-reflection"):
+        assert f'"{package}>={grpc_version},<2"' in pyproject
+    assert f'"protobuf>={protobuf_version},<8"' in pyproject
+    assert f'"grpcio-tools=={grpc_version}"' in pyproject
+    assert tuple(int(p) for p in grpc_version.split(".")) <= (1, 81, 1)
+
+
 def test_the_agent_imports_no_runtime_and_no_host_code_until_asked():
     probe = ("import sys, fleetnas_agent.server, fleetnas_agent.cli; "
              "heavy = ('torch', 'onnxruntime', 'ai_edge_litert', 'tflite_runtime', 'fleetnas', 'pymoo', 'sklearn'); "

@@ -5,7 +5,9 @@ pkg update -y
 # ONNX Runtime from Termux's own package: PyPI has no wheel that installs under Termux.
 pkg install -y python python-numpy python-grpcio python-psutil python-onnxruntime termux-api
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
-pip install --no-build-isolation "$HERE"
+# grpcio pinned to Termux's own: pip would otherwise take the newest grpcio-health-checking, which needs a newer
+# grpcio than Termux packages, and build that grpcio from source on the phone.
+pip install --no-build-isolation "$HERE" "grpcio==$(python -c 'import grpc; print(grpc.__version__)')"
 python -c 'import onnxruntime' 2>/dev/null || echo "warning: ONNX Runtime does not import (see 'python -c \"import onnxruntime\"'); the agent will refuse ONNX models until it does (after a Python upgrade, 'pkg upgrade python-onnxruntime' may be needed)" >&2
 mkdir -p ~/.config/fleetnas
 [ -f ~/.config/fleetnas/token ] || python -c 'import secrets; print(secrets.token_urlsafe(32))' > ~/.config/fleetnas/token
