@@ -7,7 +7,11 @@ pkg install -y python python-numpy python-grpcio python-psutil python-onnxruntim
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
 # grpcio pinned to Termux's own: pip would otherwise take the newest grpcio-health-checking, which needs a newer
 # grpcio than Termux packages, and build that grpcio from source on the phone.
-pip install --no-build-isolation "$HERE" "grpcio==$(python -c 'import grpc; print(grpc.__version__)')"
+GRPCIO=$(python -c 'import grpc; print(grpc.__version__)') || {
+    echo "error: Termux's python-grpcio does not import (see 'python -c \"import grpc\"'); after a Python upgrade, 'pkg upgrade python-grpcio' may be needed" >&2
+    exit 1
+}
+pip install --no-build-isolation "$HERE" "grpcio==$GRPCIO"
 python -c 'import onnxruntime' 2>/dev/null || echo "warning: ONNX Runtime does not import (see 'python -c \"import onnxruntime\"'); the agent will refuse ONNX models until it does (after a Python upgrade, 'pkg upgrade python-onnxruntime' may be needed)" >&2
 mkdir -p ~/.config/fleetnas
 [ -f ~/.config/fleetnas/token ] || python -c 'import secrets; print(secrets.token_urlsafe(32))' > ~/.config/fleetnas/token
