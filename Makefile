@@ -4,7 +4,9 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench
+OLDEST := .venv-oldest
+
+.PHONY: demo test test-oldest bench
 
 demo: $(STAMP)
 	$(VENV)/bin/fleetnas demo
@@ -18,3 +20,14 @@ $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The agent's tests on the oldest gRPC and protobuf it supports (tests/oldest-runtimes.txt), in .venv-oldest.
+test-oldest: $(OLDEST)/.installed
+	$(OLDEST)/bin/python -m pytest tests/test_agent_cli.py tests/test_agent_service.py tests/test_agent_units.py \
+		tests/test_agent_security.py tests/test_security_fuzz.py tests/test_device_lock.py
+
+$(OLDEST)/.installed: pyproject.toml setup.py tests/oldest-runtimes.txt
+	python3 -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet torch==2.13.0
+	$(OLDEST)/bin/python -m pip install --quiet -e '.[dev]' -c tests/oldest-runtimes.txt
+	touch $@

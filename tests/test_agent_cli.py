@@ -84,6 +84,10 @@ def test_the_dependency_floors_are_what_the_generated_code_accepts():
     assert f'"protobuf>={protobuf_version},<8"' in pyproject
     assert f'"grpcio-tools=={grpc_version}"' in pyproject
     assert tuple(int(p) for p in grpc_version.split(".")) <= (1, 81, 1)
+    # `make test-oldest` tests the agent on exactly these floors.
+    oldest = (ROOT / "tests" / "oldest-runtimes.txt").read_text().split()
+    assert {f"grpcio=={grpc_version}", f"grpcio-health-checking=={grpc_version}", f"grpcio-reflection=={grpc_version}",
+            f"protobuf=={protobuf_version}"} <= set(oldest)
 
 
 def test_the_agent_imports_no_runtime_and_no_host_code_until_asked():
