@@ -7,7 +7,7 @@ pkg install -y python python-numpy python-grpcio python-psutil python-onnxruntim
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
 # grpcio pinned to Termux's own: pip would otherwise take the newest grpcio-health-checking, which needs a newer
 # grpcio than Termux packages, and build that grpcio from source on the phone.
-GRPCIO=$(python -c 'import grpc; print(grpc.__version__)') || {
+GRPCIO=$(python -c 'import grpc; from importlib.metadata import version; print(version("grpcio"))') || {
     echo "error: Termux's python-grpcio does not import (see 'python -c \"import grpc\"'); after a Python upgrade, 'pkg upgrade python-grpcio' may be needed" >&2
     exit 1
 }
