@@ -1,7 +1,7 @@
 """Search tactics replayed on NAS-Bench-201: every accuracy × every latency column of the shared table.
 
     .venv/bin/python benchmarks/bench_search.py [--seeds 10] [--budget 200] [--tactics linas,evolutionary,random]
-                                                [--only imagenet16_test] [--out benchmarks/results/search]
+                                                [--first-seed 0] [--only imagenet16_test] [--out benchmarks/results/search]
                                                 [--jobs 2] [--rerun] [--known-accuracy N] [--at 100,200]
 
 Runs `fleetnas bench search` once per (accuracy, latency) pair, keeps every run's JSON under --out, and
@@ -38,7 +38,8 @@ def run_pair(accuracy: str, latency: str, args) -> Path:
         return out
     cmd = [sys.executable, "-m", "fleetnas.cli", "bench", "search", "--table", str(TABLE), "--space", "nb201",
            "--key", "cellstr", "--objective", f"{accuracy}:max", "--objective", f"{latency}:min",
-           "--budget", str(args.budget), "--seeds", str(args.seeds), "--json", str(out)]
+           "--budget", str(args.budget), "--seeds", str(args.seeds), "--first-seed", str(args.first_seed),
+           "--json", str(out)]
     if args.known_accuracy:
         cmd += ["--known", f"{accuracy}:{args.known_accuracy}"]
     for tactic in args.tactics.split(","):
@@ -69,6 +70,8 @@ def summarise(path: Path, at: list[int]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed..first-seed+seeds-1: held-out "
+                        "ones for a change tuned on 0..9")
     parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--tactics", default="linas,evolutionary,random")
     parser.add_argument("--only", default="", help="comma-separated accuracy columns to run")

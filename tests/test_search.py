@@ -770,6 +770,23 @@ def test_bench_search_writes_every_run_and_summarises(table_path, tmp_path):
     assert blind.returncode == 0 and "--known informs linas only: random runs as it would without it" in blind.stderr
 
 
+def test_bench_search_runs_from_a_first_seed_as_the_same_seeds_ran_before(table_path, tmp_path, capsys):
+    """--first-seed S runs seeds S..S+K-1: held-out seeds for a tactic tuned on 0..K-1, or more runs beside them."""
+    from fleetnas.cli import main
+
+    base = ["bench", "search", "--table", str(table_path), "--space", "nb201", "--key", "cellstr", "--objective",
+            "accuracy:max", "--objective", "latency:min", "--tactic", "random", "--budget", "6"]
+    assert main([*base, "--seeds", "4", "--json", str(tmp_path / "all.json")]) == 0
+    assert main([*base, "--first-seed", "2", "--seeds", "2", "--json", str(tmp_path / "later.json")]) == 0
+    every = json.loads((tmp_path / "all.json").read_text())["runs"]
+    later = json.loads((tmp_path / "later.json").read_text())["runs"]
+    assert [r["seed"] for r in later] == [2, 3] and later == every[2:]
+    capsys.readouterr()
+    assert main([*base, "--first-seed", "2147483647", "--seeds", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "--first-seed 2147483647 with --seeds 2 goes past the largest seed, 2147483647" in err and "seed 0" not in err
+
+
 def test_bench_search_says_when_linas_leaves_the_algorithm_unused(table_path, tmp_path, capsys):
     """On a table that holds part of its space, LINAS predicts each row instead of searching the space: an
     --algorithm given for it would silently change nothing."""

@@ -7,7 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import CliError, existing_file, model_families, output_file, positive_int, refuse_overwriting_inputs
+from .common import (CliError, existing_file, model_families, output_file, positive_int, refuse_overwriting_inputs,
+                     seed)
 
 
 def register(sub) -> None:
@@ -208,7 +209,10 @@ def _add_search(bench_sub) -> None:
     p.add_argument("--algorithm", choices=["nsga2", "agemoea", "unsga3", "ctaea", "moead"],
                    help="the evolutionary algorithm of linas's inner search and of evolutionary (default nsga2)")
     p.add_argument("--budget", type=positive_int, required=True, metavar="N", help="real evaluations per run")
-    p.add_argument("--seeds", type=positive_int, default=3, metavar="K", help="runs per tactic (seeds 0..K-1)")
+    p.add_argument("--seeds", type=positive_int, default=3, metavar="K", help="runs per tactic (seeds S..S+K-1)")
+    p.add_argument("--first-seed", type=seed, default=0, metavar="S",
+                   help="the first run's seed (default 0): seeds a tactic was not tuned on, or more runs beside "
+                        "earlier ones")
     p.add_argument("--known", action="append", default=[], type=_known_rows, metavar="COLUMN:N",
                    help="each run knows N random rows' values of objective COLUMN beforehand, as a search knows a "
                         "calibration's measurements or an earlier run's accuracy (repeatable; not counted)")
@@ -221,6 +225,14 @@ def _known_rows(text: str) -> tuple[str, int]:
     if not column or not n.isdigit() or int(n) <= 0:
         raise argparse.ArgumentTypeError(f"expected COLUMN:N with N a positive number of rows, got {text!r}")
     return column, int(n)
+
+
+def _seeds(first: int, count: int) -> range:
+    from ..search.run import MAX_SEED
+
+    if first + count - 1 > MAX_SEED:
+        raise ValueError(f"--first-seed {first} with --seeds {count} goes past the largest seed, {MAX_SEED}")
+    return range(first, first + count)
 
 
 def _refuse_repeats(option: str, values: list[str]) -> None:
@@ -262,6 +274,7 @@ def run_search_bench(args: argparse.Namespace) -> int:
         if args.budget > problem.size:
             raise ValueError(f"--budget {args.budget} is more than the {problem.size:,} configurations of {args.table.name}")
         problem.known_sample(dict(args.known), 0)  # refuses an unknown column or too many rows before any run
+        seeds = _seeds(args.first_seed, args.seeds)
     except (ValueError, KeyError, ImportError) as exc:  # ImportError: a space's plug-in that cannot be loaded
         raise CliError(exc.args[0] if exc.args else str(exc)) from None
     output = _output_file(args.json, args.table)
@@ -278,11 +291,11 @@ def run_search_bench(args: argparse.Namespace) -> int:
     runs = []
     for tactic in args.tactic:
         settings = {} if tactic == "random" else {"algorithm": args.algorithm or "nsga2"}
-        for seed in range(args.seeds):
-            run = problem.run(tactic, seed, args.budget, known=dict(args.known), **settings)
+        for run_seed in seeds:
+            run = problem.run(tactic, run_seed, args.budget, known=dict(args.known), **settings)
             runs.append(run)
             reached = [evaluations_to_reach(run["hv"], f) for f in REACH]
-            print(f"{tactic} seed {seed}: final {run['hv'][-1]:.2%}; evaluations to "
+            print(f"{tactic} seed {run_seed}: final {run['hv'][-1]:.2%}; evaluations to "
                   + ", ".join(f"{f:.0%}: {r or '-'}" for f, r in zip(REACH, reached)), file=sys.stderr, flush=True)
     _print_search_summary(runs, args)
     _write_json(output, {"table": str(args.table), "objectives": args.objective, "budget": args.budget,
