@@ -165,6 +165,45 @@ def test_save_load_gives_identical_predictions(tmp_path, family):
     assert q.model_name == family and q.log_target == p.log_target and q.training == p.training
 
 
+def test_a_blend_predicts_the_mean_of_each_familys_best(tmp_path):
+    X, y, names = _drowned(n=120)
+    y = y + 3.0 * (X[:, 150] > 5)  # a step, which trees model, beside what is linear
+    from fleetnas.predictors.features import feature_views
+
+    views = feature_views(names)
+    fit = dict(log_target=False, score="rmse", views=views, seed=3)  # as a search fits a quality
+    blend = fit_predictor(X, y, models=("ridge", "lgbm"), blend=True, **fit)
+    alone = [fit_predictor(X, y, models=family, **fit) for family in ("ridge", "lgbm")]
+    assert blend.model_name == "blend" and blend.families == ("ridge", "lgbm") and blend.columns is None
+    # Each part is what that family alone would have chosen and fitted, view included; the blend is their mean.
+    assert blend.params["parts"] == [{"model": p.model_name, "params": p.params, "view": p.feature_spec["view"]}
+                                     for p in alone]
+    np.testing.assert_allclose(blend.predict(X), np.mean([p.predict(X) for p in alone], axis=0), rtol=1e-12)
+    np.testing.assert_allclose(blend.out_of_fold, np.mean([p.out_of_fold for p in alone], axis=0), rtol=1e-12)
+    assert blend.cv_metrics["rmse"] == pytest.approx(regression_metrics(y, blend.out_of_fold)["rmse"])
+    # The members take turns among the families, fold by fold.
+    assert [m.families for m in blend.members] == [("ridge",), ("lgbm",)] * 2 + [("ridge",)]
+    members = blend.predict_members(X)
+    np.testing.assert_allclose(members[[0, 2, 4]], alone[0].predict_members(X)[:3], rtol=1e-12)
+    np.testing.assert_allclose(members[[1, 3]], alone[1].predict_members(X)[:2], rtol=1e-12)
+    q = load_predictor(blend.save(tmp_path / "blend.json"))
+    assert q.families == ("ridge", "lgbm") and json.loads((tmp_path / "blend.json").read_text())["model"] == "blend"
+    np.testing.assert_array_equal(q.predict(X), blend.predict(X))
+    np.testing.assert_array_equal(q.predict_members(X), members)
+    data = json.loads((tmp_path / "blend.json").read_text())
+    nested, strange = json.loads(json.dumps(data)), json.loads(json.dumps(data))
+    nested["final"]["parts"][0]["model"] = data["final"]
+    strange["final"]["parts"][0]["columns"] = "all"
+    for broken, message in ((nested, "parts are single models"), (strange, "columns must be null or column")):
+        (tmp_path / "broken.json").write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=message):
+            load_predictor(tmp_path / "broken.json")
+    # One family named: an ordinary predictor. Costs need one scale to average on.
+    assert fit_predictor(X, y, models="ridge", blend=True, log_target=False).model_name == "ridge"
+    with pytest.raises(ValueError, match="blend needs log_target True or False"):
+        fit_predictor(X, y, models=("ridge", "lgbm"), blend=True)
+
+
 def test_fingerprint_follows_the_training_data():
     X, y = _data(linear, n=40)
     a = fit_predictor(X, y, models="ridge").training

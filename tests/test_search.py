@@ -269,6 +269,29 @@ def test_linas_fits_costs_by_relative_and_qualities_by_absolute_error(problem):
     assert latency.cv_metrics["selection_score"] == "mape"
 
 
+def test_linas_predicts_a_quality_by_a_blend_of_families_and_a_cost_by_one(problem):
+    from fleetnas.search.tactics.linas import QUALITY_BLEND, Featurizer, Surrogates
+
+    session = SearchSession(problem.space, problem.evaluator, 40, pool=problem.pool)  # accuracy:max, latency:min
+    session.evaluate([problem.space.decode(x) for x in problem.space.encode_many(problem.space.sample(30, 3))])
+    surrogates = Surrogates(session, Featurizer(problem.space), "auto", seed=0)
+    surrogates.fit(1)
+    accuracy, latency = surrogates.predictors
+    assert accuracy.families == QUALITY_BLEND == ("mlp", "svr", "lgbm") and len(latency.families) == 1
+    # A batch's Thompson draws (one member per slot) come from every family in turn.
+    assert [m.families for m in accuracy.members] == [("mlp",), ("svr",), ("lgbm",), ("mlp",), ("svr",)]
+    # A refit before the data has grown by half keeps the choice: the same three families.
+    unseen = session.fresh(problem.space.encode_many(problem.space.sample(40, 7)))
+    session.evaluate([problem.space.decode(x) for x in unseen[:5]])
+    surrogates.fit(2)
+    assert surrogates.predictors[0].families == QUALITY_BLEND
+    assert surrogates.predictors[1].families == latency.families
+    # Models named by the user are what fits, a quality included.
+    named = Surrogates(session, Featurizer(problem.space), "ridge", seed=0)
+    named.fit(1)
+    assert [p.families for p in named.predictors] == [("ridge",), ("ridge",)]
+
+
 @pytest.mark.parametrize("tactic", sorted(TACTICS))
 def test_every_tactic_stops_when_a_partial_table_runs_out(table_path, tmp_path, tactic):
     """A table that covers part of the space: a budget beyond its rows evaluates each row once, then stops."""

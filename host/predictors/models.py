@@ -7,7 +7,7 @@ All fits are single-threaded: the search loop refits them on a 2-core machine it
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -158,7 +158,46 @@ class LGBMModel(Model):
         return cls(d["model_text"])
 
 
-_LOADERS = {"ridge": RidgeModel.load, "svr": SVRModel.load, "mlp": MLPModel.load, "lgbm": LGBMModel.load}
+class BlendModel(Model):
+    """The mean of models of different families, each reading its own columns of X (the feature view its
+    cross-validation chose): families err in different places, and their mean ranks where none alone does
+    (`fit_predictor(blend=True)`)."""
+
+    family = "blend"
+
+    def __init__(self, parts: Sequence[tuple[Model, Sequence[int] | None]]):
+        if not parts:
+            raise ValueError("a blend needs at least one model")
+        self.parts = [(model, None if columns is None else [int(c) for c in columns]) for model, columns in parts]
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(model.family for model, _ in self.parts)
+
+    def predict(self, X):
+        return np.mean([model.predict(X if columns is None else X[:, columns]) for model, columns in self.parts],
+                       axis=0)
+
+    def to_dict(self):
+        return {"family": self.family,
+                "parts": [{"columns": columns, "model": model.to_dict()} for model, columns in self.parts]}
+
+    @classmethod
+    def load(cls, d):
+        parts = []
+        for part in d["parts"]:
+            if part["model"].get("family") == cls.family:
+                raise ValueError("a blend's parts are single models, not blends")
+            columns = part["columns"]
+            if columns is not None and not (isinstance(columns, list) and all(
+                    isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in columns)):
+                raise ValueError(f"a blend part's columns must be null or column indices, got {columns!r}")
+            parts.append((Model.from_dict(part["model"]), columns))
+        return cls(parts)
+
+
+_LOADERS = {"ridge": RidgeModel.load, "svr": SVRModel.load, "mlp": MLPModel.load, "lgbm": LGBMModel.load,
+            "blend": BlendModel.load}
 
 
 def fit_model(family: str, params: dict, X: np.ndarray, y: np.ndarray, seed: int = 0) -> Model:

@@ -8,8 +8,8 @@ File format (JSON, UTF-8; never pickle). Top-level object:
 
     format          "fleetnas-predictor"
     format_version  1
-    model           family of the chosen model: ridge | svr | lgbm | mlp
-    params          its hyper-parameters
+    model           family of the chosen model: ridge | svr | lgbm | mlp, or blend (the mean of one of each)
+    params          its hyper-parameters; a blend's: {"parts": [{"model", "params", "view"} per family]}
     log_target      true when the model predicts log(y) (predictions are exp'd back)
     floor           (optional) for a cost (every training y > 0) fitted on the raw scale, where its predictions
                     bend towards zero without reaching it (`_natural`), so that no latency or memory is
@@ -28,6 +28,8 @@ A model object has "family" and:
            z = (X-mean)/scale;  y = undo_y(Σ dual_coef·exp(-gamma·|z-sv|²) + intercept)
     mlp    x{mean,scale}, y{mean,scale}, activation "relu", weights[layer][in][out], biases[layer][out]
     lgbm   model_text: LightGBM's native model text (lightgbm.Booster(model_str=...))
+    blend  parts[{"columns": indices or null, "model": a model object}]   y = mean of the parts' y, each
+           part reading its columns of X (a blend's members are blends of one part: one family's fold model)
 where undo_y(v) = v·y.scale + y.mean. Floats are written with full precision, so a loaded predictor gives
 the identical predictions.
 """
@@ -43,7 +45,7 @@ from typing import Sequence
 import numpy as np
 
 from .metrics import figure, json_safe, regression_metrics
-from .models import FAMILIES, GRIDS, Model, fit_model
+from .models import FAMILIES, GRIDS, BlendModel, Model, fit_model
 
 FORMAT = "fleetnas-predictor"
 FORMAT_VERSION = 1
@@ -69,6 +71,11 @@ class Predictor:
     @property
     def model_name(self) -> str:
         return self.final.family
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The model families it predicts with: one, or a blend's."""
+        return getattr(self.final, "families", (self.final.family,))
 
     @property
     def n_features(self) -> int:
@@ -161,7 +168,7 @@ def training_fingerprint(X: np.ndarray, y: np.ndarray) -> dict:
 # ----- fitting ----------------------------------------------------------------------------------------
 def fit_predictor(X, y, *, models: Sequence[str] | str = "auto", log_target: bool | None = None, cv: int = 5,
                   seed: int = 0, ensemble: int = 5, feature_spec: dict | None = None,
-                  views: dict[str, Sequence[int]] | None = None, score: str = "auto") -> Predictor:
+                  views: dict[str, Sequence[int]] | None = None, score: str = "auto", blend: bool = False) -> Predictor:
     """Chooses the model family and hyper-parameters with the lowest out-of-fold error and refits it.
 
     models      families to try ("auto" = all of ridge, svr, lgbm, mlp)
@@ -175,6 +182,9 @@ def fit_predictor(X, y, *, models: Sequence[str] | str = "auto", log_target: boo
                 as latency, where a 10 % error matters as much on a small model as on a large one), else RMSE.
                 RMSE suits a quality to maximise, such as accuracy, where relative error would weight the
                 worst configurations (1 % accuracy) most and the best, which a search cares about, least.
+    blend       instead of choosing one family, choose the best of each and predict their mean (`BlendModel`);
+                the members then take turns among the families: the first fold model of each, then the
+                second, and so on. Needs log_target True or False where every y > 0: one scale to average on.
     (See `_race` for how the selection stays fast.)
     """
     from threadpoolctl import threadpool_limits
@@ -182,10 +192,10 @@ def fit_predictor(X, y, *, models: Sequence[str] | str = "auto", log_target: boo
     # One BLAS thread: small matrices gain nothing from more, and the search loop shares 2 cores.
     with threadpool_limits(limits=1):
         return _fit_predictor(X, y, models=models, log_target=log_target, cv=cv, seed=seed, ensemble=ensemble,
-                              feature_spec=feature_spec, views=views, score=score)
+                              feature_spec=feature_spec, views=views, score=score, blend=blend)
 
 
-def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec, views, score) -> Predictor:
+def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec, views, score, blend) -> Predictor:
     started, started_cpu = time.perf_counter(), time.process_time()
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     y = np.asarray(y, dtype=np.float64).ravel()
@@ -194,34 +204,63 @@ def _fit_predictor(X, y, *, models, log_target, cv, seed, ensemble, feature_spec
     positive = bool((y > 0).all())
     if log_target and not positive:
         raise ValueError("log_target needs every y > 0")
+    if blend and log_target is None and positive:
+        raise ValueError("blend needs log_target True or False: a blend's models are averaged on one scale")
     logs = [False, True] if log_target is None and positive else [bool(log_target)]
     views = _check_views(views, X.shape[1])
     metric = _check_score(score, positive)
     candidates = [(family, params, log, view) for view in views for family in families for log in logs
                   for params in GRIDS[family]]
     folds = _folds(len(y), cv, seed)
-    winner, selection = _race(candidates, folds, X, y, views, metric, seed)
-    family, params, log, view = candidates[winner.index]
-    columns = views[view]
-    Xv = X if columns is None else X[:, columns]
-    final = fit_model(family, params, Xv, np.log(y) if log else y, seed)
-    if ensemble == len(folds):
-        members = winner.models
-    elif ensemble >= 2:
-        members = [fit_model(family, params, Xv[train], np.log(y[train]) if log else y[train], seed)
-                   for train, _ in _folds(len(y), ensemble, seed + 1)]
+    # A blend races each family on its own, so that every family's best sees every fold.
+    groups = [[c for c in candidates if c[0] == family] for family in families] if blend else [candidates]
+    parts, selection = [], []
+    for group in groups:
+        winner, tried = _race(group, folds, X, y, views, metric, seed)
+        selection += tried
+        parts.append(_Refitted(winner, group[winner.index], views, X, y, folds, ensemble, seed))
+    if len(parts) == 1:
+        part = parts[0]
+        final, members, columns, out_of_fold = part.final, part.members, part.columns, part.winner.out_of_fold
+        params, log = dict(part.params), part.log
     else:
-        members = []
+        final = BlendModel([(p.final, p.columns) for p in parts])
+        # Turns among the families, so that any first few members (a search's batch) hold every family.
+        turns = zip(*[[BlendModel([(m, p.columns)]) for m in p.members] for p in parts])
+        members = [member for turn in turns for member in turn][:ensemble]
+        columns, out_of_fold, log = None, np.mean([p.winner.out_of_fold for p in parts], axis=0), parts[0].log
+        params = {"parts": [{"model": p.family, "params": dict(p.params), "view": p.view} for p in parts]}
     spec = dict(feature_spec or {})
     spec["n_features"] = int(X.shape[1])
-    cv_metrics = {**regression_metrics(y, winner.out_of_fold), "folds": len(folds),
+    cv_metrics = {**regression_metrics(y, out_of_fold), "folds": len(folds),
                   "selection_score": metric, "selection": selection,
                   "fit_seconds": time.perf_counter() - started, "fit_cpu_seconds": time.process_time() - started_cpu}
-    if len(views) > 1:
-        spec["view"] = view
-    return Predictor(final, members, params=dict(params), log_target=log, feature_spec=spec,
+    if len(views) > 1 and len(parts) == 1:
+        spec["view"] = parts[0].view
+    return Predictor(final, members, params=params, log_target=log, feature_spec=spec,
                      training=training_fingerprint(X, y), cv_metrics=cv_metrics, columns=columns,
-                     out_of_fold=winner.out_of_fold, floor=_floor(y, log, metric))
+                     out_of_fold=out_of_fold, floor=_floor(y, log, metric))
+
+
+class _Refitted:
+    """A race's winner refitted: on every row (final), and as an ensemble (members: its fold models, or the
+    folds of another k-fold split when `ensemble` asks for another number of them)."""
+
+    def __init__(self, winner, candidate: tuple, views: dict, X, y, folds, ensemble: int, seed: int):
+        self.winner = winner
+        self.family, self.params, self.log, self.view = candidate
+        self.columns = views[self.view]
+        self.final = self._fit(X, y, np.arange(len(y)), seed)
+        if ensemble == len(folds):
+            self.members = winner.models
+        elif ensemble >= 2:
+            self.members = [self._fit(X, y, train, seed) for train, _ in _folds(len(y), ensemble, seed + 1)]
+        else:
+            self.members = []
+
+    def _fit(self, X, y, rows, seed) -> Model:
+        Xv = X[rows] if self.columns is None else X[np.ix_(rows, self.columns)]
+        return fit_model(self.family, self.params, Xv, np.log(y[rows]) if self.log else y[rows], seed)
 
 
 #: After each fold, candidates whose mean fold score is worse than the best's by more than this factor stop.
