@@ -28,7 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT.parent / "shared" / "data" / "nb201_accuracy_latency.csv"
-#: The six pairs where LINAS misses the issue's target (benchmarks/results/search.txt).
+#: The six pairs where LINAS missed the issue's target when this benchmark was written (benchmarks/results/search.txt).
 PAIRS = ("imagenet16_test:lat_ms_titanxp_1,cifar10_test:lat_ms_titanxp_1,imagenet16_test:lat_ms_pixel3,"
          "imagenet16_test:lat_ms_gold_6226,cifar100_test:lat_ms_titanxp_1,imagenet16_test:lat_ms_titan_rtx_32")
 ACCURACIES = ("cifar10_test", "cifar100_test", "imagenet16_test")
