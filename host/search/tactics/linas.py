@@ -29,8 +29,8 @@ configuration of the space (all 15,625 predicted) did worse; at 200 evaluations 
 
 Why learn from what was known: a search on a new device finds in the store the accuracy an earlier run
 evaluated, and the device kind's calibration measurements. Given the accuracy of 100 random cells beforehand,
-the mean hypervolume fraction over the 12 NAS-Bench-201 pairs (10 seeds) rose from 0.871 to 0.964 at 30
-evaluations and from 0.9829 to 0.9865 at 100 (benchmarks/results/search_known.txt). 50 known latencies changed
+the mean hypervolume fraction over the 12 NAS-Bench-201 pairs (10 seeds) rose from 0.907 to 0.968 at 30
+evaluations and from 0.9854 to 0.9875 at 100 (benchmarks/results/search_known.txt). 50 known latencies changed
 little there (on three hard pairs, 0.810 to 0.848 at 30 evaluations, 0.968 to 0.969 at 100): 20 evaluations
 already fit NB201 latency to the tables' noise; they matter more where latency takes more rows to learn.
 
