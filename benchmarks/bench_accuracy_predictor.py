@@ -1,0 +1,120 @@
+"""How well LINAS's accuracy predictor ranks NAS-Bench-201 cells, from random training rows, without a search.
+
+    .venv/bin/python benchmarks/bench_accuracy_predictor.py [--rows 50,100,200,400] [--seeds 6] [--jobs 2]
+                                                            [--only imagenet16_test]
+
+search_ceiling.py puts what LINAS misses on the accuracy predictor; a search loop takes half an hour to say
+whether a change to it helps. This takes minutes: the predictor is fitted as LINAS fits it (the configs'
+canonical forms, `Featurizer`; `_fit_options` for a quality to maximise) on N random cells, and predicts
+all 15,625. Per accuracy column and N, the means over seeds of:
+- Kendall τ between predicted and recorded accuracy, over every cell and over the best 10 %;
+- per latency column, the hypervolume fraction of the cells that the predicted accuracy and the recorded
+  latency make non-dominated: the front the predictor would hand over if every cell's latency were known
+  (normalised and scored as `fleetnas bench search` scores a search).
+Two reference rows need no training: "params" ranks by the analytic parameter count alone, and
+"± training noise" is the recorded accuracy plus a fresh draw of retraining noise (search_ceiling.py's
+`training_noise_sd`): what an architecture-only predictor that knew every expected accuracy would score.
+"""
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT.parent / "shared" / "data" / "nb201_accuracy_latency.csv"
+ACCURACIES = ("cifar10_test", "cifar100_test", "imagenet16_test")
+LATENCIES = ("lat_ms_pixel3", "lat_ms_gold_6226", "lat_ms_titanxp_1", "lat_ms_titan_rtx_32")
+
+
+@lru_cache(maxsize=1)  # a worker process fits many predictors on one column
+def load(accuracy: str):
+    """(canonical feature matrix, recorded accuracy, {latency column: recorded latency}, cellstrs)."""
+    from fleetnas.search.tactics.linas import Featurizer
+    from fleetnas.supernets.nb201 import SPACE
+    from fleetnas.tables import read_table
+
+    table = read_table(TABLE)
+    cells = [row["cellstr"] for row in table.rows]
+    featurize = Featurizer(SPACE)
+    features = featurize(featurize.canonical(SPACE.encode_many([SPACE.from_key(c) for c in cells])))
+    return features, featurize.views, table.column(accuracy), {lat: table.column(lat) for lat in LATENCIES}, cells
+
+
+def front_fraction(predicted: np.ndarray, accuracy: np.ndarray, latency: np.ndarray) -> float:
+    """Hypervolume fraction, against the true front, of the cells non-dominated under the predicted accuracy."""
+    from fleetnas.search.hypervolume import Normaliser, hypervolume, non_dominated
+
+    true = np.stack([-accuracy, latency], axis=1)
+    normalise = Normaliser.of_front(true)
+    ref = np.full(2, 1.1)
+    chosen = non_dominated(np.stack([-predicted, latency], axis=1))
+    return hypervolume(normalise(true[chosen]), ref) / hypervolume(normalise(true[non_dominated(true)]), ref)
+
+
+def scores(predicted: np.ndarray, accuracy: np.ndarray, latencies: dict) -> list[float]:
+    from scipy.stats import kendalltau
+
+    best = accuracy >= np.quantile(accuracy, 0.9)
+    return ([kendalltau(predicted, accuracy)[0], kendalltau(predicted[best], accuracy[best])[0]]
+            + [front_fraction(predicted, accuracy, latencies[lat]) for lat in LATENCIES])
+
+
+def fitted(job) -> tuple[str, str, list[float]]:
+    """Scores of the predictor fitted on `rows` random cells (seed `seed`)."""
+    accuracy_column, rows, seed = job
+    from types import SimpleNamespace
+
+    from fleetnas.predictors import fit_predictor
+    from fleetnas.search.tactics.linas import _fit_options
+
+    features, views, accuracy, latencies, _ = load(accuracy_column)
+    train = np.random.default_rng(seed).choice(len(accuracy), rows, replace=False)
+    predictor = fit_predictor(features[train], accuracy[train], seed=seed, views=views,
+                              **_fit_options(SimpleNamespace(sign=-1), "auto"))
+    return accuracy_column, f"{rows} rows", scores(predictor.predict(features, bounded=False), accuracy, latencies)
+
+
+def references(accuracy_column: str, seeds: int) -> list[tuple[str, str, list[float]]]:
+    from search_ceiling import function_groups, training_noise_sd
+
+    from fleetnas.supernets.nb201 import SUPERNET, SPACE
+
+    _, _, accuracy, latencies, cells = load(accuracy_column)
+    params = np.array([SUPERNET.analytic_features(SPACE.from_key(c))["params"] for c in cells])
+    noise = training_noise_sd(function_groups(cells), accuracy)
+    out = [(accuracy_column, "params", scores(params, accuracy, latencies))]
+    for seed in range(seeds):
+        noisy = accuracy + np.random.default_rng(seed).normal(0.0, noise, len(accuracy))
+        out.append((accuracy_column, "± training noise", scores(noisy, accuracy, latencies)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="50,100,200,400", help="comma-separated training sizes")
+    parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", default=",".join(ACCURACIES), help="comma-separated accuracy columns")
+    args = parser.parse_args()
+    columns = args.only.split(",")
+    sizes = [int(n) for n in args.rows.split(",")]
+    jobs = [(column, n, seed) for column in columns for n in sizes for seed in range(args.seeds)]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(fitted, jobs))
+    for column in columns:
+        results += references(column, args.seeds)
+    print(f"{'accuracy':16s} {'predictor':17s} {'τ':>6s} {'τ top10%':>8s}  one-shot front HV: "
+          + " ".join(f"{lat[7:]:>12s}" for lat in LATENCIES))
+    for column in columns:
+        for name in dict.fromkeys(name for c, name, _ in results if c == column):
+            mean = np.mean([s for c, n, s in results if (c, n) == (column, name)], axis=0)
+            print(f"{column:16s} {name:17s} {mean[0]:6.3f} {mean[1]:8.3f}                    "
+                  + " ".join(f"{v:12.4f}" for v in mean[2:]))
+
+
+if __name__ == "__main__":
+    main()
