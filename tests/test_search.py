@@ -233,12 +233,13 @@ def test_every_algorithm_runs_inside_linas_and_on_real_evaluations(problem, algo
 
 def test_linas_beats_random_search_on_a_known_trade_off(problem):
     budget = 60
-    # Four seeds: single runs of LINAS land between 0.958 and 0.975 here, so two could average either side of 0.96.
+    # Four seeds: single runs of LINAS land between 0.953 and 0.975 here (seeds 0-9 average 0.966), so two could
+    # average either side of 0.96, and seeds 0-3 happen to be the low ones.
     linas = [problem.run("linas", s, budget, models="ridge", generations=15)["hv"][-1] for s in range(4)]
     rand = [problem.run("random", s, budget)["hv"][-1] for s in range(4)]
     assert min(linas) > max(rand)
-    # Random search reaches 0.91-0.94 of the true hypervolume at this budget (seeds 0-3).
-    assert np.mean(linas) > 0.96
+    # Random search reaches 0.90-0.94 of the true hypervolume at this budget (seeds 0-9).
+    assert np.mean(linas) > 0.95
 
 
 def test_linas_predicts_accuracy_from_what_a_cell_computes_and_latency_from_what_it_runs(problem):
@@ -520,7 +521,9 @@ def test_runs_are_listed_with_their_state_and_found_by_name(tmp_path, capsys):
     rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
     assert [(rows[i]["name"], rows[i]["state"]) for i in (finished, killed, driven)] == [
         ("baseline", "finished"), ("killed", "interrupted"), (None, "running")]
-    assert rows[finished]["evaluations"] == rows[finished]["budget"] == 36 and 0 < rows[finished]["hypervolume"] <= 1
+    # Measured in the range of the run's first evaluations with the reference point at 1.1 of it, so a run that
+    # later finds better cells goes past 1: no upper bound holds.
+    assert rows[finished]["evaluations"] == rows[finished]["budget"] == 36 and rows[finished]["hypervolume"] > 0
     assert rows[killed]["evaluations"] == 0 and rows[killed]["hypervolume"] is None
     assert main(["runs", "--db", str(db)]) == 0
     assert "interrupted" in capsys.readouterr().out

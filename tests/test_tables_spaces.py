@@ -2,7 +2,7 @@
 import pytest
 
 from fleetnas.supernets import InvalidConfig, get_supernet
-from fleetnas.supernets.nb201 import live_edges
+from fleetnas.supernets.nb201 import live_edges, path_features
 
 NB201_KEY = "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|"
 FBNET_KEY = "7 8 1 8 4 8 8 8 7 4 1 4 7 3 2 7 3 2 4 2 4 5"
@@ -46,6 +46,19 @@ def test_nb201_live_edges_follow_constant_folding():
     assert live_edges(config) == [(1, 0), (2, 0), (3, 0), (3, 2)]
     features = get_supernet("nb201").analytic_features(config)
     assert features["live_nor_conv_3x3"] == 0 and features["live_nor_conv_1x1"] == 1 and features["live_none"] == 2
+
+
+@pytest.mark.parametrize("key, open_paths, conv_free, depths", [
+    # Every path open: 3<-0 skip (no conv), 0-1-3 two convs, 0-2-3 one, 0-1-2-3 two.
+    ("|nor_conv_3x3~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|", 4, 1, (0, 2)),
+    # A pool is no convolution; paths through a `none` edge are closed and not counted.
+    ("|avg_pool_3x3~0|+|none~0|skip_connect~1|+|skip_connect~0|skip_connect~1|none~2|", 2, 2, (0, 0)),
+    ("|nor_conv_1x1~0|+|none~0|nor_conv_3x3~1|+|none~0|nor_conv_1x1~1|nor_conv_3x3~2|", 2, 0, (2, 3)),
+])
+def test_nb201_path_features_count_the_open_paths_without_a_convolution(key, open_paths, conv_free, depths):
+    features = path_features(get_supernet("nb201").space.from_key(key))
+    assert features["open_paths"] == open_paths and features["conv_free_paths"] == conv_free
+    assert (features["min_conv_depth"], features["max_conv_depth"]) == depths
 
 
 def test_nb201_macs_grow_with_convolutions():

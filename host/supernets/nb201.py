@@ -94,11 +94,18 @@ CONVS = ("nor_conv_1x1", "nor_conv_3x3")
 
 
 def path_features(config: Config) -> dict[str, float]:
-    """How information can flow through the cell: open paths, and convolutions along them."""
+    """How information can flow through the cell: open paths, and convolutions along them.
+
+    `conv_free_paths` counts the open paths with no convolution on them (skips and pools only): how much of
+    the cell's output bypasses every learned layer. `min_conv_depth` says only whether there is one. From
+    100 random cells, this one column raised the accuracy predictor's Kendall τ over all 15,625 from 0.715 to
+    0.774 (CIFAR-10) and from 0.727 to 0.762 (ImageNet16): about what doubling the rows to 200 gave without
+    it (0.749, 0.763; benchmarks/bench_accuracy_predictor.py)."""
     open_paths = [p for p in PATHS if all(config[edge_name(*e)] != "none" for e in p)]
     depths = [sum(config[edge_name(*e)] in CONVS for e in p) for p in open_paths]
     features = {"open_paths": float(len(open_paths)), "max_conv_depth": float(max(depths, default=-1)),
-                "min_conv_depth": float(min(depths, default=-1))}
+                "min_conv_depth": float(min(depths, default=-1)),
+                "conv_free_paths": float(sum(depth == 0 for depth in depths))}
     for i, path in enumerate(PATHS):
         is_open = path in open_paths
         features[f"path{i}_open"] = float(is_open)
