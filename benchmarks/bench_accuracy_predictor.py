@@ -23,16 +23,16 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from bench_search import ACCURACIES, LATENCIES  # the columns the search benchmark replays
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT.parent / "shared" / "data" / "nb201_accuracy_latency.csv"
-ACCURACIES = ("cifar10_test", "cifar100_test", "imagenet16_test")
-LATENCIES = ("lat_ms_pixel3", "lat_ms_gold_6226", "lat_ms_titanxp_1", "lat_ms_titan_rtx_32")
 
 
 @lru_cache(maxsize=1)  # a worker process fits many predictors on one column
 def load(accuracy: str):
-    """(canonical feature matrix, recorded accuracy, {latency column: recorded latency}, cellstrs)."""
+    """(canonical feature matrix, the Featurizer's feature views, recorded accuracy,
+    {latency column: recorded latency}, cellstrs)."""
     from fleetnas.search.tactics.linas import Featurizer
     from fleetnas.supernets.nb201 import SPACE
     from fleetnas.tables import read_table
