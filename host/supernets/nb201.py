@@ -99,7 +99,7 @@ def path_features(config: Config) -> dict[str, float]:
     `conv_free_paths` counts the open paths with no convolution on them (skips and pools only): how much of
     the cell's output bypasses every learned layer. `min_conv_depth` says only whether there is one. From
     100 random cells, this one column raised the accuracy predictor's Kendall τ over all 15,625 from 0.715 to
-    0.774 (CIFAR-10) and from 0.727 to 0.762 (ImageNet16): about what doubling the rows to 200 gave without
+    0.772 (CIFAR-10) and from 0.727 to 0.760 (ImageNet16): about what doubling the rows to 200 gave without
     it (0.749, 0.763; benchmarks/bench_accuracy_predictor.py)."""
     open_paths = [p for p in PATHS if all(config[edge_name(*e)] != "none" for e in p)]
     depths = [sum(config[edge_name(*e)] in CONVS for e in p) for p in open_paths]
