@@ -10,7 +10,7 @@ all 15,625. Per accuracy column and N, the means over seeds of:
 - Kendall τ between predicted and recorded accuracy, over every cell and over the best 10 %;
 - per latency column, the hypervolume fraction of the cells that the predicted accuracy and the recorded
   latency make non-dominated: the front the predictor would hand over if every cell's latency were known
-  (normalised and scored as `fleetnas bench search` scores a search).
+  (normalised and scored against the true front as `ReplayProblem` scores a search).
 Two reference rows need no training: "params" ranks by the analytic parameter count alone, and
 "± training noise" is the recorded accuracy plus a fresh draw of retraining noise (search_ceiling.py's
 `training_noise_sd`): what an architecture-only predictor that knew every expected accuracy would score.
@@ -32,7 +32,9 @@ TABLE = ROOT.parent / "shared" / "data" / "nb201_accuracy_latency.csv"
 @lru_cache(maxsize=1)  # a worker process fits many predictors on one column
 def load(accuracy: str):
     """(canonical feature matrix, the Featurizer's feature views, recorded accuracy,
-    {latency column: recorded latency}, cellstrs)."""
+    {latency column: (recorded latency, its replay problem with accuracy)}, cellstrs)."""
+    from fleetnas.search.objectives import Objective
+    from fleetnas.search.replay import ReplayProblem
     from fleetnas.search.tactics.linas import Featurizer
     from fleetnas.supernets.nb201 import SPACE
     from fleetnas.tables import read_table
@@ -41,18 +43,22 @@ def load(accuracy: str):
     cells = [row["cellstr"] for row in table.rows]
     featurize = Featurizer(SPACE)
     features = featurize(featurize.canonical(SPACE.encode_many([SPACE.from_key(c) for c in cells])))
-    return features, featurize.views, table.column(accuracy), {lat: table.column(lat) for lat in LATENCIES}, cells
+    problems = {lat: ReplayProblem.from_table(table, "nb201", "cellstr",
+                                              [Objective(accuracy, "max"), Objective(lat, "min")])
+                for lat in LATENCIES}
+    latencies = {lat: (table.column(lat), problems[lat]) for lat in LATENCIES}
+    return features, featurize.views, table.column(accuracy), latencies, cells
 
 
-def front_fraction(predicted: np.ndarray, accuracy: np.ndarray, latency: np.ndarray) -> float:
-    """Hypervolume fraction, against the true front, of the cells non-dominated under the predicted accuracy."""
-    from fleetnas.search.hypervolume import Normaliser, hypervolume, non_dominated
+def front_fraction(predicted: np.ndarray, accuracy: np.ndarray, latency: np.ndarray, problem) -> float:
+    """Hypervolume fraction, against the true front (`problem`'s), of the cells non-dominated under the
+    predicted accuracy."""
+    from fleetnas.search.hypervolume import hypervolume, non_dominated
+    from fleetnas.search.replay import REF
 
-    true = np.stack([-accuracy, latency], axis=1)
-    normalise = Normaliser.of_front(true)
-    ref = np.full(2, 1.1)
     chosen = non_dominated(np.stack([-predicted, latency], axis=1))
-    return hypervolume(normalise(true[chosen]), ref) / hypervolume(normalise(true[non_dominated(true)]), ref)
+    true = np.stack([-accuracy, latency], axis=1)
+    return hypervolume(problem.normaliser(true[chosen]), np.full(2, REF)) / problem.true_hv
 
 
 def scores(predicted: np.ndarray, accuracy: np.ndarray, latencies: dict) -> list[float]:
@@ -60,21 +66,20 @@ def scores(predicted: np.ndarray, accuracy: np.ndarray, latencies: dict) -> list
 
     best = accuracy >= np.quantile(accuracy, 0.9)
     return ([kendalltau(predicted, accuracy)[0], kendalltau(predicted[best], accuracy[best])[0]]
-            + [front_fraction(predicted, accuracy, latencies[lat]) for lat in LATENCIES])
+            + [front_fraction(predicted, accuracy, *latencies[lat]) for lat in LATENCIES])
 
 
 def fitted(job) -> tuple[str, str, list[float]]:
     """Scores of the predictor fitted on `rows` random cells (seed `seed`)."""
     accuracy_column, rows, seed = job
-    from types import SimpleNamespace
-
     from fleetnas.predictors import fit_predictor
+    from fleetnas.search.objectives import Objective
     from fleetnas.search.tactics.linas import _fit_options
 
     features, views, accuracy, latencies, _ = load(accuracy_column)
     train = np.random.default_rng(seed).choice(len(accuracy), rows, replace=False)
     predictor = fit_predictor(features[train], accuracy[train], seed=seed, views=views,
-                              **_fit_options(SimpleNamespace(sign=-1), "auto"))
+                              **_fit_options(Objective(accuracy_column, "max"), "auto"))
     return accuracy_column, f"{rows} rows", scores(predictor.predict(features, bounded=False), accuracy, latencies)
 
 
