@@ -1,7 +1,7 @@
 """How well LINAS's accuracy predictor ranks NAS-Bench-201 cells, from random training rows, without a search.
 
     .venv/bin/python benchmarks/bench_accuracy_predictor.py [--rows 50,100,200,400] [--seeds 6] [--jobs 2]
-                                                            [--only imagenet16_test]
+                                                            [--only imagenet16_test] [--mix 0.25,0.5]
 
 search_ceiling.py puts what LINAS misses on the accuracy predictor; a search loop takes half an hour to say
 whether a change to it helps. This takes minutes: the predictor is fitted as LINAS fits it (the configs'
@@ -14,6 +14,9 @@ all 15,625. Per accuracy column and N, the means over seeds of:
 Two reference rows need no training: "params" ranks by the analytic parameter count alone, and
 "± training noise" is the recorded accuracy plus a fresh draw of retraining noise (search_ceiling.py's
 `training_noise_sd`): what an architecture-only predictor that knew every expected accuracy would score.
+`--mix W,...` adds, per N and weight w, the predictor's output mixed with that reference,
+w × (accuracy ± training noise) + (1 − w) × predicted: the rankings whose searches search_ceiling.py's `--mix`
+replays.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_search import ACCURACIES, LATENCIES  # the columns the search benchmark replays
+from search_ceiling import mix_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT.parent / "shared" / "data" / "nb201_accuracy_latency.csv"
@@ -69,9 +73,10 @@ def scores(predicted: np.ndarray, accuracy: np.ndarray, latencies: dict) -> list
             + [front_fraction(predicted, accuracy, *latencies[lat]) for lat in LATENCIES])
 
 
-def fitted(job) -> tuple[str, str, list[float]]:
-    """Scores of the predictor fitted on `rows` random cells (seed `seed`)."""
-    accuracy_column, rows, seed = job
+def fitted(job) -> list[tuple[str, str, list[float]]]:
+    """Scores of the predictor fitted on `rows` random cells (seed `seed`), alone and mixed with the
+    ± training noise reference by each weight in `mix`."""
+    accuracy_column, rows, seed, mix = job
     from fleetnas.predictors import fit_predictor
     from fleetnas.search.objectives import Objective
     from fleetnas.search.tactics.linas import _fit_options
@@ -80,21 +85,32 @@ def fitted(job) -> tuple[str, str, list[float]]:
     train = np.random.default_rng(seed).choice(len(accuracy), rows, replace=False)
     predictor = fit_predictor(features[train], accuracy[train], seed=seed, views=views,
                               **_fit_options(Objective(accuracy_column, "max"), "auto"))
-    return accuracy_column, f"{rows} rows", scores(predictor.predict(features, bounded=False), accuracy, latencies)
+    predicted = predictor.predict(features, bounded=False)
+    out = [(accuracy_column, f"{rows} rows", scores(predicted, accuracy, latencies))]
+    for weight in mix:
+        noisy = noisy_accuracy(accuracy_column, seed)
+        out.append((accuracy_column, f"{rows} rows mix {weight:g}",
+                    scores(weight * noisy + (1 - weight) * predicted, accuracy, latencies)))
+    return out
+
+
+def noisy_accuracy(accuracy_column: str, seed: int) -> np.ndarray:
+    """The recorded accuracy plus a fresh draw (seeded) of retraining noise: the "± training noise" reference."""
+    from search_ceiling import function_groups, training_noise_sd
+
+    _, _, accuracy, _, cells = load(accuracy_column)
+    noise = training_noise_sd(function_groups(cells), accuracy)
+    return accuracy + np.random.default_rng(seed).normal(0.0, noise, len(accuracy))
 
 
 def references(accuracy_column: str, seeds: int) -> list[tuple[str, str, list[float]]]:
-    from search_ceiling import function_groups, training_noise_sd
-
     from fleetnas.supernets.nb201 import SUPERNET, SPACE
 
     _, _, accuracy, latencies, cells = load(accuracy_column)
     params = np.array([SUPERNET.analytic_features(SPACE.from_key(c))["params"] for c in cells])
-    noise = training_noise_sd(function_groups(cells), accuracy)
     out = [(accuracy_column, "params", scores(params, accuracy, latencies))]
     for seed in range(seeds):
-        noisy = accuracy + np.random.default_rng(seed).normal(0.0, noise, len(accuracy))
-        out.append((accuracy_column, "± training noise", scores(noisy, accuracy, latencies)))
+        out.append((accuracy_column, "± training noise", scores(noisy_accuracy(accuracy_column, seed), accuracy, latencies)))
     return out
 
 
@@ -104,12 +120,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", default=",".join(ACCURACIES), help="comma-separated accuracy columns")
+    parser.add_argument("--mix", type=mix_weights, default=[], help="comma-separated weights in [0, 1] of the "
+                        "± training noise reference mixed into the predictor's output")
     args = parser.parse_args()
     columns = args.only.split(",")
     sizes = [int(n) for n in args.rows.split(",")]
-    jobs = [(column, n, seed) for column in columns for n in sizes for seed in range(args.seeds)]
+    jobs = [(column, n, seed, args.mix) for column in columns for n in sizes for seed in range(args.seeds)]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(fitted, jobs))
+        results = [result for job in pool.map(fitted, jobs) for result in job]
     for column in columns:
         results += references(column, args.seeds)
     print(f"{'accuracy':16s} {'predictor':17s} {'τ':>6s} {'τ top10%':>8s}  one-shot front HV: "

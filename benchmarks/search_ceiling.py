@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/search_ceiling.py [--pairs imagenet16_test:lat_ms_titanxp_1,...]
                                                   [--seeds 8] [--budget 100] [--jobs 2]
+                                                  [--variants "as is,..."] [--mix 0.25,0.5]
 
 Runs the LINAS loop as it is, then with one objective's predictions replaced by what a perfect predictor of
 the architecture would say:
@@ -17,6 +18,11 @@ the architecture would say:
   graphs, and there it is no ceiling).
 The gap between the rows says which predictor limits the search, and the last row how far any
 architecture-only predictor could take this loop.
+
+`--mix W,...` adds, per weight w, LINAS with its own accuracy predictions (mean and every Thompson member)
+replaced by w × (accuracy ± training noise) + (1 − w) × its own: a predictor part way between LINAS's and
+that ceiling. bench_accuracy_predictor.py's `--mix` gives the same mixtures' Kendall τ, so together they say
+how much better a ranking the accuracy predictor needs for a given hypervolume.
 """
 from __future__ import annotations
 
@@ -35,6 +41,11 @@ ACCURACIES = ("cifar10_test", "cifar100_test", "imagenet16_test")
 #: variant -> what replaces the (accuracy, latency) predictions; None keeps LINAS's own predictor.
 VARIANTS = {"as is": (None, None), "exact accuracy": ("exact", None), "accuracy ± noise": ("noisy", None),
             "best latency": (None, "median"), "noisy + best lat": ("noisy", "median")}
+
+
+def mixed(weight: float) -> str:
+    """The name of the variant whose accuracy is `weight` × (accuracy ± noise) + (1 − weight) × LINAS's own."""
+    return f"mix {weight:g}"
 
 
 def function_groups(cellstrs: list[str]) -> list[np.ndarray]:
@@ -70,7 +81,7 @@ def ceiling_predictions(space, table, accuracy: str, latency: str, seed: int) ->
 
 
 def run_one(job) -> tuple[str, str, str, list[float]]:
-    accuracy, latency, variant, seed, budget = job
+    accuracy, latency, variant, weight, seed, budget = job
     from fleetnas.search.objectives import parse_objective
     from fleetnas.search.replay import ReplayProblem
     from fleetnas.search.tactics import linas
@@ -79,7 +90,7 @@ def run_one(job) -> tuple[str, str, str, list[float]]:
     table = read_table(TABLE)
     problem = ReplayProblem.from_table(table, "nb201", "cellstr",
                                        [parse_objective(f"{accuracy}:max"), parse_objective(f"{latency}:min")])
-    sources = VARIANTS[variant]
+    sources = ("noisy", None) if weight is not None else VARIANTS[variant]
     if any(sources):
         space = problem.space
         ceiling = ceiling_predictions(space, table, accuracy, latency, seed)
@@ -88,7 +99,8 @@ def run_one(job) -> tuple[str, str, str, list[float]]:
             keys = [space.key(space.decode(x)) for x in X]
             for j, source in enumerate(sources):
                 if source:
-                    predicted[..., j] = [ceiling[k][source] for k in keys]
+                    best = np.array([ceiling[k][source] for k in keys])
+                    predicted[..., j] = best if weight is None else weight * best + (1 - weight) * predicted[..., j]
             return predicted
 
         class Ceiling(linas.Surrogates):
@@ -121,20 +133,40 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--budget", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--mix", type=mix_weights, default=[], help="comma-separated weights in [0, 1] of the "
+                        "accuracy ± noise ceiling mixed into LINAS's own accuracy predictions")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of: {', '.join(VARIANTS)} (may be empty with --mix)")
     args = parser.parse_args()
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
-    jobs = [(a, lat, v, s, args.budget) for a, lat in pairs for v in VARIANTS for s in range(args.seeds)]
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    chosen = [(v, None) for v in variants] + [(mixed(w), w) for w in args.mix]
+    if not chosen:
+        parser.error("nothing to run: name a variant or give --mix")
+    jobs = [(a, lat, v, w, s, args.budget) for a, lat in pairs for v, w in chosen for s in range(args.seeds)]
     print_training_noise()
     # One job per child process: the ceiling variants patch the LINAS module they run in.
     with ProcessPoolExecutor(max_workers=args.jobs, max_tasks_per_child=1) as pool:
         results = list(pool.map(run_one, jobs))
     print(f"{'pair':42s} {'predictors':16s} HV@{args.budget // 2:<4d} HV@{args.budget}")
     for a, lat in pairs:
-        for variant in VARIANTS:
+        for variant, _ in chosen:
             curves = [hv for ra, rl, rv, hv in results if (ra, rl, rv) == (a, lat, variant)]
             half = np.mean([hv[args.budget // 2 - 1] for hv in curves])
             full = np.mean([hv[-1] for hv in curves])
             print(f"{a + ' × ' + lat:42s} {variant:16s} {half:.4f}  {full:.4f}")
+
+
+def mix_weights(text: str) -> list[float]:
+    """`--mix`'s weights, each checked to lie in [0, 1]."""
+    weights = [float(w) for w in text.split(",")]
+    bad = [w for w in weights if not 0 <= w <= 1]
+    if bad:
+        raise argparse.ArgumentTypeError(f"a mix weight must lie in [0, 1], got {bad[0]:g}")
+    return weights
 
 
 if __name__ == "__main__":
