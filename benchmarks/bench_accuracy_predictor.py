@@ -110,7 +110,8 @@ def references(accuracy_column: str, seeds: int) -> list[tuple[str, str, list[fl
     params = np.array([SUPERNET.analytic_features(SPACE.from_key(c))["params"] for c in cells])
     out = [(accuracy_column, "params", scores(params, accuracy, latencies))]
     for seed in range(seeds):
-        out.append((accuracy_column, "± training noise", scores(noisy_accuracy(accuracy_column, seed), accuracy, latencies)))
+        noisy = noisy_accuracy(accuracy_column, seed)
+        out.append((accuracy_column, "± training noise", scores(noisy, accuracy, latencies)))
     return out
 
 
