@@ -131,12 +131,12 @@ def main() -> None:
         results = [result for job in pool.map(fitted, jobs) for result in job]
     for column in columns:
         results += references(column, args.seeds)
-    print(f"{'accuracy':16s} {'predictor':17s} {'τ':>6s} {'τ top10%':>8s}  one-shot front HV: "
+    print(f"{'accuracy':16s} {'predictor':18s} {'τ':>6s} {'τ top10%':>8s}  one-shot front HV: "
           + " ".join(f"{lat[7:]:>12s}" for lat in LATENCIES))
     for column in columns:
         for name in dict.fromkeys(name for c, name, _ in results if c == column):
             mean = np.mean([s for c, n, s in results if (c, n) == (column, name)], axis=0)
-            print(f"{column:16s} {name:17s} {mean[0]:6.3f} {mean[1]:8.3f}                    "
+            print(f"{column:16s} {name:18s} {mean[0]:6.3f} {mean[1]:8.3f}                    "
                   + " ".join(f"{v:12.4f}" for v in mean[2:]))
 
 
