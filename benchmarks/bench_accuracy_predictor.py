@@ -87,8 +87,8 @@ def fitted(job) -> list[tuple[str, str, list[float]]]:
                               **_fit_options(Objective(accuracy_column, "max"), "auto"))
     predicted = predictor.predict(features, bounded=False)
     out = [(accuracy_column, f"{rows} rows", scores(predicted, accuracy, latencies))]
+    noisy = noisy_accuracy(accuracy_column, seed) if mix else None
     for weight in mix:
-        noisy = noisy_accuracy(accuracy_column, seed)
         out.append((accuracy_column, f"{rows} rows mix {weight:g}",
                     scores(weight * noisy + (1 - weight) * predicted, accuracy, latencies)))
     return out
