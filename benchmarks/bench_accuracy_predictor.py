@@ -95,12 +95,19 @@ def fitted(job) -> list[tuple[str, str, list[float]]]:
 
 
 def noisy_accuracy(accuracy_column: str, seed: int) -> np.ndarray:
-    """The recorded accuracy plus a fresh draw (seeded) of retraining noise: the "± training noise" reference."""
+    """The recorded accuracy plus a fresh draw (seeded) of retraining noise: the "± training noise" reference,
+    drawn as search_ceiling.py draws its "accuracy ± noise" ceiling."""
+    from search_ceiling import with_training_noise
+
+    return with_training_noise(load(accuracy_column)[2], training_noise(accuracy_column), seed)
+
+
+@lru_cache(maxsize=None)  # grouping the 15,625 cells takes a third of a second; every seed draws with it
+def training_noise(accuracy_column: str) -> float:
     from search_ceiling import function_groups, training_noise_sd
 
     _, _, accuracy, _, cells = load(accuracy_column)
-    noise = training_noise_sd(function_groups(cells), accuracy)
-    return accuracy + np.random.default_rng(seed).normal(0.0, noise, len(accuracy))
+    return training_noise_sd(function_groups(cells), accuracy)
 
 
 def references(accuracy_column: str, seeds: int) -> list[tuple[str, str, list[float]]]:

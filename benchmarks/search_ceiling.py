@@ -65,6 +65,12 @@ def training_noise_sd(groups: list[np.ndarray], y: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.concatenate(deviations) ** 2)))
 
 
+def with_training_noise(y: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    """y plus a fresh draw of retraining noise of sd `noise`, the same for a seed wherever it is drawn: the
+    "accuracy ± noise" ceiling here and bench_accuracy_predictor.py's "± training noise" reference."""
+    return y + np.random.default_rng(seed).normal(0.0, noise, len(y))
+
+
 def ceiling_predictions(space, table, accuracy: str, latency: str, seed: int) -> dict[str, dict[str, float]]:
     """Per configuration key, each ceiling predictor's value in minimised form ("exact", "noisy" accuracy;
     "median" latency)."""
@@ -72,8 +78,7 @@ def ceiling_predictions(space, table, accuracy: str, latency: str, seed: int) ->
 
     cells = [row["cellstr"] for row in table.rows]
     measured_accuracy, measured_latency = table.column(accuracy), table.column(latency)
-    noise = training_noise_sd(function_groups(cells), measured_accuracy)
-    noisy = measured_accuracy + np.random.default_rng(seed).normal(0.0, noise, len(cells))
+    noisy = with_training_noise(measured_accuracy, training_noise_sd(function_groups(cells), measured_accuracy), seed)
     median = leave_one_out_median(operation_groups(cells), measured_latency)
     median = np.where(np.isnan(median), measured_latency, median)  # a lone cell: nothing better to go by
     return {space.key(space.from_key(cell)): {"exact": -a, "noisy": -n, "median": m}
@@ -81,7 +86,7 @@ def ceiling_predictions(space, table, accuracy: str, latency: str, seed: int) ->
 
 
 def run_one(job) -> tuple[str, str, str, list[float]]:
-    accuracy, latency, variant, weight, seed, budget = job
+    accuracy, latency, variant, (sources, weight), seed, budget = job
     from fleetnas.search.objectives import parse_objective
     from fleetnas.search.replay import ReplayProblem
     from fleetnas.search.tactics import linas
@@ -90,7 +95,6 @@ def run_one(job) -> tuple[str, str, str, list[float]]:
     table = read_table(TABLE)
     problem = ReplayProblem.from_table(table, "nb201", "cellstr",
                                        [parse_objective(f"{accuracy}:max"), parse_objective(f"{latency}:min")])
-    sources = ("noisy", None) if weight is not None else VARIANTS[variant]
     if any(sources):
         space = problem.space
         ceiling = ceiling_predictions(space, table, accuracy, latency, seed)
@@ -100,7 +104,7 @@ def run_one(job) -> tuple[str, str, str, list[float]]:
             for j, source in enumerate(sources):
                 if source:
                     best = np.array([ceiling[k][source] for k in keys])
-                    predicted[..., j] = best if weight is None else weight * best + (1 - weight) * predicted[..., j]
+                    predicted[..., j] = best if weight == 1 else weight * best + (1 - weight) * predicted[..., j]
             return predicted
 
         class Ceiling(linas.Surrogates):
@@ -143,17 +147,19 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    chosen = [(v, None) for v in variants] + [(mixed(w), w) for w in args.mix]
+    # variant -> (what replaces the predictions, the weight of the replacement against LINAS's own)
+    chosen = {**{v: (VARIANTS[v], 1.0) for v in variants}, **{mixed(w): (("noisy", None), w) for w in args.mix}}
     if not chosen:
         parser.error("nothing to run: name a variant or give --mix")
-    jobs = [(a, lat, v, w, s, args.budget) for a, lat in pairs for v, w in chosen for s in range(args.seeds)]
+    jobs = [(a, lat, v, how, s, args.budget)
+            for a, lat in pairs for v, how in chosen.items() for s in range(args.seeds)]
     print_training_noise()
     # One job per child process: the ceiling variants patch the LINAS module they run in.
     with ProcessPoolExecutor(max_workers=args.jobs, max_tasks_per_child=1) as pool:
         results = list(pool.map(run_one, jobs))
     print(f"{'pair':42s} {'predictors':16s} HV@{args.budget // 2:<4d} HV@{args.budget}")
     for a, lat in pairs:
-        for variant, _ in chosen:
+        for variant in chosen:
             curves = [hv for ra, rl, rv, hv in results if (ra, rl, rv) == (a, lat, variant)]
             half = np.mean([hv[args.budget // 2 - 1] for hv in curves])
             full = np.mean([hv[-1] for hv in curves])
